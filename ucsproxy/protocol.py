@@ -1,0 +1,122 @@
+"""Names and constants of EWS and the Unified Contact Store ([MS-OXWSCOS]).
+
+Everything here is protocol vocabulary: namespaces, operation names, group
+classes, schema versions and the ResponseCode values ucsproxy emits. No logic
+beyond small lookups lives here, so every other module can import it freely.
+"""
+
+from __future__ import annotations
+
+NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+NS_MESSAGES = "http://schemas.microsoft.com/exchange/services/2006/messages"
+NS_TYPES = "http://schemas.microsoft.com/exchange/services/2006/types"
+NS_ERRORS = "http://schemas.microsoft.com/exchange/services/2006/errors"
+NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
+NS_XSD = "http://www.w3.org/2001/XMLSchema"
+
+SOAP_ACTION_PREFIX = NS_MESSAGES + "/"
+
+#: The twelve operations of [MS-OXWSCOS], in the order of its section 3.1.4.
+UCS_OPERATIONS: tuple[str, ...] = (
+    "AddDistributionGroupToImList",
+    "AddImContactToGroup",
+    "AddImGroup",
+    "AddNewImContactToGroup",
+    "GetImItemList",
+    "GetImItems",
+    "RemoveContactFromImList",
+    "RemoveDistributionGroupFromImList",
+    "RemoveImContactFromGroup",
+    "RemoveImGroup",
+    "SetImGroup",
+    "SetImListMigrationCompleted",
+)
+
+# Group classes (GroupType) as Exchange stores them.
+GROUP_OTHER_CONTACTS = "IPM.DistList.MOC.OtherContacts"
+GROUP_TAGGED = "IPM.DistList.MOC.Tagged"
+GROUP_FAVORITES = "IPM.DistList.MOC.Favorites"
+GROUP_USER = "IPM.DistList.MOC.UserGroup"
+GROUP_DISTRIBUTION = "IPM.DistList.MOC.DG"
+
+# ResponseClass values. "Fault" is ucsproxy's own label for a SOAP fault answer
+# (it has no ResponseClass on the wire) so the log can be filtered uniformly.
+SUCCESS = "Success"
+WARNING = "Warning"
+ERROR = "Error"
+FAULT = "Fault"
+
+#: RequestServerVersion values in release order. The UCS operations exist from
+#: Exchange 2013 on ("Exchange2012" is the name the 2013 preview used and the
+#: spec's own section 4 examples send).
+SERVER_VERSIONS: tuple[str, ...] = (
+    "Exchange2007",
+    "Exchange2007_SP1",
+    "Exchange2010",
+    "Exchange2010_SP1",
+    "Exchange2010_SP2",
+    "Exchange2012",
+    "Exchange2013",
+    "Exchange2013_SP1",
+    "Exchange2015",
+    "Exchange2016",
+    "Exchange2019",
+    "V2015_10_05",
+    "V2016_01_06",
+    "V2016_04_13",
+    "V2016_07_13",
+    "V2016_10_10",
+    "V2017_01_07",
+    "V2017_04_14",
+    "V2017_07_11",
+    "V2017_10_09",
+    "V2018_01_08",
+)
+UCS_MIN_VERSION = "Exchange2012"
+
+
+def supports_ucs(version: str | None) -> bool:
+    """True when a RequestServerVersion value is new enough for the UCS operations.
+
+    Unknown values that look like later dated versions (``V2019_...``) count as new.
+    """
+    if not version:
+        return False
+    if version in SERVER_VERSIONS:
+        return SERVER_VERSIONS.index(version) >= SERVER_VERSIONS.index(UCS_MIN_VERSION)
+    return version.startswith("V20")
+
+
+# ResponseCode values ucsproxy produces itself, with the MessageText Exchange
+# sends for them. Codes not listed here are still accepted everywhere (fault
+# injection can send any code); they fall back to a generic text.
+MESSAGE_TEXTS: dict[str, str] = {
+    "NoError": "",
+    "ErrorInvalidImContactId": "The specified Im Contact Id is invalid.",
+    "ErrorInvalidImGroupId": "The specified Im Group Id is invalid.",
+    "ErrorImContactLimitReached": "The maximum number of IM contacts has been reached.",
+    "ErrorImGroupLimitReached": "The maximum number of IM groups has been reached.",
+    "ErrorImGroupDisplayNameAlreadyExists": "An IM group with the same display name already exists.",
+    "ErrorInvalidImDistributionGroupSmtpAddress": "The specified Im Distribution Group Smtp Address is invalid.",
+    "ErrorInvalidOperation": "The operation is not valid.",
+    "ErrorInvalidRequest": "The request is invalid.",
+    "ErrorInvalidServerVersion": "The specified server version is invalid.",
+    "ErrorIncorrectSchemaVersion": (
+        "The request is valid but does not specify the correct server version in the "
+        "RequestServerVersion SOAP header.  Ensure that the RequestServerVersion SOAP "
+        "header is set with the correct RequestServerVersionValue."
+    ),
+    "ErrorSchemaValidation": "The request failed schema validation.",
+    "ErrorInvalidRequestServerVersion": "The request server version is invalid.",
+    "ErrorServerBusy": "The server cannot service this request right now. Try again later.",
+    "ErrorInternalServerError": "An internal server error occurred. The operation failed.",
+    "ErrorInternalServerTransientError": "An internal server error occurred. Try again later.",
+    "ErrorMailboxStoreUnavailable": "The mailbox database is temporarily unavailable.",
+    "ErrorAccessDenied": "Access is denied. Check credentials and try again.",
+    "ErrorStaleObject": "The change key passed in the request does not match the current change key for the item.",
+}
+
+
+def message_text(code: str) -> str:
+    """The MessageText Exchange sends with a ResponseCode (a generic sentence for unknown codes)."""
+    return MESSAGE_TEXTS.get(code) or f"The request failed with {code}."
