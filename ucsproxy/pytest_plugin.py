@@ -1,1 +1,117 @@
-"""pytest plugin (being written)."""
+"""pytest plugin (entry point ``pytest11``): a real UCS endpoint for your tests.
+
+    def test_my_client_adds_a_group(ucs_mock):
+        MyEwsClient(ucs_mock.url + "/EWS/Exchange.asmx").add_im_group("Friends")
+        assert "Friends" in ucs_mock.group_names()
+
+``ucs_mock`` is a running mock on a free 127.0.0.1 port; ``ucs_replay(source, match=...,
+stateful=...)`` starts a replay of a recording. Both give a :class:`UcsEndpoint`.
+The proxy runs inside the test process (mitmproxy on a background thread), so
+``.model`` is the live state: arrange it before the client runs, assert on it after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+class UcsEndpoint:
+    """A running ucsproxy: ``.url``, ``.ews_url``, ``.model``, ``.log``."""
+
+    def __init__(self, options: dict[str, Any], db: Path):
+        from .runner import BackgroundProxy
+
+        self.db_path = db
+        self._proxy = BackgroundProxy(dict(options, ucs_db=str(db)))
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234``."""
+        return self._proxy.url
+
+    @property
+    def ews_url(self) -> str:
+        """The EWS endpoint to give a client."""
+        return self.url + "/EWS/Exchange.asmx"
+
+    @property
+    def model(self):
+        """The live :class:`ucsproxy.model.UcsModel` (mock, or stateful replay); None for literal replay."""
+        return self._proxy.addon.model
+
+    @property
+    def log(self) -> "ExchangeLog":
+        return ExchangeLog(self)
+
+    def group_names(self, mailbox: str | None = None) -> list[str]:
+        """Display names of the mailbox's IM groups, as GetImItemList would list them."""
+        from .model import DEFAULT_MAILBOX
+
+        items = self.model.get_im_item_list(mailbox or DEFAULT_MAILBOX)
+        return [g.display_name for g in items.groups]
+
+    def stop(self) -> None:
+        self._proxy.stop()
+
+
+class ExchangeLog:
+    """The exchanges the endpoint has logged so far (rows of the ``exchanges`` table)."""
+
+    def __init__(self, endpoint: UcsEndpoint):
+        self._endpoint = endpoint
+
+    def rows(self, operation: str | None = None, mailbox: str | None = None) -> list[dict]:
+        from .store import open_log, query_exchanges
+
+        store = self._endpoint._proxy.addon.store
+        if store is not None:
+            store.flush()
+        db = open_log(self._endpoint.db_path)
+        try:
+            return query_exchanges(db, operation=operation, mailbox=mailbox)
+        finally:
+            db.close()
+
+    def operations(self) -> list[str | None]:
+        return [row["operation"] for row in self.rows()]
+
+    def __len__(self) -> int:
+        return len(self.rows())
+
+    def __iter__(self):
+        return iter(self.rows())
+
+
+@pytest.fixture
+def ucs_mock(tmp_path_factory):
+    """A stateful mock Exchange UCS on a free 127.0.0.1 port (seeded: ids are deterministic)."""
+    from .runner import mock_options
+
+    endpoint = UcsEndpoint(mock_options(seed=0), tmp_path_factory.mktemp("ucs_mock") / "ucsproxy.db")
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()
+
+
+@pytest.fixture
+def ucs_replay(tmp_path_factory):
+    """Factory: ``ucs_replay(source, match="strict", stateful=False)`` serves a recording."""
+    from .runner import replay_options
+
+    started: list[UcsEndpoint] = []
+
+    def start(source, match: str = "strict", stateful: bool = False, seed: int | None = 0) -> UcsEndpoint:
+        db = tmp_path_factory.mktemp("ucs_replay") / "ucsproxy.db"
+        endpoint = UcsEndpoint(replay_options(str(source), match=match, stateful=stateful, seed=seed), db)
+        started.append(endpoint)
+        return endpoint
+
+    try:
+        yield start
+    finally:
+        for endpoint in started:
+            endpoint.stop()

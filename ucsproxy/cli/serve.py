@@ -1,1 +1,108 @@
-"""(commands being written)"""
+"""``ucsproxy mock | record | replay``: run a real mitmproxy instance with the ucsproxy addon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from . import main
+
+
+def _common_options(f):
+    for decorator in reversed(
+        [
+            click.option("--listen-host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+            click.option("--listen-port", default=8080, show_default=True, type=int, help="Port to listen on."),
+            click.option("--db", default="recordings/ucsproxy.db", show_default=True,
+                         help="SQLite log of every exchange ('' to log nothing)."),
+            click.option("--keep-secrets", is_flag=True, help="Store Authorization and cookie values unredacted."),
+            click.option("--faults", "faults_file", type=click.Path(dir_okay=False),
+                         help="TOML file of fault rules, re-read when it changes."),
+            click.option("--fault", "fault_specs", multiple=True, metavar="SPEC",
+                         help="One-line fault rule OPERATION:ACTION[:key=value,...] (repeatable)."),
+            click.option("--fault-seed", default=0, show_default=True, type=int, help="Seed for --fault rules."),
+            click.option("-v", "--verbose", is_flag=True, help="Also print every flow (mitmproxy's dumper)."),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port, db, keep_secrets, faults_file,
+           fault_specs, fault_seed, verbose) -> None:
+    from mitmproxy.exceptions import OptionsError
+
+    from .. import faults
+    from ..runner import run_foreground
+
+    if faults_file:
+        try:  # refuse a broken file before anything listens, naming the line
+            faults.parse_fault_file(faults_file)
+        except faults.FaultFileError as e:
+            raise click.ClickException(str(e)) from e
+        except OSError as e:
+            raise click.ClickException(f"cannot read {faults_file}: {e}") from e
+    options = dict(
+        mode_options,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        ucs_db=db,
+        ucs_keep_secrets=keep_secrets,
+        ucs_faults=faults_file or "",
+        ucs_fault=list(fault_specs),
+        ucs_fault_seed=fault_seed,
+    )
+    try:
+        run_foreground(options, verbose=verbose)
+    except OptionsError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@_common_options
+@click.option("--state", type=click.Path(dir_okay=False), help="JSON file: load mailboxes from it, save them on exit.")
+@click.option("--seed", type=int, default=None, help="Make ids and change keys deterministic.")
+@click.option("--item-list", type=click.Path(exists=True, dir_okay=False),
+              help="Seed the mailbox from a recorded GetImItemList response body.")
+@click.option("--mailbox", default="", help="Mailbox --item-list seeds (default: user@contoso.com).")
+def mock(state, seed, item_list, mailbox, **common):
+    """Serve a stateful in-memory Exchange UCS at http(s)://HOST:PORT/EWS/Exchange.asmx.
+
+    Plain HTTP and TLS (with mitmproxy's CA, ~/.mitmproxy/mitmproxy-ca-cert.pem)
+    are both accepted on the same port. No upstream is contacted.
+    """
+    from ..runner import mock_options
+
+    _serve("mock", mock_options(state=state or "", seed=seed, item_list=item_list or "", mailbox=mailbox), **common)
+
+
+@main.command()
+@_common_options
+@click.option("--upstream", help="Exchange base URL, e.g. https://mail.contoso.com (reverse mode).")
+@click.option("--mode", "proxy_mode", type=click.Choice(["reverse", "regular"]), default="reverse", show_default=True,
+              help="reverse: clients point their EWS URL here; regular: clients use this as their HTTP(S) proxy.")
+@click.option("--insecure", is_flag=True, help="Don't verify the upstream's TLS certificate.")
+def record(upstream, proxy_mode, insecure, **common):
+    """Pass traffic through unchanged and log every exchange, decoded, to SQLite."""
+    from ..runner import record_options
+
+    if proxy_mode == "reverse" and not upstream:
+        raise click.UsageError("reverse mode needs --upstream URL (or use --mode regular)")
+    _serve("record", record_options(upstream, proxy_mode=proxy_mode, insecure=insecure), **common)
+
+
+@main.command()
+@_common_options
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--match", type=click.Choice(["strict", "operation", "sequence"]), default="strict",
+              show_default=True, help="How a request is matched to recorded ones.")
+@click.option("--stateful", is_flag=True, help="Build live mailboxes from the recording and answer from them.")
+@click.option("--seed", type=int, default=None, help="With --stateful: deterministic ids for new items.")
+@click.option("--fallthrough", metavar="URL", default=None, help="Forward unmatched requests to this upstream.")
+def replay(source, match, stateful, seed, fallthrough, **common):
+    """Serve recorded answers from SOURCE (a SQLite log or a fixture directory)."""
+    from ..runner import replay_options
+
+    _serve("replay", replay_options(source, match=match, stateful=stateful, seed=seed, fallthrough=fallthrough),
+           **common)

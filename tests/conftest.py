@@ -1,0 +1,110 @@
+"""Shared helpers for tests that start real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_DIR = ROOT.parent / "shared" / "spec"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class Process:
+    """A real ucsproxy / mitmdump process listening on 127.0.0.1:port."""
+
+    def __init__(self, args: list[str], port: int, log_path: Path, cwd: Path | None = None):
+        self.args, self.port, self.log_path = args, port, log_path
+        self._log = open(log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env)
+        try:
+            wait_for_port(port, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{args} did not start:\n{self.output()}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_ucsproxy(tmp_path: Path, *args: str, port: int | None = None, name: str = "ucsproxy") -> Process:
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "ucsproxy", *args, "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    return Process(cmd, port, tmp_path / f"{name}-{port}.log")
+
+
+def start_mitmdump(tmp_path: Path, *args: str, port: int | None = None) -> Process:
+    port = port or free_port()
+    cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(port), "-q", *args]
+    return Process(cmd, port, tmp_path / f"mitmdump-{port}.log")
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None, path: str = "/EWS/Exchange.asmx",
+         timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """POST with the standard library, as a plain EWS client would."""
+    host_port = url.split("://", 1)[1].rstrip("/")
+    host, port = host_port.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        h = {"Content-Type": "text/xml; charset=utf-8"}
+        h.update(headers or {})
+        conn.request("POST", path, body=body, headers=h)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def spec_dir() -> Path:
+    return SPEC_DIR

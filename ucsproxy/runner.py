@@ -1,0 +1,146 @@
+"""Run mitmproxy with the ucsproxy addon: in the foreground (the CLI) or on a
+background thread (the pytest plugin). Also builds the mitmproxy option sets of
+each mode, so the CLI and the plugin start exactly the same proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any
+
+from mitmproxy import options as mitm_options
+from mitmproxy.tools.dump import DumpMaster
+
+from .addon import UcsProxy
+
+# Mock and replay answer every request themselves; this address only fills
+# mitmproxy's reverse-mode slot and is never contacted: connection_strategy=lazy
+# opens no upstream connection before one is needed, and none is.
+PLACEHOLDER_UPSTREAM = "http://127.0.0.1:9"
+
+
+def mock_options(*, state: str = "", seed: int | None = None, item_list: str = "", mailbox: str = "") -> dict[str, Any]:
+    return dict(
+        mode=[f"reverse:{PLACEHOLDER_UPSTREAM}"],
+        connection_strategy="lazy",
+        ucs_mode="mock",
+        ucs_state=state,
+        ucs_seed=seed,
+        ucs_item_list=item_list,
+        ucs_mailbox=mailbox,
+    )
+
+
+def replay_options(source: str, *, match: str = "strict", stateful: bool = False, seed: int | None = None,
+                   fallthrough: str | None = None) -> dict[str, Any]:
+    return dict(
+        mode=[f"reverse:{fallthrough or PLACEHOLDER_UPSTREAM}"],
+        connection_strategy="lazy",
+        ucs_mode="replay",
+        ucs_replay=str(source),
+        ucs_match=match,
+        ucs_stateful=stateful,
+        ucs_seed=seed,
+        ucs_fallthrough=bool(fallthrough),
+    )
+
+
+def record_options(upstream: str | None, *, proxy_mode: str = "reverse", insecure: bool = False) -> dict[str, Any]:
+    return dict(
+        mode=[f"reverse:{upstream}" if proxy_mode == "reverse" else "regular"],
+        ssl_insecure=insecure,
+        ucs_mode="record",
+    )
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("tornado", "asyncio", "hpack", "quic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:
+    """Run until SIGINT / SIGTERM, then shut down cleanly (the log is flushed, state saved).
+
+    Raises mitmproxy's OptionsError for a bad option, before anything listens.
+    """
+
+    async def _main() -> None:
+        opts = mitm_options.Options()
+        master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
+        master.addons.add(UcsProxy())
+        opts.update(**options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
+        if hasattr(signal, "SIGPIPE"):
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        await master.run()
+
+    _quiet_libraries(verbose)
+    asyncio.run(_main())
+
+
+class BackgroundProxy:
+    """mitmproxy + UcsProxy on a daemon thread with its own event loop.
+
+    ``url`` is where it listens (a free port is picked when ``listen_port`` is 0),
+    ``addon`` the live UcsProxy (its ``model`` is the mock's state).
+    """
+
+    def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
+                 startup_timeout: float = 30.0):
+        self.addon = UcsProxy()
+        self._options = dict(options, listen_host=listen_host, listen_port=listen_port)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._master: DumpMaster | None = None
+        self.address: tuple[str, int] | None = None
+        self._thread = threading.Thread(target=self._run, name="ucsproxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(startup_timeout):
+            raise TimeoutError("ucsproxy did not start listening in time")
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def url(self) -> str:
+        assert self.address is not None
+        return f"http://{self.address[0]}:{self.address[1]}"
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as e:  # surfaced to the starting thread
+            self._error = e
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        opts = mitm_options.Options()
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master.addons.add(self.addon)
+        opts.update(**self._options)
+        self._master = master
+        running = asyncio.ensure_future(master.run())
+        proxyserver = master.addons.get("proxyserver")
+        while not running.done():
+            addrs = proxyserver.listen_addrs()
+            if addrs:
+                self.address = (addrs[0][0], addrs[0][1])
+                self._ready.set()
+                break
+            await asyncio.sleep(0.01)
+        await running
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._loop is not None and self._master is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._master.shutdown)
+        self._thread.join(timeout)
