@@ -730,7 +730,7 @@ def _put_item_list(parent: etree._Element, items: ImItemList) -> None:
 
 
 def _to_bytes(root: etree._Element) -> bytes:
-    return etree.tostring(root, xml_declaration=True, encoding="utf-8")
+    return b'<?xml version="1.0" encoding="utf-8"?>' + etree.tostring(root, encoding="utf-8")
 
 
 def _response_envelope(server_version: ServerVersionInfo | None) -> tuple[etree._Element, etree._Element]:

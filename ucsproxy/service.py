@@ -1,0 +1,110 @@
+"""Requests in, responses out: the fake Exchange's service layer.
+
+Turns a decoded :class:`~ucsproxy.records.EwsRequest` into a model call and the
+result (or the model's :class:`~ucsproxy.model.UcsError`) into the response
+record Exchange would send. No XML here (the codec encodes), no state (the
+model holds it).
+"""
+
+from __future__ import annotations
+
+from . import protocol as P
+from .model import DEFAULT_MAILBOX, UcsError, UcsModel
+from .records import (
+    AddDistributionGroupToImList,
+    AddImContactToGroup,
+    AddImGroup,
+    AddNewImContactToGroup,
+    EwsRequest,
+    GetImItemList,
+    GetImItems,
+    RemoveContactFromImList,
+    RemoveDistributionGroupFromImList,
+    RemoveImContactFromGroup,
+    RemoveImGroup,
+    ServerVersionInfo,
+    SetImGroup,
+    SetImListMigrationCompleted,
+    SoapFault,
+    UcsResponse,
+)
+
+
+def version_fault(version: str | None) -> SoapFault | None:
+    """The fault Exchange answers a UCS request with when its RequestServerVersion won't do.
+
+    Missing or pre-2013: ErrorIncorrectSchemaVersion, as the GetImItemList page shows.
+    A value that names no version at all: ErrorInvalidServerVersion.
+    """
+    if P.supports_ucs(version):
+        return None
+    code = "ErrorIncorrectSchemaVersion" if (version is None or version in P.SERVER_VERSIONS) \
+        else "ErrorInvalidServerVersion"
+    text = P.message_text(code)
+    return SoapFault(faultcode=code, faultstring=text, response_code=code, message=text, fault_namespace=P.NS_TYPES)
+
+
+def mailbox_for(request: EwsRequest, user: str | None) -> str:
+    """Whose list a request works on: the impersonated mailbox, else the signed-in user."""
+    if request.mailbox:
+        return request.mailbox.strip().lower()
+    if user:
+        name = user.strip()
+        if "\\" in name:  # DOMAIN\user
+            name = name.split("\\", 1)[1]
+        return name.lower()
+    return DEFAULT_MAILBOX
+
+
+class UcsService:
+    def __init__(self, model: UcsModel, server_version: ServerVersionInfo | None = None):
+        self.model = model
+        self.server_version = server_version or ServerVersionInfo()
+
+    def mailbox_for(self, request: EwsRequest, user: str | None = None) -> str:
+        return mailbox_for(request, user)
+
+    def handle(self, request: EwsRequest, user: str | None = None) -> UcsResponse | SoapFault:
+        op = request.operation
+        if request.body is None:
+            return UcsResponse(op, P.ERROR, "ErrorInvalidOperation",
+                               message_text=f"The operation {op} is not supported by the ucsproxy mock.",
+                               descriptive_link_key=0)
+        fault = version_fault(request.headers.request_server_version)
+        if fault is not None:
+            return fault
+        mailbox = self.mailbox_for(request, user)
+        try:
+            payload = self._dispatch(mailbox, request.body)
+        except UcsError as e:
+            return UcsResponse(op, P.ERROR, e.code, message_text=P.message_text(e.code), descriptive_link_key=0)
+        return UcsResponse(op, P.SUCCESS, "NoError", payload=payload)
+
+    def _dispatch(self, mailbox: str, body):
+        m = self.model
+        match body:
+            case AddImGroup(display_name=name):
+                return m.add_im_group(mailbox, name)
+            case AddNewImContactToGroup(im_address=address, display_name=name, group_id=group):
+                return m.add_new_im_contact_to_group(mailbox, address, name, group)
+            case AddImContactToGroup(contact_id=contact, group_id=group):
+                return m.add_im_contact_to_group(mailbox, contact, group)
+            case RemoveImContactFromGroup(contact_id=contact, group_id=group):
+                return m.remove_im_contact_from_group(mailbox, contact, group)
+            case RemoveContactFromImList(contact_id=contact):
+                return m.remove_contact_from_im_list(mailbox, contact)
+            case RemoveImGroup(group_id=group):
+                return m.remove_im_group(mailbox, group)
+            case SetImGroup(group_id=group, new_display_name=name):
+                return m.set_im_group(mailbox, group, name)
+            case AddDistributionGroupToImList(smtp_address=smtp, display_name=name):
+                return m.add_distribution_group_to_im_list(mailbox, smtp, name)
+            case RemoveDistributionGroupFromImList(group_id=group):
+                return m.remove_distribution_group_from_im_list(mailbox, group)
+            case SetImListMigrationCompleted(im_list_migration_completed=flag):
+                return m.set_im_list_migration_completed(mailbox, flag)
+            case GetImItemList(extended_properties=extended):
+                return m.get_im_item_list(mailbox, extended)
+            case GetImItems(contact_ids=contacts, group_ids=groups, extended_properties=extended):
+                return m.get_im_items(mailbox, contacts, groups, extended)
+        raise UcsError("ErrorInvalidOperation")
