@@ -480,7 +480,7 @@ class Mailbox:
             if item_id not in g.members:
                 g.members.append(item_id)
 
-    def seed(self, items: ImItemList) -> None:
+    def seed_from(self, items: ImItemList) -> None:
         self.groups.clear()
         self.contacts.clear()
         for g in items.groups:
@@ -654,7 +654,7 @@ class UcsModel:
 
     # Adopting recorded state (replay --stateful, --item-list).
     def seed_mailbox(self, mailbox: str | None, item_list: ImItemList) -> None:
-        self._call(mailbox, "seed", item_list)
+        self._call(mailbox, "seed_from", item_list)
 
     def adopt_group(self, mailbox: str | None, group: ImGroup) -> None:
         self._call(mailbox, "adopt_group", group)

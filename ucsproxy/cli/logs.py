@@ -1,1 +1,109 @@
-"""(commands being written)"""
+"""``ucsproxy log`` and ``ucsproxy show``: read the exchange log."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import main
+
+DEFAULT_DB = "recordings/ucsproxy.db"
+
+
+def _open(db_path: str):
+    from ..store import open_log
+
+    try:
+        return open_log(db_path)
+    except FileNotFoundError:
+        raise click.ClickException(f"no log at {db_path} (record, mock or replay with --db {db_path} first)")
+
+
+def _result_of(row: dict) -> str:
+    if row.get("response_code"):
+        return row["response_code"]
+    if row.get("error"):
+        return f"({row['error']})"
+    if row.get("http_status") is not None:
+        return f"HTTP {row['http_status']}"
+    return "-"
+
+
+@main.command("log")
+@click.argument("db", default=DEFAULT_DB, required=False)
+@click.option("--operation", "operations", multiple=True, help="Only this operation (repeatable).")
+@click.option("--mailbox", "mailboxes", multiple=True, help="Only this mailbox (repeatable).")
+@click.option("--errors", is_flag=True, help="Only Error / Fault answers, HTTP errors and failed exchanges.")
+@click.option("--limit", type=int, default=None, help="Show at most N exchanges (the most recent).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
+@click.option("--bodies", is_flag=True, help="With --json: include request and response bodies.")
+def log_command(db, operations, mailboxes, errors, limit, as_json, bodies):
+    """List the exchanges in DB (default recordings/ucsproxy.db), oldest first."""
+    from ..exchange import key_arguments
+    from ..store import iter_exchanges, parsed
+
+    database = _open(db)
+    rows = list(iter_exchanges(database, operation=operations or None, mailbox=mailboxes or None, errors=errors,
+                               limit=limit, order="desc" if limit else "asc"))
+    if limit:
+        rows.reverse()
+    if as_json:
+        for row in rows:
+            row = parsed(row)
+            if not bodies:
+                row.pop("request_body", None)
+                row.pop("response_body", None)
+            click.echo(json.dumps(row, ensure_ascii=False, sort_keys=True))
+        return
+    table = [("ID", "TIME (UTC)", "MAILBOX", "OPERATION", "ARGUMENTS", "RESULT", "MS")]
+    for row in rows:
+        args = json.loads(row["args"]) if row.get("args") else None
+        op = row.get("operation") or f"{row.get('method', '')} {row.get('path', '')}".strip()
+        if row.get("fault"):
+            op += " [fault]"
+        started = row.get("started_at") or ""
+        table.append((
+            str(row["id"]), started[11:23], row.get("mailbox") or "-", op, key_arguments(row.get("operation"), args),
+            _result_of(row), f"{row['duration_ms']:.1f}" if row.get("duration_ms") is not None else "-",
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if len(table) == 1:
+        click.echo("(no exchanges)", err=True)
+
+
+@main.command()
+@click.argument("db")
+@click.argument("ident", metavar="ID", type=int)
+def show(db, ident):
+    """Show one exchange of DB: metadata, decoded arguments and result, headers, bodies."""
+    from ..codec import pretty
+    from ..store import get_exchange, parsed
+
+    row = get_exchange(_open(db), ident)
+    if row is None:
+        raise click.ClickException(f"no exchange {ident} in {db}")
+    row = parsed(row)
+    out = sys.stdout
+    title = row.get("operation") or f"{row['method']} {row['path']}"
+    click.echo(f"#{row['id']} {title}  {row.get('response_class') or ''} {row.get('response_code') or ''}".rstrip(),
+               file=out)
+    for key in ("started_at", "duration_ms", "mode", "client", "server", "method", "path", "http_status",
+                "soap_action", "mailbox", "request_server_version", "error"):
+        if row.get(key) is not None:
+            click.echo(f"  {key:<23}{row[key]}", file=out)
+    for key in ("fault", "args", "result"):
+        if row.get(key) is not None:
+            click.echo(f"\n{key}:", file=out)
+            click.echo(json.dumps(row[key], indent=2, ensure_ascii=False, sort_keys=True), file=out)
+    for side in ("request", "response"):
+        click.echo(f"\n--- {side} ---", file=out)
+        for name, value in row.get(f"{side}_headers") or []:
+            click.echo(f"{name}: {value}", file=out)
+        body = row.get(f"{side}_body")
+        if body:
+            click.echo("", file=out)
+            click.echo(pretty(body).rstrip(), file=out)
