@@ -321,7 +321,7 @@ class UcsProxy:
         if self.store is None:
             return
         try:
-            self.store.submit(_raw_exchange(flow, ctx.options.ucs_mode))
+            self.store.submit(raw_exchange_from_flow(flow, ctx.options.ucs_mode))
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")
 
@@ -376,7 +376,8 @@ def _read_item_list(path: str):
     return message.payload
 
 
-def _raw_exchange(flow: http.HTTPFlow, mode: str) -> RawExchange:
+def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
+    """The raw facts of a finished flow, for the log (no decoding here: that is the writer thread's job)."""
     req, resp = flow.request, flow.response
     decision = flow.metadata.get("ucs_fault")
     started = req.timestamp_start

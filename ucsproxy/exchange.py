@@ -217,8 +217,8 @@ def key_arguments(operation: str | None, args: dict | None) -> str:
     if not args:
         return ""
     parts = []
-    for key, label in (("display_name", "DisplayName"), ("new_display_name", "NewDisplayName"),
-                       ("im_address", "ImAddress"), ("smtp_address", "SmtpAddress")):
+    for key, label in (("im_address", "ImAddress"), ("smtp_address", "SmtpAddress"),
+                       ("display_name", "DisplayName"), ("new_display_name", "NewDisplayName")):
         if key in args:
             parts.append(f"{label}={args[key]}")
     for key, label in (("contact_id", "ContactId"), ("group_id", "GroupId")):
@@ -235,4 +235,5 @@ def key_arguments(operation: str | None, args: dict | None) -> str:
 
 
 def short_id(ident: str, keep: int = 10) -> str:
-    return ident if len(ident) <= keep + 1 else ident[:keep] + "…"
+    """EWS ids of one mailbox share their head; the tail tells them apart."""
+    return ident if len(ident) <= keep + 1 else "…" + ident[-keep:]

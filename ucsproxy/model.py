@@ -130,7 +130,8 @@ class _Ids:
 
     def _next(self, prefix: bytes, kind: int) -> str:
         self.counter += 1
-        raw = prefix + self.guid + bytes([kind]) + b"\x00\x00" + struct.pack(">I", self.counter) + b"\x00\x00"
+        # The counter comes last so ids of one mailbox differ at their tail, as EWS ids do.
+        raw = prefix + self.guid + bytes([kind, 0]) + struct.pack(">I", self.counter)
         return base64.b64encode(raw).decode()
 
     def group(self) -> str:
@@ -168,6 +169,7 @@ class Mailbox:
         self.im_list_migration_completed = False
         self.quick_contacts_folder = self.ids.folder()
         self._created = 0
+        self._changes = 0
         self._taken: set[str] = set()
         for display_name, group_type in DEFAULT_GROUPS:
             self._new_group(display_name, group_type)
@@ -229,13 +231,16 @@ class Mailbox:
         name = dict((t, n) for n, t in DEFAULT_GROUPS)[group_type]
         return self._new_group(name, group_type)
 
+    def default_group_id(self, group_type: str) -> str:
+        return self._default_group(group_type).id
+
     def _check_name_free(self, name: str, except_id: str | None = None) -> None:
         for g in self.groups.values():
             if g.id != except_id and same_display_name(g.display_name, name):
                 raise UcsError("ErrorImGroupDisplayNameAlreadyExists")
 
     def _new_group(self, display_name: str, group_type: str, smtp: str | None = None) -> _Group:
-        g = _Group(self._fresh(self.ids.group), 1, display_name, group_type, smtp_address=smtp)
+        g = _Group(self._fresh(self.ids.group), self._next_change(), display_name, group_type, smtp_address=smtp)
         self.groups[g.id] = g
         return g
 
@@ -250,9 +255,13 @@ class Mailbox:
         if not self._groups_of(contact):
             del self.contacts[contact.item_id]
 
-    @staticmethod
-    def _touch(item: _Group | _Contact) -> None:
-        item.version += 1
+    def _next_change(self) -> int:
+        # One change number per mailbox, like the store's: every change key is new and newer.
+        self._changes += 1
+        return self._changes
+
+    def _touch(self, item: _Group | _Contact) -> None:
+        item.version = self._next_change()
         item.change_key = None
 
     # -- records -------------------------------------------------------------
@@ -339,7 +348,7 @@ class Mailbox:
         if len(self.contacts) >= self.max_contacts:
             raise UcsError("ErrorImContactLimitReached")
         c = _Contact(
-            item_id=self._fresh(self.ids.contact), version=1, persona_id=self._fresh(self.ids.persona),
+            item_id=self._fresh(self.ids.contact), version=self._next_change(), persona_id=self._fresh(self.ids.persona),
             im_address=im_address.strip(), display_name=(display_name or im_address).strip(),
             creation_time=self._creation_time(),
         )
@@ -501,6 +510,7 @@ class Mailbox:
             "guid": base64.b64encode(self.ids.guid).decode(),
             "counter": self.ids.counter,
             "created": self._created,
+            "changes": self._changes,
             "im_list_migration_completed": self.im_list_migration_completed,
             "groups": [
                 {"id": g.id, "version": g.version, "display_name": g.display_name, "group_type": g.group_type,
@@ -523,6 +533,7 @@ class Mailbox:
         mb.ids.guid = base64.b64decode(data["guid"])
         mb.ids.counter = data.get("counter", 0)
         mb._created = data.get("created", 0)
+        mb._changes = data.get("changes", 0)
         mb.quick_contacts_folder = mb.ids.folder()
         mb.im_list_migration_completed = bool(data.get("im_list_migration_completed"))
         mb.groups = {}

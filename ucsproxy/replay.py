@@ -1,0 +1,251 @@
+"""Serve recorded answers: the replay index, and live mailboxes built from a recording.
+
+Matching works on decoded requests, so what varies between two runs of the
+same client never prevents a match: change keys, time zone headers, namespace
+prefixes and whitespace are not part of the key.
+
+- ``strict``: operation, mailbox and the decoded arguments (ids, names);
+- ``operation``: operation and mailbox;
+- ``sequence``: operation only: each operation's answers in recorded order,
+  whoever asks.
+
+Several matching answers are served in recorded order, then the last repeats
+(like mitmproxy's server replay without ``nopop``). Every lookup is a dict
+access: O(1) in the size of the recording.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import codec
+from . import protocol as P
+from .records import DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_jsonable
+
+MATCH_MODES = ("strict", "operation", "sequence")
+ANY_MAILBOX = "*"
+#: Response headers that describe the recorded transfer, not the answer: bodies are stored decoded.
+_TRANSFER_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection",
+                               "keep-alive", "date"})
+
+
+@dataclass
+class RecordedAnswer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    exchange_id: int | None = None
+
+
+@dataclass
+class NoMatch:
+    operation: str | None
+    reason: str
+
+
+def _strip_change_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_change_keys(v) for k, v in value.items() if k != "change_key"}
+    if isinstance(value, list):
+        return [_strip_change_keys(v) for v in value]
+    return value
+
+
+def canonical_args(request: EwsRequest) -> str:
+    """The arguments that identify a request, without anything volatile."""
+    if request.body is None:
+        return ""
+    return json.dumps(_strip_change_keys(to_jsonable(request.body)), sort_keys=True)
+
+
+def _mailbox_key(mailbox: str | None) -> str:
+    return mailbox.strip().lower() if mailbox else ANY_MAILBOX
+
+
+def load_rows(source: str | Path) -> list[dict[str, Any]]:
+    """Rows of a recording: a SQLite log, or a fixture directory written by ``ucsproxy export``."""
+    source = Path(source)
+    if source.is_dir():
+        from .fixtures import read_fixture_dir
+
+        return read_fixture_dir(source)
+    from .store import iter_exchanges, open_log
+
+    db = open_log(source)
+    try:
+        return list(iter_exchanges(db))
+    finally:
+        db.conn.close()
+
+
+class _Slot:
+    """The answers recorded for one key, served in order, the last one repeating."""
+
+    __slots__ = ("answers", "cursor")
+
+    def __init__(self) -> None:
+        self.answers: list[RecordedAnswer] = []
+        self.cursor = 0
+
+    def next(self) -> RecordedAnswer:
+        answer = self.answers[min(self.cursor, len(self.answers) - 1)]
+        self.cursor += 1
+        return answer
+
+
+class ReplayIndex:
+    def __init__(self, match: str = "strict"):
+        if match not in MATCH_MODES:
+            raise ValueError(f"unknown match mode {match!r} (one of {', '.join(MATCH_MODES)})")
+        self.match = match
+        self._slots: dict[tuple, _Slot] = {}
+        # For explaining a miss: which mailboxes and arguments were recorded per operation.
+        self._mailboxes: dict[str, set[str]] = defaultdict(set)
+        self._args: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.size = 0
+
+    @classmethod
+    def from_source(cls, source: str | Path, match: str = "strict") -> "ReplayIndex":
+        index = cls(match)
+        index.add_rows(load_rows(source))
+        return index
+
+    def _key(self, operation: str, mailbox: str, args: str) -> tuple:
+        if self.match == "strict":
+            return operation, mailbox, args
+        if self.match == "operation":
+            return operation, mailbox
+        return (operation,)
+
+    def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.add_row(row)
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        if not row.get("operation") or row.get("http_status") is None or row.get("response_body") is None:
+            return
+        request = codec.decode_request((row.get("request_body") or "").encode("utf-8"))
+        if not isinstance(request, EwsRequest):
+            return
+        mailbox = _mailbox_key(row.get("mailbox"))
+        args = canonical_args(request)
+        headers = [(k, v) for k, v in json.loads(row.get("response_headers") or "[]")
+                   if k.lower() not in _TRANSFER_HEADERS]
+        answer = RecordedAnswer(int(row["http_status"]), headers, row["response_body"].encode("utf-8"), row.get("id"))
+        self._slots.setdefault(self._key(request.operation, mailbox, args), _Slot()).answers.append(answer)
+        self._mailboxes[request.operation].add(mailbox)
+        if len(self._args[(request.operation, mailbox)]) < 50:
+            self._args[(request.operation, mailbox)].append(args)
+        self.size += 1
+
+    def lookup(self, request: EwsRequest | DecodeError, mailbox: str | None) -> RecordedAnswer | NoMatch:
+        if isinstance(request, DecodeError):
+            return NoMatch(request.operation, f"the request could not be decoded: {request.message}")
+        args = canonical_args(request)
+        for box in (_mailbox_key(mailbox), ANY_MAILBOX):
+            slot = self._slots.get(self._key(request.operation, box, args))
+            if slot is not None:
+                return slot.next()
+        return NoMatch(request.operation, self._explain(request, _mailbox_key(mailbox), args))
+
+    def _explain(self, request: EwsRequest, mailbox: str, args: str) -> str:
+        op = request.operation
+        boxes = self._mailboxes.get(op)
+        who = "any mailbox" if mailbox == ANY_MAILBOX else f"mailbox {mailbox}"
+        if not boxes:
+            return f"no {op} exchange was recorded"
+        if mailbox not in boxes and ANY_MAILBOX not in boxes:
+            listed = ", ".join(sorted(boxes)[:5])
+            return f"{op} was recorded only for other mailboxes ({listed}), not for {who}"
+        recorded = self._args.get((op, mailbox)) or self._args.get((op, ANY_MAILBOX)) or []
+        differing = sorted({k for other in recorded for k in _differing_fields(args, other)})
+        fields = ", ".join(differing) if differing else "their arguments"
+        return (f"no recorded {op} for {who} has these arguments ({args}); "
+                f"{len(recorded)} recorded {op} exchange(s) differ in {fields}")
+
+
+def _differing_fields(a: str, b: str) -> list[str]:
+    try:
+        da, db = json.loads(a or "{}"), json.loads(b or "{}")
+    except ValueError:
+        return []
+    return [k for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+
+
+NO_MATCH_CODE = "ErrorInvalidRequest"
+
+
+def no_match_body(no_match: NoMatch) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The EWS error a client gets when nothing recorded matches its request."""
+    op = no_match.operation or "Unknown"
+    text = f"ucsproxy replay: no recorded answer matches this {op} request: {no_match.reason}."
+    headers = [("Content-Type", "text/xml; charset=utf-8"), ("X-Ucsproxy-Replay", "no-match")]
+    if op in P.UCS_OPERATIONS:
+        body = codec.encode_response(codec.error_response(op, NO_MATCH_CODE, text))
+    else:
+        body = codec.encode_unsupported(op, NO_MATCH_CODE, text)
+    return 200, headers, body
+
+
+# ---------------------------------------------------------------------------
+# --stateful: a recording becomes live mailboxes
+
+
+def build_stateful_model(source: str | Path | list[dict[str, Any]], seed: int | None = None):
+    """Mailboxes as the recording leaves them, ready to accept new changes.
+
+    Per mailbox, the last successful GetImItemList answer seeds the list; the
+    successful changes recorded after it are applied in order, keeping the ids
+    the recording shows (adds adopt the recorded ImGroup / Persona; the rest
+    run through the model with the recorded request).
+    """
+    from .model import UcsError, UcsModel
+    from .service import UcsService
+
+    rows = source if isinstance(source, list) else load_rows(source)
+    model = UcsModel(seed=seed)
+    service = UcsService(model)
+    decoded: list[tuple[str, EwsRequest, EwsResponse]] = []
+    for row in rows:
+        if not row.get("operation") or row.get("operation") not in P.UCS_OPERATIONS:
+            continue
+        request = codec.decode_request((row.get("request_body") or "").encode("utf-8"))
+        response = codec.decode_response((row.get("response_body") or "").encode("utf-8"), row["operation"])
+        if not isinstance(request, EwsRequest) or not isinstance(response, EwsResponse):
+            continue
+        if response.message is None or response.message.response_class != P.SUCCESS:
+            continue
+        decoded.append((service.mailbox_for(request, row.get("mailbox")), request, response))
+    last_list: dict[str, int] = {}
+    for i, (mailbox, request, _) in enumerate(decoded):
+        if request.operation == "GetImItemList":
+            last_list[mailbox] = i
+    for i, (mailbox, request, response) in enumerate(decoded):
+        start = last_list.get(mailbox)
+        if start is not None and i < start:
+            continue
+        try:
+            _apply_recorded(model, service, mailbox, request, response, first=(i == start))
+        except UcsError:
+            continue  # a change the rebuilt list cannot take (its group is gone): skip it
+    return model
+
+
+def _apply_recorded(model, service, mailbox: str, request: EwsRequest, response: EwsResponse, first: bool) -> None:
+    payload = response.message.payload
+    op = request.operation
+    if op == "GetImItemList":
+        if first and payload is not None:
+            model.seed_mailbox(mailbox, payload)
+    elif op in ("AddImGroup", "AddDistributionGroupToImList") and isinstance(payload, ImGroup):
+        model.adopt_group(mailbox, payload)
+    elif op == "AddNewImContactToGroup" and isinstance(payload, Persona):
+        group = request.body.group_id.id if request.body.group_id else \
+            model.mailbox(mailbox).default_group_id(P.GROUP_OTHER_CONTACTS)
+        model.adopt_persona(mailbox, payload, [group])
+    elif op != "GetImItems":
+        service.handle(request, user=mailbox)
