@@ -159,6 +159,8 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         args = to_jsonable(request.body) if request.body is not None else None
     elif isinstance(request, DecodeError) and ews_post:
         result = _decode_error(request)
+        # Name the operation the client meant, when it can be told.
+        operation = request.operation or codec.operation_from_soap_action(soap_action)
     if not mailbox:
         mailbox = request_user(raw.request_headers)
     response = raw.decoded_response
