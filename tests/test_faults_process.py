@@ -1,0 +1,235 @@
+"""Every fault action as a client sees it, through real ucsproxy processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from lxml import etree
+
+from conftest import ROOT, start_ucsproxy
+from ews_client import EwsClient, envelope
+
+
+def raw_post(port: int, body: bytes, timeout: float = 10) -> bytes:
+    """Send one request on a bare socket and return every byte the proxy sends back until it closes or idles."""
+    head = (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml; charset=utf-8\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head + body)
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def logged_faults(db) -> list[dict]:
+    time.sleep(0.4)
+    con = sqlite3.connect(db)
+    rows = con.execute("select operation, fault, http_status, error from exchanges order by id").fetchall()
+    con.close()
+    return [{"operation": r[0], "fault": json.loads(r[1]) if r[1] else None, "status": r[2], "error": r[3]}
+            for r in rows]
+
+
+@pytest.fixture
+def mock_with(tmp_path):
+    started = []
+
+    def start(*fault_args: str):
+        db = tmp_path / f"faults-{len(started)}.db"
+        proc = start_ucsproxy(tmp_path, "mock", "--seed", "1", "--db", str(db), *fault_args)
+        proc.db = db
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def test_ews_error_and_server_busy(mock_with):
+    proc = mock_with("--fault", "AddImGroup:ews-error:code=ErrorImContactLimitReached,nth=1",
+                     "--fault", "GetImItemList:server-busy:backoff_ms=2500")
+    c = EwsClient(proc.url)
+    first = c.add_im_group("A")
+    assert (first.status, first.response_class, first.response_code) == (200, "Error", "ErrorImContactLimitReached")
+    assert c.add_im_group("A").response_code == "NoError", "nth=1: only the first call"
+    busy = c.get_im_item_list()
+    assert (busy.status, busy.response_code) == (200, "ErrorServerBusy")
+    assert busy.text("//m:MessageXml/t:Value[@Name='BackOffMilliseconds']") == "2500"
+    rows = logged_faults(proc.db)
+    assert [r["fault"]["action"] if r["fault"] else None for r in rows] == ["ews-error", None, "server-busy"]
+    assert rows[0]["fault"]["source"] == "--fault #1"
+
+
+def test_soap_fault_and_http_status(mock_with):
+    proc = mock_with("--fault", "GetImItemList:soap-fault:code=ErrorInternalServerTransientError,message=later",
+                     "--fault", "AddImGroup:http-status:status=401")
+    c = EwsClient(proc.url)
+    fault = c.get_im_item_list()
+    assert fault.status == 500
+    assert fault.text("//s:Fault/faultcode").endswith(":ErrorInternalServerTransientError")
+    assert fault.text("//s:Fault/faultstring") == "later"
+    denied = c.add_im_group("x")
+    assert denied.status == 401 and denied.tree is None
+
+
+def test_delay_before_the_answer(mock_with):
+    proc = mock_with("--fault", "GetImItemList:delay:ms=400")
+    c = EwsClient(proc.url)
+    c.set_im_list_migration_completed(True)  # warm up the connection
+    t0 = time.monotonic()
+    assert c.get_im_item_list().response_code == "NoError"
+    assert time.monotonic() - t0 >= 0.38
+    assert logged_faults(proc.db)[-1]["fault"]["delay_ms"] == 400
+
+
+def test_reset_closes_without_an_answer(mock_with):
+    proc = mock_with("--fault", "AddImGroup:reset")
+    assert raw_post(proc.port, envelope("<m:AddImGroup><m:DisplayName>x</m:DisplayName></m:AddImGroup>")) == b""
+    assert EwsClient(proc.url).get_im_item_list().response_code == "NoError", "the server stays up"
+    rows = logged_faults(proc.db)
+    assert rows[0]["fault"]["action"] == "reset" and rows[0]["status"] is None
+
+
+def test_timeout_holds_then_closes(mock_with):
+    proc = mock_with("--fault", "GetImItems:timeout:max_ms=1500")
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as s:
+        body = envelope("<m:GetImItems/>")
+        s.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+                  + b"\r\n\r\n" + body)
+        s.settimeout(0.8)
+        with pytest.raises(socket.timeout):
+            s.recv(1)  # nothing arrives while the fault holds the connection
+        s.settimeout(10)
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    assert 1.4 <= time.monotonic() - t0 < 8
+
+
+def test_truncate_and_malformed(mock_with):
+    proc = mock_with("--fault", "GetImItemList:truncate:fraction=0.5", "--fault", "GetImItems:malformed")
+    c = EwsClient(proc.url)
+    cut = c.get_im_item_list()
+    assert cut.status == 200 and cut.tree is None and cut.body.startswith(b"<?xml")
+    with pytest.raises(etree.XMLSyntaxError):
+        etree.fromstring(cut.body)
+    bad = c.get_im_items()
+    assert bad.status == 200 and bad.tree is None
+
+
+def test_truncate_with_the_original_length_is_a_short_read(mock_with):
+    proc = mock_with("--fault", "GetImItemList:truncate:fraction=0.3,keep_length=true")
+    raw = raw_post(proc.port, envelope("<m:GetImItemList/>"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    assert 0 < len(body) < length
+
+
+def test_stale_changekey(mock_with):
+    proc = mock_with("--fault", "AddImGroup:stale-changekey")
+    c = EwsClient(proc.url)
+    added = c.add_im_group("Fresh")
+    stale_key = added.text("//t:ExchangeStoreId/@ChangeKey")
+    group_id = added.text("//t:ExchangeStoreId/@Id")
+    listed = c.get_im_item_list().all(f"//t:ImGroup/t:ExchangeStoreId[@Id='{group_id}']/@ChangeKey")
+    assert listed and listed[0] != stale_key
+
+
+def test_same_seed_same_faults_across_runs(tmp_path, mock_with):
+    rules = tmp_path / "chaos.toml"
+    rules.write_text('seed = 11\n[[fault]]\noperation = "*"\nprobability = 0.4\naction = "ews-error"\n'
+                     'code = "ErrorInternalServerTransientError"\n')
+    runs = []
+    for _ in range(2):
+        proc = mock_with("--faults", str(rules))
+        c = EwsClient(proc.url)
+        runs.append([c.get_im_item_list().response_code for _ in range(25)])
+        proc.stop()
+    assert runs[0] == runs[1]
+    assert 3 <= runs[0].count("ErrorInternalServerTransientError") <= 20
+
+
+def test_rules_reload_when_the_file_changes(tmp_path, mock_with):
+    rules = tmp_path / "live.toml"
+    rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "ews-error"\ncode = "ErrorServerBusy"\n')
+    proc = mock_with("--faults", str(rules))
+    c = EwsClient(proc.url)
+    assert c.get_im_item_list().response_code == "ErrorServerBusy"
+    time.sleep(0.05)
+    rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "ews-error"\ncode = "ErrorAccessDenied"\n')
+    assert c.get_im_item_list().response_code == "ErrorAccessDenied"
+    rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "no-such-action"\n')
+    assert c.get_im_item_list().response_code == "ErrorAccessDenied", "a broken edit keeps the old rules"
+    assert "kept the previous fault rules" in proc.output() and "no-such-action" in proc.output()
+
+
+def test_a_broken_file_is_refused_at_start(tmp_path):
+    rules = tmp_path / "broken.toml"
+    rules.write_text('seed = 1\n\n[[fault]]\noperation = "x"\naction = "reset"\nprobablity = 0.5\n')
+    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--faults", str(rules), "--listen-port", "0",
+                          "--db", ""], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode != 0
+    assert f"{rules}:6" in out.stderr and "unknown key 'probablity'" in out.stderr
+
+
+def test_faults_in_record_mode_in_front_of_a_real_server(tmp_path):
+    upstream = start_ucsproxy(tmp_path, "mock", "--db", "", name="upstream")
+    db = tmp_path / "rec.db"
+    rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", str(db),
+                         "--fault", "AddImGroup:ews-error:code=ErrorImGroupLimitReached",
+                         "--fault", "GetImItemList:stale-changekey")
+    try:
+        c = EwsClient(rec.url, user="rec@contoso.com")
+        assert c.add_im_group("Never").response_code == "ErrorImGroupLimitReached"
+        direct = EwsClient(upstream.url, user="rec@contoso.com").get_im_item_list()
+        assert "Never" not in direct.body.decode(), "the fault answered; the server never saw the call"
+        through = c.get_im_item_list()
+        assert through.response_code == "NoError"
+        assert through.all("//t:ExchangeStoreId/@ChangeKey") != direct.all("//t:ExchangeStoreId/@ChangeKey")
+    finally:
+        rec.stop()
+        upstream.stop()
+    rows = logged_faults(db)
+    assert [r["fault"]["action"] for r in rows] == ["ews-error", "stale-changekey"]
+
+
+def test_fault_commands_in_process(tmp_path):
+    from ucsproxy.runner import BackgroundProxy, mock_options
+
+    proxy = BackgroundProxy(dict(mock_options(seed=0), ucs_db=""))
+    try:
+        master = proxy._master
+        call = proxy._loop.call_soon_threadsafe
+        import concurrent.futures
+
+        def run(command, *args):
+            done = concurrent.futures.Future()
+            call(lambda: done.set_result(master.commands.call(command, *args)))
+            return done.result(5)
+
+        run("ucs.faults.add", "GetImItemList:ews-error:code=ErrorAccessDenied")
+        assert len(run("ucs.faults.list")) == 1
+        c = EwsClient(proxy.url)
+        assert c.get_im_item_list().response_code == "ErrorAccessDenied"
+        run("ucs.faults.clear")
+        assert run("ucs.faults.list") == []
+        assert c.get_im_item_list().response_code == "NoError"
+    finally:
+        proxy.stop()
