@@ -38,7 +38,7 @@ class RecordedAnswer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
-    exchange_id: int | None = None
+    exchange_id: int | None = None  # id in the log, or position in a fixture directory
 
 
 @dataclass
@@ -122,10 +122,10 @@ class ReplayIndex:
         return (operation,)
 
     def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            self.add_row(row)
+        for position, row in enumerate(rows, 1):
+            self.add_row(row, position)
 
-    def add_row(self, row: dict[str, Any]) -> None:
+    def add_row(self, row: dict[str, Any], position: int | None = None) -> None:
         if not row.get("operation") or row.get("http_status") is None or row.get("response_body") is None:
             return
         request = codec.decode_request((row.get("request_body") or "").encode("utf-8"))
@@ -135,7 +135,8 @@ class ReplayIndex:
         args = canonical_args(request)
         headers = [(k, v) for k, v in json.loads(row.get("response_headers") or "[]")
                    if k.lower() not in _TRANSFER_HEADERS]
-        answer = RecordedAnswer(int(row["http_status"]), headers, row["response_body"].encode("utf-8"), row.get("id"))
+        answer = RecordedAnswer(int(row["http_status"]), headers, row["response_body"].encode("utf-8"),
+                                row.get("id") or position)
         self._slots.setdefault(self._key(request.operation, mailbox, args), _Slot()).answers.append(answer)
         self._mailboxes[request.operation].add(mailbox)
         if len(self._args[(request.operation, mailbox)]) < 50:
