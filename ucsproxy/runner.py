@@ -114,6 +114,7 @@ class BackgroundProxy:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
@@ -121,6 +122,12 @@ class BackgroundProxy:
             self._error = e
             self._ready.set()
         finally:
+            # Connections still open when the proxy stops: let their handlers end quietly.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     async def _main(self) -> None:
