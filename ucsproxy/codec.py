@@ -115,7 +115,8 @@ def _ns(el: etree._Element) -> str:
 
 
 def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname
+    tag = el.tag
+    return tag[tag.rfind("}") + 1:]
 
 
 def _elements(el: etree._Element | None) -> Iterator[etree._Element]:
@@ -125,14 +126,27 @@ def _elements(el: etree._Element | None) -> Iterator[etree._Element]:
 
 
 def _child(el: etree._Element | None, name: str) -> etree._Element | None:
-    for c in _elements(el):
-        if _local(c) == name:
+    if el is None:
+        return None
+    for c in el:
+        tag = c.tag
+        if isinstance(tag, str) and tag[tag.rfind("}") + 1:] == name:
             return c
     return None
 
 
 def _children(el: etree._Element | None, name: str) -> list[etree._Element]:
     return [c for c in _elements(el) if _local(c) == name]
+
+
+def _child_index(el: etree._Element) -> dict[str, etree._Element]:
+    """First child of each local name: one pass instead of one scan per field."""
+    index: dict[str, etree._Element] = {}
+    for c in el:
+        tag = c.tag
+        if isinstance(tag, str):
+            index.setdefault(tag[tag.rfind("}") + 1:], c)
+    return index
 
 
 def _text(el: etree._Element | None, name: str) -> str | None:
@@ -328,8 +342,9 @@ _PERSONA_FIELDS: tuple[tuple[str, str, str], ...] = (
 
 def _persona(el: etree._Element) -> Persona:
     values: dict[str, Any] = {}
+    index = _child_index(el)
     for element, field_name, kind in _PERSONA_FIELDS:
-        c = _child(el, element)
+        c = index.get(element)
         if c is None:
             continue
         if kind == "str":

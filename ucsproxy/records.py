@@ -409,23 +409,36 @@ class DecodeError:
 # JSON: records <-> plain data, for the log, fixtures and saved model state.
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def to_jsonable(value: Any) -> Any:
     """Turn a record into JSON-ready data, dropping None and empty fields.
 
     Attributed values carry their value's type in ``kind`` so they can be read back.
     """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {}
-        if isinstance(value, AttributedValue):
-            out["kind"] = type(value.value).__name__
-        for f in dataclasses.fields(value):
-            v = getattr(value, f.name)
-            if v is None or v == ():
-                continue
-            out[f.name] = to_jsonable(v)
-        return out
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
     if isinstance(value, (tuple, list)):
         return [to_jsonable(v) for v in value]
+    cls = type(value)
+    if dataclasses.is_dataclass(cls):
+        out: dict[str, Any] = {}
+        if cls is AttributedValue:
+            out["kind"] = type(value.value).__name__
+        for name in _field_names(cls):
+            v = getattr(value, name)
+            if v is None or v == ():
+                continue
+            out[name] = to_jsonable(v)
+        return out
     return value
 
 
