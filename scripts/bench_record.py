@@ -143,7 +143,7 @@ def main() -> None:
     body_file = tmp / "response.xml"
     body_file.write_bytes(spec_response())
     db = tmp / "record.db"
-    up, plain, rec = free_port(), free_port(), free_port()
+    up, plain, rec, nolog = free_port(), free_port(), free_port(), free_port()
     procs = []
     try:
         procs.append(subprocess.Popen([sys.executable, "-c", UPSTREAM_CODE, str(up), str(body_file)]))
@@ -155,15 +155,21 @@ def main() -> None:
             [sys.executable, "-m", "ucsproxy", "record", "--upstream", f"http://127.0.0.1:{up}",
              "--listen-host", "127.0.0.1", "--listen-port", str(rec), "--db", str(db)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
-        wait_port(plain)
-        wait_port(rec)
-        # Warm up both (TLS-free, but imports, caches, first connections).
-        for port in (plain, rec):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ucsproxy", "record", "--upstream", f"http://127.0.0.1:{up}",
+             "--listen-host", "127.0.0.1", "--listen-port", str(nolog), "--db", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+        for port in (plain, rec, nolog):
+            wait_port(port)
+        # Warm up all three (imports, caches, first connections).
+        for port in (plain, rec, nolog):
             asyncio.run(drive(port, 200, 4))
 
-        results: dict[str, list[tuple[float, list[float]]]] = {"mitmdump": [], "ucsproxy record": []}
+        # "record, no log" is the addon with logging off: it tells the glue's cost from the log's.
+        proxies = (("mitmdump", plain), ("ucsproxy record", rec), ("record, no log", nolog))
+        results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name, _ in proxies}
         for _ in range(args.rounds):
-            for name, port in (("mitmdump", plain), ("ucsproxy record", rec)):
+            for name, port in proxies:
                 results[name].append(asyncio.run(drive(port, args.requests, args.concurrency)))
 
         print(f"{args.requests} requests x {args.rounds} rounds, {args.concurrency} keep-alive connections, "

@@ -141,7 +141,7 @@ WRITER = textwrap.dedent("""
     import signal, sys, time
     from ucsproxy.store import LogStore
     from ucsproxy.exchange import RawExchange
-    store = LogStore(sys.argv[1])
+    store = LogStore(sys.argv[1], writer=sys.argv[3])
     signal.signal(signal.SIGTERM, lambda *a: (store.close(), sys.exit(0)))
     for i in range(int(sys.argv[2])):
         store.submit(RawExchange("record", time.time(), 1.0, None, None, "POST", "/EWS/Exchange.asmx", 200,
@@ -151,14 +151,16 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("writer", ["thread", "process"])
 @pytest.mark.parametrize("sig,wait", [(signal.SIGTERM, 0.0), (signal.SIGKILL, 0.3)])
-def test_durability(tmp_path, sig, wait):
+def test_durability(tmp_path, sig, wait, writer):
     path = tmp_path / "durable.db"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "500"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "500", writer], stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"submitted"
     time.sleep(wait)  # SIGKILL may lose at most the last flush interval (<= 200 ms)
     proc.send_signal(sig)
     proc.wait(30)
+    time.sleep(0.5)  # a writer process outlives a killed parent long enough to commit
     con = sqlite3.connect(path)
     assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert con.execute("select count(*) from exchanges").fetchone()[0] == 500

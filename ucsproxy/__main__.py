@@ -1,3 +1,4 @@
 from .cli import main
 
-main()
+if __name__ == "__main__":  # the log's writer process re-imports this module under another name
+    main()

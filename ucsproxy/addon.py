@@ -53,6 +53,7 @@ class UcsProxy:
         self.engine: faults.FaultEngine | None = None
         self.watcher: faults.FaultFileWatcher | None = None
         self._store_key: tuple | None = None
+        self.mode = "record"
 
     # -- options -----------------------------------------------------------
 
@@ -74,6 +75,7 @@ class UcsProxy:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        self.mode = opts.ucs_mode
         if updated & {"ucs_db", "ucs_keep_secrets"}:
             self._open_store(opts.ucs_db, opts.ucs_keep_secrets)
         if updated & {"ucs_mode", "ucs_state", "ucs_seed", "ucs_item_list", "ucs_mailbox"}:
@@ -93,7 +95,7 @@ class UcsProxy:
         self._store_key = key
         if path:
             try:
-                self.store = LogStore(path, keep_secrets=keep_secrets)
+                self.store = LogStore(path, keep_secrets=keep_secrets, writer="process")
             except Exception as e:
                 raise exceptions.OptionsError(f"Cannot open the log {path}: {e}") from e
 
@@ -160,38 +162,52 @@ class UcsProxy:
 
     # -- hooks -------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        mode = ctx.options.ucs_mode
+    # Hooks are plain functions on the common path and hand mitmproxy a coroutine
+    # only when a fault has to wait: an async hook costs every request a task.
+
+    def request(self, flow: http.HTTPFlow):
+        mode = self.mode
         if mode == "off":
-            return
+            return None
         serving = mode in ("mock", "replay")
         decoded = None
-        if is_ews_endpoint(flow.request) and flow.request.method == "POST":
-            if serving or self.engine is not None:
-                decoded = codec.decode_request(
-                    flow.request.get_content(strict=False) or b"",
-                    flow.request.headers.get("SOAPAction"),
-                )
-                flow.metadata["ucs_request"] = decoded
+        if (serving or self.engine is not None) and flow.request.method == "POST" and is_ews_endpoint(flow.request):
+            decoded = codec.decode_request(
+                flow.request.get_content(strict=False) or b"",
+                flow.request.headers.get("SOAPAction"),
+            )
+            flow.metadata["ucs_request"] = decoded
         if self.engine is not None:
             self._poll_faults()
             operation = decoded.operation if isinstance(decoded, EwsRequest) else None
             decision = self.engine.decide(operation, self._mailbox(flow, decoded))
             if decision is not None:
                 flow.metadata["ucs_fault"] = decision
-                if decision.delay_ms and decision.delay_phase == "request":
-                    await asyncio.sleep(decision.delay_ms / 1000)
-                if await self._apply_fault_before_answer(flow, decision):
-                    return
+                return self._request_with_fault(flow, decoded, decision, serving)
+        if serving:
+            self._answer(flow, decoded)
+        return None
+
+    async def _request_with_fault(self, flow: http.HTTPFlow, decoded, decision: faults.FaultDecision,
+                                  serving: bool) -> None:
+        if decision.delay_ms and decision.delay_phase == "request":
+            await asyncio.sleep(decision.delay_ms / 1000)
+        if await self._apply_fault_before_answer(flow, decision):
+            return
         if serving:
             self._answer(flow, decoded)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow):
         decision = flow.metadata.get("ucs_fault")
         if decision is not None and not flow.metadata.get("ucs_fault_applied"):
-            if decision.delay_ms and decision.delay_phase == "response":
-                await asyncio.sleep(decision.delay_ms / 1000)
-            self._apply_fault_to_answer(flow, decision)
+            return self._response_with_fault(flow, decision)
+        self._log(flow)
+        return None
+
+    async def _response_with_fault(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
+        if decision.delay_ms and decision.delay_phase == "response":
+            await asyncio.sleep(decision.delay_ms / 1000)
+        self._apply_fault_to_answer(flow, decision)
         self._log(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -321,7 +337,7 @@ class UcsProxy:
         if self.store is None:
             return
         try:
-            self.store.submit(raw_exchange_from_flow(flow, ctx.options.ucs_mode))
+            self.store.submit(raw_exchange_from_flow(flow, self.mode))
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")
 

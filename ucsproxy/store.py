@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from .exchange import COLUMNS, RawExchange, build_row, iso_utc
 log = logging.getLogger("ucsproxy.store")
 
 TABLE = "exchanges"
+WRITER_NICENESS = 10
 INDEXES = (["operation"], ["mailbox"], ["response_code"], ["started_at"])
 ERROR_CONDITION = ("(response_class in ('Error', 'Fault') or http_status >= 400 or error is not null "
                    "or http_status is null)")
@@ -47,7 +49,17 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
 
 
 class LogStore:
-    def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = 0.1):
+    """The log file, with a writer that builds and commits rows off the caller's thread.
+
+    ``writer="process"`` (the proxy's choice) decodes and writes in a child
+    process, so the work never holds the proxy's GIL; ``writer="thread"`` does
+    it on a thread of this process (no process start-up: for short-lived tools).
+    Either way :meth:`submit` only queues, and a batch is committed at least
+    every ``flush_interval`` seconds (at most 0.2).
+    """
+
+    def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = 0.1,
+                 writer: str = "thread"):
         self.path = Path(path)
         self.keep_secrets = keep_secrets
         self.flush_interval = min(flush_interval, 0.2)
@@ -57,8 +69,13 @@ class LogStore:
         self._written = 0
         self._progress = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="ucsproxy-log", daemon=True)
-        self._thread.start()
+        self._wake = threading.Event()
+        if writer == "process":
+            self._sink: _Sink = _ProcessSink(self)
+        elif writer == "thread":
+            self._sink = _ThreadSink(self)
+        else:
+            raise ValueError(f"writer must be 'process' or 'thread', not {writer!r}")
 
     def submit(self, raw: RawExchange) -> None:
         """Queue one exchange for the log. Thread-safe, never blocks."""
@@ -70,63 +87,46 @@ class LogStore:
     def insert_rows(self, rows: list[dict[str, Any]]) -> None:
         """Write already built rows (imports), in one transaction, on the caller's thread."""
         with self._progress:
-            with self.db.conn:
-                self.db[TABLE].insert_all(rows, batch_size=500)
+            write_rows(self.db, rows)
 
-    def _run(self) -> None:
+    def _batches(self) -> Iterator[tuple[list[RawExchange], bool]]:
+        """Batches of queued exchanges, one per flush interval; the flag says the queue was closed.
+
+        The consumer sleeps between batches instead of waking for every exchange:
+        on a busy proxy that keeps it from taking the GIL a thousand times a second.
+        """
         stop = False
         while not stop:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
             batch: list[RawExchange] = []
-            try:
-                item = self._queue.get(timeout=self.flush_interval)
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
                 if item is None:
                     stop = True
-                else:
-                    batch.append(item)
-                deadline = time.monotonic() + self.flush_interval
-                while not stop and time.monotonic() < deadline:
-                    try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                    else:
-                        batch.append(item)
-            except queue.Empty:
-                continue
-            if batch:
-                self._write(batch)
+                    break
+                batch.append(item)
+            yield batch, stop
 
-    def _write(self, batch: list[RawExchange]) -> None:
-        rows = []
-        for raw in batch:
-            try:
-                rows.append(build_row(raw, self.keep_secrets))
-            except Exception as e:  # one odd exchange must not stop the log
-                log.exception("ucsproxy: could not decode an exchange for the log")
-                rows.append({"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
-                             "path": raw.path, "http_status": raw.http_status, "error": f"log: {e}"})
-        try:
-            with self._progress:
-                with self.db.conn:
-                    self.db[TABLE].insert_all(rows, batch_size=500)
-        except Exception:
-            log.exception("ucsproxy: could not write %d exchange(s) to %s", len(rows), self.path)
+    def _done(self, count: int) -> None:
         with self._progress:
-            self._written += len(batch)
+            self._written += count
             self._progress.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is committed."""
         target = self._submitted
+        self._wake.set()
         deadline = time.monotonic() + timeout
         with self._progress:
             while self._written < target:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
+                if remaining <= 0 or not self._sink.alive():
                     return False
-                self._progress.wait(remaining)
+                self._progress.wait(min(remaining, 0.1))
         return True
 
     def close(self) -> None:
@@ -134,7 +134,8 @@ class LogStore:
             return
         self._closed = True
         self._queue.put(None)
-        self._thread.join(30)
+        self._wake.set()
+        self._sink.join(30)
         self.db.conn.close()
 
     def __enter__(self) -> "LogStore":
@@ -142,6 +143,142 @@ class LogStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def build_rows(batch: list[RawExchange], keep_secrets: bool) -> list[dict[str, Any]]:
+    rows = []
+    for raw in batch:
+        try:
+            rows.append(build_row(raw, keep_secrets))
+        except Exception as e:  # one odd exchange must not stop the log
+            log.exception("ucsproxy: could not decode an exchange for the log")
+            rows.append({"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
+                         "path": raw.path, "http_status": raw.http_status, "error": f"log: {e}"})
+    return rows
+
+
+def write_rows(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
+    try:
+        with db.conn:
+            db[TABLE].insert_all(rows, batch_size=500)
+    except Exception:
+        log.exception("ucsproxy: could not write %d exchange(s)", len(rows))
+
+
+class _Sink:
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def join(self, timeout: float) -> None:
+        raise NotImplementedError
+
+
+class _ThreadSink(_Sink):
+    def __init__(self, store: LogStore):
+        self.store = store
+        self.thread = threading.Thread(target=self._run, name="ucsproxy-log", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for batch, _ in self.store._batches():
+            if batch:
+                write_rows(self.store.db, build_rows(batch, self.store.keep_secrets))
+                self.store._done(len(batch))
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+
+class _ProcessSink(_Sink):
+    """Ships raw exchanges to a writer process; it builds the rows and commits them."""
+
+    def __init__(self, store: LogStore):
+        import multiprocessing
+
+        self.store = store
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_writer_process, name="ucsproxy-log-writer", daemon=True,
+                                   args=(str(store.path), store.keep_secrets, child))
+        self.process.start()
+        child.close()
+        self.sender = threading.Thread(target=self._send, name="ucsproxy-log-sender", daemon=True)
+        self.sender.start()
+        self.acks = threading.Thread(target=self._receive_acks, name="ucsproxy-log-acks", daemon=True)
+        self.acks.start()
+
+    def _send(self) -> None:
+        try:
+            for batch, stop in self.store._batches():
+                if batch:
+                    self.conn.send(batch)
+                if stop:
+                    self.conn.send(None)
+        except (OSError, EOFError, ValueError):
+            log.error("ucsproxy: the log writer went away; exchanges are no longer logged")
+
+    def _receive_acks(self) -> None:
+        try:
+            while True:
+                self.store._done(self.conn.recv())
+        except (OSError, EOFError, ValueError):
+            with self.store._progress:
+                self.store._progress.notify_all()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self.sender.join(timeout)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+        self.acks.join(1)
+        self.conn.close()
+
+
+def _writer_process(path: str, keep_secrets: bool, conn) -> None:
+    """Child process: receive batches, build rows, commit. Exits when the parent closes the pipe."""
+    import signal
+
+    # Stop only when the parent says so (or dies): a Ctrl-C or SIGTERM sent to the
+    # whole process group must not cut the last batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Traffic first: on a busy machine the log catches up in the proxy's idle time.
+    try:
+        os.nice(WRITER_NICENESS)
+    except (AttributeError, OSError):
+        pass
+    db = open_db(path)
+    try:
+        stop = False
+        while not stop:
+            batch: list[RawExchange] = []
+            try:
+                item = conn.recv()
+                # Gather what else is already waiting, so one transaction covers it.
+                while True:
+                    if item is None:
+                        stop = True
+                        break
+                    batch.extend(item)
+                    if not conn.poll(0):
+                        break
+                    item = conn.recv()
+            except (EOFError, OSError):
+                stop = True  # the parent is gone: what was received is written below
+            if batch:
+                write_rows(db, build_rows(batch, keep_secrets))
+                try:
+                    conn.send(len(batch))
+                except (OSError, EOFError):
+                    pass
+    finally:
+        db.conn.close()
 
 
 # ---------------------------------------------------------------------------
