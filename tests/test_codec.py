@@ -371,7 +371,11 @@ HOSTILE = {
                      '</soap:Envelope>', "no-body"),
     "empty-body": (ENVELOPE.format(""), "empty-body"),
     "not-ews": (ENVELOPE.format('<x:Op xmlns:x="urn:other"/>'), "not-ews"),
-    "json": ('{"operation": "AddImGroup"}', "not-xml"),
+    "json": ('{"operation": "AddImGroup"}', "not-soap"),
+    "html-error-page": ("<!DOCTYPE html>\n<html><head><title>503</title></head><body>Service Unavailable</body></html>",
+                        "not-soap"),
+    "xhtml": ('<html xmlns="http://www.w3.org/1999/xhtml"><body/></html>', "not-soap"),
+    "binary": ("\x00\x01\x02garbage", "not-xml"),
     "nothing": ("", "empty-body"),
     "missing-required": (ENVELOPE.format("<m:AddImGroup/>"), "invalid"),
     "bad-boolean": (ENVELOPE.format("<m:SetImListMigrationCompleted><m:ImListMigrationCompleted>maybe"
@@ -391,6 +395,22 @@ def test_hostile_requests_give_typed_errors(name):
     assert "root:" not in decoded.message
     fault = codec.schema_validation_fault(decoded)
     assert codec.decode_response(codec.encode_fault(fault)).fault.response_code == "ErrorSchemaValidation"
+
+
+def test_schema_validation_fault_is_worded_like_the_add_im_group_page():
+    page = response("AddImGroup.page.fault.xml").fault
+    ours = codec.schema_validation_fault(DecodeError("not-xml", "An error occurred while parsing EntityName.", 11, 33))
+    assert ours == page
+
+
+def test_parse_errors_become_schema_validation_faults_with_position():
+    decoded = codec.decode_request(b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">\n'
+                                   b'<soap:Body><x>&amp</x></soap:Body></soap:Envelope>')
+    assert (decoded.kind, decoded.line, decoded.column) == ("not-xml", 2, 19)
+    fault = codec.schema_validation_fault(decoded)
+    assert fault.message_xml.line_number == 2 and fault.message_xml.line_position == 19
+    assert fault.faultstring.endswith(". Line 2, position 19.")
+    assert fault.faultstring.count("line") == 0  # lxml's own "line N, column M" is not repeated
 
 
 def test_truncated_xml_names_the_position():

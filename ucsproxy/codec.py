@@ -10,6 +10,7 @@ types.xsd).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterator
 
 from lxml import etree
@@ -77,6 +78,9 @@ _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"),
                     b"<!ENTITY", "<!ENTITY".encode("utf-16-le"), "<!ENTITY".encode("utf-16-be"))
 
 
+_LXML_POSITION = re.compile(r",?\s*line \d+, column \d+\s*$")
+
+
 def _parse(body: Any) -> etree._Element | DecodeError:
     if body is None:
         return DecodeError("empty-body", "The request has no body.")
@@ -89,13 +93,21 @@ def _parse(body: Any) -> etree._Element | DecodeError:
         return DecodeError("too-large", f"The body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}.")
     if not body.strip():
         return DecodeError("empty-body", "The body is empty.")
+    head = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:16].lower()
+    # Misrouted traffic (a JSON API, an IIS error page) is "not SOAP", not a broken request.
+    if head.startswith((b"{", b"[")):
+        return DecodeError("not-soap", "The body is JSON, not a SOAP envelope.")
+    if head.startswith((b"<!doctype html", b"<html")):
+        return DecodeError("not-soap", "The body is an HTML page, not a SOAP envelope.")
     if any(marker in body for marker in _DOCTYPE_MARKERS):
         return DecodeError("forbidden-dtd", "DTDs and entity declarations are not allowed in EWS requests.")
     try:
         root = etree.fromstring(body, _parser())
     except etree.XMLSyntaxError as e:
         line, column = (e.position if e.position else (None, None))
-        return DecodeError("not-xml", f"{e.msg or 'The XML is not well formed'}", line, column)
+        # lxml appends the position to its message; the position has fields of its own.
+        text = _LXML_POSITION.sub("", e.msg or "") or "The XML is not well formed"
+        return DecodeError("not-xml", text, line, column)
     except Exception as e:  # lxml raises ValueError for some encodings
         return DecodeError("not-xml", f"The body cannot be parsed as XML: {e}")
     if root is None:
@@ -918,16 +930,17 @@ def error_response(operation: str, code: str, message_text: str | None = None,
 
 def schema_validation_fault(error: DecodeError) -> SoapFault:
     """The ErrorSchemaValidation fault Exchange answers a request it cannot read with."""
-    violation = error.message
+    violation = error.message.rstrip()
     if error.line is not None:
-        violation = f"{error.message} Line {error.line}, position {error.column or 0}."
+        # Exchange's wording: "An error occurred while parsing EntityName. Line 11, position 33."
+        where = f"Line {error.line}" + (f", position {error.column}" if error.column is not None else "")
+        violation = f"{violation.rstrip('.')}. {where}."
     return SoapFault(
         faultcode="ErrorSchemaValidation",
         faultstring=f"The request failed schema validation: {violation}",
         response_code="ErrorSchemaValidation",
         message=P.message_text("ErrorSchemaValidation"),
-        message_xml=MessageXml(line_number=error.line, line_position=error.column, violation=violation)
-        if error.line is not None else MessageXml(violation=violation),
+        message_xml=MessageXml(line_number=error.line, line_position=error.column, violation=violation),
         fault_namespace=T,
     )
 

@@ -1,0 +1,404 @@
+"""What the codec emits, validated against the protocol's own XML schema.
+
+The two schemas of [MS-OXWSCOS] section 7 are fixtures (tests/fixtures/spec/
+MS-OXWSCOS-messages.xsd and -types.xsd), copied verbatim from the text version
+of the document with one repair: in section 7.1 the page break after
+AddImContactToGroupResponseMessageType repeats that type's closing
+``</xs:complexContent></xs:complexType>`` lines, which we dropped so the file
+parses.
+
+Section 7 builds on the base EWS schemas ([MS-OXWSCDATA] and friends), which
+the document does not reprint. The subset below declares just the base types
+UCS messages use, written from EWS's messages.xsd/types.xsd. PersonaType lists
+only the elements ucsproxy knows, in types.xsd's order: the real sequence has
+more optional elements between them, so any order this subset accepts, Exchange's
+accepts too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from ucsproxy import codec
+from ucsproxy import protocol as P
+from ucsproxy.records import (
+    AttributedValue,
+    EmailAddress,
+    EwsRequest,
+    ExtendedFieldURI,
+    ExtendedProperty,
+    ImGroup,
+    ImItemList,
+    Impersonation,
+    ItemId,
+    MessageXml,
+    Persona,
+    PersonaAttribution,
+    PhoneNumber,
+    SoapHeaders,
+    UcsResponse,
+)
+
+from test_codec import ALL_REQUESTS, ALL_RESPONSES, PERSONA
+
+SPEC = Path(__file__).parent / "fixtures" / "spec"
+
+BASE_TYPES = """
+  <xs:simpleType name="NonEmptyStringType">
+    <xs:restriction base="xs:string"><xs:minLength value="1"/></xs:restriction>
+  </xs:simpleType>
+  <xs:complexType name="BaseItemIdType" abstract="true"/>
+  <xs:complexType name="ItemIdType">
+    <xs:complexContent>
+      <xs:extension base="t:BaseItemIdType">
+        <xs:attribute name="Id" type="xs:string" use="required"/>
+        <xs:attribute name="ChangeKey" type="xs:string" use="optional"/>
+      </xs:extension>
+    </xs:complexContent>
+  </xs:complexType>
+  <xs:complexType name="FolderIdType">
+    <xs:attribute name="Id" type="xs:string" use="required"/>
+    <xs:attribute name="ChangeKey" type="xs:string" use="optional"/>
+  </xs:complexType>
+  <xs:complexType name="NonEmptyArrayOfItemIdsType">
+    <xs:sequence><xs:element name="ItemId" type="t:ItemIdType" maxOccurs="unbounded"/></xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="NonEmptyArrayOfBaseItemIdsType">
+    <xs:choice maxOccurs="unbounded"><xs:element name="ItemId" type="t:ItemIdType"/></xs:choice>
+  </xs:complexType>
+  <xs:complexType name="PathToExtendedFieldType">
+    <xs:attribute name="DistinguishedPropertySetId" type="xs:string" use="optional"/>
+    <xs:attribute name="PropertySetId" type="xs:string" use="optional"/>
+    <xs:attribute name="PropertyTag" type="xs:string" use="optional"/>
+    <xs:attribute name="PropertyName" type="xs:string" use="optional"/>
+    <xs:attribute name="PropertyId" type="xs:int" use="optional"/>
+    <xs:attribute name="PropertyType" type="xs:string" use="required"/>
+  </xs:complexType>
+  <xs:complexType name="NonEmptyArrayOfPropertyValuesType">
+    <xs:choice maxOccurs="unbounded"><xs:element name="Value" type="xs:string"/></xs:choice>
+  </xs:complexType>
+  <xs:complexType name="ExtendedPropertyType">
+    <xs:sequence>
+      <xs:element name="ExtendedFieldURI" type="t:PathToExtendedFieldType"/>
+      <xs:choice>
+        <xs:element name="Value" type="xs:string"/>
+        <xs:element name="Values" type="t:NonEmptyArrayOfPropertyValuesType"/>
+      </xs:choice>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="NonEmptyArrayOfExtendedPropertyType">
+    <xs:sequence>
+      <xs:element name="ExtendedProperty" type="t:ExtendedPropertyType" maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="EmailAddressType">
+    <xs:sequence>
+      <xs:element name="Name" type="xs:string" minOccurs="0"/>
+      <xs:element name="EmailAddress" type="t:NonEmptyStringType" minOccurs="0"/>
+      <xs:element name="RoutingType" type="t:NonEmptyStringType" minOccurs="0"/>
+      <xs:element name="MailboxType" minOccurs="0">
+        <xs:simpleType>
+          <xs:restriction base="xs:string">
+            <xs:enumeration value="Unknown"/><xs:enumeration value="OneOff"/>
+            <xs:enumeration value="Mailbox"/><xs:enumeration value="PublicDL"/>
+            <xs:enumeration value="PrivateDL"/><xs:enumeration value="Contact"/>
+            <xs:enumeration value="PublicFolder"/><xs:enumeration value="GroupMailbox"/>
+            <xs:enumeration value="ImplicitContact"/><xs:enumeration value="User"/>
+          </xs:restriction>
+        </xs:simpleType>
+      </xs:element>
+      <xs:element name="ItemId" type="t:ItemIdType" minOccurs="0"/>
+      <xs:element name="OriginalDisplayName" type="xs:string" minOccurs="0"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfEmailAddressesType">
+    <xs:sequence>
+      <xs:element name="Address" type="t:EmailAddressType" minOccurs="0" maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="PersonaPhoneNumberType">
+    <xs:sequence>
+      <xs:element name="Number" type="xs:string"/>
+      <xs:element name="Type" type="xs:string"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="PersonaAttributionType">
+    <xs:sequence>
+      <xs:element name="Id" type="xs:string"/>
+      <xs:element name="SourceId" type="t:ItemIdType"/>
+      <xs:element name="DisplayName" type="xs:string"/>
+      <xs:element name="IsWritable" type="xs:boolean" minOccurs="0"/>
+      <xs:element name="IsQuickContact" type="xs:boolean" minOccurs="0"/>
+      <xs:element name="IsHidden" type="xs:boolean" minOccurs="0"/>
+      <xs:element name="FolderId" type="t:FolderIdType" minOccurs="0"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfPersonaAttributionsType">
+    <xs:sequence>
+      <xs:element name="Attribution" type="t:PersonaAttributionType" minOccurs="0" maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfValueAttributionsType">
+    <xs:sequence>
+      <xs:element name="Attribution" type="xs:string" maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="StringAttributedValueType">
+    <xs:sequence>
+      <xs:element name="Value" type="xs:string"/>
+      <xs:element name="Attributions" type="t:ArrayOfValueAttributionsType"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="PhoneNumberAttributedValueType">
+    <xs:sequence>
+      <xs:element name="Value" type="t:PersonaPhoneNumberType"/>
+      <xs:element name="Attributions" type="t:ArrayOfValueAttributionsType"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="EmailAddressAttributedValueType">
+    <xs:sequence>
+      <xs:element name="Value" type="t:EmailAddressType"/>
+      <xs:element name="Attributions" type="t:ArrayOfValueAttributionsType"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ExtendedPropertyAttributedValueType">
+    <xs:sequence>
+      <xs:element name="Value" type="t:ExtendedPropertyType"/>
+      <xs:element name="Attributions" type="t:ArrayOfValueAttributionsType"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfStringAttributedValuesType">
+    <xs:sequence>
+      <xs:element name="StringAttributedValue" type="t:StringAttributedValueType" minOccurs="0"
+                  maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfPhoneNumberAttributedValuesType">
+    <xs:sequence>
+      <xs:element name="PhoneNumberAttributedValue" type="t:PhoneNumberAttributedValueType" minOccurs="0"
+                  maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfEmailAddressAttributedValuesType">
+    <xs:sequence>
+      <xs:element name="EmailAddressAttributedValue" type="t:EmailAddressAttributedValueType" minOccurs="0"
+                  maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfExtendedPropertyAttributedValueType">
+    <xs:sequence>
+      <xs:element name="ExtendedPropertyAttributedValue" type="t:ExtendedPropertyAttributedValueType"
+                  minOccurs="0" maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="PersonaType">
+    <xs:sequence>
+      <xs:element name="PersonaId" type="t:ItemIdType"/>
+      <xs:element name="PersonaType" type="xs:string" minOccurs="0"/>
+      <xs:element name="CreationTime" type="xs:dateTime" minOccurs="0"/>
+      <xs:element name="DisplayName" type="xs:string" minOccurs="0"/>
+      <xs:element name="DisplayNameFirstLast" type="xs:string" minOccurs="0"/>
+      <xs:element name="DisplayNameLastFirst" type="xs:string" minOccurs="0"/>
+      <xs:element name="FileAs" type="xs:string" minOccurs="0"/>
+      <xs:element name="FileAsId" type="xs:string" minOccurs="0"/>
+      <xs:element name="GivenName" type="xs:string" minOccurs="0"/>
+      <xs:element name="Surname" type="xs:string" minOccurs="0"/>
+      <xs:element name="EmailAddress" type="t:EmailAddressType" minOccurs="0"/>
+      <xs:element name="EmailAddresses" type="t:ArrayOfEmailAddressesType" minOccurs="0"/>
+      <xs:element name="ImAddress" type="xs:string" minOccurs="0"/>
+      <xs:element name="RelevanceScore" type="xs:int" minOccurs="0"/>
+      <xs:element name="Attributions" type="t:ArrayOfPersonaAttributionsType" minOccurs="0"/>
+      <xs:element name="DisplayNames" type="t:ArrayOfStringAttributedValuesType" minOccurs="0"/>
+      <xs:element name="FileAses" type="t:ArrayOfStringAttributedValuesType" minOccurs="0"/>
+      <xs:element name="FileAsIds" type="t:ArrayOfStringAttributedValuesType" minOccurs="0"/>
+      <xs:element name="GivenNames" type="t:ArrayOfStringAttributedValuesType" minOccurs="0"/>
+      <xs:element name="Surnames" type="t:ArrayOfStringAttributedValuesType" minOccurs="0"/>
+      <xs:element name="BusinessPhoneNumbers" type="t:ArrayOfPhoneNumberAttributedValuesType" minOccurs="0"/>
+      <xs:element name="HomePhones" type="t:ArrayOfPhoneNumberAttributedValuesType" minOccurs="0"/>
+      <xs:element name="MobilePhones" type="t:ArrayOfPhoneNumberAttributedValuesType" minOccurs="0"/>
+      <xs:element name="Emails1" type="t:ArrayOfEmailAddressAttributedValuesType" minOccurs="0"/>
+      <xs:element name="Emails2" type="t:ArrayOfEmailAddressAttributedValuesType" minOccurs="0"/>
+      <xs:element name="Emails3" type="t:ArrayOfEmailAddressAttributedValuesType" minOccurs="0"/>
+      <xs:element name="ImAddresses" type="t:ArrayOfStringAttributedValuesType" minOccurs="0"/>
+      <xs:element name="ExtendedProperties" type="t:ArrayOfExtendedPropertyAttributedValueType" minOccurs="0"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="ArrayOfPeopleType">
+    <xs:sequence>
+      <xs:element name="Persona" type="t:PersonaType" minOccurs="0" maxOccurs="unbounded"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:element name="RequestServerVersion">
+    <xs:complexType><xs:attribute name="Version" type="xs:string" use="required"/></xs:complexType>
+  </xs:element>
+  <xs:element name="MailboxCulture" type="xs:language"/>
+  <xs:element name="ExchangeImpersonation">
+    <xs:complexType>
+      <xs:sequence>
+        <xs:element name="ConnectingSID">
+          <xs:complexType>
+            <xs:choice>
+              <xs:element name="PrincipalName" type="xs:string"/>
+              <xs:element name="SID" type="xs:string"/>
+              <xs:element name="PrimarySmtpAddress" type="xs:string"/>
+              <xs:element name="SmtpAddress" type="xs:string"/>
+            </xs:choice>
+          </xs:complexType>
+        </xs:element>
+      </xs:sequence>
+    </xs:complexType>
+  </xs:element>
+  <xs:element name="TimeZoneContext">
+    <xs:complexType>
+      <xs:sequence>
+        <xs:element name="TimeZoneDefinition">
+          <xs:complexType><xs:attribute name="Id" type="xs:string"/></xs:complexType>
+        </xs:element>
+      </xs:sequence>
+    </xs:complexType>
+  </xs:element>
+  <xs:element name="ServerVersionInfo">
+    <xs:complexType>
+      <xs:attribute name="MajorVersion" type="xs:int"/>
+      <xs:attribute name="MinorVersion" type="xs:int"/>
+      <xs:attribute name="MajorBuildNumber" type="xs:int"/>
+      <xs:attribute name="MinorBuildNumber" type="xs:int"/>
+      <xs:attribute name="Version" type="xs:string"/>
+    </xs:complexType>
+  </xs:element>
+"""
+
+BASE_MESSAGES = """
+  <xs:complexType name="BaseRequestType" abstract="true"/>
+  <xs:complexType name="ResponseMessageType">
+    <xs:sequence>
+      <xs:element name="MessageText" type="xs:string" minOccurs="0"/>
+      <xs:element name="ResponseCode" type="xs:string" minOccurs="0"/>
+      <xs:element name="DescriptiveLinkKey" type="xs:int" minOccurs="0"/>
+      <xs:element name="MessageXml" minOccurs="0">
+        <xs:complexType>
+          <xs:sequence><xs:any processContents="lax" minOccurs="0" maxOccurs="unbounded"/></xs:sequence>
+        </xs:complexType>
+      </xs:element>
+    </xs:sequence>
+    <xs:attribute name="ResponseClass" use="required">
+      <xs:simpleType>
+        <xs:restriction base="xs:string">
+          <xs:enumeration value="Success"/><xs:enumeration value="Warning"/><xs:enumeration value="Error"/>
+        </xs:restriction>
+      </xs:simpleType>
+    </xs:attribute>
+  </xs:complexType>
+"""
+
+
+def _without_includes(text: str) -> str:
+    return "\n".join(line for line in text.splitlines()
+                     if "<xs:include" not in line and "<xs:import" not in line)
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory) -> etree.XMLSchema:
+    folder = tmp_path_factory.mktemp("xsd")
+    types = _without_includes((SPEC / "MS-OXWSCOS-types.xsd").read_text())
+    types = types.replace("</xs:schema>", BASE_TYPES + "</xs:schema>")
+    (folder / "types.xsd").write_text(types)
+    messages = _without_includes((SPEC / "MS-OXWSCOS-messages.xsd").read_text())
+    messages = messages.replace(
+        'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">',
+        'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">\n'
+        f'  <xs:import namespace="{P.NS_TYPES}" schemaLocation="types.xsd"/>', 1)
+    messages = messages.replace("</xs:schema>", BASE_MESSAGES + "</xs:schema>")
+    (folder / "messages.xsd").write_text(messages)
+    return etree.XMLSchema(etree.parse(str(folder / "messages.xsd")))
+
+
+def _parts(wire: bytes) -> list[etree._Element]:
+    """The header elements and the body element of an envelope, each as its own document."""
+    root = etree.fromstring(wire)
+    parts = []
+    for section in ("Header", "Body"):
+        container = root.find(f"{{{P.NS_SOAP}}}{section}")
+        if container is not None:
+            parts += [etree.fromstring(etree.tostring(el)) for el in container if isinstance(el.tag, str)]
+    return parts
+
+
+def _assert_valid(schema: etree.XMLSchema, wire: bytes) -> None:
+    parts = _parts(wire)
+    assert parts
+    for part in parts:
+        assert schema.validate(part), (etree.QName(part).localname, str(schema.error_log))
+
+
+def test_the_schema_has_all_twelve_operations(schema):
+    declared = set(etree.parse(str(SPEC / "MS-OXWSCOS-messages.xsd")).getroot().xpath(
+        "xs:element/@name", namespaces={"xs": P.NS_XSD}))
+    assert declared == set(P.UCS_OPERATIONS) | {op + "Response" for op in P.UCS_OPERATIONS}
+
+
+@pytest.mark.parametrize("body", ALL_REQUESTS, ids=lambda b: b.OPERATION)
+def test_encoded_requests_are_schema_valid(schema, body):
+    headers = SoapHeaders(request_server_version="Exchange2013", mailbox_culture="en-US",
+                          impersonation=Impersonation(primary_smtp_address="alice@contoso.com"),
+                          time_zone_context="Pacific Standard Time")
+    _assert_valid(schema, codec.encode_request(EwsRequest(body.OPERATION, headers, body)))
+
+
+@pytest.mark.parametrize("resp", ALL_RESPONSES, ids=lambda r: f"{r.operation}-{r.response_code}")
+def test_encoded_responses_are_schema_valid(schema, resp):
+    _assert_valid(schema, codec.encode_response(resp))
+
+
+def test_a_full_persona_is_schema_valid(schema):
+    # Every Persona field the codec knows, so a wrong position of any of them fails.
+    email = EmailAddress("Tony", "tony@contoso.com", "SMTP", "Mailbox")
+    persona = Persona(
+        persona_id=ItemId("AAQk"), persona_type="Person", creation_time="2012-11-07T00:10:35Z",
+        display_name="Tony Smith", display_name_first_last="Tony Smith", display_name_last_first="Smith Tony",
+        file_as="Smith, Tony", file_as_id="LastCommaFirst", given_name="Tony", surname="Smith",
+        email_address=email, email_addresses=(email,), im_address="sip:tony@contoso.com", relevance_score=7,
+        attributions=(PersonaAttribution("0", ItemId("AAMk1", "EQ=="), "Outlook", True, False, False,
+                                         ItemId("AAMkF")),),
+        display_names=(AttributedValue("Tony Smith", ("0",)),),
+        file_ases=(AttributedValue("Smith, Tony", ("0",)),),
+        file_as_ids=(AttributedValue("LastCommaFirst", ("0",)),),
+        given_names=(AttributedValue("Tony", ("0",)),),
+        surnames=(AttributedValue("Smith", ("0",)),),
+        business_phone_numbers=(AttributedValue(PhoneNumber("4255550100", "Business"), ("0",)),),
+        home_phones=(AttributedValue(PhoneNumber("4255550110", "Home"), ("0",)),),
+        mobile_phones=(AttributedValue(PhoneNumber("4255550120", "Mobile"), ("0",)),),
+        emails1=(AttributedValue(email, ("0",)),),
+        emails2=(AttributedValue(email, ("0",)),),
+        emails3=(AttributedValue(email, ("0",)),),
+        im_addresses=(AttributedValue("sip:tony@contoso.com", ("0",)),),
+        extended_properties=(AttributedValue(ExtendedProperty(
+            ExtendedFieldURI("String", property_tag="0x3001"), value="Tony Smith"), ("0",)),),
+    )
+    group = ImGroup("Sales", P.GROUP_DISTRIBUTION, ItemId("g1", "ck"), (ItemId("c1"),),
+                    (ExtendedProperty(ExtendedFieldURI("String", property_tag="0x3001"), values=("a", "b")),),
+                    "sales@contoso.com")
+    for resp in (UcsResponse("AddNewImContactToGroup", payload=persona),
+                 UcsResponse("GetImItems", payload=ImItemList((group,), (persona, PERSONA)))):
+        _assert_valid(schema, codec.encode_response(resp))
+
+
+def test_error_responses_are_schema_valid(schema):
+    busy = codec.error_response("GetImItemList", "ErrorServerBusy",
+                                message_xml=MessageXml(values=(("BackOffMilliseconds", "30000"),)))
+    _assert_valid(schema, codec.encode_response(busy))
+    _assert_valid(schema, codec.encode_response(codec.error_response("SetImGroup", "ErrorInvalidImGroupId")))
+
+
+def test_the_schema_catches_a_wrong_order(schema):
+    # Proof the check has teeth: swap two Persona children and validation must fail.
+    wire = codec.encode_response(UcsResponse("AddNewImContactToGroup", payload=PERSONA))
+    body = _parts(wire)[-1]
+    persona = body.find(f"{{{P.NS_MESSAGES}}}Persona")
+    display_name = persona.find(f"{{{P.NS_TYPES}}}DisplayName")
+    persona.remove(display_name)
+    persona.append(display_name)
+    assert not schema.validate(body)
