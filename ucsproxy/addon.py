@@ -210,6 +210,15 @@ class UcsProxy:
         self._apply_fault_to_answer(flow, decision)
         self._log(flow)
 
+    def running(self) -> None:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        addrs = proxyserver.listen_addrs() if proxyserver else []
+        where = ", ".join(f"http(s)://{a[0]}:{a[1]}/EWS/Exchange.asmx" for a in addrs) or "?"
+        what = {"mock": "serving a mock Exchange UCS at", "replay": f"replaying {ctx.options.ucs_replay} at",
+                "record": "recording EWS traffic through", "off": "idle (ucs_mode=off) at"}[self.mode]
+        log.info(f"ucsproxy: {what} {where}; log: {ctx.options.ucs_db or 'off'}"
+                 + (f"; {len(self.engine.rules())} fault rule(s)" if self.engine else ""))
+
     def error(self, flow: http.HTTPFlow) -> None:
         # Upstream refused or closed, client went away, or a fault killed the flow.
         self._log(flow)
