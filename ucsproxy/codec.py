@@ -483,7 +483,8 @@ def decode_request(body: bytes, soap_action: str | None = None) -> EwsRequest | 
         return DecodeError("invalid", f"The request could not be decoded: {e}")
 
 
-def _decode_request(body: bytes, soap_action: str | None) -> EwsRequest | DecodeError:
+def _open_envelope(body: bytes) -> tuple[etree._Element | None, etree._Element] | DecodeError:
+    """(SOAP Header or None, the Body's first element) of an untrusted message."""
     root = _parse(body)
     if isinstance(root, DecodeError):
         return root
@@ -494,6 +495,14 @@ def _decode_request(body: bytes, soap_action: str | None) -> EwsRequest | Decode
     first = next(_elements(soap_body), None)
     if first is None:
         return DecodeError("empty-body", "The SOAP Body is empty.")
+    return header, first
+
+
+def _decode_request(body: bytes, soap_action: str | None) -> EwsRequest | DecodeError:
+    opened = _open_envelope(body)
+    if isinstance(opened, DecodeError):
+        return opened
+    header, first = opened
     if _ns(first) != M:
         return DecodeError("not-ews", f"The body element {{{etree.QName(first).namespace}}}{_local(first)} "
                                       "is not an EWS operation.")
@@ -562,17 +571,11 @@ def _fault(el: etree._Element) -> SoapFault:
 
 
 def _decode_response(body: bytes, operation: str | None) -> EwsResponse | DecodeError:
-    root = _parse(body)
-    if isinstance(root, DecodeError):
-        return root
-    parts = _envelope_parts(root)
-    if isinstance(parts, DecodeError):
-        return parts
-    header, soap_body = parts
+    opened = _open_envelope(body)
+    if isinstance(opened, DecodeError):
+        return opened
+    header, first = opened
     server_version = _server_version(header)
-    first = next(_elements(soap_body), None)
-    if first is None:
-        return DecodeError("empty-body", "The SOAP Body is empty.")
     if _local(first) == "Fault" and etree.QName(first).namespace == S:
         return EwsResponse(operation=operation, server_version=server_version, fault=_fault(first))
     name = _local(first)
