@@ -233,3 +233,19 @@ def test_fault_commands_in_process(tmp_path):
         assert c.get_im_item_list().response_code == "NoError"
     finally:
         proxy.stop()
+
+
+def test_faults_in_replay_mode(tmp_path):
+    recording = ROOT / "recordings" / "spec-examples"
+    db = tmp_path / "replay.db"
+    proc = start_ucsproxy(tmp_path, "replay", str(recording), "--db", str(db),
+                          "--fault", "GetImItems:server-busy:backoff_ms=100,nth=1")
+    try:
+        c = EwsClient(proc.url)
+        request = (recording / "0010-GetImItems.request.xml").read_bytes()
+        assert c.raw(request).response_code == "ErrorServerBusy"
+        assert c.raw(request).text("//t:Groups/t:ImGroup/t:DisplayName") == "Exchange SDK Team"
+    finally:
+        proc.stop()
+    rows = logged_faults(db)
+    assert rows[0]["fault"]["action"] == "server-busy" and rows[1]["fault"] is None

@@ -220,3 +220,18 @@ def test_regular_proxy_mode(tmp_path, upstream):
     finally:
         rec.stop()
     assert rows(db)[0]["operation"] == "GetImItemList"
+
+
+def test_tls_to_the_upstream(tmp_path, upstream):
+    """The mock also speaks TLS on its port: record in front of it over https."""
+    db = tmp_path / "tls.db"
+    https_upstream = upstream.url.replace("http://", "https://")
+    rec = start_ucsproxy(tmp_path, "record", "--upstream", https_upstream, "--insecure", "--db", str(db))
+    try:
+        direct = EwsClient(https_upstream, user="tls@contoso.com").get_im_item_list()
+        through = EwsClient(rec.url, user="tls@contoso.com").get_im_item_list()
+        assert through.response_code == "NoError" and through.body == direct.body
+    finally:
+        rec.stop()
+    (row,) = rows(db)
+    assert row["operation"] == "GetImItemList" and row["server"].startswith("127.0.0.1:")
