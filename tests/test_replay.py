@@ -96,19 +96,33 @@ def test_strict_matching_ignores_volatile_parts_and_repeats_the_last(tmp_path):
     stale = _request(RemoveImGroup(ItemId(group_id, "OLD-CHANGE-KEY")))
     assert isinstance(index.lookup(stale, "KIM.AKERS@contoso.com"), RecordedAnswer)
     miss = index.lookup(_request(AddImGroup("Never recorded")), "kim.akers@contoso.com")
-    assert isinstance(miss, NoMatch) and "display_name" in miss.reason
+    assert isinstance(miss, NoMatch)
+    assert miss.reason == ("no recorded AddImGroup for mailbox kim.akers@contoso.com with DisplayName='Never recorded' "
+                           "(2 recorded AddImGroup exchanges differ in DisplayName)")
     other = index.lookup(_request(AddImGroup("Project Falcon")), "someone@contoso.com")
     assert isinstance(other, NoMatch) and "only for other mailboxes" in other.reason
 
 
 def test_operation_and_sequence_matching():
+    kim = "kim.akers@contoso.com"
     by_op = ReplayIndex.from_source(LYNC_SESSION, match="operation")
-    assert isinstance(by_op.lookup(_request(AddImGroup("Anything")), "kim.akers@contoso.com"), RecordedAnswer)
+    assert isinstance(by_op.lookup(_request(AddImGroup("Anything")), kim), RecordedAnswer)
     assert isinstance(by_op.lookup(_request(AddImGroup("Anything")), "bob@contoso.com"), NoMatch)
+    # Arguments are not required, but an answer recorded for the same arguments wins:
+    # the second recorded AddImGroup (a clash) comes back for its own name, asked first.
+    clash = by_op.lookup(_request(AddImGroup("Project Falcon (core)")), kim)
+    assert codec.decode_response(clash.body).response_code == "ErrorImGroupDisplayNameAlreadyExists"
     seq = ReplayIndex.from_source(LYNC_SESSION, match="sequence")
-    codes = [codec.decode_response(seq.lookup(_request(AddImGroup(str(i))), f"u{i}").body).response_code
-             for i in range(3)]
+    codes = [codec.decode_response(seq.lookup(_request(AddImGroup(name)), kim).body).response_code
+             for name in ("Project Falcon (core)", "x", "y")]
     assert codes == ["NoError", "ErrorImGroupDisplayNameAlreadyExists", "ErrorImGroupDisplayNameAlreadyExists"]
+    assert isinstance(seq.lookup(_request(AddImGroup("x")), "bob@contoso.com"), NoMatch)
+    # Each mailbox has its own place in the sequence; a recording without a mailbox serves anyone.
+    spec = ReplayIndex.from_source(SPEC_EXAMPLES, match="sequence")
+    for user in ("a@contoso.com", "b@contoso.com"):
+        codes = [codec.decode_response(spec.lookup(_request(GetImItemList()), user).body).response_code
+                 for _ in range(3)]
+        assert codes == ["NoError", "ErrorIncorrectSchemaVersion", "ErrorIncorrectSchemaVersion"]
 
 
 def test_stateful_model_from_the_lync_session():
@@ -233,7 +247,7 @@ def test_replay_fallthrough_to_an_upstream(tmp_path):
         assert answer.response_code == "NoError"
         assert answer.text("//m:ImGroup/t:DisplayName") == "Goes upstream"
         recorded = c.raw(SPEC_EXAMPLES.joinpath("0004-AddImGroup.request.xml").read_bytes())
-        # Sections 4's example asks the same: the first recorded answer comes first.
+        # Section 4's example asks the same: the first recorded answer comes first.
         assert recorded.text("//m:ImGroup/t:ExchangeStoreId/@Id") == "AAMkAGQ1MjJjMTBkLTc4Y2UtdNDA5Ny04ZjU5LWI3MAAA="
     finally:
         replay.stop()

@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import urlsplit
 
 from lxml import etree
 
@@ -122,17 +124,39 @@ def export_rows(rows: Iterable[dict[str, Any]], directory: str | Path, source: s
     return len(entries)
 
 
+def _fixture_file(directory: Path, name: Any, where: str) -> Path:
+    # recording.json is text anyone can edit or send: it must not point outside its own directory.
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise ValueError(f"{where}: file name {name!r} is not a plain file name in {directory}")
+    path = directory / name
+    if not path.is_file():
+        raise ValueError(f"{where}: {name} is missing from {directory}")
+    return path
+
+
 def read_fixture_dir(directory: str | Path) -> list[dict[str, Any]]:
-    """Rows (as the log stores them, without ``id``) from a fixture directory."""
+    """Rows (as the log stores them, without ``id``) from a fixture directory.
+
+    A damaged directory raises ValueError naming the file and the exchange.
+    """
     directory = Path(directory)
     meta_path = directory / "recording.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{directory} has no recording.json: not a ucsproxy fixture directory")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{meta_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: unknown format {found!r} (expected {FORMAT})")
+    entries = meta.get("exchanges")
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("order"), int) for e in entries):
+        raise ValueError(f"{meta_path}: 'exchanges' must be a list of objects, each with an integer 'order'")
     rows = []
-    for entry in sorted(meta["exchanges"], key=lambda e: e["order"]):
+    for entry in sorted(entries, key=lambda e: e["order"]):
+        where = f"{meta_path} exchange {entry['order']}"
         row = {k: entry.get(k) for k in META_COLUMNS}
         for key in JSON_COLUMNS:
             row[key] = _dump(entry.get(key))
@@ -141,7 +165,12 @@ def read_fixture_dir(directory: str | Path) -> list[dict[str, Any]]:
             if name is None:
                 row[f"{side}_body"] = None
                 continue
-            text = (directory / name).read_text(encoding="utf-8")
+            try:
+                # newline="": a body recorded with CRLF line ends must come back with them.
+                with open(_fixture_file(directory, name, where), encoding="utf-8", newline="") as f:
+                    text = f.read()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: {name} is not UTF-8 text: {e}") from e
             row[f"{side}_body"] = body_from_file(text, entry.get(f"{side}_body_form", "verbatim"))
         rows.append(row)
     return rows
@@ -157,8 +186,8 @@ def _is_ews(method: str, path: str, body: bytes | None) -> bool:
     return bool(body) and b"schemas.microsoft.com/exchange/services/2006/messages" in body[:4096]
 
 
-def _timestamp(value: str | None) -> float:
-    if not value:
+def _timestamp(value: Any) -> float:
+    if not isinstance(value, str) or not value:
         return 0.0
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -166,88 +195,139 @@ def _timestamp(value: str | None) -> float:
         return 0.0
 
 
-def _har_content(content: dict | None) -> bytes | None:
-    if not content or content.get("text") is None:
+def _har_content(content: Any) -> bytes | None:
+    if not isinstance(content, dict) or not isinstance(content.get("text"), str):
         return None
     text = content["text"]
     if content.get("encoding") == "base64":
         try:
-            return base64.b64decode(text)
+            return base64.b64decode(text, validate=False)
         except ValueError:
             return None
     return text.encode("utf-8")
 
 
+def _har_headers(headers: Any) -> list[tuple[str, str]]:
+    if not isinstance(headers, list):
+        return []
+    return [(str(h["name"]), str(h.get("value", ""))) for h in headers if isinstance(h, dict) and "name" in h]
+
+
+def _har_exchange(entry: Any) -> RawExchange | None:
+    """One HAR entry as a raw exchange, or None when it is not EWS or not an entry at all."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        return None
+    req = entry["request"]
+    resp = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    url = req.get("url") if isinstance(req.get("url"), str) else ""
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    method = req.get("method") if isinstance(req.get("method"), str) else ""
+    post = req.get("postData") if isinstance(req.get("postData"), dict) else {}
+    body = post["text"].encode("utf-8") if isinstance(post.get("text"), str) else None
+    if not _is_ews(method, path, body):
+        return None
+    status = resp.get("status")
+    # HAR writes status 0 for a request that got no answer (reset, timeout).
+    answered = isinstance(status, int) and not isinstance(status, bool) and status > 0
+    elapsed = entry.get("time")
+    error = entry.get("_error") if isinstance(entry.get("_error"), str) else None
+    return RawExchange(
+        mode="record", started_at=_timestamp(entry.get("startedDateTime")),
+        duration_ms=float(elapsed) if isinstance(elapsed, (int, float)) and elapsed >= 0 else None,
+        client=None, server=entry.get("serverIPAddress") if isinstance(entry.get("serverIPAddress"), str)
+        else parts.netloc or None,
+        method=method, path=path,
+        http_status=status if answered else None,
+        request_headers=_har_headers(req.get("headers")),
+        request_body=body,
+        response_headers=_har_headers(resp.get("headers")) if answered else None,
+        response_body=_har_content(resp.get("content")) if answered else None,
+        error=None if answered else (error or "no response"),
+    )
+
+
 def har_exchanges(path: str | Path) -> tuple[int, Iterator[RawExchange]]:
     """(number of entries, EWS exchanges) of a HAR 1.2 file (Fiddler, browsers, mitmproxy)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    entries = data.get("log", {}).get("entries", [])
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not a HAR file (JSON): {e}") from e
+    log = data.get("log") if isinstance(data, dict) else None
+    entries = log.get("entries") if isinstance(log, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path} is not a HAR file: no log.entries list")
 
     def gen() -> Iterator[RawExchange]:
-        for e in entries:
-            req, resp = e.get("request", {}), e.get("response", {})
-            url = req.get("url", "")
-            path_part = "/" + url.split("://", 1)[-1].split("/", 1)[1] if "/" in url.split("://", 1)[-1] else "/"
-            body = (req.get("postData") or {}).get("text")
-            body_bytes = body.encode("utf-8") if body is not None else None
-            if not _is_ews(req.get("method", ""), path_part, body_bytes):
-                continue
-            status = resp.get("status")
-            yield RawExchange(
-                mode="record", started_at=_timestamp(e.get("startedDateTime")),
-                duration_ms=float(e["time"]) if isinstance(e.get("time"), (int, float)) and e["time"] >= 0 else None,
-                client=None, server=e.get("serverIPAddress") or url.split("://", 1)[-1].split("/", 1)[0],
-                method=req.get("method", ""), path=path_part,
-                http_status=status if isinstance(status, int) and status > 0 else None,
-                request_headers=[(h["name"], h["value"]) for h in req.get("headers", [])],
-                request_body=body_bytes,
-                response_headers=[(h["name"], h["value"]) for h in resp.get("headers", [])] if status else None,
-                response_body=_har_content(resp.get("content")) if status else None,
-                error=(e.get("_error") or None) if not status else None,
-            )
+        for entry in entries:
+            raw = _har_exchange(entry)
+            if raw is not None:
+                yield raw
 
     return len(entries), gen()
 
 
 def mitm_exchanges(path: str | Path) -> tuple[int | None, Iterator[RawExchange]]:
     """EWS exchanges of a mitmproxy flow file (``mitmdump -w``)."""
-    from mitmproxy import http, io
+    from mitmproxy import exceptions, http, io
 
     from .addon import raw_exchange_from_flow
 
     def gen() -> Iterator[RawExchange]:
         with open(path, "rb") as f:
-            for flow in io.FlowReader(f).stream():
-                if not isinstance(flow, http.HTTPFlow):
-                    continue
-                req = flow.request
-                if not _is_ews(req.method, req.path, req.get_content(strict=False)):
-                    continue
-                yield raw_exchange_from_flow(flow, "record")
+            try:
+                for flow in io.FlowReader(f).stream():
+                    if not isinstance(flow, http.HTTPFlow):
+                        continue
+                    req = flow.request
+                    if not _is_ews(req.method, req.path, req.get_content(strict=False)):
+                        continue
+                    # Metadata the proxy keeps in memory as objects comes back from a file as plain data
+                    # (or from anyone who wrote the file): the import decodes afresh instead.
+                    for key in [k for k in flow.metadata if str(k).startswith("ucs_")]:
+                        del flow.metadata[key]
+                    yield raw_exchange_from_flow(flow, "record")
+            except (exceptions.FlowReadException, ValueError, TypeError, AttributeError, KeyError) as e:
+                # mitmproxy's reader trusts the file's structure: damage surfaces as any of these.
+                raise ValueError(f"{path} is not a readable mitmproxy flow file: "
+                                 f"{type(e).__name__}: {e}") from e
 
     return None, gen()
 
 
+def _looks_like_json(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1] == b"{"
+
+
 def import_source(source: str | Path, db_path: str | Path, keep_secrets: bool = False, progress: bool = False) -> int:
-    """Import a fixture directory, a HAR file or a mitmproxy flow file into a log. Returns rows added."""
+    """Import a fixture directory, a HAR file or a mitmproxy flow file into a log. Returns rows added.
+
+    Bad input raises ValueError (or FileNotFoundError) with a sentence naming the file.
+    """
     import click
 
     from .store import LogStore
 
     source = Path(source)
-    store = LogStore(db_path, keep_secrets=keep_secrets)
-    try:
-        if source.is_dir():
-            rows = read_fixture_dir(source)
+    if source.is_dir():
+        rows = read_fixture_dir(source)  # read everything first: a broken fixture adds nothing
+        store = LogStore(db_path, keep_secrets=keep_secrets)
+        try:
             store.insert_rows(rows)
-            return len(rows)
-        if source.suffix.lower() == ".har" or source.read_bytes()[:1] == b"{":
-            total, raws = har_exchanges(source)
-        else:
-            total, raws = mitm_exchanges(source)
-        count = 0
+        finally:
+            store.close()
+        return len(rows)
+    if source.suffix.lower() == ".har" or _looks_like_json(source):
+        total, raws = har_exchanges(source)
+    else:
+        total, raws = mitm_exchanges(source)
+    store = LogStore(db_path, keep_secrets=keep_secrets)
+    count = 0
+    try:
         batch: list[dict[str, Any]] = []
-        with click.progressbar(raws, length=total, label=f"Importing {source.name}", file=None,
+        with click.progressbar(raws, length=total, label=f"Importing {source.name}", file=sys.stderr,
                                hidden=not progress) as bar:
             for raw in bar:
                 batch.append(build_row(raw, keep_secrets))

@@ -4,14 +4,21 @@ Matching works on decoded requests, so what varies between two runs of the
 same client never prevents a match: change keys, time zone headers, namespace
 prefixes and whitespace are not part of the key.
 
-- ``strict``: operation, mailbox and the decoded arguments (ids, names);
-- ``operation``: operation and mailbox;
-- ``sequence``: operation only: each operation's answers in recorded order,
-  whoever asks.
+- ``strict``: operation, mailbox and the decoded arguments (ids, names) must
+  all match;
+- ``operation``: operation and mailbox must match; an answer recorded for the
+  same arguments is preferred, otherwise the (operation, mailbox)'s answers
+  are served in recorded order;
+- ``sequence``: each (operation, mailbox)'s answers in recorded order, whatever
+  the arguments.
+
+Operations outside the Unified Contact Store (their arguments are not decoded)
+match on operation and mailbox in every mode.
 
 Several matching answers are served in recorded order, then the last repeats
-(like mitmproxy's server replay without ``nopop``). Every lookup is a dict
-access: O(1) in the size of the recording.
+(like mitmproxy's server replay without ``nopop``); each asking mailbox starts
+from the first. Every lookup is a dict access: O(1) in the size of the
+recording.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from .records import DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_
 
 MATCH_MODES = ("strict", "operation", "sequence")
 ANY_MAILBOX = "*"
-#: Response headers that describe the recorded transfer, not the answer: bodies are stored decoded.
+#: Response headers that describe the recorded transfer, not the answer: bodies are stored decoded,
+#: hop-by-hop headers (RFC 9110 7.6.1) belonged to the recorded connection, and a stale Date misleads.
 _TRANSFER_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection",
-                               "keep-alive", "date"})
+                               "keep-alive", "proxy-connection", "proxy-authenticate", "te", "trailer",
+                               "upgrade", "date"})
 
 
 @dataclass
@@ -82,19 +91,32 @@ def load_rows(source: str | Path) -> list[dict[str, Any]]:
         db.conn.close()
 
 
-class _Slot:
-    """The answers recorded for one key, served in order, the last one repeating."""
+def _replayed_headers(stored: Any) -> list[tuple[str, str]]:
+    """The recorded response headers worth sending again; a damaged column gives none."""
+    try:
+        pairs = json.loads(stored) if isinstance(stored, str) else stored or []
+        return [(str(k), str(v)) for k, v in pairs if str(k).lower() not in _TRANSFER_HEADERS]
+    except (TypeError, ValueError):
+        return []
 
-    __slots__ = ("answers", "cursor")
+
+class _Slot:
+    """The answers recorded for one key, served in order, the last one repeating.
+
+    Each asking mailbox has its own place, so two users of a recording made
+    without a mailbox each get the recorded sequence from its start.
+    """
+
+    __slots__ = ("answers", "cursors")
 
     def __init__(self) -> None:
         self.answers: list[RecordedAnswer] = []
-        self.cursor = 0
+        self.cursors: dict[str, int] = {}
 
-    def next(self) -> RecordedAnswer:
-        answer = self.answers[min(self.cursor, len(self.answers) - 1)]
-        self.cursor += 1
-        return answer
+    def next(self, asker: str) -> RecordedAnswer:
+        cursor = self.cursors.get(asker, 0)
+        self.cursors[asker] = cursor + 1
+        return self.answers[min(cursor, len(self.answers) - 1)]
 
 
 class ReplayIndex:
@@ -102,11 +124,16 @@ class ReplayIndex:
         if match not in MATCH_MODES:
             raise ValueError(f"unknown match mode {match!r} (one of {', '.join(MATCH_MODES)})")
         self.match = match
-        self._slots: dict[tuple, _Slot] = {}
+        # (operation, mailbox, args) -> answers; used by strict and (as a preference) by operation.
+        self._exact: dict[tuple[str, str, str], _Slot] = {}
+        # (operation, mailbox) -> answers in recorded order; used by operation and sequence.
+        self._loose: dict[tuple[str, str], _Slot] = {}
         # For explaining a miss: which mailboxes and arguments were recorded per operation.
         self._mailboxes: dict[str, set[str]] = defaultdict(set)
         self._args: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self._arg_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.size = 0
+        self.skipped = 0
 
     @classmethod
     def from_source(cls, source: str | Path, match: str = "strict") -> "ReplayIndex":
@@ -114,44 +141,56 @@ class ReplayIndex:
         index.add_rows(load_rows(source))
         return index
 
-    def _key(self, operation: str, mailbox: str, args: str) -> tuple:
-        if self.match == "strict":
-            return operation, mailbox, args
-        if self.match == "operation":
-            return operation, mailbox
-        return (operation,)
-
     def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         for position, row in enumerate(rows, 1):
             self.add_row(row, position)
 
     def add_row(self, row: dict[str, Any], position: int | None = None) -> None:
-        if not row.get("operation") or row.get("http_status") is None or row.get("response_body") is None:
+        """Index one log row; rows that cannot be served (no answer, undecodable request) are skipped."""
+        status, body, request_body = row.get("http_status"), row.get("response_body"), row.get("request_body")
+        if not row.get("operation") or not isinstance(body, str) or not isinstance(request_body, str):
+            self.skipped += 1
             return
-        request = codec.decode_request((row.get("request_body") or "").encode("utf-8"))
+        try:
+            status = int(status)
+        except (TypeError, ValueError):
+            self.skipped += 1
+            return
+        request = codec.decode_request(request_body.encode("utf-8"))
         if not isinstance(request, EwsRequest):
+            self.skipped += 1
             return
-        mailbox = _mailbox_key(row.get("mailbox"))
+        mailbox = _mailbox_key(row.get("mailbox") if isinstance(row.get("mailbox"), str) else None)
         args = canonical_args(request)
-        headers = [(k, v) for k, v in json.loads(row.get("response_headers") or "[]")
-                   if k.lower() not in _TRANSFER_HEADERS]
-        answer = RecordedAnswer(int(row["http_status"]), headers, row["response_body"].encode("utf-8"),
+        answer = RecordedAnswer(status, _replayed_headers(row.get("response_headers")), body.encode("utf-8"),
                                 row.get("id") or position)
-        self._slots.setdefault(self._key(request.operation, mailbox, args), _Slot()).answers.append(answer)
-        self._mailboxes[request.operation].add(mailbox)
-        if len(self._args[(request.operation, mailbox)]) < 50:
-            self._args[(request.operation, mailbox)].append(args)
+        op = request.operation
+        if self.match != "sequence":
+            self._exact.setdefault((op, mailbox, args), _Slot()).answers.append(answer)
+        if self.match != "strict":
+            self._loose.setdefault((op, mailbox), _Slot()).answers.append(answer)
+        self._mailboxes[op].add(mailbox)
+        self._arg_counts[(op, mailbox)] += 1
+        # A sample is enough to name the differing fields; keeping all would double the memory.
+        if len(self._args[(op, mailbox)]) < 50:
+            self._args[(op, mailbox)].append(args)
         self.size += 1
 
     def lookup(self, request: EwsRequest | DecodeError, mailbox: str | None) -> RecordedAnswer | NoMatch:
         if isinstance(request, DecodeError):
             return NoMatch(request.operation, f"the request could not be decoded: {request.message}")
-        args = canonical_args(request)
-        for box in (_mailbox_key(mailbox), ANY_MAILBOX):
-            slot = self._slots.get(self._key(request.operation, box, args))
-            if slot is not None:
-                return slot.next()
-        return NoMatch(request.operation, self._explain(request, _mailbox_key(mailbox), args))
+        op, args, boxes = request.operation, canonical_args(request), (_mailbox_key(mailbox), ANY_MAILBOX)
+        if self.match != "sequence":
+            for box in boxes:
+                slot = self._exact.get((op, box, args))
+                if slot is not None:
+                    return slot.next(boxes[0])
+        if self.match != "strict":
+            for box in boxes:
+                slot = self._loose.get((op, box))
+                if slot is not None:
+                    return slot.next(boxes[0])
+        return NoMatch(op, self._explain(request, boxes[0], args))
 
     def _explain(self, request: EwsRequest, mailbox: str, args: str) -> str:
         op = request.operation
@@ -160,13 +199,15 @@ class ReplayIndex:
         if not boxes:
             return f"no {op} exchange was recorded"
         if mailbox not in boxes and ANY_MAILBOX not in boxes:
-            listed = ", ".join(sorted(boxes)[:5])
+            listed = ", ".join(sorted(boxes)[:5]) + (", ..." if len(boxes) > 5 else "")
             return f"{op} was recorded only for other mailboxes ({listed}), not for {who}"
-        recorded = self._args.get((op, mailbox)) or self._args.get((op, ANY_MAILBOX)) or []
+        box = mailbox if mailbox in boxes else ANY_MAILBOX
+        recorded = self._args.get((op, box), [])
         differing = sorted({k for other in recorded for k in _differing_fields(args, other)})
-        fields = ", ".join(differing) if differing else "their arguments"
-        return (f"no recorded {op} for {who} has these arguments ({args}); "
-                f"{len(recorded)} recorded {op} exchange(s) differ in {fields}")
+        fields = ", ".join(_wire_name(k) for k in differing) if differing else "their arguments"
+        count = self._arg_counts.get((op, box), 0)
+        return (f"no recorded {op} for {who} with {_describe_args(args)} "
+                f"({count} recorded {op} exchange{' differs' if count == 1 else 's differ'} in {fields})")
 
 
 def _differing_fields(a: str, b: str) -> list[str]:
@@ -175,6 +216,31 @@ def _differing_fields(a: str, b: str) -> list[str]:
     except ValueError:
         return []
     return [k for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+
+
+def _wire_name(field: str) -> str:
+    """``display_name`` -> ``DisplayName``: the element name a reader of the SOAP body knows."""
+    return "".join(part[:1].upper() + part[1:] for part in field.split("_"))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict) and "id" in value:
+        value = value["id"]  # an ItemId: the change key is already gone
+    if isinstance(value, list):
+        text = "[" + ", ".join(_short(v) for v in value[:3]) + (", ..." if len(value) > 3 else "") + "]"
+    else:
+        text = repr(value) if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe_args(args: str) -> str:
+    try:
+        fields = json.loads(args) if args else {}
+    except ValueError:
+        fields = {}
+    if not fields:
+        return "no arguments"
+    return ", ".join(f"{_wire_name(k)}={_short(v)}" for k, v in sorted(fields.items()))
 
 
 NO_MATCH_CODE = "ErrorInvalidRequest"
