@@ -26,8 +26,8 @@ BIN = Path(sys.executable).parent
 
 
 def raw(request: bytes | None, response: bytes | None, *, status=200, path="/EWS/Exchange.asmx", headers=(),
-        method="POST", **kw) -> RawExchange:
-    return RawExchange(mode="record", started_at=1700000000.123, duration_ms=12.5, client="127.0.0.1:50000",
+        method="POST", mode="record", **kw) -> RawExchange:
+    return RawExchange(mode=mode, started_at=1700000000.123, duration_ms=12.5, client="127.0.0.1:50000",
                        server="mail.contoso.com:443", method=method, path=path, http_status=status,
                        request_headers=list(headers), request_body=request,
                        response_headers=[("Content-Type", "text/xml; charset=utf-8")], response_body=response, **kw)
@@ -226,3 +226,38 @@ def test_missing_db_and_unknown_id(tmp_path, session_db):
     assert missing.exit_code == 1 and "no log at" in missing.output
     unknown = runner.invoke(cli, ["show", str(session_db), "99"])
     assert unknown.exit_code == 1 and "no exchange 99" in unknown.output
+
+
+def test_reopening_appends_and_the_sqlite_utils_cli_reads_rows(tmp_path):
+    path = tmp_path / "deep" / "dir" / "log.db"  # parent directories are created
+    for _ in range(2):
+        with LogStore(path) as store:
+            store.submit(raw(FIXTURES.joinpath("AddImGroup.page.request.xml").read_bytes(),
+                             FIXTURES.joinpath("AddImGroup.page.response.xml").read_bytes()))
+    out = subprocess.run([str(BIN / "sqlite-utils"), "rows", str(path), "exchanges", "-c", "id", "-c", "operation",
+                          "-c", "response_code"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"id": 1, "operation": "AddImGroup", "response_code": "NoError"},
+                                      {"id": 2, "operation": "AddImGroup", "response_code": "NoError"}]
+
+
+def test_submits_from_threads_and_an_import_at_once(tmp_path):
+    import threading
+
+    request = FIXTURES.joinpath("GetImItemList.page.request.xml").read_bytes()
+    imported = [build_row(raw(request, None, status=None, mode="replay")) for _ in range(300)]
+    with LogStore(tmp_path / "busy.db") as store:
+        def submit_many():
+            for _ in range(200):
+                store.submit(raw(request, None, status=None))
+
+        threads = [threading.Thread(target=submit_many) for _ in range(4)]
+        for t in threads:
+            t.start()
+        store.insert_rows(imported)
+        for t in threads:
+            t.join()
+        assert store.flush()
+        rows = query_exchanges(open_log(tmp_path / "busy.db"))
+    assert len(rows) == 1100
+    assert sum(r["mode"] == "replay" for r in rows) == 300

@@ -18,6 +18,8 @@ COOKIE_HEADERS = frozenset({"cookie", "set-cookie"})
 SECRET_HEADERS = frozenset({"x-backendcookie", "x-ms-cookie", "x-owa-canary", "x-anchormailbox-token"})
 
 _BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+# In a body "Bearer" may be prose ("Bearer of good news"); a real token is long.
+_BEARER_IN_BODY = re.compile(r"\b(Bearer)\s+[A-Za-z0-9\-._~+/]{16,}=*", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*")
 
 
@@ -56,7 +58,7 @@ def redact_header(name: str, value: str) -> str:
         return _cookie_value(lower, value)
     if lower in SECRET_HEADERS:
         return REDACTED
-    return redact_text(value)
+    return _redact(value, _BEARER)
 
 
 def redact_headers(headers: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
@@ -66,8 +68,12 @@ def redact_headers(headers: list[tuple[str, str]] | None) -> list[tuple[str, str
 
 
 def redact_text(text: str) -> str:
-    """Bearer tokens and JWTs anywhere in free text (a header or a body)."""
-    if "earer" not in text and "eyJ" not in text:
+    """Bearer tokens and JWTs anywhere in a body."""
+    return _redact(text, _BEARER_IN_BODY)
+
+
+def _redact(text: str, bearer: re.Pattern) -> str:
+    if "earer" not in text and "EARER" not in text and "eyJ" not in text:
         return text
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = bearer.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return _JWT.sub(REDACTED, text)

@@ -66,7 +66,11 @@ class LogStore:
         self.db = open_db(self.path)
         self._queue: queue.SimpleQueue[RawExchange | None] = queue.SimpleQueue()
         self._submitted = 0
+        self._submit_lock = threading.Lock()
         self._written = 0
+        # One connection, possibly two writers (the thread sink and insert_rows):
+        # without this their transactions could interleave and commit each other's half.
+        self._write_lock = threading.Lock()
         self._progress = threading.Condition()
         self._closed = False
         self._wake = threading.Event()
@@ -81,12 +85,15 @@ class LogStore:
         """Queue one exchange for the log. Thread-safe, never blocks."""
         if self._closed:
             return
-        self._submitted += 1
-        self._queue.put(raw)
+        # Uncontended on the proxy's single event loop; keeps flush()'s count exact
+        # if another thread submits too.
+        with self._submit_lock:
+            self._submitted += 1
+            self._queue.put(raw)
 
     def insert_rows(self, rows: list[dict[str, Any]]) -> None:
         """Write already built rows (imports), in one transaction, on the caller's thread."""
-        with self._progress:
+        with self._write_lock:
             write_rows(self.db, rows)
 
     def _batches(self) -> Iterator[tuple[list[RawExchange], bool]]:
@@ -182,7 +189,9 @@ class _ThreadSink(_Sink):
     def _run(self) -> None:
         for batch, _ in self.store._batches():
             if batch:
-                write_rows(self.store.db, build_rows(batch, self.store.keep_secrets))
+                rows = build_rows(batch, self.store.keep_secrets)
+                with self.store._write_lock:
+                    write_rows(self.store.db, rows)
                 self.store._done(len(batch))
 
     def alive(self) -> bool:
