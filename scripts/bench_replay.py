@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main() -> None:
                 assert not hasattr(found, "reason"), found
             print(f"{size:>10} {mode:>10} {build:>14.2f} {statistics.fmean(timings):>15.2f} "
                   f"{pct(timings, 50):>8.2f} {pct(timings, 99):>8.2f}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

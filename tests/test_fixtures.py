@@ -169,3 +169,32 @@ def test_no_match_answers_name_the_operation_and_the_reason():
     assert never == NoMatch("GetFolder", "no GetFolder exchange was recorded")
     status, _, body = no_match_body(never)
     assert b"GetFolder" in body and b"no GetFolder exchange was recorded" in body
+
+
+def test_a_recording_that_is_not_one_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such recording"):
+        ReplayIndex.from_source(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+    junk = tmp_path / "junk.db"
+    junk.write_text("not sqlite at all, but long enough to be read as a header............")
+    with pytest.raises(ValueError, match="not a ucsproxy log"):
+        ReplayIndex.from_source(junk)
+    result = CliRunner().invoke(cli, ["export", str(junk), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "is not a ucsproxy log" in result.output
+
+
+def test_spec_examples_regenerate_byte_for_byte(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import SPEC_DIR
+
+    if not (SPEC_DIR / "MS-OXWSCOS.txt").exists():
+        pytest.skip("the protocol documents are not next to the project")
+    out = tmp_path / "spec-examples"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_spec_examples.py"), "--spec", str(SPEC_DIR),
+                    "--out", str(out)], check=True, capture_output=True)
+    committed = sorted(p.name for p in SPEC_EXAMPLES.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == committed
+    for name in committed:
+        assert (out / name).read_bytes() == (SPEC_EXAMPLES / name).read_bytes(), name

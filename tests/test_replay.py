@@ -17,7 +17,8 @@ from ews_client import EwsClient, envelope, groups
 from ucsproxy import codec
 from ucsproxy.cli import main as cli
 from ucsproxy.fixtures import body_for_file, body_from_file, export_rows, read_fixture_dir
-from ucsproxy.records import AddImGroup, EwsRequest, GetImItemList, ItemId, RemoveImGroup, SoapHeaders
+from ucsproxy.records import (AddImGroup, EwsRequest, GetImItemList, ItemId, RemoveImGroup, SetImGroup,
+                              SoapHeaders)
 from ucsproxy.replay import NoMatch, RecordedAnswer, ReplayIndex, build_stateful_model
 from ucsproxy.service import UcsService
 from ucsproxy.store import LogStore, open_log, query_exchanges
@@ -252,3 +253,22 @@ def test_replay_fallthrough_to_an_upstream(tmp_path):
     finally:
         replay.stop()
         upstream.stop()
+
+
+def test_stateful_model_without_a_recorded_list_starts_from_the_default_mailbox():
+    # The session's first changes only: a group and two contacts, no GetImItemList before or after.
+    rows = [r for r in read_fixture_dir(LYNC_SESSION)[:5] if r["operation"] != "GetImItemList"]
+    falcon = json.loads(rows[0]["result"])
+    anna = json.loads(rows[1]["result"])
+    assert (rows[0]["operation"], falcon["display_name"], anna["display_name"]) == \
+        ("AddImGroup", "Project Falcon", "Anna Lee")
+    service = UcsService(build_stateful_model(rows, seed=3))
+    user = "kim.akers@contoso.com"
+    listed = service.handle(_request(GetImItemList()), user=user).payload
+    by_name = {g.display_name: g for g in listed.groups}
+    assert {"Other Contacts", "Favorites"} <= set(by_name), "the default mailbox's own groups"
+    assert by_name["Project Falcon"].exchange_store_id.id == falcon["exchange_store_id"]["id"], "recorded id kept"
+    assert [p.display_name for p in listed.personas] == ["Anna Lee", "Ben Ortiz"]
+    assert by_name["Project Falcon"].member_correlation_key  # Anna is in the recorded group
+    renamed = service.handle(_request(SetImGroup(ItemId(falcon["exchange_store_id"]["id"]), "Falcon")), user=user)
+    assert renamed.response_code == "NoError", "the recorded id is live in the model"

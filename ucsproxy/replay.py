@@ -82,13 +82,21 @@ def load_rows(source: str | Path) -> list[dict[str, Any]]:
         from .fixtures import read_fixture_dir
 
         return read_fixture_dir(source)
+    import sqlite3
+
     from .store import iter_exchanges, open_log
 
-    db = open_log(source)
+    if not source.is_file():
+        # Opening a missing path would create an empty log and replay nothing, silently.
+        raise FileNotFoundError(f"{source}: no such recording (a ucsproxy log or a fixture directory)")
     try:
-        return list(iter_exchanges(db))
-    finally:
-        db.conn.close()
+        db = open_log(source)
+        try:
+            return list(iter_exchanges(db))
+        finally:
+            db.conn.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{source} is not a ucsproxy log or fixture directory: {e}") from e
 
 
 def _replayed_headers(stored: Any) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 import click
@@ -19,9 +20,14 @@ def export_command(db, directory, operations, mailboxes):
     from ..fixtures import export_rows
     from ..store import iter_exchanges, open_log
 
-    database = open_log(db)
-    count = export_rows(iter_exchanges(database, operation=operations or None, mailbox=mailboxes or None),
-                        directory)
+    try:
+        database = open_log(db)
+        count = export_rows(iter_exchanges(database, operation=operations or None, mailbox=mailboxes or None),
+                            directory)
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"{db} is not a ucsproxy log: {e}") from e
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
     click.echo(f"exported {count} exchange(s) to {directory}")
 
 
@@ -40,6 +46,8 @@ def import_command(source, db, keep_secrets, progress):
     show = sys.stderr.isatty() if progress is None else progress
     try:
         count = import_source(source, db, keep_secrets=keep_secrets, progress=show)
-    except (ValueError, FileNotFoundError) as e:
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"{db} is not a ucsproxy log: {e}") from e
+    except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"imported {count} exchange(s) into {db}")
