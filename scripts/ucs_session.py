@@ -7,7 +7,7 @@ Sign-in (GetImItemList), then the edits a user makes: a new group, two new
 contacts, a look at them (GetImItems), a rename, moving a contact between
 groups, a distribution group added and removed, removals, the migration flag,
 and a last GetImItemList. One line per call; exit code 1 when an answer is not
-what Exchange would give.
+what Exchange would give, 2 when the endpoint cannot be reached.
 
 Importable: ``run_session(url, ...)`` returns the list of :class:`Call` results
 (used by the benchmarks and to record ``recordings/lync-session``).
@@ -145,9 +145,14 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
     args = ap.parse_args()
     bad = total = 0
-    for n in range(args.repeat):
-        tag = f" #{n + 1}" if args.repeat > 1 else ""
-        for call in run_session(args.url, args.user, args.impersonate, args.insecure, tag.replace(" #", "-")):
+    for n in range(max(args.repeat, 1)):
+        tag = f"-{n + 1}" if args.repeat > 1 else ""
+        try:
+            calls = run_session(args.url, args.user, args.impersonate, args.insecure, tag)
+        except (OSError, http.client.HTTPException) as e:
+            print(f"{args.url}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        for call in calls:
             total += 1
             bad += not call.ok
             if not args.quiet:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import settings
@@ -10,7 +13,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ucsproxy import protocol as P
-from ucsproxy.model import DEFAULT_MAILBOX, UcsModel
+from ucsproxy.model import (
+    DEFAULT_MAILBOX,
+    EXISTING_CONTACT_JOINS_GROUP,
+    MAX_GROUPS,
+    SEEDED_EPOCH,
+    ImContactLimitReached,
+    ImGroupDisplayNameAlreadyExists,
+    ImGroupLimitReached,
+    InvalidImGroupId,
+    UcsError,
+    UcsModel,
+    error_for,
+)
 from ucsproxy.records import (
     AddDistributionGroupToImList,
     AddImContactToGroup,
@@ -21,8 +36,11 @@ from ucsproxy.records import (
     GetImItemList,
     GetImItems,
     Impersonation,
+    ImGroup,
     ImItemList,
     ItemId,
+    Persona,
+    PersonaAttribution,
     RemoveContactFromImList,
     RemoveDistributionGroupFromImList,
     RemoveImContactFromGroup,
@@ -186,17 +204,6 @@ def test_migration_flag(service):
     assert service.model.im_list_migration_completed(DEFAULT_MAILBOX) is True
 
 
-def test_version_gate():
-    service = UcsService(UcsModel())
-    for version in (None, "Exchange2007_SP1", "Exchange2010_SP2"):
-        fault = call(service, GetImItemList(), headers=SoapHeaders(request_server_version=version))
-        assert isinstance(fault, SoapFault) and fault.response_code == "ErrorIncorrectSchemaVersion"
-    garbage = call(service, GetImItemList(), headers=SoapHeaders(request_server_version="Exchange1999"))
-    assert garbage.response_code == "ErrorInvalidServerVersion"
-    for version in ("Exchange2012", "Exchange2013", "Exchange2013_SP1", "Exchange2016", "V2017_07_11"):
-        assert call(service, GetImItemList(), headers=SoapHeaders(request_server_version=version)).response_code == "NoError"
-
-
 def test_mailboxes_by_user_and_impersonation():
     service = UcsService(UcsModel(seed=1))
     call(service, AddImGroup("Alice's"), user="CONTOSO\\Alice")
@@ -238,163 +245,444 @@ def test_seed_from_recorded_list_keeps_recorded_ids():
     assert call(service, SetImGroup(custom, "Renamed"), user="kim@contoso.com").response_code == "NoError"
 
 
+def test_errors_are_typed_and_carry_the_response_code():
+    model = UcsModel(seed=1)
+    with pytest.raises(InvalidImGroupId) as caught:
+        model.add_new_im_contact_to_group(DEFAULT_MAILBOX, "sip:a@contoso.com", group_id=ItemId("AAMknope="))
+    assert isinstance(caught.value, UcsError) and caught.value.code == "ErrorInvalidImGroupId"
+    with pytest.raises(ImGroupDisplayNameAlreadyExists):
+        model.add_im_group(DEFAULT_MAILBOX, "OTHER CONTACTS")
+    assert type(error_for("ErrorImContactLimitReached")) is ImContactLimitReached
+    assert error_for("ErrorServerBusy").code == "ErrorServerBusy"
+
+
+def test_group_contact_and_persona_ids_look_like_exchange_ids_and_differ_in_kind():
+    model = UcsModel(seed=7)
+    group = model.add_im_group(DEFAULT_MAILBOX, "G").exchange_store_id
+    persona = model.add_new_im_contact_to_group(DEFAULT_MAILBOX, "sip:a@contoso.com")
+    item = persona.attributions[0].source_id
+    raw = {name: base64.b64decode(i.id) for name, i in
+           (("group", group), ("contact", item), ("persona", persona.persona_id))}
+    assert group.id.startswith("AAMk") and item.id.startswith("AAMk") and persona.persona_id.id.startswith("AAQk")
+    assert len({r[:4] + r[20:22] for r in raw.values()}) == 3, "the kind is readable from the id"
+    assert base64.b64decode(group.change_key)[0] == 0x12 and base64.b64decode(item.change_key)[0] == 0x11
+    # The mailbox guid is part of every id: another mailbox, another seed, other ids.
+    other = UcsModel(seed=7).add_im_group("pat@contoso.com", "G").exchange_store_id.id
+    reseeded = UcsModel(seed=8).add_im_group(DEFAULT_MAILBOX, "G").exchange_store_id.id
+    assert len({group.id, other, reseeded}) == 3
+
+
+def test_ids_never_depend_on_the_clock_but_creation_time_does():
+    ticks = iter(datetime(2024, 5, 1, 9, 0, s, tzinfo=timezone.utc) for s in range(10))
+    clocked = UcsModel(seed=4, clock=lambda: next(ticks))
+    plain = UcsModel(seed=4)
+    a = clocked.add_new_im_contact_to_group(DEFAULT_MAILBOX, "sip:a@contoso.com")
+    b = plain.add_new_im_contact_to_group(DEFAULT_MAILBOX, "sip:a@contoso.com")
+    assert a.persona_id == b.persona_id and a.attributions == b.attributions
+    assert a.creation_time == "2024-05-01T09:00:00Z"
+    assert b.creation_time == (SEEDED_EPOCH + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    unseeded = UcsModel().add_new_im_contact_to_group(DEFAULT_MAILBOX, "sip:a@contoso.com").creation_time
+    assert unseeded[:4] == str(datetime.now(timezone.utc).year)
+
+
+def test_add_contact_to_group_defaults_to_other_contacts_and_repeats_change_nothing(service):
+    persona = call(service, AddNewImContactToGroup("sip:a@contoso.com", group_id=_favorites(service))).payload
+    cid = contact_id(persona)
+    assert call(service, AddImContactToGroup(cid)).response_code == "NoError"
+    before = listing(service)
+    assert cid.id in {m.id for m in group_named(before, "Other Contacts").member_correlation_key}
+    assert call(service, AddImContactToGroup(cid)).response_code == "NoError"
+    assert listing(service) == before, "adding a member again is a no-op (no change key bump either)"
+
+
+def _favorites(service, user=None) -> ItemId:
+    return group_named(listing(service, user), "Favorites").exchange_store_id
+
+
+def test_existing_contact_is_returned_and_not_moved(service):
+    assert EXISTING_CONTACT_JOINS_GROUP is False
+    first = call(service, AddNewImContactToGroup("sip:a@contoso.com", "A")).payload
+    again = call(service, AddNewImContactToGroup("SIP:A@contoso.com", "Other A", _favorites(service))).payload
+    assert again == first
+    assert group_named(listing(service), "Favorites").member_correlation_key == ()
+
+
+def test_remove_contact_from_group_and_from_list(service):
+    team = call(service, AddImGroup("Team")).payload.exchange_store_id
+    cid = contact_id(call(service, AddNewImContactToGroup("sip:a@contoso.com", group_id=team)).payload)
+    assert call(service, AddImContactToGroup(cid, _favorites(service))).response_code == "NoError"
+    assert call(service, RemoveImContactFromGroup(cid, team)).response_code == "NoError"
+    assert [p.im_address for p in listing(service).personas] == ["sip:a@contoso.com"], "still in Favorites"
+    assert call(service, RemoveImContactFromGroup(cid, team)).response_code == "NoError", "not a member: no-op"
+    assert call(service, RemoveImContactFromGroup(cid, ItemId("AAMknope="))).response_code == "ErrorInvalidImGroupId"
+    assert call(service, RemoveImContactFromGroup(ItemId("AAMknope="), team)).response_code == \
+        "ErrorInvalidImContactId"
+    assert call(service, RemoveImContactFromGroup(cid, _favorites(service))).response_code == "NoError"
+    assert listing(service).personas == (), "in no group any more: it left QuickContacts"
+    # RemoveContactFromImList takes a contact out of every group at once.
+    cid = contact_id(call(service, AddNewImContactToGroup("sip:b@contoso.com", group_id=team)).payload)
+    call(service, AddImContactToGroup(cid, _favorites(service)))
+    assert call(service, RemoveContactFromImList(cid)).response_code == "NoError"
+    items = listing(service)
+    assert items.personas == () and all(not g.member_correlation_key for g in items.groups)
+    assert call(service, RemoveContactFromImList(cid)).response_code == "ErrorInvalidImContactId"
+
+
+def test_group_limit_counts_user_and_distribution_groups_only():
+    model = UcsModel(seed=1, max_groups=1)
+    model.add_distribution_group_to_im_list(DEFAULT_MAILBOX, "dg@contoso.com", "DG")
+    with pytest.raises(ImGroupLimitReached):
+        model.add_im_group(DEFAULT_MAILBOX, "One too many")
+    assert len(model.get_im_item_list(DEFAULT_MAILBOX).groups) == 4
+    assert MAX_GROUPS == 64 and UcsModel().max_groups == MAX_GROUPS
+
+
+def test_get_im_item_list_honours_requested_extended_properties(service):
+    call(service, AddNewImContactToGroup("sip:a@contoso.com", "Ann"))
+    plain = listing(service)
+    assert all(g.extended_properties == () for g in plain.groups)
+    assert all(p.extended_properties == () for p in plain.personas)
+    display = ExtendedFieldURI("String", property_tag="0x3001")
+    missing = ExtendedFieldURI("String", property_set_id="00062004-0000-0000-c000-000000000046", property_id=0x8084)
+    items = call(service, GetImItemList(extended_properties=(display, missing))).payload
+    assert [g.extended_properties[0].value for g in items.groups] == ["Other Contacts", "Tagged", "Favorites"]
+    assert [len(g.extended_properties) for g in items.groups] == [1, 1, 1], "a property an item lacks is left out"
+    assert items.personas[0].extended_properties[0].value.value == "Ann"
+
+
+def test_change_keys_are_ignored_on_input_but_staleness_is_visible(service):
+    group = call(service, AddImGroup("G")).payload.exchange_store_id
+    stale = ItemId(group.id, "EgAAAAstale")
+    assert call(service, SetImGroup(stale, "G2")).response_code == "NoError"
+    assert service.model.is_stale(DEFAULT_MAILBOX, stale) and service.model.is_stale(DEFAULT_MAILBOX, group)
+    fresh = group_named(listing(service), "G2").exchange_store_id
+    assert not service.model.is_stale(DEFAULT_MAILBOX, fresh)
+    assert not service.model.is_stale(DEFAULT_MAILBOX, ItemId(group.id)), "no ChangeKey: nothing to be stale"
+
+
+def test_adopted_ids_are_kept_and_never_handed_out_again():
+    twin = UcsModel(seed=2)
+    upcoming = [twin.add_im_group("kim@contoso.com", f"n{i}").exchange_store_id.id for i in range(3)]
+    model = UcsModel(seed=2)
+    recorded = ImGroup("Recorded", P.GROUP_USER, ItemId(upcoming[1], "EgAAAA=="))
+    model.adopt_group("kim@contoso.com", recorded)
+    persona = Persona(ItemId(upcoming[2]), "Person", display_name="Rec", im_address="sip:rec@contoso.com",
+                      attributions=(PersonaAttribution("0", ItemId(upcoming[0], "EQAAAA=="), is_quick_contact=True),))
+    model.adopt_persona("kim@contoso.com", persona, [upcoming[1]])
+    fresh = [model.add_im_group("kim@contoso.com", f"m{i}").exchange_store_id.id for i in range(3)]
+    assert not set(fresh) & set(upcoming)
+    items = model.get_im_item_list("kim@contoso.com")
+    rec = next(g for g in items.groups if g.display_name == "Recorded")
+    assert rec.exchange_store_id == ItemId(upcoming[1], "EgAAAA==")
+    assert rec.member_correlation_key == (ItemId(upcoming[0], "EQAAAA=="),)
+    assert [p.persona_id.id for p in items.personas] == [upcoming[2]]
+    # The adopted contact works like any other.
+    model.remove_contact_from_im_list("kim@contoso.com", ItemId(upcoming[0]))
+    assert model.get_im_item_list("kim@contoso.com").personas == ()
+
+
+def test_seeding_a_list_without_default_groups_creates_them():
+    model = UcsModel(seed=1)
+    model.add_im_group("kim@contoso.com", "Goes away")
+    only = ImGroup("Mine", P.GROUP_USER, ItemId("AAMkrecorded=", "EgAAAA=="))
+    model.seed_mailbox("Kim@Contoso.com", ImItemList(groups=(only,)))
+    names = [g.display_name for g in model.get_im_item_list("kim@contoso.com").groups]
+    assert names == ["Mine", "Other Contacts", "Tagged", "Favorites"]
+
+
+def test_state_file_round_trip_and_broken_files(tmp_path):
+    model = UcsModel(seed=12)
+    model.add_new_im_contact_to_group("pat@contoso.com", "sip:a@contoso.com", "A")
+    model.set_im_list_migration_completed("pat@contoso.com", True)
+    model.save(tmp_path / "state" / "ucs.json")
+    loaded = UcsModel.load(tmp_path / "state" / "ucs.json")
+    assert loaded.get_im_item_list("PAT@contoso.com") == model.get_im_item_list("pat@contoso.com")
+    assert loaded.im_list_migration_completed("pat@contoso.com") is True
+    # Same seed, same next ids, after a restore as without one.
+    assert loaded.add_im_group("pat@contoso.com", "Next") == model.add_im_group("pat@contoso.com", "Next")
+    for text in ("", "[]", "{\"format\": \"ucsproxy-model/1\", \"mailboxes\": [{\"name\": 3}]}",
+                 "{\"format\": \"ucsproxy-model/1\", \"mailboxes\": [{\"name\": \"a\", \"guid\": \"@@\"}]}",
+                 "{\"format\": \"ucsproxy-model/1\", \"max_groups\": \"lots\"}"):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError):
+            UcsModel.load(tmp_path / "bad.json")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError):
+        UcsModel.load(tmp_path / "bin.json")
+
+
+def test_concurrent_callers_never_lose_or_duplicate_contacts():
+    model = UcsModel(seed=1, max_contacts=10_000)
+
+    def add(worker: int):
+        for n in range(100):
+            model.add_new_im_contact_to_group("pat@contoso.com", f"sip:w{worker}-{n}@contoso.com")
+            model.get_im_item_list("pat@contoso.com")
+
+    threads = [threading.Thread(target=add, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    items = model.get_im_item_list("pat@contoso.com")
+    ids = {p.persona_id.id for p in items.personas}
+    assert len(items.personas) == len(ids) == 400
+
+
 # -- random sequences of all twelve operations -----------------------------------
 
-names = st.sampled_from(["Family", "Work", "Team", "family", "Golf", "Book club"])
-addresses = st.sampled_from([f"sip:user{n}@contoso.com" for n in range(8)] + ["sip:USER1@contoso.com"])
-mailboxes = st.sampled_from(["alice@contoso.com", "bob@contoso.com"])
+MAILBOXES = ("alice@contoso.com", "bob@contoso.com")
+DEFAULT_NAMES = ("Other Contacts", "Tagged", "Favorites")
+BOGUS = ItemId("AAMkAGQ1MjJjMTBkbogus=", "EgAAAA==")
+MAX_TEST_CONTACTS, MAX_TEST_GROUPS = 5, 3
+
+names = st.sampled_from(["Family", "Work", "work", "Golf", "favorites", "Sales"])
+addresses = st.sampled_from([f"sip:user{n}@contoso.com" for n in range(7)] + ["SIP:USER1@contoso.com", "user2@contoso.com"])
+dg_addresses = st.sampled_from(["sales@contoso.com", "SUPPORT@contoso.com", "support@contoso.com", "not an address"])
+mailboxes = st.sampled_from(MAILBOXES)
+
+
+class Shadow:
+    """What one mailbox should hold, kept by the test from the rules alone."""
+
+    def __init__(self, listed: ImItemList):
+        self.defaults = {g.display_name: g.exchange_store_id.id for g in listed.groups}
+        self.groups: dict[str, str] = {}  # user and distribution groups: name -> id
+        self.dg_smtp: dict[str, str] = {}  # casefolded smtp -> group id
+        self.members: dict[str, set[str]] = {i: set() for i in self.defaults.values()}
+        self.contacts: dict[str, str] = {}  # im address key -> contact item id
+        self.flag = False
+
+    def name_taken(self, name: str, except_id: str | None = None) -> bool:
+        every = {**self.defaults, **self.groups}
+        return any(n.casefold() == name.casefold() and i != except_id for n, i in every.items())
+
+    def drop_orphans(self) -> None:
+        listed = set().union(*self.members.values())
+        self.contacts = {k: c for k, c in self.contacts.items() if c in listed}
+
+    def kind(self, gid: str) -> str:
+        if gid in self.defaults.values():
+            return "default"
+        return "dg" if gid in self.dg_smtp.values() else "user"
+
+
+def key(address: str) -> str:
+    a = address.casefold()
+    return a[4:] if a.startswith("sip:") else a
 
 
 class UcsMachine(RuleBasedStateMachine):
-    """Drives the service with random calls; a shadow of group names and addresses checks every answer."""
+    """Random calls through UcsService.handle, each answer checked against a shadow of the rules.
+
+    A twin service with the same seed gets the same calls: every answer must be identical.
+    """
 
     @initialize()
     def start(self):
-        self.service = UcsService(UcsModel(seed=5, max_contacts=6, max_groups=4))
-        self.groups: dict[str, dict[str, str]] = {"alice@contoso.com": {}, "bob@contoso.com": {}}  # name -> id
-        self.contacts: dict[str, dict[str, str]] = {"alice@contoso.com": {}, "bob@contoso.com": {}}  # addr -> id
+        def make():
+            return UcsService(UcsModel(seed=5, max_contacts=MAX_TEST_CONTACTS, max_groups=MAX_TEST_GROUPS))
+
+        self.service, self.twin = make(), make()
+        self.shadow = {m: Shadow(self._call(m, GetImItemList()).payload) for m in MAILBOXES}
 
     def _call(self, mailbox, body):
         answer = call(self.service, body, user=mailbox)
+        assert answer == call(self.twin, body, user=mailbox), "same seed, same calls: same answers"
         assert not isinstance(answer, SoapFault)
         return answer
 
-    def _group_ids(self, mailbox):
-        return [ItemId(i) for i in self.groups[mailbox].values()]
+    def _pick_group(self, data, mailbox, allow_none=False, label="group"):
+        s = self.shadow[mailbox]
+        choices = sorted(s.defaults.values()) + sorted(s.groups.values()) + [BOGUS.id]
+        if allow_none:
+            choices.append(None)
+        gid = data.draw(st.sampled_from(choices), label=label)
+        return gid if gid is None else ItemId(gid, "EgAAAAignored")
+
+    def _pick_contact(self, data, mailbox):
+        cid = data.draw(st.sampled_from(sorted(self.shadow[mailbox].contacts.values()) + [BOGUS.id]), label="contact")
+        return ItemId(cid)
 
     @rule(mailbox=mailboxes, name=names)
-    def add_group(self, mailbox, name):
+    def add_im_group(self, mailbox, name):
+        s = self.shadow[mailbox]
         answer = self._call(mailbox, AddImGroup(name))
-        exists = any(n.casefold() == name.casefold() for n in self._all_names(mailbox))
-        if exists:
+        if s.name_taken(name):
             assert answer.response_code == "ErrorImGroupDisplayNameAlreadyExists"
-        elif len(self.groups[mailbox]) >= 4:
+        elif len(s.groups) >= MAX_TEST_GROUPS:
             assert answer.response_code == "ErrorImGroupLimitReached"
         else:
             assert answer.response_code == "NoError"
-            self.groups[mailbox][name] = answer.payload.exchange_store_id.id
-
-    def _all_names(self, mailbox):
-        return list(self.groups[mailbox]) + ["Other Contacts", "Tagged", "Favorites"]
+            assert (answer.payload.display_name, answer.payload.group_type) == (name, P.GROUP_USER)
+            gid = answer.payload.exchange_store_id.id
+            s.groups[name], s.members[gid] = gid, set()
 
     @rule(mailbox=mailboxes, address=addresses, data=st.data())
-    def add_new_contact(self, mailbox, address, data):
-        targets = self._group_ids(mailbox)
-        group = data.draw(st.sampled_from(targets)) if targets and data.draw(st.booleans()) else None
+    def add_new_im_contact_to_group(self, mailbox, address, data):
+        s = self.shadow[mailbox]
+        group = self._pick_group(data, mailbox, allow_none=True)
         answer = self._call(mailbox, AddNewImContactToGroup(address, group_id=group))
-        key = address.lower()
-        if key in self.contacts[mailbox]:
+        if group is not None and group.id == BOGUS.id:
+            assert answer.response_code == "ErrorInvalidImGroupId"
+        elif key(address) in s.contacts:
             assert answer.response_code == "NoError"
-            assert contact_id(answer.payload).id == self.contacts[mailbox][key]
-        elif len(self.contacts[mailbox]) >= 6:
+            assert contact_id(answer.payload).id == s.contacts[key(address)]
+        elif len(s.contacts) >= MAX_TEST_CONTACTS:
             assert answer.response_code == "ErrorImContactLimitReached"
         else:
-            assert answer.response_code == "NoError"
-            self.contacts[mailbox][key] = contact_id(answer.payload).id
-
-    @precondition(lambda self: any(self.contacts.values()))
-    @rule(mailbox=mailboxes, data=st.data())
-    def add_contact_to_group(self, mailbox, data):
-        if not self.contacts[mailbox] or not self.groups[mailbox]:
-            return
-        cid = data.draw(st.sampled_from(sorted(self.contacts[mailbox].values())))
-        gid = data.draw(st.sampled_from(self._group_ids(mailbox)))
-        assert self._call(mailbox, AddImContactToGroup(ItemId(cid), gid)).response_code == "NoError"
+            assert answer.response_code == "NoError" and answer.payload.im_address == address
+            cid = contact_id(answer.payload).id
+            s.contacts[key(address)] = cid
+            s.members[group.id if group else s.defaults["Other Contacts"]].add(cid)
 
     @rule(mailbox=mailboxes, data=st.data())
-    def remove_contact_from_group(self, mailbox, data):
-        if not self.contacts[mailbox] or not self.groups[mailbox]:
-            return
-        cid = data.draw(st.sampled_from(sorted(self.contacts[mailbox].values())))
-        gid = data.draw(st.sampled_from(self._group_ids(mailbox)))
-        assert self._call(mailbox, RemoveImContactFromGroup(ItemId(cid), gid)).response_code == "NoError"
-        self._forget_orphans(mailbox)
-
-    @rule(mailbox=mailboxes, data=st.data())
-    def remove_contact_from_list(self, mailbox, data):
-        if not self.contacts[mailbox]:
-            answer = self._call(mailbox, RemoveContactFromImList(ItemId("AAMkbogus=")))
+    def add_im_contact_to_group(self, mailbox, data):
+        s = self.shadow[mailbox]
+        contact = self._pick_contact(data, mailbox)
+        group = self._pick_group(data, mailbox, allow_none=True)
+        answer = self._call(mailbox, AddImContactToGroup(contact, group))
+        if contact.id == BOGUS.id:
             assert answer.response_code == "ErrorInvalidImContactId"
-            return
-        address = data.draw(st.sampled_from(sorted(self.contacts[mailbox])))
-        cid = self.contacts[mailbox].pop(address)
-        assert self._call(mailbox, RemoveContactFromImList(ItemId(cid))).response_code == "NoError"
+        elif group is not None and group.id == BOGUS.id:
+            assert answer.response_code == "ErrorInvalidImGroupId"
+        else:
+            assert answer.response_code == "NoError"
+            s.members[group.id if group else s.defaults["Other Contacts"]].add(contact.id)
 
     @rule(mailbox=mailboxes, data=st.data())
-    def remove_group(self, mailbox, data):
-        if not self.groups[mailbox]:
-            return
-        name = data.draw(st.sampled_from(sorted(self.groups[mailbox])))
-        gid = self.groups[mailbox].pop(name)
-        assert self._call(mailbox, RemoveImGroup(ItemId(gid))).response_code == "NoError"
-        self._forget_orphans(mailbox)
+    def remove_im_contact_from_group(self, mailbox, data):
+        s = self.shadow[mailbox]
+        contact = self._pick_contact(data, mailbox)
+        group = self._pick_group(data, mailbox)
+        answer = self._call(mailbox, RemoveImContactFromGroup(contact, group))
+        if contact.id == BOGUS.id:
+            assert answer.response_code == "ErrorInvalidImContactId"
+        elif group.id == BOGUS.id:
+            assert answer.response_code == "ErrorInvalidImGroupId"
+        else:
+            assert answer.response_code == "NoError"
+            s.members[group.id].discard(contact.id)
+            s.drop_orphans()
+
+    @rule(mailbox=mailboxes, data=st.data())
+    def remove_contact_from_im_list(self, mailbox, data):
+        s = self.shadow[mailbox]
+        contact = self._pick_contact(data, mailbox)
+        answer = self._call(mailbox, RemoveContactFromImList(contact))
+        if contact.id == BOGUS.id:
+            assert answer.response_code == "ErrorInvalidImContactId"
+        else:
+            assert answer.response_code == "NoError"
+            for members in s.members.values():
+                members.discard(contact.id)
+            s.drop_orphans()
+            assert contact.id not in s.contacts.values()
+
+    def _forget_group(self, s: Shadow, gid: str) -> None:
+        s.groups = {n: i for n, i in s.groups.items() if i != gid}
+        s.dg_smtp = {a: i for a, i in s.dg_smtp.items() if i != gid}
+        del s.members[gid]
+        s.drop_orphans()
+
+    @rule(mailbox=mailboxes, data=st.data())
+    def remove_im_group(self, mailbox, data):
+        s = self.shadow[mailbox]
+        group = self._pick_group(data, mailbox)
+        answer = self._call(mailbox, RemoveImGroup(group))
+        if group.id == BOGUS.id or s.kind(group.id) == "default":
+            assert answer.response_code == "ErrorInvalidImGroupId"
+        else:
+            assert answer.response_code == "NoError"
+            self._forget_group(s, group.id)
 
     @rule(mailbox=mailboxes, name=names, data=st.data())
-    def rename_group(self, mailbox, name, data):
-        if not self.groups[mailbox]:
-            return
-        old = data.draw(st.sampled_from(sorted(self.groups[mailbox])))
-        answer = self._call(mailbox, SetImGroup(ItemId(self.groups[mailbox][old]), name))
-        clash = any(n.casefold() == name.casefold() for n in self._all_names(mailbox) if n != old)
-        if clash:
+    def set_im_group(self, mailbox, name, data):
+        s = self.shadow[mailbox]
+        group = self._pick_group(data, mailbox)
+        answer = self._call(mailbox, SetImGroup(group, name))
+        if group.id == BOGUS.id or s.kind(group.id) == "default":
+            assert answer.response_code == "ErrorInvalidImGroupId"
+        elif s.name_taken(name, except_id=group.id):
             assert answer.response_code == "ErrorImGroupDisplayNameAlreadyExists"
         else:
             assert answer.response_code == "NoError"
-            self.groups[mailbox][name] = self.groups[mailbox].pop(old)
+            s.groups = {n: i for n, i in s.groups.items() if i != group.id}
+            s.groups[name] = group.id
 
-    @rule(mailbox=mailboxes, name=st.sampled_from(["Sales", "Support"]))
-    def distribution_group(self, mailbox, name):
-        answer = self._call(mailbox, AddDistributionGroupToImList(f"{name.lower()}@contoso.com", name))
-        if answer.response_code == "NoError":
-            assert answer.payload.smtp_address == f"{name.lower()}@contoso.com"
-            removed = self._call(mailbox, RemoveDistributionGroupFromImList(answer.payload.exchange_store_id))
-            assert removed.response_code == "NoError"
+    @rule(mailbox=mailboxes, smtp=dg_addresses, name=names)
+    def add_distribution_group_to_im_list(self, mailbox, smtp, name):
+        s = self.shadow[mailbox]
+        answer = self._call(mailbox, AddDistributionGroupToImList(smtp, name))
+        if " " in smtp:
+            assert answer.response_code == "ErrorInvalidImDistributionGroupSmtpAddress"
+        elif smtp.casefold() in s.dg_smtp:
+            assert answer.response_code == "NoError"
+            assert answer.payload.exchange_store_id.id == s.dg_smtp[smtp.casefold()]
+        elif s.name_taken(name):
+            assert answer.response_code == "ErrorImGroupDisplayNameAlreadyExists"
+        elif len(s.groups) >= MAX_TEST_GROUPS:
+            assert answer.response_code == "ErrorImGroupLimitReached"
         else:
-            assert answer.response_code in ("ErrorImGroupLimitReached", "ErrorImGroupDisplayNameAlreadyExists")
+            assert answer.response_code == "NoError"
+            assert (answer.payload.smtp_address, answer.payload.group_type) == (smtp, P.GROUP_DISTRIBUTION)
+            gid = answer.payload.exchange_store_id.id
+            s.groups[name], s.dg_smtp[smtp.casefold()], s.members[gid] = gid, gid, set()
+
+    @rule(mailbox=mailboxes, data=st.data())
+    def remove_distribution_group_from_im_list(self, mailbox, data):
+        s = self.shadow[mailbox]
+        group = self._pick_group(data, mailbox)
+        answer = self._call(mailbox, RemoveDistributionGroupFromImList(group))
+        if group.id == BOGUS.id or s.kind(group.id) != "dg":
+            assert answer.response_code == "ErrorInvalidImGroupId"
+        else:
+            assert answer.response_code == "NoError"
+            self._forget_group(s, group.id)
 
     @rule(mailbox=mailboxes, flag=st.booleans())
-    def migration(self, mailbox, flag):
+    def set_im_list_migration_completed(self, mailbox, flag):
         assert self._call(mailbox, SetImListMigrationCompleted(flag)).response_code == "NoError"
-        assert self.service.model.im_list_migration_completed(mailbox) is flag
+        self.shadow[mailbox].flag = flag
 
-    @rule(mailbox=mailboxes)
-    def get_items(self, mailbox):
-        answer = self._call(mailbox, GetImItems(contact_ids=tuple(ItemId(c) for c in self.contacts[mailbox].values()),
-                                                group_ids=tuple(self._group_ids(mailbox))))
+    @rule(mailbox=mailboxes, data=st.data())
+    def get_im_items(self, mailbox, data):
+        s = self.shadow[mailbox]
+        contacts = data.draw(st.lists(st.sampled_from(sorted(s.contacts.values()) + [BOGUS.id]), max_size=3))
+        groups = data.draw(st.lists(st.sampled_from(sorted(s.members) + [BOGUS.id]), max_size=3))
+        answer = self._call(mailbox, GetImItems(contact_ids=tuple(ItemId(c) for c in contacts),
+                                                group_ids=tuple(ItemId(g) for g in groups)))
         assert answer.response_code == "NoError"
-        assert {contact_id(p).id for p in answer.payload.personas} >= set(self.contacts[mailbox].values())
-
-    def _forget_orphans(self, mailbox):
-        listed = {contact_id(p).id for p in listing(self.service, mailbox).personas}
-        self.contacts[mailbox] = {a: i for a, i in self.contacts[mailbox].items() if i in listed}
+        known_groups = [g for g in dict.fromkeys(groups) if g != BOGUS.id]
+        assert [g.exchange_store_id.id for g in answer.payload.groups] == known_groups
+        wanted = {c for c in contacts if c != BOGUS.id}.union(*(s.members[g] for g in known_groups))
+        assert {contact_id(p).id for p in answer.payload.personas} == wanted
 
     @invariant()
-    def list_agrees_with_every_answer(self):
-        if not hasattr(self, "service"):
-            return
-        for mailbox in self.groups:
-            items = listing(self.service, mailbox)
-            names = {g.display_name: g.exchange_store_id.id for g in items.groups}
-            assert {n: names.get(n) for n in self.groups[mailbox]} == self.groups[mailbox]
-            assert set(names) == set(self.groups[mailbox]) | {"Other Contacts", "Tagged", "Favorites"}
+    def get_im_item_list_agrees_with_every_earlier_answer(self):
+        for mailbox in MAILBOXES:
+            s = self.shadow[mailbox]
+            items = self._call(mailbox, GetImItemList()).payload
+            listed = {g.display_name: g.exchange_store_id.id for g in items.groups}
+            assert listed == {**s.defaults, **s.groups}
+            members = {g.exchange_store_id.id: {m.id for m in g.member_correlation_key} for g in items.groups}
+            assert members == s.members
             contacts = {contact_id(p).id for p in items.personas}
-            assert contacts == set(self.contacts[mailbox].values())
-            members = {m.id for g in items.groups for m in g.member_correlation_key}
-            assert members <= contacts, "every member is a contact in QuickContacts"
-            assert contacts <= members, "no orphan contact outside every group"
-            assert len(contacts) <= 6 and len(self.groups[mailbox]) <= 4
-        alice = {g.exchange_store_id.id for g in listing(self.service, "alice@contoso.com").groups}
-        bob = {g.exchange_store_id.id for g in listing(self.service, "bob@contoso.com").groups}
+            assert contacts == set(s.contacts.values())
+            everyone = set().union(*members.values())
+            assert everyone <= contacts, "every member of a group is a contact in QuickContacts"
+            assert contacts <= everyone, "no contact outside every group"
+            assert len(contacts) <= MAX_TEST_CONTACTS and len(s.groups) <= MAX_TEST_GROUPS
+            assert self.service.model.im_list_migration_completed(mailbox) is s.flag
+        alice, bob = (set(self.shadow[m].members) | set(self.shadow[m].contacts.values()) for m in MAILBOXES)
         assert not alice & bob, "mailboxes never share items"
 
     @invariant()
     def save_and_load_give_the_same_list(self):
-        if not hasattr(self, "service"):
-            return
         restored = UcsService(UcsModel.from_json(json.loads(json.dumps(self.service.model.to_json()))))
-        for mailbox in self.groups:
-            assert listing(restored, mailbox) == listing(self.service, mailbox)
+        for mailbox in MAILBOXES:
+            assert call(restored, GetImItemList(), mailbox) == call(self.service, GetImItemList(), mailbox)
 
 
-UcsMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+UcsMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 TestUcsMachine = UcsMachine.TestCase

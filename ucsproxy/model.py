@@ -13,6 +13,7 @@ constant or a small function here, marked "Choice:"; the README lists them.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import re
@@ -22,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import protocol as P
 from .records import (
@@ -56,7 +57,9 @@ DEFAULT_GROUP_TYPES = frozenset(t for _, t in DEFAULT_GROUPS)
 #: Choice: the GroupType of a group made by AddDistributionGroupToImList.
 DISTRIBUTION_GROUP_TYPE = P.GROUP_DISTRIBUTION
 
-#: Choice: with a seed, CreationTime counts up from here, one second per contact.
+#: Choice: with a seed (and no clock given), CreationTime counts up from here, one
+#: second per contact, so seeded runs reproduce byte for byte; without a seed it is
+#: the real UTC time. Ids and change keys never depend on the clock.
 SEEDED_EPOCH = datetime(2012, 11, 7, 0, 0, 0, tzinfo=timezone.utc)
 
 #: The attribution Exchange shows for contacts Lync added (GetImItems page).
@@ -69,11 +72,91 @@ _SMTP = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\".]+$")
 
 
 class UcsError(Exception):
-    """A UCS operation failed with an EWS ResponseCode."""
+    """A UCS operation failed with an EWS ResponseCode (``code``).
 
-    def __init__(self, code: str, detail: str | None = None):
-        super().__init__(detail or code)
-        self.code = code
+    Raise a subclass (``InvalidImGroupId()``) or the base with any code
+    (``UcsError("ErrorServerBusy")``); ``detail`` is for people reading logs,
+    the wire carries only the code and its MessageText.
+    """
+
+    code = "ErrorInternalServerError"
+
+    def __init__(self, code: str | None = None, detail: str | None = None):
+        if code is not None:
+            self.code = code
+        super().__init__(detail or self.code)
+
+
+class InvalidImContactId(UcsError):
+    code = "ErrorInvalidImContactId"
+
+
+class InvalidImGroupId(UcsError):
+    code = "ErrorInvalidImGroupId"
+
+
+class ImContactLimitReached(UcsError):
+    code = "ErrorImContactLimitReached"
+
+
+class ImGroupLimitReached(UcsError):
+    code = "ErrorImGroupLimitReached"
+
+
+class ImGroupDisplayNameAlreadyExists(UcsError):
+    code = "ErrorImGroupDisplayNameAlreadyExists"
+
+
+class InvalidImDistributionGroupSmtpAddress(UcsError):
+    code = "ErrorInvalidImDistributionGroupSmtpAddress"
+
+
+_ERROR_CLASSES: dict[str, type[UcsError]] = {
+    cls.code: cls for cls in (InvalidImContactId, InvalidImGroupId, ImContactLimitReached, ImGroupLimitReached,
+                              ImGroupDisplayNameAlreadyExists, InvalidImDistributionGroupSmtpAddress)
+}
+
+
+def error_for(code: str, detail: str | None = None) -> UcsError:
+    """The exception for a ResponseCode: its own subclass when there is one."""
+    cls = _ERROR_CLASSES.get(code)
+    return cls(detail=detail) if cls is not None else UcsError(code, detail)
+
+
+# -- Choices where Exchange's behaviour is undocumented ---------------------------
+
+#: Choice: AddNewImContactToGroup for an address already on the list "does nothing"
+#: (the spec's words): the existing persona comes back and no group changes, even
+#: when the request names a group the contact is not in yet.
+EXISTING_CONTACT_JOINS_GROUP = False
+
+#: Choice: the code for removing or renaming one of the three default groups.
+#: They are the store's own folders, so to a client they are no group it may edit.
+DEFAULT_GROUP_EDIT_ERROR = InvalidImGroupId
+
+#: Choice: RemoveImContactFromGroup for a contact that is not in that group succeeds
+#: and changes nothing, the mirror of AddImContactToGroup for a member already there.
+#: (False: ErrorInvalidImContactId.)
+REMOVING_A_NON_MEMBER_SUCCEEDS = True
+
+#: Choice: a contact that RemoveImContactFromGroup leaves in no group at all leaves
+#: QuickContacts too, as the spec says RemoveImGroup does; otherwise the client
+#: could never see or reach it again (GetImItemList lists contacts by group).
+ORPHANS_LEAVE_QUICK_CONTACTS = True
+
+#: Choice: AddDistributionGroupToImList for an SMTP address already on the list
+#: returns that group unchanged (no second copy, no error), like
+#: AddNewImContactToGroup for a known address.
+DUPLICATE_DISTRIBUTION_GROUP_RETURNS_EXISTING = True
+
+#: Choice: a ContactId may also carry the contact's PersonaId (clients hold both;
+#: the GetImItems page passes persona ids as ContactIds).
+CONTACT_ID_MAY_BE_PERSONA_ID = True
+
+
+def counts_toward_group_limit(group_type: str) -> bool:
+    """Choice: user groups and distribution groups count toward MAX_GROUPS; the three default groups do not."""
+    return group_type not in DEFAULT_GROUP_TYPES
 
 
 def same_display_name(a: str, b: str) -> bool:
@@ -88,6 +171,8 @@ def im_address_key(address: str) -> str:
 
 
 def is_smtp_address(value: str) -> bool:
+    """Choice: local@domain.tld, no spaces, brackets or quotes (Exchange resolves the
+    address in the directory; the mock has no directory, so any well-formed one exists)."""
     return bool(_SMTP.match(value.strip()))
 
 
@@ -158,9 +243,11 @@ GROUP_CK, CONTACT_CK = 0x12, 0x11
 class Mailbox:
     """One user's IM list. Not thread-safe on its own; :class:`UcsModel` locks."""
 
-    def __init__(self, name: str, seed: int | None, max_contacts: int = MAX_CONTACTS, max_groups: int = MAX_GROUPS):
+    def __init__(self, name: str, seed: int | None, max_contacts: int = MAX_CONTACTS, max_groups: int = MAX_GROUPS,
+                 clock: Callable[[], datetime] | None = None):
         self.name = name
         self.seed = seed
+        self.clock = clock
         self.max_contacts = max_contacts
         self.max_groups = max_groups
         self.ids = _Ids(seed, name)
@@ -191,7 +278,9 @@ class Mailbox:
 
     def _creation_time(self) -> str:
         self._created += 1
-        if self.seed is not None:
+        if self.clock is not None:
+            moment = self.clock().astimezone(timezone.utc)
+        elif self.seed is not None:
             moment = SEEDED_EPOCH + timedelta(seconds=self._created)
         else:
             moment = datetime.now(timezone.utc)
@@ -203,7 +292,7 @@ class Mailbox:
         ident = group_id.id if isinstance(group_id, ItemId) else group_id
         g = self.groups.get(ident or "")
         if g is None:
-            raise UcsError("ErrorInvalidImGroupId")
+            raise InvalidImGroupId()
         return g
 
     def _find_contact(self, contact_id: ItemId | str) -> _Contact | None:
@@ -211,7 +300,8 @@ class Mailbox:
         c = self.contacts.get(ident)
         if c is not None:
             return c
-        # Clients may also name a contact by its persona id.
+        if not CONTACT_ID_MAY_BE_PERSONA_ID:
+            return None
         for c in self.contacts.values():
             if c.persona_id == ident:
                 return c
@@ -220,7 +310,7 @@ class Mailbox:
     def _contact(self, contact_id: ItemId | str) -> _Contact:
         c = self._find_contact(contact_id)
         if c is None:
-            raise UcsError("ErrorInvalidImContactId")
+            raise InvalidImContactId()
         return c
 
     def _default_group(self, group_type: str) -> _Group:
@@ -237,7 +327,7 @@ class Mailbox:
     def _check_name_free(self, name: str, except_id: str | None = None) -> None:
         for g in self.groups.values():
             if g.id != except_id and same_display_name(g.display_name, name):
-                raise UcsError("ErrorImGroupDisplayNameAlreadyExists")
+                raise ImGroupDisplayNameAlreadyExists()
 
     def _new_group(self, display_name: str, group_type: str, smtp: str | None = None) -> _Group:
         g = _Group(self._fresh(self.ids.group), self._next_change(), display_name, group_type, smtp_address=smtp)
@@ -245,13 +335,12 @@ class Mailbox:
         return g
 
     def _user_group_count(self) -> int:
-        return sum(1 for g in self.groups.values() if g.group_type not in DEFAULT_GROUP_TYPES)
+        return sum(1 for g in self.groups.values() if counts_toward_group_limit(g.group_type))
 
     def _groups_of(self, contact: _Contact) -> list[_Group]:
         return [g for g in self.groups.values() if contact.item_id in g.members]
 
     def _drop_if_orphan(self, contact: _Contact) -> None:
-        """Choice: a contact in no group leaves QuickContacts (the spec says so for RemoveImGroup)."""
         if not self._groups_of(contact):
             del self.contacts[contact.item_id]
 
@@ -334,7 +423,7 @@ class Mailbox:
     def add_im_group(self, display_name: str) -> ImGroup:
         self._check_name_free(display_name)
         if self._user_group_count() >= self.max_groups:
-            raise UcsError("ErrorImGroupLimitReached")
+            raise ImGroupLimitReached()
         return self.group_record(self._new_group(display_name, P.GROUP_USER))
 
     def add_new_im_contact_to_group(self, im_address: str, display_name: str | None = None,
@@ -344,9 +433,12 @@ class Mailbox:
         for c in self.contacts.values():
             if im_address_key(c.im_address) == key:
                 # The spec: "If the contact already exists, this operation does nothing."
+                if EXISTING_CONTACT_JOINS_GROUP and c.item_id not in group.members:
+                    group.members.append(c.item_id)
+                    self._touch(group)
                 return self.persona_record(c)
         if len(self.contacts) >= self.max_contacts:
-            raise UcsError("ErrorImContactLimitReached")
+            raise ImContactLimitReached()
         c = _Contact(
             item_id=self._fresh(self.ids.contact), version=self._next_change(), persona_id=self._fresh(self.ids.persona),
             im_address=im_address.strip(), display_name=(display_name or im_address).strip(),
@@ -367,9 +459,13 @@ class Mailbox:
     def remove_im_contact_from_group(self, contact_id: ItemId, group_id: ItemId) -> None:
         c = self._contact(contact_id)
         group = self._group(group_id)
-        if c.item_id in group.members:
-            group.members.remove(c.item_id)
-            self._touch(group)
+        if c.item_id not in group.members:
+            if not REMOVING_A_NON_MEMBER_SUCCEEDS:
+                raise InvalidImContactId(detail="The contact is not in that group.")
+            return
+        group.members.remove(c.item_id)
+        self._touch(group)
+        if ORPHANS_LEAVE_QUICK_CONTACTS:
             self._drop_if_orphan(c)
 
     def remove_contact_from_im_list(self, contact_id: ItemId) -> None:
@@ -382,8 +478,7 @@ class Mailbox:
     def remove_im_group(self, group_id: ItemId) -> None:
         group = self._group(group_id)
         if group.group_type in DEFAULT_GROUP_TYPES:
-            # Choice: the default groups belong to the store and cannot be removed.
-            raise UcsError("ErrorInvalidImGroupId", "Default IM groups cannot be removed.")
+            raise DEFAULT_GROUP_EDIT_ERROR(detail="Default IM groups cannot be removed.")
         members = [self.contacts[m] for m in group.members if m in self.contacts]
         del self.groups[group.id]
         for c in members:
@@ -392,8 +487,7 @@ class Mailbox:
     def set_im_group(self, group_id: ItemId, new_display_name: str) -> None:
         group = self._group(group_id)
         if group.group_type in DEFAULT_GROUP_TYPES:
-            # Choice: default groups keep their names, like their removal is refused.
-            raise UcsError("ErrorInvalidImGroupId", "Default IM groups cannot be renamed.")
+            raise DEFAULT_GROUP_EDIT_ERROR(detail="Default IM groups cannot be renamed.")
         self._check_name_free(new_display_name, except_id=group.id)
         if group.display_name != new_display_name:
             group.display_name = new_display_name
@@ -401,20 +495,20 @@ class Mailbox:
 
     def add_distribution_group_to_im_list(self, smtp_address: str, display_name: str) -> ImGroup:
         if not is_smtp_address(smtp_address):
-            raise UcsError("ErrorInvalidImDistributionGroupSmtpAddress")
+            raise InvalidImDistributionGroupSmtpAddress()
         for g in self.groups.values():
             if g.smtp_address and g.smtp_address.casefold() == smtp_address.strip().casefold():
-                # Choice: adding a distribution group already on the list returns it unchanged.
-                return self.group_record(g)
+                if DUPLICATE_DISTRIBUTION_GROUP_RETURNS_EXISTING:
+                    return self.group_record(g)
         self._check_name_free(display_name)
         if self._user_group_count() >= self.max_groups:
-            raise UcsError("ErrorImGroupLimitReached")
+            raise ImGroupLimitReached()
         return self.group_record(self._new_group(display_name, DISTRIBUTION_GROUP_TYPE, smtp_address.strip()))
 
     def remove_distribution_group_from_im_list(self, group_id: ItemId) -> None:
         group = self._group(group_id)
         if not group.smtp_address:
-            raise UcsError("ErrorInvalidImGroupId", "The group is not a distribution group.")
+            raise InvalidImGroupId(detail="The group is not a distribution group.")
         self.remove_im_group(ItemId(group.id))
 
     def set_im_list_migration_completed(self, completed: bool) -> None:
@@ -530,7 +624,9 @@ class Mailbox:
     def from_json(cls, data: dict[str, Any]) -> "Mailbox":
         mb = cls(data["name"], data.get("seed"), data.get("max_contacts", MAX_CONTACTS),
                  data.get("max_groups", MAX_GROUPS))
-        mb.ids.guid = base64.b64decode(data["guid"])
+        mb.ids.guid = base64.b64decode(data["guid"], validate=True)
+        if len(mb.ids.guid) != 16:
+            raise ValueError(f"mailbox {data['name']!r}: guid is not 16 bytes")
         mb.ids.counter = data.get("counter", 0)
         mb._created = data.get("created", 0)
         mb._changes = data.get("changes", 0)
@@ -595,10 +691,12 @@ class UcsModel:
     from the test's thread while mitmproxy serves from its own).
     """
 
-    def __init__(self, seed: int | None = None, max_contacts: int = MAX_CONTACTS, max_groups: int = MAX_GROUPS):
+    def __init__(self, seed: int | None = None, max_contacts: int = MAX_CONTACTS, max_groups: int = MAX_GROUPS,
+                 clock: Callable[[], datetime] | None = None):
         self.seed = seed
         self.max_contacts = max_contacts
         self.max_groups = max_groups
+        self.clock = clock  # CreationTime source; None: SEEDED_EPOCH + n under a seed, else real UTC
         self._mailboxes: dict[str, Mailbox] = {}
         self._lock = threading.RLock()
 
@@ -607,7 +705,7 @@ class UcsModel:
         with self._lock:
             mb = self._mailboxes.get(key)
             if mb is None:
-                mb = Mailbox(key, self.seed, self.max_contacts, self.max_groups)
+                mb = Mailbox(key, self.seed, self.max_contacts, self.max_groups, self.clock)
                 self._mailboxes[key] = mb
             return mb
 
@@ -685,12 +783,19 @@ class UcsModel:
             }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "UcsModel":
-        if data.get("format") != "ucsproxy-model/1":
+    def from_json(cls, data: dict[str, Any], clock: Callable[[], datetime] | None = None) -> "UcsModel":
+        """Rebuild a model from :meth:`to_json` data; anything malformed raises ValueError."""
+        if not isinstance(data, dict) or data.get("format") != "ucsproxy-model/1":
             raise ValueError("not a ucsproxy model state file (format ucsproxy-model/1)")
-        model = cls(data.get("seed"), data.get("max_contacts", MAX_CONTACTS), data.get("max_groups", MAX_GROUPS))
-        for mb in data.get("mailboxes", []):
-            model._mailboxes[mb["name"]] = Mailbox.from_json(mb)
+        try:
+            model = cls(data.get("seed"), int(data.get("max_contacts", MAX_CONTACTS)),
+                        int(data.get("max_groups", MAX_GROUPS)), clock)
+            for mb_data in data.get("mailboxes", []):
+                mb = Mailbox.from_json(mb_data)
+                mb.clock = clock
+                model._mailboxes[mb.name.strip().casefold()] = mb
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
+            raise ValueError(f"broken ucsproxy model state: {type(e).__name__}: {e}") from None
         return model
 
     def save(self, path: str | Path) -> None:
@@ -711,4 +816,9 @@ def save_state(model: UcsModel, path: str | Path) -> None:
 
 
 def load_state(path: str | Path) -> UcsModel:
-    return UcsModel.from_json(json.loads(Path(path).read_text()))
+    """Read a saved model; a file that is not one raises ValueError (OSError if unreadable)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a ucsproxy model state file ({e})") from None
+    return UcsModel.from_json(data)

@@ -8,6 +8,8 @@ model holds it).
 
 from __future__ import annotations
 
+import logging
+
 from . import protocol as P
 from .model import DEFAULT_MAILBOX, UcsError, UcsModel
 from .records import (
@@ -29,6 +31,8 @@ from .records import (
     UcsResponse,
 )
 
+log = logging.getLogger(__name__)
+
 
 def version_fault(version: str | None) -> SoapFault | None:
     """The fault Exchange answers a UCS request with when its RequestServerVersion won't do.
@@ -46,17 +50,26 @@ def version_fault(version: str | None) -> SoapFault | None:
 
 def mailbox_for(request: EwsRequest, user: str | None) -> str:
     """Whose list a request works on: the impersonated mailbox, else the signed-in user."""
-    if request.mailbox:
-        return request.mailbox.strip().lower()
-    if user:
-        name = user.strip()
-        if "\\" in name:  # DOMAIN\user
-            name = name.split("\\", 1)[1]
-        return name.lower()
-    return DEFAULT_MAILBOX
+    impersonated = (request.mailbox or "").strip()
+    if impersonated:
+        return impersonated.lower()
+    name = (user or "").strip()
+    if "\\" in name:  # DOMAIN\user
+        name = name.split("\\", 1)[1].strip()
+    return name.lower() or DEFAULT_MAILBOX
+
+
+def error_response(operation: str, code: str) -> UcsResponse:
+    """The Error message Exchange answers a failed UCS operation with."""
+    return UcsResponse(operation, P.ERROR, code, message_text=P.message_text(code), descriptive_link_key=0)
 
 
 class UcsService:
+    """The fake Exchange's EWS endpoint for UCS: one :meth:`handle` per request.
+
+    Holds no state of its own; every mailbox lives in ``model``.
+    """
+
     def __init__(self, model: UcsModel, server_version: ServerVersionInfo | None = None):
         self.model = model
         self.server_version = server_version or ServerVersionInfo()
@@ -77,7 +90,12 @@ class UcsService:
         try:
             payload = self._dispatch(mailbox, request.body)
         except UcsError as e:
-            return UcsResponse(op, P.ERROR, e.code, message_text=P.message_text(e.code), descriptive_link_key=0)
+            return error_response(op, e.code)
+        except Exception:
+            # A request built by hand (not by the codec) can hold values no rule expects;
+            # the client gets what Exchange sends for its own bugs, the mock keeps serving.
+            log.exception("UCS model failed on %s for %s", op, mailbox)
+            return error_response(op, "ErrorInternalServerError")
         return UcsResponse(op, P.SUCCESS, "NoError", payload=payload)
 
     def _dispatch(self, mailbox: str, body):
@@ -107,4 +125,4 @@ class UcsService:
                 return m.get_im_item_list(mailbox, extended)
             case GetImItems(contact_ids=contacts, group_ids=groups, extended_properties=extended):
                 return m.get_im_items(mailbox, contacts, groups, extended)
-        raise UcsError("ErrorInvalidOperation")
+        raise UcsError("ErrorInvalidRequest", f"no rule for {type(body).__name__}")
