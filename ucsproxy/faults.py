@@ -4,15 +4,19 @@ A rule file (TOML) holds a ``seed`` and ``[[fault]]`` rules; each rule has a
 selector (operation, mailbox, probability / nth / every, after / until) and an
 action. :class:`FaultEngine` decides, call by call, which rules fire; the same
 seed and the same sequence of (operation, mailbox) give the same decisions in
-any process. The mitmproxy addon applies the decision to the flow.
+any process. The mitmproxy addon applies the decision to the flow; nothing here
+touches a flow or a socket.
 
-Composition: on one call, every matching rule's delay adds up, and the first
-matching rule (in file order) with an action other than ``delay`` is the one
-action applied.
+Composition on one call: every rule that fires contributes its delay (they add
+up), and the first rule in file order whose action is not ``delay`` is the one
+action applied. Rules added one by one (``--fault``) come after the file's.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
 import hashlib
 import json
 import math
@@ -21,34 +25,37 @@ import random
 import re
 import threading
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from lxml import etree
 
 from . import codec
 from . import protocol as P
 from .records import MessageXml, SoapFault
 
-ACTIONS: dict[str, dict[str, type | tuple]] = {
-    # action -> allowed parameters and their types
-    "ews-error": {"code": str, "message": str},
-    "soap-fault": {"code": str, "message": str, "status": int},
-    "server-busy": {"backoff_ms": int, "as_fault": bool},
-    "http-status": {"status": int, "body": str, "headers": dict, "retry_after": int},
-    "delay": {"ms": (int, float), "distribution": str, "min_ms": (int, float), "max_ms": (int, float),
-              "median_ms": (int, float), "sigma": (int, float), "phase": str},
-    "reset": {},
-    "timeout": {"max_ms": int},
-    "truncate": {"bytes": int, "fraction": (int, float), "keep_length": bool},
-    "malformed": {},
-    "stale-changekey": {},
-}
-SELECTOR_KEYS: dict[str, type | tuple] = {
-    "name": str, "operation": (str, list), "mailbox": str, "probability": (int, float), "nth": (int, list),
-    "every": int, "after": int, "until": int, "action": str, "delay_ms": (int, float), "delay": dict,
-}
-DELAY_KEYS = ACTIONS["delay"]
-TERMINAL_ACTIONS = frozenset(ACTIONS) - {"delay"}
+#: Longest delay, timeout or back-off a rule may ask for. A lognormal tail or a
+#: typo would otherwise park a connection for days.
+MAX_MS = 3_600_000
+#: BackOffMilliseconds is an xs:int on the wire.
+MAX_BACKOFF_MS = 2**31 - 1
+MAX_SIGMA = 10.0
+#: Keep a rule's table small enough to log and to show in ``ucs.faults.list``.
+MAX_TEXT = 64 * 1024
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# Characters XML 1.0 cannot carry: lxml refuses them, so a rule must not hold them.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Framing is the proxy's job; a rule that set these would desynchronise the connection.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+
+NUMBER = (int, float)
+
+
+# ---------------------------------------------------------------------------
+# Records
 
 
 class FaultFileError(Exception):
@@ -62,6 +69,8 @@ class FaultFileError(Exception):
 
 @dataclass(frozen=True)
 class DelaySpec:
+    """A fixed delay (``ms``) or a distribution to draw one from."""
+
     ms: float | None = None
     distribution: str | None = None  # None (fixed), "uniform", "lognormal"
     min_ms: float = 0.0
@@ -72,17 +81,19 @@ class DelaySpec:
 
     def draw(self, rng: random.Random) -> float:
         if self.distribution == "uniform":
-            return rng.uniform(self.min_ms, self.max_ms)
-        if self.distribution == "lognormal":
-            return rng.lognormvariate(math.log(self.median_ms), self.sigma)
-        return float(self.ms or 0.0)
+            value = rng.uniform(self.min_ms, self.max_ms)
+        elif self.distribution == "lognormal":
+            value = rng.lognormvariate(math.log(self.median_ms), self.sigma)
+        else:
+            value = float(self.ms or 0.0)
+        return min(max(value, 0.0), float(MAX_MS))
 
 
 @dataclass(frozen=True)
 class FaultRule:
     index: int
     name: str
-    operations: tuple[str, ...]  # ("*",) for any
+    operations: tuple[str, ...]  # ("*",) for any EWS operation
     action: str
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     mailbox: str | None = None
@@ -94,10 +105,17 @@ class FaultRule:
     delay: DelaySpec | None = None
     source: str = ""
 
+    @property
+    def operation(self) -> str | tuple[str, ...]:
+        return self.operations[0] if len(self.operations) == 1 else self.operations
+
     def matches(self, operation: str | None, mailbox: str | None) -> bool:
+        # "*" is any EWS operation: a request the addon could not name is not one.
+        if operation is None:
+            return False
         if "*" not in self.operations and operation not in self.operations:
             return False
-        if self.mailbox and (mailbox or "").lower() != self.mailbox.lower():
+        if self.mailbox is not None and (mailbox or "").casefold() != self.mailbox.casefold():
             return False
         return True
 
@@ -115,8 +133,10 @@ class FaultRule:
             when.append(f"until={self.until}")
         params = ",".join(f"{k}={v}" for k, v in self.params.items())
         target = "|".join(self.operations) + (f"@{self.mailbox}" if self.mailbox else "")
-        return f"{self.name}: {target} {self.action}{(' ' + params) if params else ''}" + \
-            (f" [{' '.join(when)}]" if when else "") + f" ({self.source})"
+        text = f"{self.name}: {target} {self.action}" + (f" {params}" if params else "")
+        if self.delay is not None and self.action != "delay":
+            text += f" +delay({self.delay.ms if self.delay.ms is not None else self.delay.distribution})"
+        return text + (f" [{' '.join(when)}]" if when else "") + f" ({self.source})"
 
 
 @dataclass(frozen=True)
@@ -128,15 +148,20 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class FaultDecision:
-    rule: FaultRule | None  # the rule whose action applies (None: only delays fired)
+    """What to do to one call. ``rule`` / ``action`` are None when only delays fired."""
+
+    rule: FaultRule | None
     action: str | None
     params: dict[str, Any]
     delay_ms: float
     delay_phase: str
     fired: tuple[str, ...]
-    call: int  # 1-based count of decisions asked of the engine
+    call: int = 0  # 1-based count of calls the engine was asked about (matching or not)
     operation: str | None = None
     mailbox: str | None = None
+    rule_call: int = 0  # the terminal rule's own matching-call number (what nth/every count)
+    request_delay_ms: float = 0.0
+    response_delay_ms: float = 0.0
 
     def describe(self) -> str:
         """JSON for the log's ``fault`` column: enough to read and replay a chaos run."""
@@ -149,214 +174,409 @@ class FaultDecision:
             "delay_phase": self.delay_phase,
             "fired": list(self.fired),
             "call": self.call,
-        }, sort_keys=True)
+            "rule_call": self.rule_call,
+        }, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------
+# What each key may hold. A check returns the problem, or None.
+
+Check = Callable[[Any], "str | None"]
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, float) or math.isfinite(v)
+
+
+def _range(lo: float | None, hi: float | None, what: str = "") -> Check:
+    def check(v: Any) -> str | None:
+        if not _finite(v):
+            return "must be a finite number"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            if hi is None:
+                return f"must be at least {lo}{what}"
+            return f"must be between {lo} and {hi}{what}"
+        return None
+    return check
+
+
+def _text_ok(v: str) -> str | None:
+    if len(v) > MAX_TEXT:
+        return f"is longer than {MAX_TEXT} characters"
+    if _NOT_XML.search(v):
+        return "holds a control character XML cannot carry"
+    return None
+
+
+def _nonempty_text(v: str) -> str | None:
+    return "must not be empty" if not v.strip() else _text_ok(v)
+
+
+def _code(v: str) -> str | None:
+    if not _IDENTIFIER.match(v):
+        return "must be a ResponseCode name such as ErrorServerBusy (letters, digits, _)"
+    return None
+
+
+def _headers(v: dict) -> str | None:
+    for name, value in v.items():
+        if not _HEADER_NAME.match(name):
+            return f"'{name}' is not a valid header name"
+        if name.lower() in _FRAMING_HEADERS:
+            return f"'{name}' is set by the proxy itself (use truncate keep_length for a short read)"
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return f"the value of '{name}' must be a string or an integer"
+        if isinstance(value, str) and re.search("[\r\n\x00]", value):
+            return f"the value of '{name}' must be one line"
+    return None
+
+
+def _nth(v: Any) -> str | None:
+    values = v if isinstance(v, list) else [v]
+    if not values:
+        return "must list at least one call number"
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in values):
+        return "counts matching calls from 1: give positive integers"
+    return None
+
+
+# 1xx answers are not final: a client would wait for the real one.
+_STATUS = _range(200, 599)
+_NO_BODY = frozenset({204, 205, 304})
+_MS = _range(0, MAX_MS)
+
+DELAY_KEYS: dict[str, tuple[Any, Check | None]] = {
+    "ms": (NUMBER, _MS),
+    "distribution": (str, lambda v: None if v in ("uniform", "lognormal")
+                     else f"'{v}' is not a distribution (uniform or lognormal)"),
+    "min_ms": (NUMBER, _MS),
+    "max_ms": (NUMBER, _MS),
+    "median_ms": (NUMBER, lambda v: "must be a finite number" if not _finite(v)
+                  else None if 0 < v <= MAX_MS else f"must be above 0 and at most {MAX_MS}"),
+    "sigma": (NUMBER, _range(0, MAX_SIGMA)),
+    "phase": (str, lambda v: None if v in ("request", "response") else 'must be "request" or "response"'),
+}
+
+ACTIONS: dict[str, dict[str, tuple[Any, Check | None]]] = {
+    "ews-error": {"code": (str, _code), "message": (str, _text_ok)},
+    "soap-fault": {"code": (str, _code), "message": (str, _text_ok), "status": (int, _STATUS)},
+    "server-busy": {"backoff_ms": (int, _range(0, MAX_BACKOFF_MS)), "as_fault": (bool, None)},
+    "http-status": {"status": (int, _STATUS), "body": (str, _text_ok), "headers": (dict, _headers),
+                    "retry_after": (int, _range(0, None))},
+    "delay": DELAY_KEYS,
+    "reset": {},
+    "timeout": {"max_ms": (NUMBER, _MS)},
+    "truncate": {"bytes": (int, _range(0, None)), "fraction": (NUMBER, _range(0, 1)), "keep_length": (bool, None)},
+    "malformed": {},
+    "stale-changekey": {},
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "ews-error": ("code",), "soap-fault": ("code",), "http-status": ("status",),
+}
+SELECTOR_KEYS: dict[str, tuple[Any, Check | None]] = {
+    "name": (str, _nonempty_text),
+    "operation": ((str, list), None),
+    "mailbox": (str, _nonempty_text),
+    "probability": (NUMBER, _range(0, 1)),
+    "nth": ((int, list), _nth),
+    "every": (int, _range(1, None)),
+    "after": (int, _range(0, None)),
+    "until": (int, _range(1, None)),
+    "action": (str, None),
+    "delay_ms": (NUMBER, _MS),
+    "delay": (dict, None),
+}
+TERMINAL_ACTIONS = frozenset(ACTIONS) - {"delay"}
+
+
+def _type_name(t: Any) -> str:
+    types = t if isinstance(t, tuple) else (t,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+             dict: "a table"}
+    if set(types) == {int, float}:
+        return "a number"
+    return " or ".join(names[x] for x in types)
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
 
 
 # ---------------------------------------------------------------------------
 # Parsing
 
 
-def _type_name(t: type | tuple) -> str:
-    types = t if isinstance(t, tuple) else (t,)
-    return " or ".join({int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
-                        dict: "table"}[x] for x in types)
+class _Where:
+    """Turns a problem into a FaultFileError that points at the right line.
+
+    With the file's ``lines`` and the 0-based index of the rule's ``[[fault]]``
+    header, a problem about a key points at that key's own line inside the rule
+    (its ``[fault.delay]`` sub-table included); otherwise at ``fallback``.
+    """
+
+    def __init__(self, source: str, prefix: str = "", lines: list[str] | None = None,
+                 header: int | None = None, end: int | None = None, fallback: int | None = None):
+        self.source, self.prefix, self.lines, self.header, self.end = source, prefix, lines, header, end
+        self.fallback = fallback if header is None else header + 1
+
+    def line_of(self, key: str | None) -> int | None:
+        if key is None or self.lines is None or self.header is None:
+            return self.fallback
+        k = re.escape(key)
+        pattern = re.compile(rf"""\s*(?:(?:[A-Za-z_]+\s*\.\s*)?["']?{k}["']?\s*=|\[\s*fault\s*\.\s*{k}\s*\])""")
+        for i in range(self.header + 1, self.end if self.end is not None else len(self.lines)):
+            if pattern.match(self.lines[i]):
+                return i + 1
+        return self.fallback
+
+    def fail(self, message: str, key: str | None = None) -> FaultFileError:
+        return FaultFileError(self.source, self.line_of(key), self.prefix + message)
 
 
-def _check_type(value: Any, expected: type | tuple) -> bool:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in types:
-        return False
-    return isinstance(value, types)
-
-
-def _delay_spec(table: dict[str, Any], err) -> DelaySpec:
+def _check_keys(table: dict[str, Any], allowed: dict[str, tuple[Any, Check | None]], where: _Where,
+                what: str) -> None:
     for key, value in table.items():
-        if key not in DELAY_KEYS:
-            err(f"unknown delay key '{key}' (known: {', '.join(DELAY_KEYS)})")
-        if not _check_type(value, DELAY_KEYS[key]):
-            err(f"'{key}' must be a {_type_name(DELAY_KEYS[key])}")
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise where.fail(f"unknown key '{key}' {what}(allowed: {known})", key)
+        expected, check = allowed[key]
+        if not _type_ok(value, expected):
+            raise where.fail(f"'{key}' must be {_type_name(expected)}", key)
+        problem = check(value) if check else None
+        if problem:
+            raise where.fail(f"'{key}' {problem}", key)
+
+
+def _delay_spec(table: dict[str, Any], where: _Where) -> DelaySpec:
+    _check_keys(table, DELAY_KEYS, where, "in a delay ")
     phase = table.get("phase", "response")
-    if phase not in ("request", "response"):
-        err("delay 'phase' must be \"request\" or \"response\"")
     dist = table.get("distribution")
+    needs = {None: ("ms",), "uniform": ("min_ms", "max_ms"), "lognormal": ("median_ms", "sigma")}[dist]
+    label = f"a {dist} delay" if dist else "a fixed delay"
+    for key in needs:
+        if key not in table:
+            hint = "" if dist else " (or a 'distribution': uniform, lognormal)"
+            raise where.fail(f"{label} needs '{key}'{hint}", "distribution" if dist else None)
+    for key in ("ms", "min_ms", "max_ms", "median_ms", "sigma"):
+        if key in table and key not in needs:
+            raise where.fail(f"'{key}' does not belong to {label}", key)
     if dist is None:
-        if "ms" not in table:
-            err("a delay needs 'ms', or a 'distribution' (uniform, lognormal)")
-        if table["ms"] < 0:
-            err("'ms' must not be negative")
         return DelaySpec(ms=float(table["ms"]), phase=phase)
     if dist == "uniform":
-        if "min_ms" not in table or "max_ms" not in table:
-            err("a uniform delay needs 'min_ms' and 'max_ms'")
-        if not 0 <= table["min_ms"] <= table["max_ms"]:
-            err("a uniform delay needs 0 <= min_ms <= max_ms")
-        return DelaySpec(distribution=dist, min_ms=float(table["min_ms"]), max_ms=float(table["max_ms"]), phase=phase)
-    if dist == "lognormal":
-        if "median_ms" not in table or "sigma" not in table:
-            err("a lognormal delay needs 'median_ms' and 'sigma'")
-        if table["median_ms"] <= 0 or table["sigma"] < 0:
-            err("a lognormal delay needs median_ms > 0 and sigma >= 0")
-        return DelaySpec(distribution=dist, median_ms=float(table["median_ms"]), sigma=float(table["sigma"]),
+        if table["min_ms"] > table["max_ms"]:
+            raise where.fail("a uniform delay needs min_ms <= max_ms", "max_ms")
+        return DelaySpec(distribution=dist, min_ms=float(table["min_ms"]), max_ms=float(table["max_ms"]),
                          phase=phase)
-    err(f"unknown delay distribution '{dist}' (uniform or lognormal)")
-    raise AssertionError
+    return DelaySpec(distribution=dist, median_ms=float(table["median_ms"]), sigma=float(table["sigma"]),
+                     phase=phase)
 
 
-def build_rule(table: dict[str, Any], index: int, source: str, line: int | None) -> FaultRule:
-    def err(message: str):
-        raise FaultFileError(source, line, f"fault #{index}: {message}")
+def _operations(value: Any, where: _Where) -> tuple[str, ...]:
+    names = value if isinstance(value, list) else [value]
+    if not names:
+        raise where.fail("'operation' must name at least one operation", "operation")
+    for name in names:
+        if not isinstance(name, str):
+            raise where.fail("'operation' must be a name, a list of names, or \"*\"", "operation")
+        if name == "*":
+            continue
+        if not _IDENTIFIER.match(name):
+            raise where.fail(f"'{name}' is not an EWS operation name (or \"*\")", "operation")
+        if name not in P.UCS_OPERATIONS:
+            # Any EWS operation is allowed, but a near miss of a UCS name is a typo that would never fire.
+            near = [op for op in P.UCS_OPERATIONS if op.lower() == name.lower()] or \
+                difflib.get_close_matches(name, P.UCS_OPERATIONS, n=1, cutoff=0.9)
+            if near:
+                raise where.fail(f"unknown operation '{name}': did you mean '{near[0]}'?", "operation")
+    return tuple(dict.fromkeys(names))
 
+
+def _build(table: dict[str, Any], index: int, source: str, where: _Where) -> FaultRule:
     action = table.get("action")
     if action is None:
-        err(f"missing 'action' (one of: {', '.join(ACTIONS)})")
-    if action not in ACTIONS:
-        err(f"unknown action '{action}' (one of: {', '.join(ACTIONS)})")
+        raise where.fail(f"missing 'action' (one of: {', '.join(ACTIONS)})")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise where.fail(f"unknown action '{action}' (one of: {', '.join(ACTIONS)})", "action")
     if "operation" not in table:
-        err("missing 'operation' (an operation name, a list of names, or \"*\")")
-    params: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in SELECTOR_KEYS:
-            if not _check_type(value, SELECTOR_KEYS[key]):
-                err(f"'{key}' must be a {_type_name(SELECTOR_KEYS[key])}")
-        elif key in ACTIONS[action]:
-            if not _check_type(value, ACTIONS[action][key]):
-                err(f"'{key}' must be a {_type_name(ACTIONS[action][key])}")
-            params[key] = value
-        else:
-            err(f"unknown key '{key}' for action '{action}' "
-                f"(allowed: {', '.join(sorted(set(SELECTOR_KEYS) | set(ACTIONS[action])))})")
+        raise where.fail("missing 'operation' (an operation name, a list of names, or \"*\")")
+    allowed = {**SELECTOR_KEYS, **ACTIONS[action]}
+    _check_keys(table, allowed, where, f"for action '{action}' ")
+    operations = _operations(table["operation"], where)
+    params = {k: v for k, v in table.items() if k in ACTIONS[action]}
+    for key in REQUIRED.get(action, ()):
+        if key not in params:
+            example = {"code": "an EWS ResponseCode such as ErrorServerBusy", "status": "an HTTP status"}[key]
+            raise where.fail(f"action '{action}' needs a '{key}' ({example})", "action")
     selectors = [k for k in ("probability", "nth", "every") if k in table]
     if len(selectors) > 1:
-        err(f"use only one of probability, nth, every (found {', '.join(selectors)})")
-    operations = table["operation"]
-    operations = tuple(operations) if isinstance(operations, list) else (operations,)
-    if not operations or not all(isinstance(o, str) and o for o in operations):
-        err("'operation' must name at least one operation")
-    probability = table.get("probability")
-    if probability is not None and not 0 <= probability <= 1:
-        err("'probability' must be between 0 and 1")
-    nth = table.get("nth", ())
-    nth = (nth,) if isinstance(nth, int) else tuple(nth)
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in nth):
-        err("'nth' counts matching calls from 1: give positive integers")
-    every = table.get("every")
-    if every is not None and every < 1:
-        err("'every' must be at least 1")
-    for key in ("after", "until"):
-        if key in table and table[key] < 0:
-            err(f"'{key}' must not be negative")
-    if action in ("ews-error", "soap-fault") and "code" not in params:
-        err(f"action '{action}' needs a 'code' (an EWS ResponseCode such as ErrorServerBusy)")
-    if action == "http-status":
-        status = params.get("status")
-        if status is None or not 100 <= status <= 599:
-            err("action 'http-status' needs a 'status' between 100 and 599")
-    if action == "truncate":
-        if "fraction" in params and not 0 <= params["fraction"] <= 1:
-            err("'fraction' must be between 0 and 1")
-        if "bytes" in params and params["bytes"] < 0:
-            err("'bytes' must not be negative")
+        raise where.fail(f"use only one of probability, nth, every (found {', '.join(selectors)})", selectors[1])
+    after, until = table.get("after"), table.get("until")
+    if after is not None and until is not None and until <= after:
+        raise where.fail(f"'until' ({until}) must be above 'after' ({after}), or the rule never fires", "until")
+    if action == "http-status" and params["status"] in _NO_BODY and params.get("body"):
+        raise where.fail(f"HTTP {params['status']} carries no body", "body")
+    if action == "truncate" and "bytes" in params and "fraction" in params:
+        raise where.fail("give 'bytes' or 'fraction', not both", "fraction")
     delay = None
     if action == "delay":
-        delay = _delay_spec(params, err)
+        for key in ("delay", "delay_ms"):
+            if key in table:
+                raise where.fail(f"a delay rule takes its own keys (ms, distribution, ...), not '{key}'", key)
+        delay = _delay_spec(params, where)
+    elif "delay" in table and "delay_ms" in table:
+        raise where.fail("give 'delay_ms' or a [fault.delay] table, not both", "delay_ms")
     elif "delay" in table:
-        delay = _delay_spec(table["delay"], err)
+        delay = _delay_spec(table["delay"], where)
     elif "delay_ms" in table:
-        delay = _delay_spec({"ms": table["delay_ms"]}, err)
+        delay = DelaySpec(ms=float(table["delay_ms"]))
+    nth = table.get("nth", [])
+    name = table.get("name")
     return FaultRule(
-        index=index, name=table.get("name") or f"rule-{index}", operations=operations, action=action,
-        params=params, mailbox=table.get("mailbox"), probability=probability, nth=nth, every=every,
-        after=table.get("after"), until=table.get("until"), delay=delay,
-        source=f"{source}:{line}" if line else source,
+        index=index, name=name.strip() if name else f"rule-{index}", operations=operations, action=action,
+        params=params, mailbox=table.get("mailbox"), probability=table.get("probability"),
+        nth=tuple(sorted(set(nth if isinstance(nth, list) else [nth]))), every=table.get("every"),
+        after=after, until=until, delay=delay, source=source,
     )
 
 
-def _fault_table_lines(text: str) -> list[int]:
-    return [i for i, line in enumerate(text.splitlines(), 1) if re.match(r"\s*\[\[\s*fault\s*\]\]", line)]
+def build_rule(table: dict[str, Any], index: int, source: str, line: int | None) -> FaultRule:
+    """One rule from its table (as TOML gives it). Raises FaultFileError."""
+    where = _Where(source, f"fault #{index}: ", fallback=line)
+    return _build(table, index, f"{source}:{line}" if line else source, where)
+
+
+_FAULT_HEADER = re.compile(r"\s*\[\[\s*fault\s*\]\]")
+
+
+def _top_level_line(lines: list[str], key: str) -> int | None:
+    pattern = re.compile(rf"""\s*(?:\[+\s*)?["']?{re.escape(key)}["']?\s*(?:=|\]|\.)""")
+    for i, line in enumerate(lines):
+        if pattern.match(line):
+            return i + 1
+    return None
 
 
 def parse_fault_text(text: str, source: str = "<faults>") -> FaultConfig:
+    """A whole fault file from its text. Raises FaultFileError naming the line and the problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         match = re.search(r"line (\d+)", str(e))
         raise FaultFileError(source, int(match.group(1)) if match else None, f"not valid TOML: {e}") from None
-    lines = _fault_table_lines(text)
+    lines = text.splitlines()
     for key in data:
         if key not in ("seed", "fault"):
-            line = next((i for i, l in enumerate(text.splitlines(), 1) if l.strip().startswith(key)), None)
-            raise FaultFileError(source, line, f"unknown top-level key '{key}' (expected 'seed' and [[fault]] tables)")
+            raise FaultFileError(source, _top_level_line(lines, key),
+                                 f"unknown top-level key '{key}' (expected 'seed' and [[fault]] tables)")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise FaultFileError(source, None, "'seed' must be an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FaultFileError(source, _top_level_line(lines, "seed"), "'seed' must be an integer")
     tables = data.get("fault", [])
     if not isinstance(tables, list):
-        raise FaultFileError(source, None, "'fault' must be an array of tables: write [[fault]]")
-    rules = []
+        raise FaultFileError(source, _top_level_line(lines, "fault"),
+                             "'fault' must be an array of tables: write [[fault]]")
+    headers = [i for i, line in enumerate(lines) if _FAULT_HEADER.match(line)]
+    inline = len(headers) != len(tables)  # `fault = [{...}]`: no header per rule to point at
+    rules: list[FaultRule] = []
+    names: dict[str, FaultRule] = {}
     for i, table in enumerate(tables, 1):
-        line = lines[i - 1] if i - 1 < len(lines) else None
-        rules.append(_with_key_line(table, i, source, line, text))
+        if inline:
+            where = _Where(source, f"fault #{i}: ", fallback=_top_level_line(lines, "fault"))
+        else:
+            header = headers[i - 1]
+            end = next((j for j in range(header + 1, len(lines)) if re.match(r"\s*\[\[", lines[j])), len(lines))
+            where = _Where(source, f"fault #{i}: ", lines, header, end)
+        if not isinstance(table, dict):
+            raise where.fail("each fault must be a table of keys")
+        rule = _build(table, i, f"{source}:{where.fallback}" if where.fallback else source, where)
+        if rule.name in names:
+            raise where.fail(f"the name '{rule.name}' is already used by {names[rule.name].source}", "name")
+        names[rule.name] = rule
+        rules.append(rule)
     return FaultConfig(seed=seed, rules=tuple(rules), source=source)
-
-
-def _with_key_line(table: dict, index: int, source: str, line: int | None, text: str) -> FaultRule:
-    try:
-        return build_rule(table, index, source, line)
-    except FaultFileError as e:
-        # Point at the offending key's own line when we can find it inside the table.
-        key = re.search(r"'([a-z_]+)'", e.message)
-        if key and line:
-            lines = text.splitlines()
-            for j in range(line, len(lines)):
-                if j > line - 1 and re.match(r"\s*\[\[", lines[j]) and j != line - 1:
-                    break
-                if re.match(rf"\s*{re.escape(key.group(1))}\s*=", lines[j]):
-                    raise FaultFileError(source, j + 1, e.message) from None
-        raise
 
 
 def parse_fault_file(path: str | Path) -> FaultConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise FaultFileError(str(path), None, f"cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise FaultFileError(str(path), line, "not UTF-8 text") from None
     return parse_fault_text(text, str(path))
 
 
-def _scalar(text: str) -> Any:
+# One-line rules ------------------------------------------------------------
+
+_LIST_KEYS = frozenset({"nth", "operation"})
+
+
+def _expected(key: str, action: str) -> Any:
+    spec = ACTIONS.get(action, {}).get(key) or SELECTOR_KEYS.get(key)
+    return spec[0] if spec else None
+
+
+def _one_value(text: str, expected: Any) -> Any:
     t = text.strip()
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if expected is str or (str in types and len(types) == 1):
+        return t  # "message=404" stays the text the user typed
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(t)
-        except ValueError:
-            pass
-    return t
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
 
 
 def parse_fault_spec(spec: str, index: int) -> FaultRule:
-    """``OPERATION:ACTION[:key=value,...]``; lists with ``;`` (``nth=1;3``)."""
-    source = f"--fault #{index}"
+    """``OPERATION:ACTION[:key=value,...]``. Lists with ``;`` (``nth=1;3``, also for
+    operations), sub-tables with dots (``delay.ms=50``, ``headers.Retry-After=5``)."""
+    rule_source = f"--fault #{index}"
+    where = _Where(f"{rule_source} '{spec}'")
+    if not isinstance(spec, str) or len(spec) > MAX_TEXT:
+        raise where.fail("not a fault rule")
     parts = spec.split(":", 2)
     if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
-        raise FaultFileError(source, None, f"'{spec}' is not OPERATION:ACTION[:key=value,...]")
-    table: dict[str, Any] = {"operation": parts[0].strip(), "action": parts[1].strip()}
-    if "|" in table["operation"]:
-        table["operation"] = [o.strip() for o in table["operation"].split("|")]
+        raise where.fail("expected OPERATION:ACTION[:key=value,...]")
+    action = parts[1].strip()
+    ops = [o.strip() for o in re.split(r"[;|]", parts[0]) if o.strip()]
+    table: dict[str, Any] = {"operation": ops[0] if len(ops) == 1 else ops, "action": action}
     if len(parts) == 3 and parts[2].strip():
         for item in parts[2].split(","):
             if "=" not in item:
-                raise FaultFileError(source, None, f"'{item}' is not key=value")
+                raise where.fail(f"'{item.strip()}' is not key=value")
             key, value = (x.strip() for x in item.split("=", 1))
-            if ";" in value or key == "nth":
-                table[key] = [_scalar(v) for v in value.split(";") if v.strip()]
-                if key == "nth" and len(table[key]) == 1:
-                    table[key] = table[key][0]
+            target, leaf = table, key
+            if "." in key:
+                outer, leaf = key.split(".", 1)
+                if outer not in ("delay", "headers") or not leaf:
+                    raise where.fail(f"'{key}': only delay.KEY and headers.NAME take a dot")
+                target = table.setdefault(outer, {})
+                if not isinstance(target, dict):
+                    raise where.fail(f"'{outer}' given twice")
+                expected = DELAY_KEYS[leaf][0] if outer == "delay" and leaf in DELAY_KEYS else str
             else:
-                table[key] = _scalar(value)
-    return build_rule(table, index, source, None)
+                expected = _expected(key, action)
+            if leaf in target:
+                raise where.fail(f"'{key}' given twice")
+            if key in _LIST_KEYS and key != "operation":
+                items = [_one_value(v, int) for v in value.split(";") if v.strip()]
+                target[leaf] = items[0] if len(items) == 1 else items
+            else:
+                target[leaf] = _one_value(value, expected)
+    return _build(table, index, rule_source, where)
 
 
 # ---------------------------------------------------------------------------
@@ -372,6 +592,7 @@ def _rng(seed: int, rule: FaultRule, purpose: str) -> random.Random:
 class _RuleState:
     def __init__(self, rule: FaultRule, seed: int):
         self.rule = rule
+        self.seed = seed
         self.calls = 0
         self.fires = _rng(seed, rule, "fire")
         self.delays = _rng(seed, rule, "delay")
@@ -383,7 +604,7 @@ class _RuleState:
         if r.until is not None and call > r.until:
             return False
         if r.probability is not None:
-            # Drawn on every matching call, so one rule's sequence never depends on others.
+            # One draw per matching call inside the window, whatever other rules do.
             return self.fires.random() < r.probability
         if r.nth:
             return call in r.nth
@@ -393,40 +614,61 @@ class _RuleState:
 
 
 class FaultEngine:
+    """Decides, call by call, which rules fire. Thread-safe.
+
+    Each rule counts its own matching calls and draws from its own generator,
+    seeded from (seed, rule index, rule name), so adding or editing one rule
+    never shifts another's decisions.
+    """
+
     def __init__(self, config: FaultConfig):
         self._lock = threading.Lock()
         self.seed = config.seed
-        self._states = [_RuleState(r, config.seed) for r in config.rules]
+        self._file = [_RuleState(r, config.seed) for r in config.rules]
+        self._added: list[_RuleState] = []
         self._calls = 0
 
     def rules(self) -> list[FaultRule]:
         with self._lock:
-            return [s.rule for s in self._states]
+            return [s.rule for s in self._file + self._added]
 
-    def add(self, rule: FaultRule) -> None:
+    def add(self, rule: FaultRule, seed: int | None = None) -> FaultRule:
+        """Add a rule after the others (``seed``: its generators' seed, default the engine's).
+        A name already in use gets a ``-N`` suffix; the rule as added is returned."""
         with self._lock:
-            if any(s.rule.name == rule.name for s in self._states):
-                rule = FaultRule(**{**rule.__dict__, "name": f"{rule.name}-{len(self._states) + 1}"})
-            self._states.append(_RuleState(rule, self.seed))
+            taken = {s.rule.name for s in self._file + self._added}
+            if rule.name in taken:
+                n = 2
+                while f"{rule.name}-{n}" in taken:
+                    n += 1
+                rule = _replace(rule, name=f"{rule.name}-{n}")
+            self._added.append(_RuleState(rule, self.seed if seed is None else seed))
+            return rule
 
     def clear(self) -> None:
         with self._lock:
-            self._states = []
+            self._file, self._added = [], []
 
     def replace(self, config: FaultConfig) -> None:
-        """New rules from an edited file. Counters and generators start afresh."""
+        """New file rules (an edited file). Rules added with :meth:`add` stay, after them.
+
+        Every counter and generator restarts, so a run after a reload is what a fresh
+        start with the new file would give.
+        """
         with self._lock:
             self.seed = config.seed
-            self._states = [_RuleState(r, config.seed) for r in config.rules]
+            self._file = [_RuleState(r, config.seed) for r in config.rules]
+            self._added = [_RuleState(s.rule, s.seed) for s in self._added]
+            self._calls = 0
 
     def decide(self, operation: str | None, mailbox: str | None) -> FaultDecision | None:
         with self._lock:
             self._calls += 1
-            chosen: FaultRule | None = None
-            delay_ms = 0.0
-            phase = "response"
-            fired = []
-            for state in self._states:
+            chosen: _RuleState | None = None
+            delays = {"request": 0.0, "response": 0.0}
+            first_phase: str | None = None
+            fired: list[str] = []
+            for state in self._file + self._added:
                 rule = state.rule
                 if not rule.matches(operation, mailbox):
                     continue
@@ -435,17 +677,19 @@ class FaultEngine:
                     continue
                 fired.append(rule.name)
                 if rule.delay is not None:
-                    if delay_ms == 0.0:
-                        phase = rule.delay.phase  # the first delay that fires sets the phase
-                    delay_ms += rule.delay.draw(state.delays)
-                if rule.action in TERMINAL_ACTIONS and chosen is None:
-                    chosen = rule
+                    first_phase = first_phase or rule.delay.phase
+                    delays[rule.delay.phase] += rule.delay.draw(state.delays)
+                if chosen is None and rule.action in TERMINAL_ACTIONS:
+                    chosen = state
             if not fired:
                 return None
             return FaultDecision(
-                rule=chosen, action=chosen.action if chosen else None,
-                params=dict(chosen.params) if chosen else {}, delay_ms=delay_ms, delay_phase=phase,
+                rule=chosen.rule if chosen else None, action=chosen.rule.action if chosen else None,
+                params=dict(chosen.rule.params) if chosen else {},
+                delay_ms=delays["request"] + delays["response"], delay_phase=first_phase or "response",
                 fired=tuple(fired), call=self._calls, operation=operation, mailbox=mailbox,
+                rule_call=chosen.calls if chosen else 0,
+                request_delay_ms=delays["request"], response_delay_ms=delays["response"],
             )
 
 
@@ -454,8 +698,10 @@ class FaultFileWatcher:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.config = parse_fault_file(self.path)
+        self._lock = threading.Lock()
         self._stamp = self._stat()
+        self._text = self._read()
+        self.config = parse_fault_file(self.path)
         self.last_error: str | None = None
 
     def _stat(self) -> tuple | None:
@@ -463,95 +709,146 @@ class FaultFileWatcher:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None
 
     def poll(self) -> tuple[bool, str | None]:
-        """(changed, problem): cheap (one stat) when nothing changed."""
+        """(changed, problem). One stat when nothing changed; a problem is reported once per edit."""
         stamp = self._stat()
         if stamp == self._stamp:
             return False, None
-        self._stamp = stamp
-        try:
-            self.config = parse_fault_file(self.path)
-        except FaultFileError as e:
-            self.last_error = str(e)
-            return False, str(e)
-        self.last_error = None
-        return True, None
+        with self._lock:
+            if stamp == self._stamp:
+                return False, None
+            self._stamp = stamp
+            text = self._read()
+            if text is not None and text == self._text:
+                # Touched, or a broken edit undone: the rules in force are the file's, keep their counters.
+                self.last_error = None
+                return False, None
+            try:
+                config = parse_fault_file(self.path)
+            except FaultFileError as e:
+                self.last_error = str(e)
+                return False, str(e)
+            self._text, self.config, self.last_error = text, config, None
+            return True, None
 
 
 # ---------------------------------------------------------------------------
 # Broken answers
 
+_XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+
 
 def render_error_body(decision: FaultDecision, operation: str | None) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body for ews-error, soap-fault, server-busy and http-status."""
-    xml = {"Content-Type": "text/xml; charset=utf-8"}
+    """Status, headers and body for ews-error, soap-fault, server-busy and http-status.
+
+    An EWS error message needs an operation to answer for; without one (the request
+    could not be read) the error goes out as a SOAP fault, as Exchange does.
+    """
     params = decision.params
     action = decision.action
-    op = operation or "Unknown"
     if action == "ews-error":
-        return 200, xml, _error_message(op, params["code"], params.get("message"))
+        code, message = params["code"], params.get("message")
+        if operation is None:
+            return 500, dict(_XML_HEADERS), codec.encode_fault(codec.fault(code, message))
+        return 200, dict(_XML_HEADERS), _error_message(operation, code, message)
     if action == "server-busy":
-        backoff = int(params.get("backoff_ms", 30000))
-        mx = MessageXml(values=(("BackOffMilliseconds", str(backoff)),))
-        if params.get("as_fault"):
-            return 500, xml, codec.encode_fault(codec.fault("ErrorServerBusy", message_xml=mx))
-        return 200, xml, _error_message(op, "ErrorServerBusy", None, mx)
+        backoff = MessageXml(values=(("BackOffMilliseconds", str(int(params.get("backoff_ms", 30000)))),))
+        if params.get("as_fault") or operation is None:
+            return 500, dict(_XML_HEADERS), codec.encode_fault(codec.fault("ErrorServerBusy", message_xml=backoff))
+        return 200, dict(_XML_HEADERS), _error_message(operation, "ErrorServerBusy", None, backoff)
     if action == "soap-fault":
         code = params["code"]
         message = params.get("message") or P.message_text(code)
         body = codec.encode_fault(SoapFault(faultcode=code, faultstring=message, response_code=code,
                                             message=message, fault_namespace=P.NS_TYPES))
-        return int(params.get("status", 500)), xml, body
+        return int(params.get("status", 500)), dict(_XML_HEADERS), body
     if action == "http-status":
         headers = {str(k): str(v) for k, v in (params.get("headers") or {}).items()}
         if "retry_after" in params:
             headers["Retry-After"] = str(params["retry_after"])
         body = params.get("body")
         if body is None:
-            body = f"ucsproxy: injected HTTP {params['status']}\n"
-            headers.setdefault("Content-Type", "text/plain")
-        return int(params["status"]), headers, body.encode()
+            body = "" if params["status"] in _NO_BODY else f"ucsproxy: injected HTTP {params['status']}\n"
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        return int(params["status"]), headers, body.encode("utf-8")
     raise ValueError(f"{action} has no rendered body")
 
 
 def _error_message(operation: str, code: str, message: str | None, mx: MessageXml | None = None) -> bytes:
     if operation in P.UCS_OPERATIONS:
         return codec.encode_response(codec.error_response(operation, code, message, mx))
-    return codec.encode_unsupported(operation, code, message or P.message_text(code))
+    body = codec.encode_unsupported(operation, code, message if message is not None else P.message_text(code))
+    return _with_message_xml(body, mx) if mx is not None else body
+
+
+def _with_message_xml(body: bytes, mx: MessageXml) -> bytes:
+    # encode_unsupported has no MessageXml; a throttled FindItem still needs its back-off.
+    root = etree.fromstring(body)
+    found = root.xpath("//m:ResponseMessages/*[1]", namespaces={"m": P.NS_MESSAGES})
+    if not found:
+        return body
+    el = etree.SubElement(found[0], f"{{{P.NS_MESSAGES}}}MessageXml", nsmap={"t": P.NS_TYPES})
+    for name, value in mx.values:
+        v = etree.SubElement(el, f"{{{P.NS_TYPES}}}Value", Name=name)
+        v.text = value
+    return b'<?xml version="1.0" encoding="utf-8"?>' + etree.tostring(root, encoding="utf-8")
 
 
 def truncate_body(body: bytes, params: dict[str, Any]) -> bytes:
+    """The first ``bytes`` bytes, or the first ``fraction`` (0.5) of the body.
+
+    The last non-blank byte is always cut (an XML answer loses at least the ``>`` of
+    its closing tag), so the fault never leaves a document that still parses.
+    """
     if "bytes" in params:
-        return body[: int(params["bytes"])]
-    return body[: int(len(body) * float(params.get("fraction", 0.5)))]
+        keep = int(params["bytes"])
+    else:
+        keep = int(len(body) * float(params.get("fraction", 0.5)))
+    return body[: max(0, min(keep, len(body.rstrip()) - 1))]
 
 
 def malform_body(body: bytes, seed_material: str = "") -> bytes:
     """The answer cut inside a tag, then garbage: never well-formed, always the same for the same input."""
     cut = body.rfind(b"<", 0, max(1, len(body) // 2))
     head = body[: cut + 2] if cut >= 0 else body[: len(body) // 2]
-    tag = hashlib.sha256(seed_material.encode() + body).hexdigest()[:8].encode()
+    tag = hashlib.sha256(seed_material.encode("utf-8", "replace") + body).hexdigest()[:8].encode()
+    # \x01 and the bare '&' are illegal anywhere in XML 1.0, whatever the cut left open.
     return head + b" \x01<<unterminated " + tag + b" &broken;"
 
 
-_CHANGE_KEY = re.compile(rb'ChangeKey="([^"]*)"')
+# A tag with its attributes (values may hold '>'), or a stretch a tag-like text
+# inside must be left alone: comment, CDATA, processing instruction, doctype.
+_MARKUP = re.compile(
+    rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>|<!.*?>"
+    rb"|<[A-Za-z_][^\s/>]*(?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*\s*/?>",
+    re.DOTALL,
+)
+_CHANGE_KEY = re.compile(rb"""(\sChangeKey\s*=\s*)(?:"([^"]*)"|'([^']*)')""")
 
 
 def stale_changekey(value: bytes) -> bytes:
-    """An older change key: the same bytes with the last counter byte one lower."""
-    import base64
-    import binascii
+    """An older change key: the same bytes with the last counter byte one lower.
 
+    Exchange's ChangeKey is base64 whose tail is a change counter, so this is the
+    key the item had one change ago. Something that is not base64 becomes
+    ``AAAAAA==``, which no live item carries.
+    """
     try:
         raw = bytearray(base64.b64decode(value, validate=True))
     except (binascii.Error, ValueError):
-        return b"AAAAAA==" if value != b"AAAAAA==" else b"AQAAAA=="
+        raw = bytearray()
     if not raw:
-        return b"AAAAAA=="
-    # Walk back from the end to the first byte that can be decremented.
-    for i in range(len(raw) - 1, -1, -1):
+        return b"AAAAAA==" if value != b"AAAAAA==" else b"AQAAAA=="
+    for i in range(len(raw) - 1, -1, -1):  # borrow like a counter
         if raw[i] > 0:
             raw[i] -= 1
             break
@@ -560,4 +857,16 @@ def stale_changekey(value: bytes) -> bytes:
 
 
 def stale_changekeys(body: bytes) -> bytes:
-    return _CHANGE_KEY.sub(lambda m: b'ChangeKey="' + stale_changekey(m.group(1)) + b'"', body)
+    """Every ``ChangeKey`` attribute made one change older; every other byte as it was."""
+    def attribute(m: re.Match) -> bytes:
+        quote = b'"' if m.group(2) is not None else b"'"
+        old = m.group(2) if m.group(2) is not None else m.group(3)
+        return m.group(1) + quote + stale_changekey(old) + quote
+
+    def markup(m: re.Match) -> bytes:
+        tag = m.group(0)
+        if tag.startswith(b"<!") or tag.startswith(b"<?"):
+            return tag
+        return _CHANGE_KEY.sub(attribute, tag)
+
+    return _MARKUP.sub(markup, body)
