@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pytest
 from lxml import etree
@@ -95,6 +96,31 @@ def test_delay_before_the_answer(mock_with):
     assert c.get_im_item_list().response_code == "NoError"
     assert time.monotonic() - t0 >= 0.38
     assert logged_faults(proc.db)[-1]["fault"]["delay_ms"] == 400
+
+
+def test_request_delay_before_the_server_response_delay_after(tmp_path):
+    """A request-phase delay holds the call back from the server; a response-phase one holds the answer."""
+    upstream_db = tmp_path / "upstream.db"
+    upstream = start_ucsproxy(tmp_path, "mock", "--db", str(upstream_db), name="upstream")
+    rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", "",
+                         "--fault", "GetImItemList:delay:ms=500,phase=request",
+                         "--fault", "GetImItemList:delay:ms=500,phase=response")
+    try:
+        c = EwsClient(rec.url)
+        c.set_im_list_migration_completed(True)  # warm up both connections
+        sent = datetime.now(timezone.utc)
+        t0 = time.monotonic()
+        assert c.get_im_item_list().response_code == "NoError"
+        total = time.monotonic() - t0
+    finally:
+        rec.stop()
+        upstream.stop()
+    con = sqlite3.connect(upstream_db)
+    (seen,) = con.execute("select started_at from exchanges where operation = 'GetImItemList'").fetchone()
+    con.close()
+    reached_server = (datetime.fromisoformat(seen.replace("Z", "+00:00")) - sent).total_seconds()
+    assert 0.45 <= reached_server < total - 0.45, (reached_server, total)
+    assert total >= 0.95
 
 
 def test_reset_closes_without_an_answer(mock_with):

@@ -158,7 +158,7 @@ class UcsProxy:
             return
         self.engine = faults.FaultEngine(config)
         for rule in extra:
-            self.engine.add(rule)
+            self.engine.add(rule, seed=opts.ucs_fault_seed)
 
     # -- hooks -------------------------------------------------------------
 
@@ -179,8 +179,7 @@ class UcsProxy:
             flow.metadata["ucs_request"] = decoded
         if self.engine is not None:
             self._poll_faults()
-            operation = decoded.operation if isinstance(decoded, EwsRequest) else None
-            decision = self.engine.decide(operation, self._mailbox(flow, decoded))
+            decision = self.engine.decide(_operation_named(decoded), self._mailbox(flow, decoded))
             if decision is not None:
                 flow.metadata["ucs_fault"] = decision
                 return self._request_with_fault(flow, decoded, decision, serving)
@@ -190,8 +189,8 @@ class UcsProxy:
 
     async def _request_with_fault(self, flow: http.HTTPFlow, decoded, decision: faults.FaultDecision,
                                   serving: bool) -> None:
-        if decision.delay_ms and decision.delay_phase == "request":
-            await asyncio.sleep(decision.delay_ms / 1000)
+        if decision.request_delay_ms:
+            await asyncio.sleep(decision.request_delay_ms / 1000)
         if await self._apply_fault_before_answer(flow, decision):
             return
         if serving:
@@ -205,8 +204,8 @@ class UcsProxy:
         return None
 
     async def _response_with_fault(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
-        if decision.delay_ms and decision.delay_phase == "response":
-            await asyncio.sleep(decision.delay_ms / 1000)
+        if decision.response_delay_ms:
+            await asyncio.sleep(decision.response_delay_ms / 1000)
         self._apply_fault_to_answer(flow, decision)
         self._log(flow)
 
@@ -303,8 +302,8 @@ class UcsProxy:
             status, headers, body = faults.render_error_body(decision, operation)
             flow.response = http.Response.make(status, body, headers)
             flow.metadata["ucs_fault_applied"] = True
-            if decision.delay_ms and decision.delay_phase == "response":
-                await asyncio.sleep(decision.delay_ms / 1000)
+            if decision.response_delay_ms:
+                await asyncio.sleep(decision.response_delay_ms / 1000)
             return True
         if action == "reset":
             flow.kill()
@@ -367,7 +366,7 @@ class UcsProxy:
             rule = faults.parse_fault_spec(spec, len(self.engine.rules()) + 1)
         except faults.FaultFileError as e:
             raise exceptions.CommandError(str(e)) from e
-        self.engine.add(rule)
+        rule = self.engine.add(rule, seed=ctx.options.ucs_fault_seed)
         log.info(f"ucsproxy: added fault rule {rule.name}")
 
     @command.command("ucs.faults.clear")
@@ -386,8 +385,14 @@ class UcsProxy:
 
 
 def _operation_of(flow: http.HTTPFlow) -> str | None:
-    decoded = flow.metadata.get("ucs_request")
-    return decoded.operation if isinstance(decoded, EwsRequest) else None
+    return _operation_named(flow.metadata.get("ucs_request"))
+
+
+def _operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
+    """The EWS operation a request names, also when its parameters break the schema."""
+    if isinstance(decoded, (EwsRequest, DecodeError)):
+        return decoded.operation
+    return None
 
 
 def _read_item_list(path: str):
