@@ -12,7 +12,8 @@ the document does not reprint. The subset below declares just the base types
 UCS messages use, written from EWS's messages.xsd/types.xsd. PersonaType lists
 only the elements ucsproxy knows, in types.xsd's order: the real sequence has
 more optional elements between them, so any order this subset accepts, Exchange's
-accepts too.
+accepts too. ResponseCode is Exchange's closed enumeration ResponseCodeType,
+built from ``protocol.RESPONSE_CODES``, so every validation also checks the code.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ucsproxy import codec
+from ucsproxy import codec, faults, model, replay
 from ucsproxy import protocol as P
+from ucsproxy.addon import UcsProxy
 from ucsproxy.records import (
+    AddDistributionGroupToImList,
+    AddImContactToGroup,
+    AddImGroup,
+    AddNewImContactToGroup,
     AttributedValue,
     EmailAddress,
     EwsRequest,
@@ -38,9 +44,12 @@ from ucsproxy.records import (
     Persona,
     PersonaAttribution,
     PhoneNumber,
+    RemoveImGroup,
+    SetImGroup,
     SoapHeaders,
     UcsResponse,
 )
+from ucsproxy.service import UcsService
 
 from test_codec import ALL_REQUESTS, ALL_RESPONSES, PERSONA
 
@@ -271,12 +280,23 @@ BASE_TYPES = """
   </xs:element>
 """
 
-BASE_MESSAGES = """
+RESPONSE_CODE_TYPE = (
+    '\n  <xs:simpleType name="ResponseCodeType">\n    <xs:restriction base="xs:string">\n'
+    + "".join(f'      <xs:enumeration value="{code}"/>\n' for code in sorted(P.RESPONSE_CODES))
+    + "    </xs:restriction>\n  </xs:simpleType>"
+)
+
+# Two global elements EWS does not declare, for checking answers outside the UCS
+# schema: m:ResponseCode (a SOAP fault's faultcode and detail ResponseCode) and
+# m:ResponseMessage (one FindItemResponseMessage & co. of a non-UCS operation).
+BASE_MESSAGES = RESPONSE_CODE_TYPE + """
+  <xs:element name="ResponseCode" type="m:ResponseCodeType"/>
+  <xs:element name="ResponseMessage" type="m:ResponseMessageType"/>
   <xs:complexType name="BaseRequestType" abstract="true"/>
   <xs:complexType name="ResponseMessageType">
     <xs:sequence>
       <xs:element name="MessageText" type="xs:string" minOccurs="0"/>
-      <xs:element name="ResponseCode" type="xs:string" minOccurs="0"/>
+      <xs:element name="ResponseCode" type="m:ResponseCodeType" minOccurs="0"/>
       <xs:element name="DescriptiveLinkKey" type="xs:int" minOccurs="0"/>
       <xs:element name="MessageXml" minOccurs="0">
         <xs:complexType>
@@ -332,6 +352,44 @@ def _assert_valid(schema: etree.XMLSchema, wire: bytes) -> None:
     assert parts
     for part in parts:
         assert schema.validate(part), (etree.QName(part).localname, str(schema.error_log))
+
+
+UCS_RESPONSES = frozenset(op + "Response" for op in P.UCS_OPERATIONS)
+
+
+def _assert_answer_valid(schema: etree.XMLSchema, wire: bytes) -> list[str]:
+    """Any XML answer ucsproxy sends, checked as far as the schema reaches; returns its ResponseCodes.
+
+    A UCS response: the whole document. A non-UCS operation's error: its header and
+    each response message as a ResponseMessageType. A SOAP fault: its ResponseCodes
+    (faultcode and detail), which must be codes of ResponseCodeType.
+    """
+    root = etree.fromstring(wire)
+    (body,) = [el for el in root.find(f"{{{P.NS_SOAP}}}Body") if isinstance(el.tag, str)]
+    name = etree.QName(body)
+    if (name.namespace, name.localname) == (P.NS_SOAP, "Fault"):
+        faultcode = body.findtext("faultcode")
+        prefix, _, local = faultcode.rpartition(":")
+        assert body.find("faultcode").nsmap.get(prefix or None) == P.NS_TYPES, faultcode
+        codes = [local, body.findtext(f"detail/{{{P.NS_ERRORS}}}ResponseCode")]
+        for code in codes:
+            element = etree.Element(f"{{{P.NS_MESSAGES}}}ResponseCode")
+            element.text = code
+            assert schema.validate(element), (code, str(schema.error_log))
+        return codes
+    if name.localname in UCS_RESPONSES:
+        _assert_valid(schema, wire)
+        return [body.findtext(f"{{{P.NS_MESSAGES}}}ResponseCode")]
+    for part in _parts(wire)[:-1]:
+        assert schema.validate(part), (etree.QName(part).localname, str(schema.error_log))
+    messages = body.findall(f"{{{P.NS_MESSAGES}}}ResponseMessages/*")
+    assert messages, name.localname
+    for message in messages:
+        assert etree.QName(message).localname == name.localname + "Message"
+        copy = etree.fromstring(etree.tostring(message))
+        copy.tag = f"{{{P.NS_MESSAGES}}}ResponseMessage"
+        assert schema.validate(copy), (name.localname, str(schema.error_log))
+    return [m.findtext(f"{{{P.NS_MESSAGES}}}ResponseCode") for m in messages]
 
 
 def test_the_schema_has_all_twelve_operations(schema):
@@ -402,3 +460,106 @@ def test_the_schema_catches_a_wrong_order(schema):
     persona.remove(display_name)
     persona.append(display_name)
     assert not schema.validate(body)
+
+
+def test_the_schema_catches_a_code_exchange_does_not_have(schema):
+    # ResponseCode is a closed enumeration: a made-up code, or a real one in the wrong case, fails.
+    shapes = (lambda code: codec.encode_response(codec.error_response("AddImGroup", code, "x")),
+              lambda code: codec.encode_unsupported("FindItem", code, "x"),
+              lambda code: codec.encode_fault(codec.fault(code, "x")))
+    for shape in shapes:
+        assert set(_assert_answer_valid(schema, shape("ErrorServerBusy"))) == {"ErrorServerBusy"}
+        for code in ("ErrorInvalidRequestServerVersion", "errorservERBUSY", "Error", ""):
+            with pytest.raises(AssertionError, match="ENUMERATION_VALID"):
+                _assert_answer_valid(schema, shape(code))
+
+
+def test_every_code_ucsproxy_names_is_a_response_code():
+    assert len(P.RESPONSE_CODES) > 400 and {"NoError", "ErrorServerBusy", "ErrorImGroupLimitReached"} <= P.RESPONSE_CODES
+    assert set(P.MESSAGE_TEXTS) <= P.RESPONSE_CODES
+    errors, stack = [], [model.UcsError]
+    while stack:
+        cls = stack.pop()
+        errors.append(cls)
+        stack += cls.__subclasses__()
+    assert len(errors) > 6
+    assert {cls.code for cls in errors} <= P.RESPONSE_CODES
+    assert model.DEFAULT_GROUP_EDIT_ERROR.code in P.RESPONSE_CODES
+    assert replay.NO_MATCH_CODE in P.RESPONSE_CODES
+    # And every code written out anywhere in the package.
+    import re
+
+    package = Path(codec.__file__).parent
+    written = {m for path in package.rglob("*.py") if path.name != "protocol.py"
+               for m in re.findall(r"""["'](NoError|Error[A-Z][A-Za-z0-9]*)["']""", path.read_text())}
+    assert "ErrorSchemaValidation" in written and written <= P.RESPONSE_CODES, written - P.RESPONSE_CODES
+
+
+def _fault_answers(spec: str, operations) -> list[tuple[int, bytes]]:
+    """What each operation gets from a one-line fault rule, as the addon renders it."""
+    engine = faults.FaultEngine(faults.FaultConfig(seed=1, rules=(faults.parse_fault_spec(spec, 1),)))
+    answers = []
+    for operation in operations:
+        decision = engine.decide(operation or "FindItem", None)
+        status, headers, body = faults.render_error_body(decision, operation)
+        assert headers["Content-Type"].startswith("text/xml")
+        answers.append((status, body))
+    return answers
+
+
+ANSWERED = ("AddImGroup", "GetImItemList", "FindItem", None)  # a UCS write and read, another operation, unreadable
+
+
+def test_every_code_a_fault_rule_takes_renders_schema_valid(schema):
+    for code in sorted(P.RESPONSE_CODES):
+        for spec in (f"*:ews-error:code={code}", f"*:ews-error:code={code},message=try again",
+                     f"*:soap-fault:code={code}", f"*:soap-fault:code={code},message=later,status=503"):
+            for operation, (status, body) in zip(ANSWERED, _fault_answers(spec, ANSWERED)):
+                assert _assert_answer_valid(schema, body) == [code] * (2 if status >= 500 else 1), (spec, operation)
+
+
+def test_every_fault_answer_for_every_operation_is_schema_valid(schema):
+    operations = P.UCS_OPERATIONS + ("FindItem", "ResolveNames", None)
+    for spec in ("*:server-busy", "*:server-busy:backoff_ms=0", "*:server-busy:backoff_ms=2147483647",
+                 "*:server-busy:as_fault=true", "*:ews-error:code=ErrorImGroupLimitReached",
+                 "*:ews-error:code=NoError", "*:soap-fault:code=ErrorInternalServerTransientError"):
+        for operation, (_, body) in zip(operations, _fault_answers(spec, operations)):
+            codes = _assert_answer_valid(schema, body)
+            assert set(codes) <= P.RESPONSE_CODES and codes, (spec, operation)
+            if "server-busy" in spec:
+                assert set(codes) == {"ErrorServerBusy"} and b"BackOffMilliseconds" in body
+
+
+def _mock_answer(service: UcsService, body=None, operation: str | None = None, version: str | None = "Exchange2013"):
+    """What the mock sends for one request: the service's answer, encoded the way the addon does."""
+    request = EwsRequest(operation or body.OPERATION, SoapHeaders(request_server_version=version), body)
+    return UcsProxy._encode_answer(request, service.handle(request, user="kim@contoso.com")).content
+
+
+def test_every_error_the_mock_and_replay_give_is_schema_valid(schema):
+    service = UcsService(model.UcsModel(seed=5, max_contacts=1, max_groups=1))
+    bogus = ItemId("AAMkAGQ1MjJjMTBkLTc4Y2AA=", "EQAAAA==")
+    default_group = service.model.get_im_item_list("kim@contoso.com").groups[0].exchange_store_id
+    wires = [
+        _mock_answer(service, AddImContactToGroup(bogus)),                              # InvalidImContactId
+        _mock_answer(service, RemoveImGroup(bogus)),                                    # InvalidImGroupId
+        _mock_answer(service, SetImGroup(default_group, "Renamed")),                    # a default group
+        _mock_answer(service, AddDistributionGroupToImList("not an address", "DG")),    # bad SMTP address
+        _mock_answer(service, AddImGroup(None)),                                        # ErrorInternalServerError
+        _mock_answer(service, operation="FindItem"),                                    # not UCS
+        _mock_answer(service, AddImGroup("x"), version=None),                           # ErrorIncorrectSchemaVersion
+        _mock_answer(service, AddImGroup("x"), version="Exchange1999"),                 # ErrorInvalidServerVersion
+        codec.encode_fault(codec.schema_validation_fault(codec.decode_request(b"<not-soap/>"))),
+        codec.encode_fault(codec.schema_validation_fault(codec.decode_request(b"<a><b></a>"))),
+    ]
+    wires += [_mock_answer(service, AddImGroup(name)) for name in ("Team", "team", "Other")]  # taken, limit
+    wires += [_mock_answer(service, AddNewImContactToGroup(f"sip:{n}@contoso.com", n, None)) for n in "ab"]
+    for operation in ("GetImItems", "FindItem", None):
+        wires.append(replay.no_match_body(replay.NoMatch(operation, "nothing recorded"))[2])
+    codes = set()
+    for wire in wires:
+        codes.update(_assert_answer_valid(schema, wire))
+    model_codes = {cls.code for cls in model.UcsError.__subclasses__()}
+    assert model_codes <= codes, f"a model error no request above provokes: {model_codes - codes}"
+    assert {"ErrorInternalServerError", "ErrorInvalidOperation", "ErrorIncorrectSchemaVersion",
+            "ErrorInvalidServerVersion", "ErrorSchemaValidation", replay.NO_MATCH_CODE} <= codes

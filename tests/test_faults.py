@@ -265,7 +265,8 @@ BROKEN = [
     ('[[fault]]\noperation = "x"\naction = "http-status"\nstatus = 101\n', 4, "between 200 and 599"),
     ('[[fault]]\noperation = "x"\naction = "http-status"\nstatus = 204\nbody = "x"\n', 5, "carries no body"),
     ('[[fault]]\noperation = "x"\naction = "http-status"\n', 3, "needs a 'status'"),
-    ('[[fault]]\noperation = "x"\naction = "soap-fault"\ncode = "E"\nstatus = 42\n', 5, "between 200 and 599"),
+    ('[[fault]]\noperation = "x"\naction = "soap-fault"\ncode = "ErrorServerBusy"\nstatus = 42\n', 5,
+     "between 200 and 599"),
     ('[[fault]]\noperation = "x"\nnth = []\naction = "reset"\n', 3, "at least one call"),
     ('[[fault]]\noperation = "x"\nnth = [1, 0]\naction = "reset"\n', 3, "positive integers"),
     ('[[fault]]\noperation = "x"\nevery = 0\naction = "reset"\n', 3, "'every' must be at least 1"),
@@ -293,8 +294,15 @@ BROKEN = [
     ('[[fault]]\noperation = "Get Items"\naction = "reset"\n', 2, "not an EWS operation name"),
     ('[[fault]]\noperation = []\naction = "reset"\n', 2, "at least one operation"),
     ('[[fault]]\noperation = "x"\nmailbox = ""\naction = "reset"\n', 3, "'mailbox' must not be empty"),
-    ('[[fault]]\noperation = "x"\naction = "ews-error"\ncode = "Error Busy"\n', 4, "ResponseCode name"),
-    ('[[fault]]\noperation = "x"\naction = "ews-error"\ncode = "E"\nmessage = "bell \\u0007"\n', 5,
+    ('[[fault]]\noperation = "x"\naction = "ews-error"\ncode = "Error Busy"\n', 4,
+     "unknown ResponseCode 'Error Busy': did you mean 'ErrorServerBusy'?"),
+    ('[[fault]]\noperation = "x"\naction = "ews-error"\ncode = "E"\n', 4,
+     "unknown ResponseCode 'E' (a name from Exchange's ResponseCodeType"),
+    ('[[fault]]\noperation = "x"\naction = "ews-error"\ncode = "errorimgrouplimitreached"\n', 4,
+     "fault #1: unknown ResponseCode 'errorimgrouplimitreached': did you mean 'ErrorImGroupLimitReached'?"),
+    ('[[fault]]\nname = "store"\noperation = "*"\naction = "soap-fault"\nstatus = 503\n'
+     'code = "ErrorMailboxStoreUnavailible"\n', 6, "did you mean 'ErrorMailboxStoreUnavailable'?"),
+    ('[[fault]]\noperation = "x"\naction = "ews-error"\ncode = "ErrorServerBusy"\nmessage = "bell \\u0007"\n', 5,
      "control character"),
     ('[[fault]]\noperation = "x"\naction = "server-busy"\nbackoff_ms = -1\n', 4, "'backoff_ms' must be between 0"),
     ('[[fault]]\noperation = "x"\naction = "server-busy"\nas_fault = "yes"\n', 4, "'as_fault' must be true or false"),
@@ -309,7 +317,10 @@ BROKEN = [
     ('[[fault]]\noperation = "x"\naction = "timeout"\nmax_ms = -1\n', 4, "'max_ms' must be between 0"),
     ('[[fault]]\noperation = "x"\naction = "truncate"\nbytes = 3\nfraction = 0.5\n', 5, "not both"),
     ('[[fault]]\noperation = "x"\naction = "truncate"\nfraction = 2\n', 4, "between 0 and 1"),
-    ('[[fault]]\noperation = "x"\naction = "malformed"\ncode = "E"\n', 4, "unknown key 'code' for action 'malformed'"),
+    ('[[fault]]\noperation = "x"\naction = "malformed"\ncode = "ErrorServerBusy"\n', 4,
+     "unknown key 'code' for action 'malformed'"),
+    ('[[fault]]\noperation = "x"\naction = "server-busy"\ncode = "ErrorServerBusy"\n', 4,
+     "unknown key 'code' for action 'server-busy'"),
 ]
 
 
@@ -320,6 +331,52 @@ def test_broken_files_name_line_and_problem(text, line, message):
     assert info.value.line == line
     assert message in str(info.value)
     assert str(info.value).startswith(f"broken.toml:{line}: ")
+
+
+def test_code_must_be_an_ews_response_code():
+    # Exchange's ResponseCodeType is a closed enumeration: every name of it is a rule, nothing else is.
+    for code in sorted(P.RESPONSE_CODES):
+        for action in ("ews-error", "soap-fault"):
+            rule = faults.build_rule({"operation": "*", "action": action, "code": code}, 1, "f.toml", 2)
+            assert rule.params["code"] == code
+    # The wrong case of a real code is refused, with the real one suggested.
+    for code in sorted(P.RESPONSE_CODES):
+        for typed in (code.lower(), code.upper()):
+            with pytest.raises(faults.FaultFileError) as info:
+                faults.build_rule({"operation": "*", "action": "ews-error", "code": typed}, 1, "f.toml", 2)
+            assert info.value.message == f"fault #1: unknown ResponseCode '{typed}': did you mean '{code}'?"
+
+
+@pytest.mark.parametrize("typed,suggested", [
+    ("ErrorImGroupLimitReach", "ErrorImGroupLimitReached"),
+    ("ErrorImContactsLimitReached", "ErrorImContactLimitReached"),
+    ("ErrorInvalidImGroupID", "ErrorInvalidImGroupId"),
+    ("ServerBusy", "ErrorServerBusy"),
+    ("ErrorInvalidRequestServerVersion", "ErrorInvalidServerVersion"),
+    (" ErrorAccessDenied ", "ErrorAccessDenied"),
+])
+def test_an_unknown_code_is_refused_on_its_line_with_a_suggestion(typed, suggested):
+    text = f'seed = 1\n[[fault]]\noperation = "AddImGroup"\naction = "ews-error"\ncode = "{typed}"\nnth = 1\n'
+    with pytest.raises(faults.FaultFileError) as info:
+        faults.parse_fault_text(text, "codes.toml")
+    assert str(info.value) == f"codes.toml:5: fault #1: unknown ResponseCode '{typed}': did you mean '{suggested}'?"
+    spec = f"GetImItemList:soap-fault:code={typed},status=503"
+    if typed.strip() in P.RESPONSE_CODES:
+        assert faults.parse_fault_spec(spec, 2).params["code"] == suggested, "one-line values are trimmed"
+        return
+    with pytest.raises(faults.FaultFileError) as info:
+        faults.parse_fault_spec(spec, 2)
+    assert info.value.message.endswith(f"did you mean '{suggested}'?")
+
+
+def test_an_unknown_code_far_from_any_gets_no_guess():
+    with pytest.raises(faults.FaultFileError) as info:
+        faults.parse_fault_spec("AddImGroup:ews-error:code=Kaboom", 1)
+    assert "did you mean" not in info.value.message
+    assert "unknown ResponseCode 'Kaboom'" in info.value.message and "ResponseCodeType" in info.value.message
+    with pytest.raises(faults.FaultFileError) as info:
+        faults.parse_fault_spec("AddImGroup:ews-error:code=" + "E" * 5000, 1)
+    assert len(info.value.message) < 300, "a huge code is cut in the message"
 
 
 def test_unreadable_files(tmp_path):
@@ -357,7 +414,8 @@ backoff_ms = 30000
 
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["*", "GetImItemList", "uniform", "request", "E1"]))
+                    st.text(max_size=12), st.sampled_from(["*", "GetImItemList", "uniform", "request", "E1",
+                                                    "ErrorServerBusy", "errorserverbusy"]))
 KEYS = sorted(set(faults.SELECTOR_KEYS) | {k for spec in faults.ACTIONS.values() for k in spec} | {"bogus"})
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                        st.dictionaries(st.sampled_from(KEYS + ["X-A"]), inner,
@@ -435,6 +493,10 @@ def test_one_line_specs():
     ("AddImGroup:reset:delay=1,delay.ms=2", "'delay' given twice"),
     ("AddImGroupp:reset", "did you mean 'AddImGroup'"),
     ("AddImGroup:server-busy:backoff_ms=soon", "'backoff_ms' must be an integer"),
+    ("AddImGroup:ews-error:code=errorimgrouplimitreached",
+     "unknown ResponseCode 'errorimgrouplimitreached': did you mean 'ErrorImGroupLimitReached'?"),
+    ("*:soap-fault:code=ErrorInvalidRequestServerVersion", "did you mean 'ErrorInvalidServerVersion'?"),
+    ("FindItem:ews-error:code=ErrorNotThere,nth=1", "unknown ResponseCode 'ErrorNotThere'"),
 ])
 def test_broken_one_line_specs_name_the_spec(spec, problem):
     with pytest.raises(faults.FaultFileError) as info:

@@ -215,6 +215,14 @@ def test_a_broken_file_is_refused_at_start(tmp_path):
     assert f"{rules}:6" in out.stderr and "unknown key 'probablity'" in out.stderr
 
 
+def test_a_rule_with_an_unknown_response_code_is_refused_at_start():
+    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--listen-port", "0", "--db", "",
+                          "--fault", "AddImGroup:ews-error:code=errorimgrouplimitreached"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode != 0
+    assert "unknown ResponseCode 'errorimgrouplimitreached': did you mean 'ErrorImGroupLimitReached'?" in out.stderr
+
+
 def test_faults_in_record_mode_in_front_of_a_real_server(tmp_path):
     upstream = start_ucsproxy(tmp_path, "mock", "--db", "", name="upstream")
     db = tmp_path / "rec.db"

@@ -212,12 +212,6 @@ def _nonempty_text(v: str) -> str | None:
     return "must not be empty" if not v.strip() else _text_ok(v)
 
 
-def _code(v: str) -> str | None:
-    if not _IDENTIFIER.match(v):
-        return "must be a ResponseCode name such as ErrorServerBusy (letters, digits, _)"
-    return None
-
-
 def _headers(v: dict) -> str | None:
     for name, value in v.items():
         if not _HEADER_NAME.match(name):
@@ -258,8 +252,9 @@ DELAY_KEYS: dict[str, tuple[Any, Check | None]] = {
 }
 
 ACTIONS: dict[str, dict[str, tuple[Any, Check | None]]] = {
-    "ews-error": {"code": (str, _code), "message": (str, _text_ok)},
-    "soap-fault": {"code": (str, _code), "message": (str, _text_ok), "status": (int, _STATUS)},
+    # A code is checked against Exchange's ResponseCodeType by _response_code, which can suggest one.
+    "ews-error": {"code": (str, None), "message": (str, _text_ok)},
+    "soap-fault": {"code": (str, None), "message": (str, _text_ok), "status": (int, _STATUS)},
     "server-busy": {"backoff_ms": (int, _range(0, MAX_BACKOFF_MS)), "as_fault": (bool, None)},
     "http-status": {"status": (int, _STATUS), "body": (str, _text_ok), "headers": (dict, _headers),
                     "retry_after": (int, _range(0, None))},
@@ -394,6 +389,29 @@ def _operations(value: Any, where: _Where) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+_CODES_BY_LOWER = {code.lower(): code for code in P.RESPONSE_CODES}
+
+
+def _response_code(code: str, where: _Where) -> str:
+    """``code`` when it is an EWS ResponseCode; otherwise the rule is refused, with the nearest real one.
+
+    ResponseCode is a closed enumeration in Exchange's schema: an answer carrying any
+    other name is one no Exchange sends and a validating client rejects.
+    """
+    if code in P.RESPONSE_CODES:
+        return code
+    key = code.strip().lower()
+    near = _CODES_BY_LOWER.get(key)
+    if near is None and len(key) <= 200:
+        close = difflib.get_close_matches(key, sorted(_CODES_BY_LOWER), n=1, cutoff=0.7)
+        near = _CODES_BY_LOWER[close[0]] if close else None
+    shown = code if len(code) <= 80 else code[:80] + "..."
+    if near:
+        raise where.fail(f"unknown ResponseCode '{shown}': did you mean '{near}'?", "code")
+    raise where.fail(f"unknown ResponseCode '{shown}' (a name from Exchange's ResponseCodeType, "
+                     "such as ErrorServerBusy)", "code")
+
+
 def _build(table: dict[str, Any], index: int, source: str, where: _Where) -> FaultRule:
     action = table.get("action")
     if action is None:
@@ -410,6 +428,8 @@ def _build(table: dict[str, Any], index: int, source: str, where: _Where) -> Fau
         if key not in params:
             example = {"code": "an EWS ResponseCode such as ErrorServerBusy", "status": "an HTTP status"}[key]
             raise where.fail(f"action '{action}' needs a '{key}' ({example})", "action")
+    if "code" in params:
+        _response_code(params["code"], where)
     selectors = [k for k in ("probability", "nth", "every") if k in table]
     if len(selectors) > 1:
         raise where.fail(f"use only one of probability, nth, every (found {', '.join(selectors)})", selectors[1])

@@ -87,9 +87,170 @@ def supports_ucs(version: str | None) -> bool:
     return version.startswith("V20")
 
 
+#: Every EWS ResponseCode: the names of the closed xs:enumeration ``m:ResponseCodeType``
+#: in Exchange's messages.xsd (the ResponseCode of every response message and of a
+#: fault's detail), as of Exchange 2013+, the first release with the UCS operations.
+#: Listed from the schema's enumeration, sorted case-insensitively. A code outside
+#: it fails schema validation in any client that checks, so ucsproxy never sends one.
+RESPONSE_CODES: frozenset[str] = frozenset("""
+    ErrorAccessDenied ErrorAccessModeSpecified ErrorAccountDisabled ErrorAddDelegatesFailed
+    ErrorAddressSpaceNotFound ErrorADOperation ErrorADSessionFilter ErrorADUnavailable
+    ErrorAffectedTaskOccurrencesRequired ErrorApplyConversationActionFailed ErrorArchiveFolderPathCreation
+    ErrorArchiveMailboxNotEnabled ErrorArchiveMailboxSearchFailed ErrorArchiveMailboxServiceDiscoveryFailed
+    ErrorAttachmentNestLevelLimitExceeded ErrorAttachmentSizeLimitExceeded ErrorAutoDiscoverFailed
+    ErrorAvailabilityConfigNotFound ErrorBatchProcessingStopped ErrorCalendarCannotMoveOrCopyOccurrence
+    ErrorCalendarCannotUpdateDeletedItem ErrorCalendarCannotUseIdForOccurrenceId
+    ErrorCalendarCannotUseIdForRecurringMasterId ErrorCalendarDurationIsTooLong
+    ErrorCalendarEndDateIsEarlierThanStartDate ErrorCalendarFolderIsInvalidForCalendarView
+    ErrorCalendarInvalidAttributeValue ErrorCalendarInvalidDayForTimeChangePattern
+    ErrorCalendarInvalidDayForWeeklyRecurrence ErrorCalendarInvalidPropertyState
+    ErrorCalendarInvalidPropertyValue ErrorCalendarInvalidRecurrence ErrorCalendarInvalidTimeZone
+    ErrorCalendarIsCancelledForAccept ErrorCalendarIsCancelledForDecline ErrorCalendarIsCancelledForRemove
+    ErrorCalendarIsCancelledForTentative ErrorCalendarIsDelegatedForAccept
+    ErrorCalendarIsDelegatedForDecline ErrorCalendarIsDelegatedForRemove
+    ErrorCalendarIsDelegatedForTentative ErrorCalendarIsNotOrganizer ErrorCalendarIsOrganizerForAccept
+    ErrorCalendarIsOrganizerForDecline ErrorCalendarIsOrganizerForRemove
+    ErrorCalendarIsOrganizerForTentative ErrorCalendarMeetingRequestIsOutOfDate
+    ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange ErrorCalendarOccurrenceIsDeletedFromRecurrence
+    ErrorCalendarOutOfRange ErrorCalendarSeekToConditionNotSupported ErrorCalendarViewRangeTooBig
+    ErrorCallerIsInvalidADAccount ErrorCannotArchiveCalendarContactTaskFolderException
+    ErrorCannotArchiveItemsInArchiveMailbox ErrorCannotArchiveItemsInPublicFolders
+    ErrorCannotCreateCalendarItemInNonCalendarFolder ErrorCannotCreateContactInNonContactFolder
+    ErrorCannotCreatePostItemInNonMailFolder ErrorCannotCreateTaskInNonTaskFolder ErrorCannotDeleteObject
+    ErrorCannotDeleteTaskOccurrence ErrorCannotDisableMandatoryExtension ErrorCannotEmptyFolder
+    ErrorCannotGetExternalEcpUrl ErrorCannotGetSourceFolderPath ErrorCannotOpenFileAttachment
+    ErrorCannotSetCalendarPermissionOnNonCalendarFolder ErrorCannotSetNonCalendarPermissionOnCalendarFolder
+    ErrorCannotSetPermissionUnknownEntries ErrorCannotSpecifySearchFolderAsSourceFolder
+    ErrorCannotUseFolderIdForItemId ErrorCannotUseItemIdForFolderId ErrorChangeKeyRequired
+    ErrorChangeKeyRequiredForWriteOperations ErrorClientDisconnected ErrorClientIntentInvalidStateDefinition
+    ErrorClientIntentNotFound ErrorConnectionFailed ErrorContainsFilterWrongType
+    ErrorContentConversionFailed ErrorContentIndexingNotEnabled ErrorCorruptData ErrorCreateItemAccessDenied
+    ErrorCreateManagedFolderPartialCompletion ErrorCreateSubfolderAccessDenied ErrorCrossMailboxMoveCopy
+    ErrorCrossSiteRequest ErrorDataSizeLimitExceeded ErrorDataSourceOperation ErrorDelegateAlreadyExists
+    ErrorDelegateCannotAddOwner ErrorDelegateMissingConfiguration ErrorDelegateNoUser
+    ErrorDelegateValidationFailed ErrorDeleteDistinguishedFolder ErrorDeleteItemsFailed
+    ErrorDeleteUnifiedMessagingPromptFailed ErrorDiscoverySearchesDisabled
+    ErrorDistinguishedUserNotSupported ErrorDistributionListMemberNotExist ErrorDuplicateInputFolderNames
+    ErrorDuplicateLegacyDistinguishedName ErrorDuplicateSOAPHeader ErrorDuplicateUserIdsSpecified
+    ErrorEmailAddressMismatch ErrorEventNotFound ErrorExceededConnectionCount ErrorExceededFindCountLimit
+    ErrorExceededSubscriptionCount ErrorExpiredSubscription ErrorExtensionNotFound ErrorFolderCorrupt
+    ErrorFolderExists ErrorFolderNotFound ErrorFolderPropertRequestFailed ErrorFolderSave
+    ErrorFolderSaveFailed ErrorFolderSavePropertyError ErrorFreeBusyDLLimitReached
+    ErrorFreeBusyGenerationFailed ErrorGetServerSecurityDescriptorFailed ErrorImContactLimitReached
+    ErrorImGroupDisplayNameAlreadyExists ErrorImGroupLimitReached ErrorImpersonateUserDenied
+    ErrorImpersonationDenied ErrorImpersonationFailed ErrorInboxRulesValidationError
+    ErrorIncorrectSchemaVersion ErrorIncorrectUpdatePropertyCount ErrorIndividualMailboxLimitReached
+    ErrorInsufficientResources ErrorInternalServerError ErrorInternalServerTransientError
+    ErrorInvalidAccessLevel ErrorInvalidArgument ErrorInvalidAttachmentId ErrorInvalidAttachmentSubfilter
+    ErrorInvalidAttachmentSubfilterTextFilter ErrorInvalidAuthorizationContext ErrorInvalidChangeKey
+    ErrorInvalidClientAccessTokenRequest ErrorInvalidClientSecurityContext ErrorInvalidCompleteDate
+    ErrorInvalidContactEmailAddress ErrorInvalidContactEmailIndex ErrorInvalidCrossForestCredentials
+    ErrorInvalidDelegatePermission ErrorInvalidDelegateUserId ErrorInvalidExchangeImpersonationHeaderData
+    ErrorInvalidExcludesRestriction ErrorInvalidExpressionTypeForSubFilter ErrorInvalidExtendedProperty
+    ErrorInvalidExtendedPropertyValue ErrorInvalidExternalSharingInitiator
+    ErrorInvalidExternalSharingSubscriber ErrorInvalidFederatedOrganizationId ErrorInvalidFolderId
+    ErrorInvalidFolderTypeForOperation ErrorInvalidFractionalPagingParameters ErrorInvalidFreeBusyViewType
+    ErrorInvalidGetSharingFolderRequest ErrorInvalidId ErrorInvalidIdEmpty ErrorInvalidIdMalformed
+    ErrorInvalidIdMalformedEwsLegacyIdFormat ErrorInvalidIdMonikerTooLong
+    ErrorInvalidIdNotAnItemAttachmentId ErrorInvalidIdReturnedByResolveNames
+    ErrorInvalidIdStoreObjectIdTooLong ErrorInvalidIdTooManyAttachmentLevels ErrorInvalidIdXml
+    ErrorInvalidImContactId ErrorInvalidImDistributionGroupSmtpAddress ErrorInvalidImGroupId
+    ErrorInvalidIndexedPagingParameters ErrorInvalidInternetHeaderChildNodes
+    ErrorInvalidItemForOperationAcceptItem ErrorInvalidItemForOperationArchiveItem
+    ErrorInvalidItemForOperationCancelItem ErrorInvalidItemForOperationCreateItem
+    ErrorInvalidItemForOperationCreateItemAttachment ErrorInvalidItemForOperationDeclineItem
+    ErrorInvalidItemForOperationExpandDL ErrorInvalidItemForOperationRemoveItem
+    ErrorInvalidItemForOperationSendItem ErrorInvalidItemForOperationTentative ErrorInvalidLogonType
+    ErrorInvalidMailbox ErrorInvalidManagedFolderProperty ErrorInvalidManagedFolderQuota
+    ErrorInvalidManagedFolderSize ErrorInvalidManagementRoleHeader ErrorInvalidMergedFreeBusyInterval
+    ErrorInvalidNameForNameResolution ErrorInvalidNetworkServiceContext ErrorInvalidOofParameter
+    ErrorInvalidOperation ErrorInvalidOrganizationRelationshipForFreeBusy ErrorInvalidPagingMaxRows
+    ErrorInvalidParentFolder ErrorInvalidPercentCompleteValue ErrorInvalidPermissionSettings
+    ErrorInvalidPhoneCallId ErrorInvalidPhoneNumber ErrorInvalidPhotoSize ErrorInvalidPropertyAppend
+    ErrorInvalidPropertyDelete ErrorInvalidPropertyForExists ErrorInvalidPropertyForOperation
+    ErrorInvalidPropertyRequest ErrorInvalidPropertySet ErrorInvalidPropertyUpdateSentMessage
+    ErrorInvalidProxySecurityContext ErrorInvalidPullSubscriptionId ErrorInvalidPushSubscriptionUrl
+    ErrorInvalidRecipients ErrorInvalidRecipientSubfilter ErrorInvalidRecipientSubfilterComparison
+    ErrorInvalidRecipientSubfilterOrder ErrorInvalidRecipientSubfilterTextFilter ErrorInvalidReferenceItem
+    ErrorInvalidRequest ErrorInvalidRestriction ErrorInvalidRetentionTagIdGuid
+    ErrorInvalidRetentionTagInheritance ErrorInvalidRetentionTagInvisible ErrorInvalidRetentionTagNone
+    ErrorInvalidRetentionTagTypeMismatch ErrorInvalidRoutingType ErrorInvalidScheduledOofDuration
+    ErrorInvalidSchemaVersionForMailboxVersion ErrorInvalidSecurityDescriptor
+    ErrorInvalidSendItemSaveSettings ErrorInvalidSerializedAccessToken ErrorInvalidServerVersion
+    ErrorInvalidSharingData ErrorInvalidSharingMessage ErrorInvalidSid ErrorInvalidSIPUri
+    ErrorInvalidSmtpAddress ErrorInvalidSubfilterType ErrorInvalidSubfilterTypeNotAttendeeType
+    ErrorInvalidSubfilterTypeNotRecipientType ErrorInvalidSubscription ErrorInvalidSubscriptionRequest
+    ErrorInvalidSyncStateData ErrorInvalidTimeInterval ErrorInvalidUserInfo ErrorInvalidUserOofSettings
+    ErrorInvalidUserPrincipalName ErrorInvalidUserSid ErrorInvalidUserSidMissingUPN
+    ErrorInvalidValueForProperty ErrorInvalidWatermark ErrorIPGatewayNotFound ErrorIrresolvableConflict
+    ErrorItemCorrupt ErrorItemNotFound ErrorItemPropertyRequestFailed ErrorItemSave
+    ErrorItemSavePropertyError ErrorLegacyMailboxFreeBusyViewTypeNotMerged ErrorLocalServerObjectNotFound
+    ErrorLocationServicesDisabled ErrorLocationServicesInvalidRequest ErrorLocationServicesRequestFailed
+    ErrorLocationServicesRequestTimedOut ErrorLogonAsNetworkServiceFailed ErrorMailboxConfiguration
+    ErrorMailboxDataArrayEmpty ErrorMailboxDataArrayTooBig ErrorMailboxFailover ErrorMailboxHoldNotFound
+    ErrorMailboxLogonFailed ErrorMailboxMoveInProgress ErrorMailboxScopeNotAllowedWithoutQueryString
+    ErrorMailboxStoreUnavailable ErrorMailRecipientNotFound ErrorMailTipsDisabled
+    ErrorManagedFolderAlreadyExists ErrorManagedFolderNotFound ErrorManagedFoldersRootFailure
+    ErrorMeetingSuggestionGenerationFailed ErrorMessageDispositionRequired ErrorMessageSizeExceeded
+    ErrorMessageTrackingNoSuchDomain ErrorMessageTrackingPermanentError ErrorMessageTrackingTransientError
+    ErrorMimeContentConversionFailed ErrorMimeContentInvalid ErrorMimeContentInvalidBase64String
+    ErrorMissedNotificationEvents ErrorMissingArgument ErrorMissingEmailAddress
+    ErrorMissingEmailAddressForManagedFolder ErrorMissingInformationEmailAddress
+    ErrorMissingInformationReferenceItemId ErrorMissingInformationSharingFolderId
+    ErrorMissingItemForCreateItemAttachment ErrorMissingManagedFolderId ErrorMissingRecipients
+    ErrorMissingUserIdInformation ErrorMoreThanOneAccessModeSpecified ErrorMoveCopyFailed
+    ErrorMoveDistinguishedFolder ErrorMultiLegacyMailboxAccess ErrorNameResolutionMultipleResults
+    ErrorNameResolutionNoMailbox ErrorNameResolutionNoResults ErrorNewEventStreamConnectionOpened
+    ErrorNoApplicableProxyCASServersAvailable ErrorNoCalendar ErrorNoDestinationCASDueToKerberosRequirements
+    ErrorNoDestinationCASDueToSSLRequirements ErrorNoDestinationCASDueToVersionMismatch
+    ErrorNoFolderClassOverride ErrorNoFreeBusyAccess ErrorNonExistentMailbox ErrorNonPrimarySmtpAddress
+    ErrorNoPropertyTagForCustomProperties ErrorNoPublicFolderReplicaAvailable
+    ErrorNoPublicFolderServerAvailable ErrorNoRespondingCASInDestinationSite ErrorNoSpeechDetected
+    ErrorNotAllowedExternalSharingByPolicy ErrorNotDelegate ErrorNotEnoughMemory
+    ErrorNotSupportedSharingMessage ErrorObjectTypeChanged ErrorOccurrenceCrossingBoundary
+    ErrorOccurrenceTimeSpanTooBig ErrorOperationNotAllowedWithPublicFolderRoot ErrorOrganizationNotFederated
+    ErrorOutlookRuleBlobExists ErrorParentFolderIdRequired ErrorParentFolderNotFound
+    ErrorPasswordChangeRequired ErrorPasswordExpired ErrorPermissionNotAllowedByPolicy
+    ErrorPhoneNumberNotDialable ErrorPromptPublishingOperationFailed ErrorPropertyUpdate
+    ErrorPropertyValidationFailure ErrorProxiedSubscriptionCallFailure ErrorProxyCallFailed
+    ErrorProxyGroupSidLimitExceeded ErrorProxyRequestNotAllowed ErrorProxyRequestProcessingFailed
+    ErrorProxyServiceDiscoveryFailed ErrorProxyTokenExpired ErrorPublicFolderMailboxDiscoveryFailed
+    ErrorPublicFolderOperationFailed ErrorPublicFolderRequestProcessingFailed
+    ErrorPublicFolderServerNotFound ErrorPublicFolderSyncException ErrorQueryFilterTooLong
+    ErrorQuotaExceeded ErrorReadEventsFailed ErrorReadReceiptNotPending ErrorRecipientNotFound
+    ErrorRecognizerNotInstalled ErrorRecurrenceEndDateTooBig ErrorRecurrenceHasNoOccurrence
+    ErrorRemoveDelegatesFailed ErrorRequestAborted ErrorRequestStreamTooBig ErrorRequiredPropertyMissing
+    ErrorResolveNamesInvalidFolderType ErrorResolveNamesOnlyOneContactsFolderAllowed
+    ErrorResponseSchemaValidation ErrorRestrictionTooComplex ErrorRestrictionTooLong ErrorResultSetTooBig
+    ErrorRulesOverQuota ErrorSavedItemFolderNotFound ErrorSchemaValidation ErrorSearchFolderNotInitialized
+    ErrorSearchQueryHasTooManyKeywords ErrorSearchTooManyMailboxes ErrorSendAsDenied
+    ErrorSendMeetingCancellationsRequired ErrorSendMeetingInvitationsOrCancellationsRequired
+    ErrorSendMeetingInvitationsRequired ErrorSentMeetingRequestUpdate ErrorSentTaskRequestUpdate
+    ErrorServerBusy ErrorServiceDiscoveryFailed ErrorSharingNoExternalEwsAvailable
+    ErrorSharingSynchronizationFailed ErrorSpeechGrammarError ErrorStaleObject ErrorSubmissionQuotaExceeded
+    ErrorSubscriptionAccessDenied ErrorSubscriptionDelegateAccessNotSupported ErrorSubscriptionNotFound
+    ErrorSubscriptionUnsubscribed ErrorSyncFolderNotFound ErrorTeamMailboxActiveToPendingDelete
+    ErrorTeamMailboxErrorUnknown ErrorTeamMailboxFailedSendingNotifications
+    ErrorTeamMailboxNotAuthorizedOwner ErrorTeamMailboxNotFound ErrorTeamMailboxNotLinkedToSharePoint
+    ErrorTeamMailboxUrlValidationFailed ErrorTimeIntervalTooBig ErrorTimeoutExpired ErrorTimeZone
+    ErrorToFolderNotFound ErrorTokenSerializationDenied ErrorTooManyObjectsOpened ErrorUMServerUnavailable
+    ErrorUnableToGetUserOofSettings ErrorUnableToRemoveImContactFromGroup
+    ErrorUnifiedMessagingDialPlanNotFound ErrorUnifiedMessagingPromptNotFound
+    ErrorUnifiedMessagingReportDataNotFound ErrorUnifiedMessagingRequestFailed
+    ErrorUnifiedMessagingServerNotFound ErrorUnsupportedCulture ErrorUnsupportedMapiPropertyType
+    ErrorUnsupportedMimeConversion ErrorUnsupportedPathForQuery ErrorUnsupportedPathForSortGroup
+    ErrorUnsupportedPropertyDefinition ErrorUnsupportedQueryFilter ErrorUnsupportedRecurrence
+    ErrorUnsupportedSubFilter ErrorUnsupportedTypeForConversion ErrorUpdateDelegatesFailed
+    ErrorUpdatePropertyMismatch ErrorUserNotAllowedByPolicy ErrorUserNotUnifiedMessagingEnabled
+    ErrorUserWithoutFederatedProxyAddress ErrorValueOutOfRange ErrorVirusDetected ErrorVirusMessageDeleted
+    ErrorVoiceMailNotImplemented ErrorWebRequestInInvalidState ErrorWin32InteropError
+    ErrorWorkingHoursSaveFailed ErrorWorkingHoursXmlMalformed ErrorWrongServerVersion
+    ErrorWrongServerVersionDelegate NoError
+""".split())
+
 # ResponseCode values ucsproxy produces itself, with the MessageText Exchange
-# sends for them. Codes not listed here are still accepted everywhere (fault
-# injection can send any code); they fall back to a generic text.
+# sends for them. Every other code of RESPONSE_CODES (fault injection can send
+# any of them) falls back to a generic text.
 MESSAGE_TEXTS: dict[str, str] = {
     "NoError": "",
     "ErrorInvalidImContactId": "The specified Im Contact Id is invalid.",
@@ -107,7 +268,6 @@ MESSAGE_TEXTS: dict[str, str] = {
         "header is set with the correct RequestServerVersionValue."
     ),
     "ErrorSchemaValidation": "The request failed schema validation.",
-    "ErrorInvalidRequestServerVersion": "The request server version is invalid.",
     "ErrorServerBusy": "The server cannot service this request right now. Try again later.",
     "ErrorInternalServerError": "An internal server error occurred. The operation failed.",
     "ErrorInternalServerTransientError": "An internal server error occurred. Try again later.",
