@@ -10,16 +10,20 @@ All the work is in the ``ucsproxy`` package; this file only hands mitmproxy the 
 import os
 import sys
 
-# mitmproxy puts this script's folder first on sys.path, where this very file
-# would shadow the ``ucsproxy`` package. Import the package with that folder
-# hidden, falling back to the checkout this file lives in.
+# mitmproxy puts this script's folder first on sys.path while loading it, and
+# (mitmproxy 11 and 12) leaves it there. There this very file shadows the
+# ``ucsproxy`` package: for the import below, and for every process started
+# later with the "spawn" method, which inherits sys.path (the log's writer
+# process would fail to start). Take the folder off sys.path for good, and fall
+# back to the checkout this file lives in when the package is not installed.
 _here = os.path.dirname(os.path.abspath(__file__))
-_saved_path = list(sys.path)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-sys.path.append(os.path.dirname(_here))
 try:
     from ucsproxy.addon import UcsProxy
-finally:
-    sys.path[:] = _saved_path
+except ModuleNotFoundError as e:
+    if e.name != "ucsproxy":
+        raise
+    sys.path.append(os.path.dirname(_here))
+    from ucsproxy.addon import UcsProxy
 
 addons = [UcsProxy()]
