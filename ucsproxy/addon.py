@@ -197,6 +197,7 @@ class UcsProxy:
             self._answer(flow, decoded)
 
     def response(self, flow: http.HTTPFlow):
+        _no_body_for_head(flow)
         decision = flow.metadata.get("ucs_fault")
         if decision is not None and not flow.metadata.get("ucs_fault_applied"):
             return self._response_with_fault(flow, decision)
@@ -382,6 +383,18 @@ class UcsProxy:
         if self.engine is None:
             return []
         return [rule.summary() for rule in self.engine.rules()]
+
+
+def _no_body_for_head(flow: http.HTTPFlow) -> None:
+    """An answer to HEAD carries the headers a GET would get and no body (RFC 9110 9.3.2).
+
+    mitmproxy sends whatever content an addon-made response holds; on a keep-alive
+    connection a body after a HEAD answer would be read as the next status line.
+    An upstream's answer to HEAD is never touched (it has no body to drop).
+    """
+    resp = flow.response
+    if resp is not None and resp.raw_content and flow.request.method.upper() == "HEAD":
+        resp.raw_content = b""  # Content-Length keeps the length a GET would get
 
 
 def _operation_of(flow: http.HTTPFlow) -> str | None:
