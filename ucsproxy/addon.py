@@ -269,9 +269,9 @@ class UcsProxy:
             if ctx.options.ucs_fallthrough:
                 return  # the reverse-proxy upstream answers
             status, headers, body = replay.no_match_body(found)
-            flow.response = http.Response.make(status, body, dict(headers))
+            flow.response = http.Response.make(status, body, _header_fields(headers))
             return
-        flow.response = http.Response.make(found.status, found.body, dict(found.headers))
+        flow.response = http.Response.make(found.status, found.body, _header_fields(found.headers))
 
     @staticmethod
     def _encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> http.Response:
@@ -383,6 +383,12 @@ class UcsProxy:
         if self.engine is None:
             return []
         return [rule.summary() for rule in self.engine.rules()]
+
+
+def _header_fields(pairs) -> http.Headers:
+    """Headers in recorded order, a repeated name kept repeated (two WWW-Authenticate, two Set-Cookie)."""
+    return http.Headers([(str(k).encode("utf-8", "surrogateescape"), str(v).encode("utf-8", "surrogateescape"))
+                         for k, v in pairs])
 
 
 def _no_body_for_head(flow: http.HTTPFlow) -> None:
