@@ -161,11 +161,20 @@ def _child_index(el: etree._Element) -> dict[str, etree._Element]:
     return index
 
 
+def _str(el: etree._Element) -> str:
+    """An element's character content: its text nodes joined. Comments and processing
+    instructions inside the text are skipped, as .NET's ReadElementContentAsString does
+    (``.text`` alone would stop at the first of them)."""
+    if len(el) == 0:
+        return el.text or ""
+    return (el.text or "") + "".join(c.tail or "" for c in el)
+
+
 def _text(el: etree._Element | None, name: str) -> str | None:
     c = _child(el, name)
     if c is None:
         return None
-    return c.text or ""
+    return _str(c)
 
 
 def _required_text(el: etree._Element, name: str) -> str:
@@ -249,7 +258,7 @@ def _extended_property(el: etree._Element) -> ExtendedProperty:
     return ExtendedProperty(
         field_uri=_field_uri(uri),
         value=_text(el, "Value"),
-        values=tuple(v.text or "" for v in _children(values, "Value")),
+        values=tuple(_str(v) for v in _children(values, "Value")),
     )
 
 
@@ -285,7 +294,7 @@ def _im_group(el: etree._Element) -> ImGroup:
 
 # Value readers/writers of the attributed-value arrays, by item element name.
 _ATTRIBUTED_KINDS: dict[str, tuple[Callable[[etree._Element], Any], str]] = {
-    "StringAttributedValue": (lambda v: v.text or "", "str"),
+    "StringAttributedValue": (_str, "str"),
     "EmailAddressAttributedValue": (_email, "email"),
     "PhoneNumberAttributedValue": (_phone, "phone"),
     "ExtendedPropertyAttributedValue": (_extended_property, "ext"),
@@ -301,7 +310,7 @@ def _attributed(el: etree._Element | None) -> tuple[AttributedValue, ...]:
             continue
         out.append(AttributedValue(
             value=reader[0](value_el),
-            attributions=tuple(a.text or "" for a in _children(_child(item, "Attributions"), "Attribution")),
+            attributions=tuple(_str(a) for a in _children(_child(item, "Attributions"), "Attribution")),
         ))
     return tuple(out)
 
@@ -360,9 +369,9 @@ def _persona(el: etree._Element) -> Persona:
         if c is None:
             continue
         if kind == "str":
-            values[field_name] = c.text or ""
+            values[field_name] = _str(c)
         elif kind == "int":
-            values[field_name] = _int(c.text)
+            values[field_name] = _int(_str(c))
         elif kind == "itemid":
             values[field_name] = _item_id(c)
         elif kind == "email":
@@ -393,7 +402,7 @@ def _message_xml(el: etree._Element | None) -> MessageXml | None:
         line_number=_int(_text(el, "LineNumber")),
         line_position=_int(_text(el, "LinePosition")),
         violation=_text(el, "Violation"),
-        values=tuple((v.get("Name") or "", v.text or "") for v in _children(el, "Value")),
+        values=tuple((v.get("Name") or "", _str(v)) for v in _children(el, "Value")),
     )
 
 
@@ -549,7 +558,7 @@ def _server_version(header: etree._Element | None) -> ServerVersionInfo | None:
 
 def _fault(el: etree._Element) -> SoapFault:
     code_el = _child(el, "faultcode")
-    raw_code = (code_el.text or "").strip() if code_el is not None else ""
+    raw_code = _str(code_el).strip() if code_el is not None else ""
     namespace = None
     code = raw_code
     if ":" in raw_code and code_el is not None:
@@ -561,7 +570,7 @@ def _fault(el: etree._Element) -> SoapFault:
     detail = _child(el, "detail")
     return SoapFault(
         faultcode=code,
-        faultstring=(string_el.text or "") if string_el is not None else "",
+        faultstring=_str(string_el) if string_el is not None else "",
         response_code=_text(detail, "ResponseCode"),
         message=_text(detail, "Message"),
         message_xml=_message_xml(_child(detail, "MessageXml")),
