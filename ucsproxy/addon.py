@@ -175,6 +175,7 @@ class UcsProxy:
             decoded = codec.decode_request(
                 flow.request.get_content(strict=False) or b"",
                 flow.request.headers.get("SOAPAction"),
+                flow.request.headers.get("Content-Type"),
             )
             flow.metadata["ucs_request"] = decoded
         if self.engine is not None:

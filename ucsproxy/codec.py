@@ -10,6 +10,7 @@ types.xsd).
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Any, Callable, Iterator
 
@@ -66,10 +67,10 @@ class _Invalid(Exception):
 # Parsing untrusted bytes
 
 
-def _parser() -> etree.XMLParser:
+def _parser(encoding: str | None = None) -> etree.XMLParser:
     # DTDs are refused before parsing; these settings are the second wall.
     return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+        encoding=encoding, resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
         huge_tree=False, remove_blank_text=False,
     )
 
@@ -81,7 +82,77 @@ _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"),
 _LXML_POSITION = re.compile(r",?\s*line \d+, column \d+\s*$")
 
 
-def _parse(body: Any) -> etree._Element | DecodeError:
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_CHARSET = re.compile(r"""(?:^|;)\s*charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+_DECLARED = re.compile(rb"""^<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """The charset parameter of a Content-Type header, lower case, or None."""
+    m = _CHARSET.search(content_type or "")
+    return m.group(1).lower() if m else None
+
+
+def _bom_encoding(body: bytes) -> str | None:
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return name
+    return None
+
+
+def _sniffed(charset: str, body: bytes) -> str:
+    """A byte order for an unmarked "utf-16" from the first character, as XML 1.0 appendix F does."""
+    if charset.replace("-", "").replace("_", "") in ("utf16", "ucs2", "unicode"):
+        return "utf-16-be" if body[:1] == b"\x00" else "utf-16-le"
+    return charset
+
+
+def xml_encoding(body: bytes, content_type: str | None = None) -> str:
+    """The Python codec to read an XML body as text with: its byte order mark, else a
+    BOM-less UTF-16 start, else UTF-8 when the bytes are UTF-8, else the Content-Type
+    charset or the XML declaration's encoding when the bytes decode with it, else UTF-8."""
+    bom = _bom_encoding(body)
+    if bom:
+        return bom
+    if body[:2] == b"<\x00":
+        return "utf-16-le"
+    if body[:2] == b"\x00<":
+        return "utf-16-be"
+    try:
+        body.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    declared = _DECLARED.match(body)
+    for name in (charset_of(content_type), declared.group(1).decode("ascii").lower() if declared else None):
+        if not name:
+            continue
+        try:
+            body.decode(_sniffed(name, body))
+            return _sniffed(name, body)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return "utf-8"
+
+
+def _fallback_encodings(body: bytes, content_type: str | None) -> list[str]:
+    """Encodings to retry a failed parse with, when the body has no byte order mark: the
+    Content-Type charset (which RFC 7303 puts before the XML declaration, and which WCF
+    reads), then UTF-8 (a UTF-8 body whose declaration names another encoding, as .NET's
+    StringWriter makes: ``encoding="utf-16"``)."""
+    if _bom_encoding(body):
+        return []
+    out = []
+    charset = charset_of(content_type)
+    if charset:
+        out.append(_sniffed(charset, body))
+    if "utf-8" not in out and body[:1] != b"\x00" and body[1:2] != b"\x00":
+        out.append("utf-8")
+    return out
+
+
+def _parse(body: Any, content_type: str | None = None) -> etree._Element | DecodeError:
     if body is None:
         return DecodeError("empty-body", "The request has no body.")
     if isinstance(body, str):
@@ -107,7 +178,11 @@ def _parse(body: Any) -> etree._Element | DecodeError:
         line, column = (e.position if e.position else (None, None))
         # lxml appends the position to its message; the position has fields of its own.
         text = _LXML_POSITION.sub("", e.msg or "") or "The XML is not well formed"
-        return DecodeError("not-xml", text, line, column)
+        root = _parse_as(body, _fallback_encodings(body, content_type))
+        if root is None:
+            return DecodeError("not-xml", text, line, column)
+        if isinstance(root, DecodeError):
+            return root
     except Exception as e:  # lxml raises ValueError for some encodings
         return DecodeError("not-xml", f"The body cannot be parsed as XML: {e}")
     if root is None:
@@ -116,6 +191,42 @@ def _parse(body: Any) -> etree._Element | DecodeError:
     if docinfo.doctype or docinfo.internalDTD is not None:
         return DecodeError("forbidden-dtd", "DTDs are not allowed in EWS requests.")
     return root
+
+
+def _parse_as(body: bytes, encodings: list[str]) -> etree._Element | DecodeError | None:
+    """The body parsed as the first of ``encodings`` that reads it, or None."""
+    for encoding in encodings:
+        try:
+            text = body.decode(encoding)
+        except (LookupError, UnicodeDecodeError):
+            continue
+        if "<!DOCTYPE" in text or "<!doctype" in text or "<!ENTITY" in text:
+            return DecodeError("forbidden-dtd", "DTDs and entity declarations are not allowed in EWS requests.")
+        for name in _libxml_names(encoding):
+            try:
+                root = etree.fromstring(body, _parser(name))
+            except Exception:
+                continue
+            if root is not None:
+                return root
+    return None
+
+
+_LIBXML_UNICODE = {"utf-8": "UTF-8", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE",
+                   "utf-32-le": "UTF-32LE", "utf-32-be": "UTF-32BE"}
+
+
+def _libxml_names(encoding: str) -> list[str]:
+    """Names libxml2 (iconv) may know a Python codec name by: it spells UTF-16LE without dashes."""
+    names = [_LIBXML_UNICODE.get(encoding, encoding)]
+    try:
+        canonical = codecs.lookup(encoding).name
+    except LookupError:
+        return names
+    for name in (_LIBXML_UNICODE.get(canonical), canonical):
+        if name and name not in names:
+            names.append(name)
+    return names
 
 
 def _ns(el: etree._Element) -> str:
@@ -484,17 +595,22 @@ def _migration_flag(el: etree._Element) -> bool:
     return value
 
 
-def decode_request(body: bytes, soap_action: str | None = None) -> EwsRequest | DecodeError:
-    """Decode an EWS SOAP request. Never raises."""
+def decode_request(body: bytes, soap_action: str | None = None,
+                   content_type: str | None = None) -> EwsRequest | DecodeError:
+    """Decode an EWS SOAP request. Never raises.
+
+    ``content_type`` (the HTTP header) names the charset of a body that has neither a
+    byte order mark nor a declaration that reads it."""
     try:
-        return _decode_request(body, soap_action)
+        return _decode_request(body, soap_action, content_type)
     except Exception as e:  # a bug must not take the proxy down with it
         return DecodeError("invalid", f"The request could not be decoded: {e}")
 
 
-def _open_envelope(body: bytes) -> tuple[etree._Element | None, etree._Element] | DecodeError:
+def _open_envelope(body: bytes, content_type: str | None = None
+                   ) -> tuple[etree._Element | None, etree._Element] | DecodeError:
     """(SOAP Header or None, the Body's first element) of an untrusted message."""
-    root = _parse(body)
+    root = _parse(body, content_type)
     if isinstance(root, DecodeError):
         return root
     parts = _envelope_parts(root)
@@ -507,8 +623,9 @@ def _open_envelope(body: bytes) -> tuple[etree._Element | None, etree._Element] 
     return header, first
 
 
-def _decode_request(body: bytes, soap_action: str | None) -> EwsRequest | DecodeError:
-    opened = _open_envelope(body)
+def _decode_request(body: bytes, soap_action: str | None, content_type: str | None = None
+                    ) -> EwsRequest | DecodeError:
+    opened = _open_envelope(body, content_type)
     if isinstance(opened, DecodeError):
         return opened
     header, first = opened
@@ -535,10 +652,11 @@ def _decode_request(body: bytes, soap_action: str | None) -> EwsRequest | Decode
 # Responses: decode
 
 
-def decode_response(body: bytes, operation: str | None = None) -> EwsResponse | DecodeError:
+def decode_response(body: bytes, operation: str | None = None,
+                    content_type: str | None = None) -> EwsResponse | DecodeError:
     """Decode an EWS SOAP response (UCS message, other EWS message, or fault). Never raises."""
     try:
-        return _decode_response(body, operation)
+        return _decode_response(body, operation, content_type)
     except Exception as e:
         return DecodeError("invalid", f"The response could not be decoded: {e}", operation=operation)
 
@@ -579,8 +697,9 @@ def _fault(el: etree._Element) -> SoapFault:
     )
 
 
-def _decode_response(body: bytes, operation: str | None) -> EwsResponse | DecodeError:
-    opened = _open_envelope(body)
+def _decode_response(body: bytes, operation: str | None, content_type: str | None = None
+                     ) -> EwsResponse | DecodeError:
+    opened = _open_envelope(body, content_type)
     if isinstance(opened, DecodeError):
         return opened
     header, first = opened

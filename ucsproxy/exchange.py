@@ -125,11 +125,17 @@ def _ntlm_user(raw: bytes) -> str | None:
     return (f"{domain}\\{user}" if domain else user).lower()
 
 
-def _body_text(body: bytes | None) -> tuple[str | None, bool]:
+def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str | None, bool]:
+    """The body as text, read in its own encoding (a UTF-16 request stays readable), and
+    whether it was cut."""
     if body is None:
         return None, False
     cut = len(body) > MAX_STORED_BODY
-    return body[:MAX_STORED_BODY].decode("utf-8", errors="replace"), cut
+    encoding = codec.xml_encoding(body, content_type)
+    text = body[:MAX_STORED_BODY].decode(encoding, errors="replace")
+    if encoding != "utf-8":
+        text = text[1:] if text.startswith("\ufeff") else text  # the byte order mark, not a character
+    return text, cut
 
 
 def _json(value: Any) -> str | None:
@@ -149,7 +155,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
     request = raw.decoded_request
     ews_post = raw.method == "POST" and is_ews_path(raw.path)
     if request is None and ews_post and raw.request_body is not None:
-        request = codec.decode_request(raw.request_body, None)
+        request = codec.decode_request(raw.request_body, None, header(raw.request_headers, "Content-Type"))
     operation = mailbox = version = args = None
     result: Any = None
     if isinstance(request, EwsRequest):
@@ -165,7 +171,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         mailbox = request_user(raw.request_headers)
     response = raw.decoded_response
     if response is None and ews_post and raw.response_body:
-        response = codec.decode_response(raw.response_body, operation)
+        response = codec.decode_response(raw.response_body, operation, header(raw.response_headers, "Content-Type"))
     response_class = response_code = None
     if isinstance(response, EwsResponse):
         operation = operation or response.operation
@@ -178,8 +184,8 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
             result = {"message_xml": to_jsonable(response.message.message_xml)}
     elif isinstance(response, DecodeError) and ews_post and result is None and raw.http_status is not None:
         result = {"response_decode_error": to_jsonable(response)}
-    request_body, req_cut = _body_text(raw.request_body)
-    response_body, resp_cut = _body_text(raw.response_body)
+    request_body, req_cut = _body_text(raw.request_body, header(raw.request_headers, "Content-Type"))
+    response_body, resp_cut = _body_text(raw.response_body, header(raw.response_headers, "Content-Type"))
     notes = [raw.error] if raw.error else []
     if req_cut or resp_cut:
         notes.append(f"body stored cut at {MAX_STORED_BODY} bytes")
