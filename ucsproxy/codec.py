@@ -248,18 +248,19 @@ def _elements(el: etree._Element | None) -> Iterator[etree._Element]:
     return (c for c in el if isinstance(c.tag, str))
 
 
+# Children are found by local name in any namespace ("{*}Name"): lxml filters them in C,
+# which beats a Python loop over the children; namespaces were checked on the envelope.
+
 def _child(el: etree._Element | None, name: str) -> etree._Element | None:
     if el is None:
         return None
-    for c in el:
-        tag = c.tag
-        if isinstance(tag, str) and tag[tag.rfind("}") + 1:] == name:
-            return c
-    return None
+    return next(el.iterchildren("{*}" + name), None)
 
 
 def _children(el: etree._Element | None, name: str) -> list[etree._Element]:
-    return [c for c in _elements(el) if _local(c) == name]
+    if el is None:
+        return []
+    return list(el.iterchildren("{*}" + name))
 
 
 def _child_index(el: etree._Element) -> dict[str, etree._Element]:
