@@ -26,7 +26,7 @@ from .exchange import COLUMNS, RawExchange, build_row, iso_utc
 log = logging.getLogger("ucsproxy.store")
 
 TABLE = "exchanges"
-WRITER_NICENESS = 10
+WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
 INDEXES = (["operation"], ["mailbox"], ["response_code"], ["started_at"])
 ERROR_CONDITION = ("(response_class in ('Error', 'Fault') or http_status >= 400 or error is not null "
                    "or http_status is null)")
