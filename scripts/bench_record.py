@@ -127,6 +127,42 @@ async def drive(port: int, requests: int, concurrency: int) -> tuple[float, list
     return time.perf_counter() - t0, latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def logged_rows(db: Path) -> int:
+    try:
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            return con.execute("select count(*) from exchanges").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def wait_rows(db: Path, expected: int, timeout: float = 120) -> float:
+    """Wait until the log holds ``expected`` rows, so a round's writing never runs into
+    the next round (of another proxy). Returns how long it took."""
+    t0 = time.monotonic()
+    while logged_rows(db) < expected and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
@@ -164,23 +200,40 @@ def main() -> None:
         # Warm up all three (imports, caches, first connections).
         for port in (plain, rec, nolog):
             asyncio.run(drive(port, 200, 4))
+        logged = 200
+        wait_rows(db, logged)
 
         # "record, no log" is the addon with logging off: it tells the glue's cost from the log's.
-        proxies = (("mitmdump", plain), ("ucsproxy record", rec), ("record, no log", nolog))
-        results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name, _ in proxies}
+        proxies = (("mitmdump", plain, procs[1].pid), ("ucsproxy record", rec, procs[2].pid),
+                   ("record, no log", nolog, procs[3].pid))
+        writers = child_pids(procs[2].pid)
+        results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name, _, _ in proxies}
+        cpu: dict[str, float] = {name: 0.0 for name, _, _ in proxies}
+        writer_cpu, drain = 0.0, []
+        per_round = args.requests // args.concurrency * args.concurrency
         for _ in range(args.rounds):
-            for name, port in proxies:
+            for name, port, pid in proxies:
+                before, w_before = cpu_seconds(pid), sum(cpu_seconds(w) for w in writers)
                 results[name].append(asyncio.run(drive(port, args.requests, args.concurrency)))
+                cpu[name] += cpu_seconds(pid) - before
+                if port == rec:
+                    logged += per_round
+                    drain.append(wait_rows(db, logged))
+                    writer_cpu += sum(cpu_seconds(w) for w in writers) - w_before
 
         print(f"{args.requests} requests x {args.rounds} rounds, {args.concurrency} keep-alive connections, "
               f"{os.cpu_count()} cores")
-        print(f"{'proxy':<18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+        print(f"{'proxy':<18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'proxy CPU us/req':>18}")
         summary = {}
+        total = args.rounds * per_round
         for name, runs in results.items():
             rps = statistics.median(len(lat) / elapsed for elapsed, lat in runs)
             lat = [x for _, runs_lat in runs for x in runs_lat]
             summary[name] = (rps, pct(lat, 50), pct(lat, 99))
-            print(f"{name:<18}{rps:>10.0f}{summary[name][1]:>10.2f}{summary[name][2]:>10.2f}")
+            print(f"{name:<18}{rps:>10.0f}{summary[name][1]:>10.2f}{summary[name][2]:>10.2f}"
+                  f"{cpu[name] / total * 1e6:>18.0f}")
+        print(f"log writer process: {writer_cpu / total * 1e6:.0f} us CPU per exchange; "
+              f"after a round it needed {max(drain):.2f} s at most to write the rest")
         ratio = summary["ucsproxy record"][0] / summary["mitmdump"][0]
         print(f"throughput ratio record/plain: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)"
               if ratio < 1 else f"throughput ratio record/plain: {ratio:.3f}")
@@ -194,7 +247,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
     expected = 200 + args.rounds * (args.requests // args.concurrency * args.concurrency)
-    rows = sqlite3.connect(db).execute("select count(*) from exchanges").fetchone()[0]
+    rows = logged_rows(db)
     print(f"rows logged by ucsproxy record: {rows} (expected {expected})")
 
 
