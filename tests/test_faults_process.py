@@ -269,6 +269,38 @@ def test_fault_commands_in_process(tmp_path):
         proxy.stop()
 
 
+def test_clearing_the_rules_lets_held_connections_go(tmp_path):
+    from ucsproxy.runner import BackgroundProxy, mock_options
+    import concurrent.futures
+
+    proxy = BackgroundProxy(dict(mock_options(seed=0), ucs_db=""))
+    try:
+        def run(command, *args):
+            done = concurrent.futures.Future()
+            proxy._loop.call_soon_threadsafe(lambda: done.set_result(proxy._master.commands.call(command, *args)))
+            return done.result(5)
+
+        run("ucs.faults.add", "GetImItems:timeout:max_ms=60000")
+        with socket.create_connection(proxy.address, timeout=10) as s:
+            body = envelope("<m:GetImItems/>")
+            s.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+            s.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                s.recv(1)  # held
+            t0 = time.monotonic()
+            run("ucs.faults.clear")
+            s.settimeout(10)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - t0 < 5, "closed when the rules were cleared, not after max_ms"
+        assert EwsClient(proxy.url).get_im_item_list().response_code == "NoError"
+    finally:
+        proxy.stop()
+
+
 def test_faults_in_replay_mode(tmp_path):
     recording = ROOT / "recordings" / "spec-examples"
     db = tmp_path / "replay.db"

@@ -54,6 +54,8 @@ class UcsProxy:
         self.watcher: faults.FaultFileWatcher | None = None
         self._store_key: tuple | None = None
         self.mode = "record"
+        # Connections a timeout fault is holding wait on this; setting it lets them go.
+        self._release_held = asyncio.Event()
 
     # -- options -----------------------------------------------------------
 
@@ -153,6 +155,7 @@ class UcsProxy:
             extra = [faults.parse_fault_spec(s, i) for i, s in enumerate(opts.ucs_fault, 1)]
         except faults.FaultFileError as e:
             raise exceptions.OptionsError(str(e)) from e
+        self._let_held_go()
         if not config.rules and not extra:
             self.engine = None
             return
@@ -224,7 +227,13 @@ class UcsProxy:
         # Upstream refused or closed, client went away, or a fault killed the flow.
         self._log(flow)
 
+    def _let_held_go(self) -> None:
+        """End every connection a timeout fault holds (as its timeout would) and start afresh."""
+        self._release_held.set()
+        self._release_held = asyncio.Event()
+
     def done(self) -> None:
+        self._let_held_go()
         if self.model is not None and ctx.options.ucs_mode == "mock" and ctx.options.ucs_state:
             try:
                 self.model.save(ctx.options.ucs_state)
@@ -294,6 +303,7 @@ class UcsProxy:
         elif changed:
             assert self.engine is not None
             self.engine.replace(self.watcher.config)
+            self._let_held_go()
             log.info(f"ucsproxy: reloaded {len(self.watcher.config.rules)} fault rule(s) from {self.watcher.path}")
 
     async def _apply_fault_before_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> bool:
@@ -311,7 +321,12 @@ class UcsProxy:
             flow.kill()
             return True
         if action == "timeout":
-            await asyncio.sleep(float(decision.params.get("max_ms", 120_000)) / 1000)
+            # Hold until max_ms, or until the rules change (cleared, reloaded) or ucsproxy stops.
+            release = self._release_held
+            try:
+                await asyncio.wait_for(release.wait(), float(decision.params.get("max_ms", 120_000)) / 1000)
+            except asyncio.TimeoutError:
+                pass
             if flow.killable:
                 flow.kill()
             return True
@@ -376,6 +391,7 @@ class UcsProxy:
         """Remove every fault rule."""
         if self.engine is not None:
             self.engine.clear()
+        self._let_held_go()
         log.info("ucsproxy: fault rules cleared")
 
     @command.command("ucs.faults.list")
