@@ -250,15 +250,25 @@ RESPONSE_CODES: frozenset[str] = frozenset("""
 
 # ResponseCode values ucsproxy produces itself, with the MessageText Exchange
 # sends for them. Every other code of RESPONSE_CODES (fault injection can send
-# any of them) falls back to a generic text.
+# any of them) falls back to a generic text. Texts an operation page shows are
+# copied from it, its odd capitalisation included (tests/test_pages.py).
 MESSAGE_TEXTS: dict[str, str] = {
     "NoError": "",
+    # AddImContactToGroup and RemoveImContactFromGroup pages
     "ErrorInvalidImContactId": "The specified Im Contact Id is invalid.",
+    # RemoveImGroup page
     "ErrorInvalidImGroupId": "The specified Im Group Id is invalid.",
+    "ErrorInvalidIdMalformed": "Id is malformed.",
     "ErrorImContactLimitReached": "The maximum number of IM contacts has been reached.",
     "ErrorImGroupLimitReached": "The maximum number of IM groups has been reached.",
-    "ErrorImGroupDisplayNameAlreadyExists": "An IM group with the same display name already exists.",
-    "ErrorInvalidImDistributionGroupSmtpAddress": "The specified Im Distribution Group Smtp Address is invalid.",
+    # SetImGroup page
+    "ErrorImGroupDisplayNameAlreadyExists": "An IM group with the specified display name already exists.",
+    # AddDistributionGroupToImList page
+    "ErrorInvalidImDistributionGroupSmtpAddress": "The specified IM distribution group SMTP address is invalid.",
+    # RemoveContactFromImList and RemoveDistributionGroupFromImList pages
+    "ErrorItemNotFound": "The specified object was not found in the store.",
+    # AddNewImContactToGroup page
+    "ErrorNonExistentMailbox": "No mailbox with such guid.",
     "ErrorInvalidOperation": "The operation is not valid.",
     "ErrorInvalidRequest": "The request is invalid.",
     "ErrorInvalidServerVersion": "The specified server version is invalid.",
