@@ -44,6 +44,7 @@ from ucsproxy.records import (
     Persona,
     PersonaAttribution,
     PhoneNumber,
+    RemoveContactFromImList,
     RemoveImGroup,
     SetImGroup,
     SoapHeaders,
@@ -540,9 +541,13 @@ def test_every_error_the_mock_and_replay_give_is_schema_valid(schema):
     service = UcsService(model.UcsModel(seed=5, max_contacts=1, max_groups=1))
     bogus = ItemId("AAMkAGQ1MjJjMTBkLTc4Y2AA=", "EQAAAA==")
     default_group = service.model.get_im_item_list("kim@contoso.com").groups[0].exchange_store_id
+    elsewhere = service.model.add_im_group("terry@contoso.com", "Elsewhere").exchange_store_id
     wires = [
         _mock_answer(service, AddImContactToGroup(bogus)),                              # InvalidImContactId
         _mock_answer(service, RemoveImGroup(bogus)),                                    # InvalidImGroupId
+        _mock_answer(service, RemoveContactFromImList(bogus)),                          # ItemNotFound
+        _mock_answer(service, RemoveImGroup(ItemId("not an id"))),                      # InvalidIdMalformed
+        _mock_answer(service, RemoveImGroup(elsewhere)),                                # NonExistentMailbox, MessageXml
         _mock_answer(service, SetImGroup(default_group, "Renamed")),                    # a default group
         _mock_answer(service, AddDistributionGroupToImList("not an address", "DG")),    # bad SMTP address
         _mock_answer(service, AddImGroup(None)),                                        # ErrorInternalServerError

@@ -137,8 +137,8 @@ def test_invalid_ids(service):
     assert call(service, AddNewImContactToGroup("sip:x@contoso.com", group_id=bogus)).response_code == "ErrorInvalidImGroupId"
     assert call(service, RemoveImGroup(bogus)).response_code == "ErrorInvalidImGroupId"
     assert call(service, SetImGroup(bogus, "x")).response_code == "ErrorInvalidImGroupId"
-    assert call(service, RemoveContactFromImList(bogus)).response_code == "ErrorInvalidImContactId"
-    assert call(service, RemoveDistributionGroupFromImList(bogus)).response_code == "ErrorInvalidImGroupId"
+    assert call(service, RemoveContactFromImList(bogus)).response_code == "ErrorItemNotFound"
+    assert call(service, RemoveDistributionGroupFromImList(bogus)).response_code == "ErrorItemNotFound"
 
 
 def test_remove_group_drops_contacts_only_there(service):
@@ -313,7 +313,8 @@ def test_remove_contact_from_group_and_from_list(service):
     assert call(service, AddImContactToGroup(cid, _favorites(service))).response_code == "NoError"
     assert call(service, RemoveImContactFromGroup(cid, team)).response_code == "NoError"
     assert [p.im_address for p in listing(service).personas] == ["sip:a@contoso.com"], "still in Favorites"
-    assert call(service, RemoveImContactFromGroup(cid, team)).response_code == "NoError", "not a member: no-op"
+    assert call(service, RemoveImContactFromGroup(cid, team)).response_code == "ErrorInvalidImContactId", \
+        "not a member (the RemoveImContactFromGroup page)"
     assert call(service, RemoveImContactFromGroup(cid, ItemId("AAMknope="))).response_code == "ErrorInvalidImGroupId"
     assert call(service, RemoveImContactFromGroup(ItemId("AAMknope="), team)).response_code == \
         "ErrorInvalidImContactId"
@@ -325,7 +326,7 @@ def test_remove_contact_from_group_and_from_list(service):
     assert call(service, RemoveContactFromImList(cid)).response_code == "NoError"
     items = listing(service)
     assert items.personas == () and all(not g.member_correlation_key for g in items.groups)
-    assert call(service, RemoveContactFromImList(cid)).response_code == "ErrorInvalidImContactId"
+    assert call(service, RemoveContactFromImList(cid)).response_code == "ErrorItemNotFound"
 
 
 def test_group_limit_counts_user_and_distribution_groups_only():
@@ -560,6 +561,8 @@ class UcsMachine(RuleBasedStateMachine):
             assert answer.response_code == "ErrorInvalidImContactId"
         elif group.id == BOGUS.id:
             assert answer.response_code == "ErrorInvalidImGroupId"
+        elif contact.id not in s.members[group.id]:
+            assert answer.response_code == "ErrorInvalidImContactId", "the RemoveImContactFromGroup page"
         else:
             assert answer.response_code == "NoError"
             s.members[group.id].discard(contact.id)
@@ -571,7 +574,7 @@ class UcsMachine(RuleBasedStateMachine):
         contact = self._pick_contact(data, mailbox)
         answer = self._call(mailbox, RemoveContactFromImList(contact))
         if contact.id == BOGUS.id:
-            assert answer.response_code == "ErrorInvalidImContactId"
+            assert answer.response_code == "ErrorItemNotFound", "the RemoveContactFromImList page"
         else:
             assert answer.response_code == "NoError"
             for members in s.members.values():
@@ -634,7 +637,9 @@ class UcsMachine(RuleBasedStateMachine):
         s = self.shadow[mailbox]
         group = self._pick_group(data, mailbox)
         answer = self._call(mailbox, RemoveDistributionGroupFromImList(group))
-        if group.id == BOGUS.id or s.kind(group.id) != "dg":
+        if group.id == BOGUS.id:
+            assert answer.response_code == "ErrorItemNotFound", "the RemoveDistributionGroupFromImList page"
+        elif s.kind(group.id) != "dg":
             assert answer.response_code == "ErrorInvalidImGroupId"
         else:
             assert answer.response_code == "NoError"

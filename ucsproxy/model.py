@@ -81,9 +81,12 @@ class UcsError(Exception):
 
     code = "ErrorInternalServerError"
 
-    def __init__(self, code: str | None = None, detail: str | None = None):
+    def __init__(self, code: str | None = None, detail: str | None = None,
+                 values: tuple[tuple[str, str], ...] = ()):
         if code is not None:
             self.code = code
+        #: ``(Name, value)`` pairs for the answer's MessageXml (``<t:Value Name=...>``).
+        self.values = tuple(values)
         super().__init__(detail or self.code)
 
 
@@ -111,9 +114,25 @@ class InvalidImDistributionGroupSmtpAddress(UcsError):
     code = "ErrorInvalidImDistributionGroupSmtpAddress"
 
 
+class ItemNotFound(UcsError):
+    """RemoveContactFromImList / RemoveDistributionGroupFromImList of an item no longer there (their pages)."""
+    code = "ErrorItemNotFound"
+
+
+class InvalidIdMalformed(UcsError):
+    """An id that is no EWS id at all (the RemoveImGroup page)."""
+    code = "ErrorInvalidIdMalformed"
+
+
+class NonExistentMailbox(UcsError):
+    """An id of an item in another mailbox (the AddNewImContactToGroup page); MessageXml names its MailboxGuid."""
+    code = "ErrorNonExistentMailbox"
+
+
 _ERROR_CLASSES: dict[str, type[UcsError]] = {
     cls.code: cls for cls in (InvalidImContactId, InvalidImGroupId, ImContactLimitReached, ImGroupLimitReached,
-                              ImGroupDisplayNameAlreadyExists, InvalidImDistributionGroupSmtpAddress)
+                              ImGroupDisplayNameAlreadyExists, InvalidImDistributionGroupSmtpAddress, ItemNotFound,
+                              InvalidIdMalformed, NonExistentMailbox)
 }
 
 
@@ -134,10 +153,10 @@ EXISTING_CONTACT_JOINS_GROUP = False
 #: They are the store's own folders, so to a client they are no group it may edit.
 DEFAULT_GROUP_EDIT_ERROR = InvalidImGroupId
 
-#: Choice: RemoveImContactFromGroup for a contact that is not in that group succeeds
-#: and changes nothing, the mirror of AddImContactToGroup for a member already there.
-#: (False: ErrorInvalidImContactId.)
-REMOVING_A_NON_MEMBER_SUCCEEDS = True
+#: RemoveImContactFromGroup for a contact that is not in that group: its page shows
+#: ErrorInvalidImContactId "when an attempt is made to remove a contact item that does
+#: not exist in the IM group". (True: succeed and change nothing.)
+REMOVING_A_NON_MEMBER_SUCCEEDS = False
 
 #: Choice: a contact that RemoveImContactFromGroup leaves in no group at all leaves
 #: QuickContacts too, as the spec says RemoveImGroup does; otherwise the client
@@ -148,6 +167,14 @@ ORPHANS_LEAVE_QUICK_CONTACTS = True
 #: returns that group unchanged (no second copy, no error), like
 #: AddNewImContactToGroup for a known address.
 DUPLICATE_DISTRIBUTION_GROUP_RETURNS_EXISTING = True
+
+#: Choice: an id this mock made for another mailbox (its mailbox GUID is not this
+#: mailbox's) answers ErrorNonExistentMailbox "No mailbox with such guid." with the
+#: GUID in MessageXml, in every operation that resolves ids: the AddNewImContactToGroup
+#: page shows it for a GroupId of "a group that is not in the requester's mailbox".
+#: (None: such an id is just unknown, like any other.) GetImItems ignores it, as any
+#: unknown id.
+FOREIGN_ID_ERROR: type[UcsError] | None = NonExistentMailbox
 
 #: Choice: a ContactId may also carry the contact's PersonaId (clients hold both;
 #: the GetImItems page passes persona ids as ContactIds).
@@ -168,6 +195,17 @@ def im_address_key(address: str) -> str:
     """Choice: ``sip:Bob@Contoso.com`` and ``bob@contoso.com`` are the same IM contact."""
     a = address.strip().casefold()
     return a[4:] if a.startswith("sip:") else a
+
+
+_ID_CHARS = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def is_well_formed_id(ident: str | None) -> bool:
+    """Choice: an id the mailbox does not know is malformed (``ErrorInvalidIdMalformed``, the
+    RemoveImGroup page) unless it is a non-empty run of base64 characters with at most two
+    ``=`` at the end. Length is not checked: the operation pages print shortened ids, and
+    those keep getting the page's not-found answers."""
+    return bool(ident) and bool(_ID_CHARS.match(ident))
 
 
 def is_smtp_address(value: str) -> bool:
@@ -205,6 +243,8 @@ class _Ids:
 
     ITEM_PREFIX = b"\x00\x03\x24\x00"  # base64 "AAMk...", like EWS item ids
     PERSONA_PREFIX = b"\x00\x04\x24\x00"  # base64 "AAQk...", like persona ids
+    KINDS = (0x01, 0x02, 0x03)  # group, contact, persona
+    ID_LENGTH = 4 + 16 + 2 + 4  # prefix, mailbox guid, kind, counter
 
     def __init__(self, seed: int | None, mailbox: str):
         if seed is None:
@@ -288,12 +328,36 @@ class Mailbox:
 
     # -- lookups -------------------------------------------------------------
 
-    def _group(self, group_id: ItemId | str | None) -> _Group:
+    def _group(self, group_id: ItemId | str | None, missing: type[UcsError] = InvalidImGroupId) -> _Group:
         ident = group_id.id if isinstance(group_id, ItemId) else group_id
         g = self.groups.get(ident or "")
         if g is None:
-            raise InvalidImGroupId()
+            raise self._unknown_id(ident, missing)
         return g
+
+    def _unknown_id(self, ident: str | None, missing: type[UcsError]) -> UcsError:
+        """Why an id names nothing here: malformed, another mailbox's, or simply not (or no longer) there."""
+        if not is_well_formed_id(ident):
+            return InvalidIdMalformed()
+        guid = self._foreign_mailbox_guid(ident or "") if FOREIGN_ID_ERROR is not None else None
+        if guid is not None:
+            return FOREIGN_ID_ERROR(detail=f"The id belongs to mailbox {guid}.", values=(("MailboxGuid", guid),))
+        return missing()
+
+    def _foreign_mailbox_guid(self, ident: str) -> str | None:
+        """The mailbox GUID an id made by this mock carries, when it is not this mailbox's.
+
+        Only ids of the mock's own shape count (see :class:`_Ids`); recorded ids and the
+        pages' shortened ones never look foreign."""
+        try:
+            raw = base64.b64decode(ident, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != _Ids.ID_LENGTH or raw[:4] not in (_Ids.ITEM_PREFIX, _Ids.PERSONA_PREFIX) \
+                or raw[20] not in _Ids.KINDS or raw[21] != 0:
+            return None
+        guid = raw[4:20]
+        return None if guid == self.ids.guid else str(uuid.UUID(bytes=guid))
 
     def _find_contact(self, contact_id: ItemId | str) -> _Contact | None:
         ident = contact_id.id if isinstance(contact_id, ItemId) else contact_id
@@ -307,10 +371,10 @@ class Mailbox:
                 return c
         return None
 
-    def _contact(self, contact_id: ItemId | str) -> _Contact:
+    def _contact(self, contact_id: ItemId | str, missing: type[UcsError] = InvalidImContactId) -> _Contact:
         c = self._find_contact(contact_id)
         if c is None:
-            raise InvalidImContactId()
+            raise self._unknown_id(contact_id.id if isinstance(contact_id, ItemId) else contact_id, missing)
         return c
 
     def _default_group(self, group_type: str) -> _Group:
@@ -469,7 +533,8 @@ class Mailbox:
             self._drop_if_orphan(c)
 
     def remove_contact_from_im_list(self, contact_id: ItemId) -> None:
-        c = self._contact(contact_id)
+        # Its page: a contact that is no longer on the list is ErrorItemNotFound.
+        c = self._contact(contact_id, missing=ItemNotFound)
         for g in self._groups_of(c):
             g.members.remove(c.item_id)
             self._touch(g)
@@ -506,7 +571,8 @@ class Mailbox:
         return self.group_record(self._new_group(display_name, DISTRIBUTION_GROUP_TYPE, smtp_address.strip()))
 
     def remove_distribution_group_from_im_list(self, group_id: ItemId) -> None:
-        group = self._group(group_id)
+        # Its page: a distribution group already removed is ErrorItemNotFound.
+        group = self._group(group_id, missing=ItemNotFound)
         if not group.smtp_address:
             raise InvalidImGroupId(detail="The group is not a distribution group.")
         self.remove_im_group(ItemId(group.id))

@@ -20,6 +20,7 @@ from .records import (
     EwsRequest,
     GetImItemList,
     GetImItems,
+    MessageXml,
     RemoveContactFromImList,
     RemoveDistributionGroupFromImList,
     RemoveImContactFromGroup,
@@ -59,9 +60,13 @@ def mailbox_for(request: EwsRequest, user: str | None) -> str:
     return name.lower() or DEFAULT_MAILBOX
 
 
-def error_response(operation: str, code: str) -> UcsResponse:
-    """The Error message Exchange answers a failed UCS operation with."""
-    return UcsResponse(operation, P.ERROR, code, message_text=P.message_text(code), descriptive_link_key=0)
+def error_response(operation: str, code: str, values: tuple[tuple[str, str], ...] = ()) -> UcsResponse:
+    """The Error message Exchange answers a failed UCS operation with.
+
+    ``values`` become the MessageXml's ``<t:Value Name=...>`` elements (the
+    AddNewImContactToGroup page's ErrorNonExistentMailbox names its MailboxGuid)."""
+    return UcsResponse(operation, P.ERROR, code, message_text=P.message_text(code), descriptive_link_key=0,
+                       message_xml=MessageXml(values=tuple(values)) if values else None)
 
 
 class UcsService:
@@ -90,7 +95,7 @@ class UcsService:
         try:
             payload = self._dispatch(mailbox, request.body)
         except UcsError as e:
-            return error_response(op, e.code)
+            return error_response(op, e.code, e.values)
         except Exception:
             # A request built by hand (not by the codec) can hold values no rule expects;
             # the client gets what Exchange sends for its own bugs, the mock keeps serving.
