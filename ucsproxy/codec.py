@@ -263,13 +263,18 @@ def _children(el: etree._Element | None, name: str) -> list[etree._Element]:
     return list(el.iterchildren("{*}" + name))
 
 
-def _child_index(el: etree._Element) -> dict[str, etree._Element]:
-    """First child of each local name: one pass instead of one scan per field."""
+def _child_index(el: etree._Element | None) -> dict[str, etree._Element]:
+    """The first child of each local name, in one pass over the children: cheaper than a
+    scan per field wherever an element has more than one child to read."""
     index: dict[str, etree._Element] = {}
+    if el is None:
+        return index
     for c in el:
         tag = c.tag
-        if isinstance(tag, str):
-            index.setdefault(tag[tag.rfind("}") + 1:], c)
+        if isinstance(tag, str):  # not a comment or processing instruction
+            name = tag.rpartition("}")[2]
+            if name not in index:
+                index[name] = c
     return index
 
 
@@ -282,11 +287,12 @@ def _str(el: etree._Element) -> str:
     return (el.text or "") + "".join(c.tail or "" for c in el)
 
 
+def _str_or_none(el: etree._Element | None) -> str | None:
+    return None if el is None else _str(el)
+
+
 def _text(el: etree._Element | None, name: str) -> str | None:
-    c = _child(el, name)
-    if c is None:
-        return None
-    return _str(c)
+    return _str_or_none(_child(el, name))
 
 
 def _required_text(el: etree._Element, name: str) -> str:
@@ -363,44 +369,47 @@ def _field_uri(el: etree._Element) -> ExtendedFieldURI:
 
 
 def _extended_property(el: etree._Element) -> ExtendedProperty:
-    uri = _child(el, "ExtendedFieldURI")
+    fields = _child_index(el)
+    uri = fields.get("ExtendedFieldURI")
     if uri is None:
         raise _Invalid("An ExtendedProperty has no ExtendedFieldURI.")
-    values = _child(el, "Values")
     return ExtendedProperty(
         field_uri=_field_uri(uri),
-        value=_text(el, "Value"),
-        values=tuple(_str(v) for v in _children(values, "Value")),
+        value=_str_or_none(fields.get("Value")),
+        values=tuple(_str(v) for v in _children(fields.get("Values"), "Value")),
     )
 
 
 def _email(el: etree._Element | None) -> EmailAddress | None:
     if el is None:
         return None
+    fields = _child_index(el)
     return EmailAddress(
-        name=_text(el, "Name"),
-        email_address=_text(el, "EmailAddress"),
-        routing_type=_text(el, "RoutingType"),
-        mailbox_type=_text(el, "MailboxType"),
+        name=_str_or_none(fields.get("Name")),
+        email_address=_str_or_none(fields.get("EmailAddress")),
+        routing_type=_str_or_none(fields.get("RoutingType")),
+        mailbox_type=_str_or_none(fields.get("MailboxType")),
     )
 
 
 def _phone(el: etree._Element | None) -> PhoneNumber | None:
     if el is None:
         return None
-    return PhoneNumber(number=_text(el, "Number") or "", type=_text(el, "Type"))
+    fields = _child_index(el)
+    return PhoneNumber(number=_str_or_none(fields.get("Number")) or "", type=_str_or_none(fields.get("Type")))
 
 
 def _im_group(el: etree._Element) -> ImGroup:
+    fields = _child_index(el)
     return ImGroup(
-        display_name=_text(el, "DisplayName") or "",
-        group_type=_text(el, "GroupType") or "",
-        exchange_store_id=_item_id(_child(el, "ExchangeStoreId")),
-        member_correlation_key=tuple(_item_id(i) for i in _children(_child(el, "MemberCorrelationKey"), "ItemId")),
+        display_name=_str_or_none(fields.get("DisplayName")) or "",
+        group_type=_str_or_none(fields.get("GroupType")) or "",
+        exchange_store_id=_item_id(fields.get("ExchangeStoreId")),
+        member_correlation_key=tuple(_item_id(i) for i in _children(fields.get("MemberCorrelationKey"), "ItemId")),
         extended_properties=tuple(
-            _extended_property(p) for p in _children(_child(el, "ExtendedProperties"), "ExtendedProperty")
+            _extended_property(p) for p in _children(fields.get("ExtendedProperties"), "ExtendedProperty")
         ),
-        smtp_address=_text(el, "SmtpAddress"),
+        smtp_address=_str_or_none(fields.get("SmtpAddress")),
     )
 
 
@@ -417,25 +426,29 @@ def _attributed(el: etree._Element | None) -> tuple[AttributedValue, ...]:
     out = []
     for item in _elements(el):
         reader = _ATTRIBUTED_KINDS.get(_local(item))
-        value_el = _child(item, "Value")
-        if reader is None or value_el is None:
+        if reader is None:
+            continue
+        fields = _child_index(item)
+        value_el = fields.get("Value")
+        if value_el is None:
             continue
         out.append(AttributedValue(
             value=reader[0](value_el),
-            attributions=tuple(_str(a) for a in _children(_child(item, "Attributions"), "Attribution")),
+            attributions=tuple(_str(a) for a in _children(fields.get("Attributions"), "Attribution")),
         ))
     return tuple(out)
 
 
 def _attribution(el: etree._Element) -> PersonaAttribution:
+    fields = _child_index(el)
     return PersonaAttribution(
-        id=_text(el, "Id") or "",
-        source_id=_item_id(_child(el, "SourceId")),
-        display_name=_text(el, "DisplayName"),
-        is_writable=_bool(_text(el, "IsWritable"), "IsWritable"),
-        is_quick_contact=_bool(_text(el, "IsQuickContact"), "IsQuickContact"),
-        is_hidden=_bool(_text(el, "IsHidden"), "IsHidden"),
-        folder_id=_item_id(_child(el, "FolderId")),
+        id=_str_or_none(fields.get("Id")) or "",
+        source_id=_item_id(fields.get("SourceId")),
+        display_name=_str_or_none(fields.get("DisplayName")),
+        is_writable=_bool(_str_or_none(fields.get("IsWritable")), "IsWritable"),
+        is_quick_contact=_bool(_str_or_none(fields.get("IsQuickContact")), "IsQuickContact"),
+        is_hidden=_bool(_str_or_none(fields.get("IsHidden")), "IsHidden"),
+        folder_id=_item_id(fields.get("FolderId")),
     )
 
 
@@ -473,47 +486,59 @@ _PERSONA_FIELDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def _email_addresses(el: etree._Element) -> tuple[EmailAddress, ...]:
+    # The schema names the items Address; Exchange's own pages show EmailAddress.
+    return tuple(_email(a) for a in _elements(el) if _local(a) in ("Address", "EmailAddress"))
+
+
+def _attributions(el: etree._Element) -> tuple[PersonaAttribution, ...]:
+    return tuple(_attribution(a) for a in _children(el, "Attribution"))
+
+
+# The reader of each kind of _PERSONA_FIELDS.
+_PERSONA_READERS: dict[str, Callable[[etree._Element], Any]] = {
+    "str": _str,
+    "int": lambda el: _int(_str(el)),
+    "itemid": _item_id,
+    "email": _email,
+    "emails": _email_addresses,
+    "attributions": _attributions,
+    "attributed": _attributed,
+}
+# (element, field, reader) in the schema's order, which is also the order fields are read
+# in (so of two broken fields, the first in the schema is the one reported).
+_PERSONA_DECODERS = tuple((element, field_name, _PERSONA_READERS[kind.partition(":")[0]])
+                          for element, field_name, kind in _PERSONA_FIELDS)
+
+
 def _persona(el: etree._Element) -> Persona:
     values: dict[str, Any] = {}
     index = _child_index(el)
-    for element, field_name, kind in _PERSONA_FIELDS:
+    for element, field_name, read in _PERSONA_DECODERS:
         c = index.get(element)
-        if c is None:
-            continue
-        if kind == "str":
-            values[field_name] = _str(c)
-        elif kind == "int":
-            values[field_name] = _int(_str(c))
-        elif kind == "itemid":
-            values[field_name] = _item_id(c)
-        elif kind == "email":
-            values[field_name] = _email(c)
-        elif kind == "emails":
-            # The schema names the items Address; Exchange's own pages show EmailAddress.
-            values[field_name] = tuple(_email(a) for a in _elements(c) if _local(a) in ("Address", "EmailAddress"))
-        elif kind == "attributions":
-            values[field_name] = tuple(_attribution(a) for a in _children(c, "Attribution"))
-        else:
-            values[field_name] = _attributed(c)
+        if c is not None:
+            values[field_name] = read(c)
     if "persona_id" not in values:
         raise _Invalid("A Persona has no PersonaId.")
     return Persona(**values)
 
 
 def _item_list(el: etree._Element) -> ImItemList:
+    fields = _child_index(el)
     return ImItemList(
-        groups=tuple(_im_group(g) for g in _children(_child(el, "Groups"), "ImGroup")),
-        personas=tuple(_persona(p) for p in _children(_child(el, "Personas"), "Persona")),
+        groups=tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup")),
+        personas=tuple(_persona(p) for p in _children(fields.get("Personas"), "Persona")),
     )
 
 
 def _message_xml(el: etree._Element | None) -> MessageXml | None:
     if el is None:
         return None
+    fields = _child_index(el)
     return MessageXml(
-        line_number=_int(_text(el, "LineNumber")),
-        line_position=_int(_text(el, "LinePosition")),
-        violation=_text(el, "Violation"),
+        line_number=_int(_str_or_none(fields.get("LineNumber"))),
+        line_position=_int(_str_or_none(fields.get("LinePosition"))),
+        violation=_str_or_none(fields.get("Violation")),
         values=tuple((v.get("Name") or "", _str(v)) for v in _children(el, "Value")),
     )
 
@@ -728,20 +753,21 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
 
 
 def _ucs_message(op: str, el: etree._Element) -> UcsResponse:
+    fields = _child_index(el)
     payload: Any = None
-    if (g := _child(el, "ImGroup")) is not None:
+    if (g := fields.get("ImGroup")) is not None:
         payload = _im_group(g)
-    elif (il := _child(el, "ImItemList")) is not None:
+    elif (il := fields.get("ImItemList")) is not None:
         payload = _item_list(il)
-    elif (p := _child(el, "Persona")) is not None:
+    elif (p := fields.get("Persona")) is not None:
         payload = _persona(p)
     return UcsResponse(
         operation=op,
         response_class=el.get("ResponseClass") or P.SUCCESS,
-        response_code=_text(el, "ResponseCode") or "NoError",
-        message_text=_text(el, "MessageText"),
-        descriptive_link_key=_int(_text(el, "DescriptiveLinkKey")),
-        message_xml=_message_xml(_child(el, "MessageXml")),
+        response_code=_str_or_none(fields.get("ResponseCode")) or "NoError",
+        message_text=_str_or_none(fields.get("MessageText")),
+        descriptive_link_key=_int(_str_or_none(fields.get("DescriptiveLinkKey"))),
+        message_xml=_message_xml(fields.get("MessageXml")),
         payload=payload,
     )
 
