@@ -409,14 +409,19 @@ class DecodeError:
 # JSON: records <-> plain data, for the log, fixtures and saved model state.
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+#: Types to_jsonable passes through as they are, looked up by exact type (the common case).
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+#: Per class: its field names when it is a record, None when it is not. Filled as classes are met.
+_RECORD_FIELDS: dict[type, tuple[str, ...] | None] = {}
 
 
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+def _record_fields(cls: type) -> tuple[str, ...] | None:
+    try:
+        return _RECORD_FIELDS[cls]
+    except KeyError:
+        names = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+        _RECORD_FIELDS[cls] = names
+        return names
 
 
 def to_jsonable(value: Any) -> Any:
@@ -424,22 +429,27 @@ def to_jsonable(value: Any) -> Any:
 
     Attributed values carry their value's type in ``kind`` so they can be read back.
     """
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (tuple, list)):
-        return [to_jsonable(v) for v in value]
     cls = type(value)
-    if dataclasses.is_dataclass(cls):
-        out: dict[str, Any] = {}
-        if cls is AttributedValue:
-            out["kind"] = type(value.value).__name__
-        for name in _field_names(cls):
-            v = getattr(value, name)
-            if v is None or v == ():
-                continue
+    if cls in _PLAIN_TYPES:
+        return value
+    if cls is tuple or cls is list:
+        return [to_jsonable(v) for v in value]
+    names = _record_fields(cls)
+    if names is None:  # subclasses of the plain types and sequences, anything else as it is
+        if isinstance(value, (tuple, list)):
+            return [to_jsonable(v) for v in value]
+        return value
+    out: dict[str, Any] = {}
+    if cls is AttributedValue:
+        out["kind"] = type(value.value).__name__
+    for name in names:
+        v = getattr(value, name)
+        if type(v) in _PLAIN_TYPES:  # kept unless None; no call for the plain fields
+            if v is not None:
+                out[name] = v
+        elif v != ():
             out[name] = to_jsonable(v)
-        return out
-    return value
+    return out
 
 
 _SCALAR_KINDS: dict[str, type] = {
