@@ -138,8 +138,14 @@ def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str
     return text, cut
 
 
+# The JSON columns: keys sorted (an import of exported fixtures gives the same text back),
+# non-ASCII kept as it is. One encoder for all rows: json.dumps would build one per call;
+# records and headers hold no cycles, so it need not look for them.
+_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, check_circular=False)
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return None if value is None else _JSON.encode(value)
 
 
 def _decode_error(e: DecodeError) -> dict:
