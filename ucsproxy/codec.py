@@ -249,6 +249,14 @@ def _elements(el: etree._Element | None) -> Iterator[etree._Element]:
     return (c for c in el if isinstance(c.tag, str))
 
 
+def _named_elements(el: etree._Element) -> Iterator[tuple[str, etree._Element]]:
+    """(local name, child) of each child element: the tag is read once per child."""
+    for c in el:
+        tag = c.tag
+        if isinstance(tag, str):  # not a comment or processing instruction
+            yield tag.rpartition("}")[2], c
+
+
 # Children are found by local name in any namespace ("{*}Name"): lxml filters them in C,
 # which beats a Python loop over the children; namespaces were checked on the envelope.
 
@@ -292,6 +300,19 @@ def _str_or_none(el: etree._Element | None) -> str | None:
     return None if el is None else _str(el)
 
 
+def _texts(el: etree._Element | None, name: str) -> tuple[str, ...]:
+    """The character content of each child element called ``name``. (A Python pass: for the
+    one or two children of an Attributions or Values list it beats setting up lxml's filter.)"""
+    if el is None:
+        return ()
+    texts = []
+    for c in el:
+        tag = c.tag
+        if isinstance(tag, str) and tag.rpartition("}")[2] == name:
+            texts.append(_str(c))
+    return tuple(texts)
+
+
 def _text(el: etree._Element | None, name: str) -> str | None:
     return _str_or_none(_child(el, name))
 
@@ -323,17 +344,18 @@ def _bool(value: str | None, name: str = "value") -> bool | None:
     raise _Invalid(f"'{value}' is not a valid xs:boolean for '{name}'.")
 
 
+_ENVELOPE, _HEADER, _BODY, _FAULT = (f"{{{S}}}{name}" for name in ("Envelope", "Header", "Body", "Fault"))
+
+
 def _envelope_parts(root: etree._Element) -> tuple[etree._Element | None, etree._Element] | DecodeError:
-    if _local(root) != "Envelope" or etree.QName(root).namespace != S:
+    if root.tag != _ENVELOPE:
         ns = etree.QName(root).namespace
         return DecodeError("not-soap", f"The root element is {{{ns}}}{_local(root)}, not a SOAP 1.1 Envelope.")
     header = body = None
-    for c in _elements(root):
-        if etree.QName(c).namespace != S:
-            continue
-        if _local(c) == "Header":
+    for c in root:
+        if c.tag == _HEADER:
             header = c
-        elif _local(c) == "Body":
+        elif c.tag == _BODY:
             body = c
     if body is None:
         return DecodeError("no-body", "The SOAP envelope has no Body.")
@@ -377,7 +399,7 @@ def _extended_property(el: etree._Element) -> ExtendedProperty:
     return ExtendedProperty(
         field_uri=_field_uri(uri),
         value=_str_or_none(fields.get("Value")),
-        values=tuple(_str(v) for v in _children(fields.get("Values"), "Value")),
+        values=_texts(fields.get("Values"), "Value"),
     )
 
 
@@ -424,9 +446,11 @@ _ATTRIBUTED_KINDS: dict[str, tuple[Callable[[etree._Element], Any], str]] = {
 
 
 def _attributed(el: etree._Element | None) -> tuple[AttributedValue, ...]:
+    if el is None:
+        return ()
     out = []
-    for item in _elements(el):
-        reader = _ATTRIBUTED_KINDS.get(_local(item))
+    for name, item in _named_elements(el):
+        reader = _ATTRIBUTED_KINDS.get(name)
         if reader is None:
             continue
         fields = _child_index(item)
@@ -435,7 +459,7 @@ def _attributed(el: etree._Element | None) -> tuple[AttributedValue, ...]:
             continue
         out.append(AttributedValue(
             value=reader[0](value_el),
-            attributions=tuple(_str(a) for a in _children(fields.get("Attributions"), "Attribution")),
+            attributions=_texts(fields.get("Attributions"), "Attribution"),
         ))
     return tuple(out)
 
@@ -489,7 +513,7 @@ _PERSONA_FIELDS: tuple[tuple[str, str, str], ...] = (
 
 def _email_addresses(el: etree._Element) -> tuple[EmailAddress, ...]:
     # The schema names the items Address; Exchange's own pages show EmailAddress.
-    return tuple(_email(a) for a in _elements(el) if _local(a) in ("Address", "EmailAddress"))
+    return tuple(_email(a) for name, a in _named_elements(el) if name in ("Address", "EmailAddress"))
 
 
 def _attributions(el: etree._Element) -> tuple[PersonaAttribution, ...]:
@@ -559,9 +583,10 @@ def operation_from_soap_action(value: str | None) -> str | None:
 
 
 def _headers(header: etree._Element | None) -> SoapHeaders:
-    version = _child(header, "RequestServerVersion")
+    fields = _child_index(header)
+    version = fields.get("RequestServerVersion")
     impersonation = None
-    imp = _child(header, "ExchangeImpersonation")
+    imp = fields.get("ExchangeImpersonation")
     if imp is not None:
         sid = _child(imp, "ConnectingSID")
         impersonation = Impersonation(
@@ -570,10 +595,10 @@ def _headers(header: etree._Element | None) -> SoapHeaders:
             primary_smtp_address=_text(sid, "PrimarySmtpAddress"),
             smtp_address=_text(sid, "SmtpAddress"),
         )
-    tz = _child(_child(header, "TimeZoneContext"), "TimeZoneDefinition")
+    tz = _child(fields.get("TimeZoneContext"), "TimeZoneDefinition")
     return SoapHeaders(
         request_server_version=version.get("Version") if version is not None else None,
-        mailbox_culture=_text(header, "MailboxCulture"),
+        mailbox_culture=_str_or_none(fields.get("MailboxCulture")),
         impersonation=impersonation,
         time_zone_context=tz.get("Id") if tz is not None else None,
     )
@@ -731,7 +756,7 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
         return opened
     header, first = opened
     server_version = _server_version(header)
-    if _local(first) == "Fault" and etree.QName(first).namespace == S:
+    if first.tag == _FAULT:
         return EwsResponse(operation=operation, server_version=server_version, fault=_fault(first))
     name = _local(first)
     if _ns(first) != M or not name.endswith("Response"):
