@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 from typing import Any, Callable, Iterator
 
 from lxml import etree
@@ -73,6 +74,18 @@ def _parser(encoding: str | None = None) -> etree.XMLParser:
         encoding=encoding, resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
         huge_tree=False, remove_blank_text=False,
     )
+
+
+_PARSERS = threading.local()
+
+
+def _thread_parser() -> etree.XMLParser:
+    """This thread's parser for bodies read in their own declared encoding. lxml parsers can
+    be reused, one parse at a time: this saves a parser context per body."""
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = _parser()
+    return parser
 
 
 _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"), "<!DOCTYPE".encode("utf-16-be"),
@@ -174,7 +187,7 @@ def _parse(body: Any, content_type: str | None = None) -> etree._Element | Decod
     if b"!" in body and any(marker in body for marker in _DOCTYPE_MARKERS):
         return DecodeError("forbidden-dtd", "DTDs and entity declarations are not allowed in EWS requests.")
     try:
-        root = etree.fromstring(body, _parser())
+        root = etree.fromstring(body, _thread_parser())
     except etree.XMLSyntaxError as e:
         line, column = (e.position if e.position else (None, None))
         # lxml appends the position to its message; the position has fields of its own.
