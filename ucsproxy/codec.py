@@ -310,7 +310,11 @@ def _str(el: etree._Element) -> str:
 
 
 def _str_or_none(el: etree._Element | None) -> str | None:
-    return None if el is None else _str(el)
+    if el is None:
+        return None
+    if len(el) == 0:  # the usual leaf, without a call to _str
+        return el.text or ""
+    return _str(el)
 
 
 def _texts(el: etree._Element | None, name: str) -> tuple[str, ...]:
