@@ -107,6 +107,11 @@ class AttributedValue:
     value: AttributedScalar
     attributions: tuple[str, ...] = ()
 
+    @property
+    def kind(self) -> str:
+        """The value's type name; the JSON form carries it so the value can be read back."""
+        return type(self.value).__name__
+
 
 @dataclass(frozen=True)
 class Persona:
@@ -411,21 +416,30 @@ class DecodeError:
 
 #: Types to_jsonable passes through as they are, looked up by exact type (the common case).
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
-#: Per class: its field names when it is a record, None when it is not. Filled as classes are met.
-_RECORD_FIELDS: dict[type, tuple[str, ...] | None] = {}
+#: Per class: the keys of its JSON form when it is a record, None when it is not. Filled as
+#: classes are met.
+_JSON_KEYS: dict[type, tuple[str, ...] | None] = {}
 
 
-def _record_fields(cls: type) -> tuple[str, ...] | None:
+def _json_keys(cls: type) -> tuple[str, ...] | None:
+    """A record's fields (and ``kind`` for attributed values) in sorted order: the JSON
+    text of to_jsonable's dicts then needs no sort_keys to be the same as with it."""
     try:
-        return _RECORD_FIELDS[cls]
+        return _JSON_KEYS[cls]
     except KeyError:
-        names = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
-        _RECORD_FIELDS[cls] = names
-        return names
+        keys = None
+        if dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls)]
+            if cls is AttributedValue:
+                names.append("kind")
+            keys = tuple(sorted(names))
+        _JSON_KEYS[cls] = keys
+        return keys
 
 
 def to_jsonable(value: Any) -> Any:
-    """Turn a record into JSON-ready data, dropping None and empty fields.
+    """Turn a record into JSON-ready data, dropping None and empty fields; dict keys come
+    in sorted order.
 
     Attributed values carry their value's type in ``kind`` so they can be read back.
     """
@@ -434,14 +448,12 @@ def to_jsonable(value: Any) -> Any:
         return value
     if cls is tuple or cls is list:
         return [to_jsonable(v) for v in value]
-    names = _record_fields(cls)
+    names = _json_keys(cls)
     if names is None:  # subclasses of the plain types and sequences, anything else as it is
         if isinstance(value, (tuple, list)):
             return [to_jsonable(v) for v in value]
         return value
     out: dict[str, Any] = {}
-    if cls is AttributedValue:
-        out["kind"] = type(value.value).__name__
     for name in names:
         v = getattr(value, name)
         if type(v) in _PLAIN_TYPES:  # kept unless None; no call for the plain fields
