@@ -131,6 +131,14 @@ def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str
     if body is None:
         return None, False
     cut = len(body) > MAX_STORED_BODY
+    if not cut and body[:2] not in (b"<\x00", b"\x00<"):
+        # The usual body is UTF-8, which xml_encoding would pick too (no other byte order mark
+        # is valid UTF-8; a BOM-less UTF-16 start is ruled out above): decode it once instead
+        # of checking it, then decoding it.
+        try:
+            return body.decode("utf-8"), False
+        except UnicodeDecodeError:
+            pass
     encoding = codec.xml_encoding(body, content_type)
     text = body[:MAX_STORED_BODY].decode(encoding, errors="replace")
     if encoding != "utf-8":
