@@ -83,3 +83,12 @@ def test_text_without_tokens_is_untouched():
     assert JWT not in redact_text(f"x {JWT} y")
     assert redact_text(body) == body
     assert redact_text("BEARER abcdefghijklmnopqrstuvwxyz0123") == "BEARER <redacted>"
+
+
+def test_bearer_in_any_letter_case_is_redacted():
+    # RFC 9110: auth scheme names are case-insensitive.
+    token = "opaque-access-token-0123456789"
+    for scheme in ("Bearer", "bearer", "BEARER", "BeArEr", "bEARER"):
+        assert token not in redact_text(f"<t:Note>{scheme} {token}</t:Note>"), scheme
+        assert redact_headers([("X-Forwarded-Token", f"{scheme} {token}")]) == [
+            ("X-Forwarded-Token", f"{scheme} <redacted>")], scheme

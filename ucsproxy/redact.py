@@ -73,7 +73,8 @@ def redact_text(text: str) -> str:
 
 
 def _redact(text: str, bearer: re.Pattern) -> str:
-    if "earer" not in text and "EARER" not in text and "eyJ" not in text:
+    # Auth scheme names are case-insensitive ("BeArEr" too); lower() is cheaper than a regex scan.
+    if "eyJ" not in text and "bearer" not in text.lower():
         return text
     text = bearer.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return _JWT.sub(REDACTED, text)
