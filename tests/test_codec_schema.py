@@ -547,6 +547,7 @@ def test_every_error_the_mock_and_replay_give_is_schema_valid(schema):
         _mock_answer(service, RemoveImGroup(bogus)),                                    # InvalidImGroupId
         _mock_answer(service, RemoveContactFromImList(bogus)),                          # ItemNotFound
         _mock_answer(service, RemoveImGroup(ItemId("not an id"))),                      # InvalidIdMalformed
+        _mock_answer(service, RemoveImGroup(ItemId(""))),                               # InvalidIdEmpty
         _mock_answer(service, RemoveImGroup(elsewhere)),                                # NonExistentMailbox, MessageXml
         _mock_answer(service, SetImGroup(default_group, "Renamed")),                    # a default group
         _mock_answer(service, AddDistributionGroupToImList("not an address", "DG")),    # bad SMTP address

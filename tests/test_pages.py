@@ -69,8 +69,6 @@ FIXTURES = sorted(p.name for p in PAGES.glob("*.xml"))
 REFUSED_REQUESTS = {
     # [MS-OXWSCOS] 3.1.4.1.3.1: DisplayName has no minOccurs="0"; the page's request omits it.
     "AddDistributionGroupToImList.request.xml",
-    # Id="" is a schema-valid xs:string, but the codec refuses it as missing (a codec matter).
-    "RemoveContactFromImList.request.xml",
 }
 
 
@@ -147,9 +145,6 @@ def test_every_fixture_decodes(name):
     if name.endswith(".request.xml"):
         decoded = codec.decode_request(page(name))
         if name in REFUSED_REQUESTS:
-            if name == "RemoveContactFromImList.request.xml":
-                pytest.xfail("codec: an empty Id attribute is refused as missing; the schema "
-                             "(xs:string, use=required) accepts it and Exchange answers it, not a fault")
             assert isinstance(decoded, DecodeError)  # see test_add_distribution_group_page_request_breaks_the_spec
             return
         assert isinstance(decoded, EwsRequest), decoded
@@ -569,3 +564,11 @@ def test_ids_a_mailbox_holds_are_never_malformed_nor_foreign():
     answer = _send(service, RemoveImGroup(ItemId(custom.id)))
     assert (answer.response_class, answer.response_code) == ("Success", "NoError")
     assert_answers_like_page(_send(service, RemoveImGroup(ItemId(custom.id))), "RemoveImGroup.error.xml")
+
+
+def test_remove_contact_from_im_list_page_request_as_printed(service):
+    # The page prints Id="": schema-valid (xs:string), so it decodes, and the mock answers an error.
+    req = codec.decode_request(page("RemoveContactFromImList.request.xml"))
+    assert req.body == RemoveContactFromImList(ItemId(""))
+    answer = ask(service, req)
+    assert (answer.response_class, answer.response_code) == ("Error", "ErrorInvalidIdEmpty")

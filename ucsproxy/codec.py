@@ -392,8 +392,9 @@ def _item_id(el: etree._Element | None, required: str | None = None) -> ItemId |
             raise _Invalid(f"The element '{required}' is required.")
         return None
     ident = el.get("Id")
-    if not ident:
+    if ident is None:
         raise _Invalid(f"The 'Id' attribute of '{_local(el)}' is missing.")
+    # Id="" is schema-valid (xs:string): Exchange answers it with an error, not a fault.
     return ItemId(ident, el.get("ChangeKey"))
 
 

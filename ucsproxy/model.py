@@ -119,6 +119,11 @@ class ItemNotFound(UcsError):
     code = "ErrorItemNotFound"
 
 
+class InvalidIdEmpty(UcsError):
+    """An empty Id attribute (schema-valid, so an error rather than a fault)."""
+    code = "ErrorInvalidIdEmpty"
+
+
 class InvalidIdMalformed(UcsError):
     """An id that is no EWS id at all (the RemoveImGroup page)."""
     code = "ErrorInvalidIdMalformed"
@@ -337,6 +342,8 @@ class Mailbox:
 
     def _unknown_id(self, ident: str | None, missing: type[UcsError]) -> UcsError:
         """Why an id names nothing here: malformed, another mailbox's, or simply not (or no longer) there."""
+        if not ident:
+            return InvalidIdEmpty()
         if not is_well_formed_id(ident):
             return InvalidIdMalformed()
         guid = self._foreign_mailbox_guid(ident or "") if FOREIGN_ID_ERROR is not None else None

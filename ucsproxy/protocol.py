@@ -259,6 +259,7 @@ MESSAGE_TEXTS: dict[str, str] = {
     # RemoveImGroup page
     "ErrorInvalidImGroupId": "The specified Im Group Id is invalid.",
     "ErrorInvalidIdMalformed": "Id is malformed.",
+    "ErrorInvalidIdEmpty": "Id must be non-empty.",
     "ErrorImContactLimitReached": "The maximum number of IM contacts has been reached.",
     "ErrorImGroupLimitReached": "The maximum number of IM groups has been reached.",
     # SetImGroup page
