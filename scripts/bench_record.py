@@ -88,10 +88,8 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 def spec_response() -> bytes:
     """The GetImItemList response of the operation page, with http:// namespaces."""
-    text = (ROOT.parent / "shared" / "spec" / "GetImItemList-operation.md").read_text()
-    start = text.index("<s:Envelope")
-    end = text.index("</s:Envelope>", start) + len("</s:Envelope>")
-    return text[start:end].replace("https://schemas.microsoft.com", "http://schemas.microsoft.com").encode()
+    text = (ROOT / "tests" / "fixtures" / "spec" / "GetImItemList.page.response.xml").read_text()
+    return text.replace("https://schemas.microsoft.com", "http://schemas.microsoft.com").encode()
 
 
 async def client(port: int, count: int, latencies: list[float]) -> None:

@@ -199,11 +199,8 @@ def test_state_is_saved_on_sigterm_and_loaded_again(tmp_path):
 
 
 def test_seeded_from_a_recorded_item_list(tmp_path):
-    spec = (ROOT.parent / "shared" / "spec" / "GetImItemList-operation.md").read_text()
-    start = spec.index("<s:Envelope")
-    body = spec[start: spec.index("</s:Envelope>", start) + len("</s:Envelope>")]
-    item_list = tmp_path / "list.xml"
-    item_list.write_text(body)
+    # The GetImItemList page's response, as printed (https namespaces).
+    item_list = Path(__file__).parent / "fixtures" / "spec" / "GetImItemList.page.response.xml"
     proc = start_ucsproxy(tmp_path, "mock", "--item-list", str(item_list), "--db", "")
     try:
         listing = EwsClient(proc.url).get_im_item_list()
