@@ -109,3 +109,23 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, path: str
 @pytest.fixture
 def spec_dir() -> Path:
     return SPEC_DIR
+
+
+def decoded_request(body: bytes):
+    """A request body the codec must read: its EwsRequest (a DecodeError fails the test)."""
+    from ucsproxy import codec
+    from ucsproxy.records import EwsRequest
+
+    decoded = codec.decode_request(body)
+    assert isinstance(decoded, EwsRequest), decoded
+    return decoded
+
+
+def decoded_response(body: bytes):
+    """A response body the codec must read: its EwsResponse (a DecodeError fails the test)."""
+    from ucsproxy import codec
+    from ucsproxy.records import EwsResponse
+
+    decoded = codec.decode_response(body)
+    assert isinstance(decoded, EwsResponse), decoded
+    return decoded

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from conftest import decoded_request, decoded_response
 from ucsproxy import codec
 from ucsproxy import protocol as P
 from ucsproxy.records import (
@@ -57,15 +58,11 @@ def fixture(name: str) -> bytes:
 
 
 def request(name: str) -> EwsRequest:
-    decoded = codec.decode_request(fixture(name))
-    assert isinstance(decoded, EwsRequest), decoded
-    return decoded
+    return decoded_request(fixture(name))
 
 
 def response(name: str) -> EwsResponse:
-    decoded = codec.decode_response(fixture(name))
-    assert isinstance(decoded, EwsResponse), decoded
-    return decoded
+    return decoded_response(fixture(name))
 
 
 # -- the documents' examples, read as a person reads them ---------------------

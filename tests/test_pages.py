@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import decoded_request, decoded_response
 from ucsproxy import codec
 from ucsproxy import protocol as P
 from ucsproxy.model import DEFAULT_MAILBOX, UcsModel
@@ -77,15 +78,11 @@ def page(name: str) -> bytes:
 
 
 def request(name: str) -> EwsRequest:
-    decoded = codec.decode_request(page(name))
-    assert isinstance(decoded, EwsRequest), decoded
-    return decoded
+    return decoded_request(page(name))
 
 
 def response(name: str) -> EwsResponse:
-    decoded = codec.decode_response(page(name))
-    assert isinstance(decoded, EwsResponse), decoded
-    return decoded
+    return decoded_response(page(name))
 
 
 @pytest.fixture
