@@ -254,6 +254,8 @@ def test_errors_are_typed_and_carry_the_response_code():
         model.add_im_group(DEFAULT_MAILBOX, "OTHER CONTACTS")
     assert type(error_for("ErrorImContactLimitReached")) is ImContactLimitReached
     assert error_for("ErrorServerBusy").code == "ErrorServerBusy"
+    for cls in UcsError.__subclasses__():  # every typed error, the newest too
+        assert type(error_for(cls.code)) is cls
 
 
 def test_group_contact_and_persona_ids_look_like_exchange_ids_and_differ_in_kind():

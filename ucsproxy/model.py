@@ -134,11 +134,8 @@ class NonExistentMailbox(UcsError):
     code = "ErrorNonExistentMailbox"
 
 
-_ERROR_CLASSES: dict[str, type[UcsError]] = {
-    cls.code: cls for cls in (InvalidImContactId, InvalidImGroupId, ImContactLimitReached, ImGroupLimitReached,
-                              ImGroupDisplayNameAlreadyExists, InvalidImDistributionGroupSmtpAddress, ItemNotFound,
-                              InvalidIdMalformed, NonExistentMailbox)
-}
+#: Every typed error above, by its ResponseCode.
+_ERROR_CLASSES: dict[str, type[UcsError]] = {cls.code: cls for cls in UcsError.__subclasses__()}
 
 
 def error_for(code: str, detail: str | None = None) -> UcsError:
@@ -346,7 +343,7 @@ class Mailbox:
             return InvalidIdEmpty()
         if not is_well_formed_id(ident):
             return InvalidIdMalformed()
-        guid = self._foreign_mailbox_guid(ident or "") if FOREIGN_ID_ERROR is not None else None
+        guid = self._foreign_mailbox_guid(ident) if FOREIGN_ID_ERROR is not None else None
         if guid is not None:
             return FOREIGN_ID_ERROR(detail=f"The id belongs to mailbox {guid}.", values=(("MailboxGuid", guid),))
         return missing()
