@@ -294,12 +294,9 @@ def _child_index(el: etree._Element | None) -> dict[str, etree._Element]:
     index: dict[str, etree._Element] = {}
     if el is None:
         return index
-    for c in el[:]:
-        tag = c.tag
-        if isinstance(tag, str):  # not a comment or processing instruction
-            name = tag.rpartition("}")[2]
-            if name not in index:
-                index[name] = c
+    for name, c in _named_elements(el):
+        if name not in index:
+            index[name] = c
     return index
 
 
@@ -325,12 +322,7 @@ def _texts(el: etree._Element | None, name: str) -> tuple[str, ...]:
     one or two children of an Attributions or Values list it beats setting up lxml's filter.)"""
     if el is None:
         return ()
-    texts = []
-    for c in el[:]:
-        tag = c.tag
-        if isinstance(tag, str) and tag.rpartition("}")[2] == name:
-            texts.append(_str(c))
-    return tuple(texts)
+    return tuple(_str(c) for local, c in _named_elements(el) if local == name)
 
 
 def _text(el: etree._Element | None, name: str) -> str | None:
