@@ -92,6 +92,7 @@ _DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"),
                     b"<!ENTITY", "<!ENTITY".encode("utf-16-le"), "<!ENTITY".encode("utf-16-be"))
 
 
+_DTD_REFUSED = "DTDs and entity declarations are not allowed in EWS requests."
 _LXML_POSITION = re.compile(r",?\s*line \d+, column \d+\s*$")
 
 
@@ -185,7 +186,7 @@ def _parse(body: Any, content_type: str | None = None) -> etree._Element | Decod
         return DecodeError("not-soap", "The body is an HTML page, not a SOAP envelope.")
     # Every marker holds a "!": one memchr over the body clears the usual message of all seven.
     if b"!" in body and any(marker in body for marker in _DOCTYPE_MARKERS):
-        return DecodeError("forbidden-dtd", "DTDs and entity declarations are not allowed in EWS requests.")
+        return DecodeError("forbidden-dtd", _DTD_REFUSED)
     try:
         root = etree.fromstring(body, _thread_parser())
     except etree.XMLSyntaxError as e:
@@ -215,7 +216,7 @@ def _parse_as(body: bytes, encodings: list[str]) -> etree._Element | DecodeError
         except (LookupError, UnicodeDecodeError):
             continue
         if "<!DOCTYPE" in text or "<!doctype" in text or "<!ENTITY" in text:
-            return DecodeError("forbidden-dtd", "DTDs and entity declarations are not allowed in EWS requests.")
+            return DecodeError("forbidden-dtd", _DTD_REFUSED)
         for name in _libxml_names(encoding):
             try:
                 root = etree.fromstring(body, _parser(name))
