@@ -134,10 +134,13 @@ def test_no_secret_reaches_the_file(tmp_path, upstream, odd_upstream):
     rec = start_ucsproxy(tmp_path, "record", "--upstream", odd_upstream, "--db", str(db))
     try:
         conn = http.client.HTTPConnection("127.0.0.1", rec.port, timeout=10)
-        conn.request("POST", "/gzip/EWS/Exchange.asmx", body=envelope("<m:GetImItemList/>"), headers={
+        # Auth schemes are case-insensitive: a "BeArEr" token is a token too.
+        body = envelope("<!-- BeArEr opaque-mixed-case-token-0123 --><m:GetImItemList/>")
+        conn.request("POST", "/gzip/EWS/Exchange.asmx", body=body, headers={
             "Authorization": "Basic c2VjcmV0LXVzZXI6c3VwZXItc2VjcmV0LXBhc3N3b3Jk",
             "Cookie": "X-BackEndCookie=another-secret-cookie; ClientId=secret-client-id",
             "Proxy-Authorization": "Bearer eyJsecret.bearer.token",
+            "X-Forwarded-Token": "bEaReR forwarded-mixed-case-token",
         })
         conn.getresponse().read()
         conn.close()
@@ -145,7 +148,8 @@ def test_no_secret_reaches_the_file(tmp_path, upstream, odd_upstream):
         rec.stop()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("secrets.db*"))
     for secret in (b"c2VjcmV0LXVzZXI6c3VwZXItc2VjcmV0LXBhc3N3b3Jk", b"super-secret-password",
-                   b"another-secret-cookie", b"secret-cookie-value", b"secret-client-id", b"eyJsecret"):
+                   b"another-secret-cookie", b"secret-cookie-value", b"secret-client-id", b"eyJsecret",
+                   b"opaque-mixed-case-token-0123", b"forwarded-mixed-case-token"):
         assert secret not in raw
 
 
