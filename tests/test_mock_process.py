@@ -114,6 +114,9 @@ def test_error_cases(mock):
     # GetImItems ignores unknown ids, as the operation page says.
     unknown = c.get_im_items(contact_ids=["AAMkAGQ1MjJjMTBkLTc4Y2AA="])
     assert unknown.response_code == "NoError"
+    # Ids that name nothing at all: empty (schema-valid, so an error, not a fault) and malformed.
+    assert c.remove_im_group("").response_code == "ErrorInvalidIdEmpty"
+    assert c.remove_im_group("not an id!").response_code == "ErrorInvalidIdMalformed"
 
 
 def test_old_or_missing_server_version_gets_the_documented_fault(mock):
@@ -129,6 +132,11 @@ def test_bad_xml_gets_schema_validation_fault_and_server_stays_up(mock):
     broken = c.raw(b'<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><m:AddImGroup')
     assert broken.status == 500
     assert broken.text("//s:Fault/detail/e:ResponseCode") == "ErrorSchemaValidation"
+    # An unescaped "&", worded as Exchange words it (the AddImGroup page's fault).
+    amp = c.raw(envelope("<m:AddImGroup><m:DisplayName>A & B</m:DisplayName></m:AddImGroup>"))
+    assert amp.status == 500
+    assert amp.text("//s:Fault/faultstring").startswith(
+        "The request failed schema validation: An error occurred while parsing EntityName. Line ")
     xxe = c.raw(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
                 b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&e;</soap:Body></soap:Envelope>')
     assert xxe.status == 500 and b"root:" not in xxe.body
