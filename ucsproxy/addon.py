@@ -16,46 +16,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import codec, faults
-from .exchange import RawExchange, request_user
-from .model import UcsModel
-from .records import DecodeError, EwsRequest, SoapFault, UcsResponse
-from .service import UcsService
-from .store import LogStore
+from . import core, faults
+from .core import MATCH_MODES, MODES, XML_HEADERS, UcsCore
+from .exchange import RawExchange
+from .records import EwsRequest, SoapFault, UcsResponse
 
 log = logging.getLogger("ucsproxy")
 
-MODES = ("record", "mock", "replay", "off")
-MATCH_MODES = ("strict", "operation", "sequence")
 DEFAULT_DB = "recordings/ucsproxy.db"
-XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}
 
 
 def is_ews_endpoint(request: http.Request) -> bool:
     """True for the EWS endpoint path, compared case-insensitively as IIS does."""
-    return request.path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
+    return core.is_ews_endpoint(request.path)
 
 
 class UcsProxy:
-    def __init__(self) -> None:
-        self.store: LogStore | None = None
-        self.model: UcsModel | None = None
-        self.service: UcsService | None = None
-        self.replay = None  # replay.ReplayIndex, imported lazily
-        self.engine: faults.FaultEngine | None = None
-        self.watcher: faults.FaultFileWatcher | None = None
-        self._store_key: tuple | None = None
-        self.mode = "record"
-        # Connections a timeout fault is holding wait on this; setting it lets them go.
-        self._release_held = asyncio.Event()
+    """mitmproxy's front on the shared :class:`~ucsproxy.core.UcsCore`: options in, flows to plain facts and back."""
+
+    def __init__(self, ucs_core: UcsCore | None = None) -> None:
+        self.core = ucs_core or UcsCore()
+
+    # The core's state, under the names the addon always had (the fixtures read .model and .store).
+    mode = property(lambda self: self.core.mode)
+    store = property(lambda self: self.core.store)
+    model = property(lambda self: self.core.model)
+    service = property(lambda self: self.core.service)
+    replay = property(lambda self: self.core.replay)
+    engine = property(lambda self: self.core.engine)
+    watcher = property(lambda self: self.core.watcher)
 
     # -- options -----------------------------------------------------------
 
@@ -77,91 +72,21 @@ class UcsProxy:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        self.mode = opts.ucs_mode
-        if updated & {"ucs_db", "ucs_keep_secrets"}:
-            self._open_store(opts.ucs_db, opts.ucs_keep_secrets)
-        if updated & {"ucs_mode", "ucs_state", "ucs_seed", "ucs_item_list", "ucs_mailbox"}:
-            self._build_model()
-        if updated & {"ucs_mode", "ucs_replay", "ucs_match", "ucs_stateful", "ucs_seed"}:
-            self._build_replay()
-        if updated & {"ucs_faults", "ucs_fault", "ucs_fault_seed"}:
-            self._build_faults()
-
-    def _open_store(self, path: str, keep_secrets: bool) -> None:
-        key = (path, keep_secrets)
-        if key == self._store_key:
-            return
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        self._store_key = key
-        if path:
-            try:
-                self.store = LogStore(path, keep_secrets=keep_secrets, writer="process")
-            except Exception as e:
-                raise exceptions.OptionsError(f"Cannot open the log {path}: {e}") from e
-
-    def _build_model(self) -> None:
-        opts = ctx.options
-        if opts.ucs_mode != "mock":
-            if opts.ucs_mode != "replay":  # replay builds its own model when stateful
-                self.model = self.service = None
-            return
+        c = self.core
+        c.mode = opts.ucs_mode
+        c.fallthrough = opts.ucs_fallthrough
         try:
-            if opts.ucs_state and os.path.exists(opts.ucs_state):
-                model = UcsModel.load(opts.ucs_state)
-            else:
-                model = UcsModel(seed=opts.ucs_seed)
-            if opts.ucs_item_list:
-                model.seed_mailbox(opts.ucs_mailbox or None, _read_item_list(opts.ucs_item_list))
-        except exceptions.OptionsError:
-            raise
-        except Exception as e:
-            raise exceptions.OptionsError(f"Cannot build the mock mailbox: {e}") from e
-        self.model = model
-        self.service = UcsService(model)
-
-    def _build_replay(self) -> None:
-        opts = ctx.options
-        if opts.ucs_mode != "replay":
-            self.replay = None
-            return
-        if not opts.ucs_replay:
-            raise exceptions.OptionsError("ucs_mode=replay needs ucs_replay: a recording (.db file or fixture directory).")
-        if not os.path.exists(opts.ucs_replay):
-            raise exceptions.OptionsError(f"Recording not found: {opts.ucs_replay}")
-        from . import replay
-
-        try:
-            if opts.ucs_stateful:
-                self.replay = None
-                self.model = replay.build_stateful_model(opts.ucs_replay, seed=opts.ucs_seed)
-                self.service = UcsService(self.model)
-            else:
-                self.replay = replay.ReplayIndex.from_source(opts.ucs_replay, match=opts.ucs_match)
-                self.model = self.service = None
-        except Exception as e:
-            raise exceptions.OptionsError(f"Cannot load the recording {opts.ucs_replay}: {e}") from e
-
-    def _build_faults(self) -> None:
-        opts = ctx.options
-        try:
-            if opts.ucs_faults:
-                self.watcher = faults.FaultFileWatcher(opts.ucs_faults)
-                config = self.watcher.config
-            else:
-                self.watcher = None
-                config = faults.FaultConfig(seed=opts.ucs_fault_seed, rules=())
-            extra = [faults.parse_fault_spec(s, i) for i, s in enumerate(opts.ucs_fault, 1)]
-        except faults.FaultFileError as e:
+            if updated & {"ucs_db", "ucs_keep_secrets"}:
+                c.open_store(opts.ucs_db, opts.ucs_keep_secrets)
+            if updated & {"ucs_mode", "ucs_state", "ucs_seed", "ucs_item_list", "ucs_mailbox"}:
+                c.build_model(state=opts.ucs_state, seed=opts.ucs_seed, item_list=opts.ucs_item_list,
+                              mailbox=opts.ucs_mailbox)
+            if updated & {"ucs_mode", "ucs_replay", "ucs_match", "ucs_stateful", "ucs_seed"}:
+                c.build_replay(opts.ucs_replay, match=opts.ucs_match, stateful=opts.ucs_stateful, seed=opts.ucs_seed)
+            if updated & {"ucs_faults", "ucs_fault", "ucs_fault_seed"}:
+                c.build_faults(opts.ucs_faults, opts.ucs_fault, opts.ucs_fault_seed)
+        except core.ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
-        self._let_held_go()
-        if not config.rules and not extra:
-            self.engine = None
-            return
-        self.engine = faults.FaultEngine(config)
-        for rule in extra:
-            self.engine.add(rule, seed=opts.ucs_fault_seed)
 
     # -- hooks -------------------------------------------------------------
 
@@ -169,21 +94,18 @@ class UcsProxy:
     # only when a fault has to wait: an async hook costs every request a task.
 
     def request(self, flow: http.HTTPFlow):
-        mode = self.mode
+        c = self.core
+        mode = c.mode
         if mode == "off":
             return None
         serving = mode in ("mock", "replay")
         decoded = None
-        if (serving or self.engine is not None) and flow.request.method == "POST" and is_ews_endpoint(flow.request):
-            decoded = codec.decode_request(
-                flow.request.get_content(strict=False) or b"",
-                flow.request.headers.get("SOAPAction"),
-                flow.request.headers.get("Content-Type"),
-            )
+        req = flow.request
+        if c.wants_decoded(req.method, req.path):
+            decoded = c.decode(req.get_content(strict=False) or b"", _pairs(req.headers))
             flow.metadata["ucs_request"] = decoded
-        if self.engine is not None:
-            self._poll_faults()
-            decision = self.engine.decide(_operation_named(decoded), self._mailbox(flow, decoded))
+        if c.engine is not None:
+            decision = c.decide(decoded, _pairs(req.headers))
             if decision is not None:
                 flow.metadata["ucs_fault"] = decision
                 return self._request_with_fault(flow, decoded, decision, serving)
@@ -228,91 +150,30 @@ class UcsProxy:
         self._log(flow)
 
     def _let_held_go(self) -> None:
-        """End every connection a timeout fault holds (as its timeout would) and start afresh."""
-        self._release_held.set()
-        self._release_held = asyncio.Event()
+        self.core.let_held_go()
 
     def done(self) -> None:
-        self._let_held_go()
-        if self.model is not None and ctx.options.ucs_mode == "mock" and ctx.options.ucs_state:
-            try:
-                self.model.save(ctx.options.ucs_state)
-                log.info(f"ucsproxy: saved mock state to {ctx.options.ucs_state}")
-            except Exception as e:
-                log.error(f"ucsproxy: could not save state to {ctx.options.ucs_state}: {e}")
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-            self._store_key = None
+        self.core.shutdown(ctx.options.ucs_state)
 
     # -- answering (mock / replay) -----------------------------------------
 
-    def _answer(self, flow: http.HTTPFlow, decoded: EwsRequest | DecodeError | None) -> None:
+    def _answer(self, flow: http.HTTPFlow, decoded) -> None:
         req = flow.request
-        if not is_ews_endpoint(req):
-            flow.response = http.Response.make(
-                404, b"ucsproxy: only POST /EWS/Exchange.asmx is served here.\n", {"Content-Type": "text/plain"}
-            )
-            return
-        if req.method != "POST":
-            flow.response = http.Response.make(
-                405, b"ucsproxy: EWS takes SOAP requests by POST.\n", {"Content-Type": "text/plain", "Allow": "POST"}
-            )
-            return
-        if isinstance(decoded, DecodeError):
-            fault = codec.schema_validation_fault(decoded)
-            flow.response = http.Response.make(500, codec.encode_fault(fault), XML_HEADERS)
-            return
-        assert decoded is not None
-        if self.replay is not None:
-            self._answer_from_recording(flow, decoded)
-            return
-        assert self.service is not None
-        answer = self.service.handle(decoded, user=request_user(req.headers.items(multi=True)))
-        flow.response = self._encode_answer(decoded, answer)
-
-    def _answer_from_recording(self, flow: http.HTTPFlow, decoded: EwsRequest) -> None:
-        from . import replay
-
-        found = self.replay.lookup(decoded, self._mailbox(flow, decoded))
-        if isinstance(found, replay.NoMatch):
-            if ctx.options.ucs_fallthrough:
-                return  # the reverse-proxy upstream answers
-            status, headers, body = replay.no_match_body(found)
-            flow.response = http.Response.make(status, body, _header_fields(headers))
-            return
-        flow.response = http.Response.make(found.status, found.body, _header_fields(found.headers))
+        answer = self.core.answer(req.method, req.path, _pairs(req.headers), decoded)
+        if answer is not None:
+            flow.response = _response(answer)
 
     @staticmethod
     def _encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> http.Response:
-        if isinstance(answer, SoapFault):
-            return http.Response.make(500, codec.encode_fault(answer), XML_HEADERS)
-        if not request.is_ucs:
-            body = codec.encode_unsupported(answer.operation, answer.response_code, answer.message_text or "")
-            return http.Response.make(200, body, XML_HEADERS)
-        return http.Response.make(200, codec.encode_response(answer), XML_HEADERS)
+        return _response(core.encode_answer(request, answer))
 
     # -- faults ------------------------------------------------------------
-
-    def _poll_faults(self) -> None:
-        if self.watcher is None:
-            return
-        changed, problem = self.watcher.poll()
-        if problem:
-            log.warning(f"ucsproxy: kept the previous fault rules: {problem}")
-        elif changed:
-            assert self.engine is not None
-            self.engine.replace(self.watcher.config)
-            self._let_held_go()
-            log.info(f"ucsproxy: reloaded {len(self.watcher.config.rules)} fault rule(s) from {self.watcher.path}")
 
     async def _apply_fault_before_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> bool:
         """Apply actions that replace the answer. True when the flow is settled."""
         action = decision.action
-        operation = _operation_of(flow)
-        if action in ("ews-error", "soap-fault", "server-busy", "http-status"):
-            status, headers, body = faults.render_error_body(decision, operation)
-            flow.response = http.Response.make(status, body, headers)
+        if action in core.RENDERED_ACTIONS:
+            flow.response = _response(core.rendered_answer(decision, _operation_of(flow)))
             flow.metadata["ucs_fault_applied"] = True
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
@@ -321,12 +182,7 @@ class UcsProxy:
             flow.kill()
             return True
         if action == "timeout":
-            # Hold until max_ms, or until the rules change (cleared, reloaded) or ucsproxy stops.
-            release = self._release_held
-            try:
-                await asyncio.wait_for(release.wait(), float(decision.params.get("max_ms", 120_000)) / 1000)
-            except asyncio.TimeoutError:
-                pass
+            await self.core.hold(decision)
             if flow.killable:
                 flow.kill()
             return True
@@ -335,71 +191,59 @@ class UcsProxy:
     def _apply_fault_to_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
         """Actions that alter a real (or mock) answer: truncate, malformed, stale-changekey."""
         resp = flow.response
-        if resp is None:
+        if resp is None or decision.action not in core.ALTERING_ACTIONS:
             return
-        action = decision.action
-        if action not in ("truncate", "malformed", "stale-changekey"):
-            return
-        body = resp.get_content(strict=False) or b""
-        if action == "stale-changekey":
-            resp.set_content(faults.stale_changekeys(body))
-        elif action == "malformed":
-            resp.set_content(faults.malform_body(body, decision.describe()))
-        elif action == "truncate":
-            cut = faults.truncate_body(body, decision.params)
-            original_length = len(resp.raw_content or b"")
-            resp.headers.pop("Content-Encoding", None)
-            resp.content = cut
-            if decision.params.get("keep_length"):
-                # Promise the full length, deliver less, then hang up: a short read.
-                resp.headers["Content-Length"] = str(max(original_length, len(cut) + 1))
-                resp.headers["Connection"] = "close"
+        altered = core.alter_body(resp.get_content(strict=False) or b"", decision, len(resp.raw_content or b""))
+        assert altered is not None
+        for name in altered.drop_headers:
+            resp.headers.pop(name, None)
+        resp.set_content(altered.body)
+        if altered.promised_length is not None:
+            # Promise the full length, deliver less, then hang up: a short read.
+            resp.headers["Content-Length"] = str(altered.promised_length)
+            resp.headers["Connection"] = "close"
         flow.metadata["ucs_fault_applied"] = True
 
     # -- logging -----------------------------------------------------------
 
     def _log(self, flow: http.HTTPFlow) -> None:
-        if self.store is None:
+        if self.core.store is None:
             return
-        try:
-            self.store.submit(raw_exchange_from_flow(flow, self.mode))
-        except Exception as e:  # the log must never break traffic
-            log.error(f"ucsproxy: could not log an exchange: {e}")
+        self.core.log_exchange(raw_exchange_from_flow(flow, self.mode))
 
     @staticmethod
     def _mailbox(flow: http.HTTPFlow, decoded: Any) -> str | None:
-        if isinstance(decoded, EwsRequest) and decoded.mailbox:
-            return decoded.mailbox
-        return request_user(flow.request.headers.items(multi=True))
+        return core.mailbox_of(decoded, _pairs(flow.request.headers))
 
     # -- commands (mitmproxy console, mitmweb) ------------------------------
 
     @command.command("ucs.faults.add")
     def faults_add(self, spec: str) -> None:
         """Add a one-line fault rule, e.g. GetImItemList:server-busy:probability=0.5"""
-        if self.engine is None:
-            self.engine = faults.FaultEngine(faults.FaultConfig(seed=ctx.options.ucs_fault_seed, rules=()))
         try:
-            rule = faults.parse_fault_spec(spec, len(self.engine.rules()) + 1)
+            rule = self.core.add_fault(spec, ctx.options.ucs_fault_seed)
         except faults.FaultFileError as e:
             raise exceptions.CommandError(str(e)) from e
-        rule = self.engine.add(rule, seed=ctx.options.ucs_fault_seed)
         log.info(f"ucsproxy: added fault rule {rule.name}")
 
     @command.command("ucs.faults.clear")
     def faults_clear(self) -> None:
         """Remove every fault rule."""
-        if self.engine is not None:
-            self.engine.clear()
-        self._let_held_go()
+        self.core.clear_faults()
         log.info("ucsproxy: fault rules cleared")
 
     @command.command("ucs.faults.list")
     def faults_list(self) -> Sequence[str]:
         """The active fault rules, one per line."""
-        if self.engine is None:
-            return []
-        return [rule.summary() for rule in self.engine.rules()]
+        return self.core.fault_summaries()
+
+
+def _pairs(headers: http.Headers) -> list[tuple[str, str]]:
+    return list(headers.items(multi=True))
+
+
+def _response(answer: core.Answer) -> http.Response:
+    return http.Response.make(answer.status, answer.body, _header_fields(answer.headers))
 
 
 def _header_fields(pairs) -> http.Headers:
@@ -421,25 +265,7 @@ def _no_body_for_head(flow: http.HTTPFlow) -> None:
 
 
 def _operation_of(flow: http.HTTPFlow) -> str | None:
-    return _operation_named(flow.metadata.get("ucs_request"))
-
-
-def _operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
-    """The EWS operation a request names, also when its parameters break the schema."""
-    if isinstance(decoded, (EwsRequest, DecodeError)):
-        return decoded.operation
-    return None
-
-
-def _read_item_list(path: str):
-    body = Path(path).read_bytes()
-    decoded = codec.decode_response(body, "GetImItemList")
-    if isinstance(decoded, DecodeError):
-        raise exceptions.OptionsError(f"{path}: not a GetImItemList response: {decoded.message}")
-    message = decoded.message
-    if message is None or message.payload is None:
-        raise exceptions.OptionsError(f"{path}: the response holds no ImItemList")
-    return message.payload
+    return core.operation_named(flow.metadata.get("ucs_request"))
 
 
 def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:

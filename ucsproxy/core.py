@@ -1,0 +1,334 @@
+"""The transport-independent core of serving: one per running ucsproxy, whatever front carries the bytes.
+
+A front (the mitmproxy addon in ``addon.py``, the lean asyncio server in
+``front.py``) hands the core plain facts about a request: method, path, header
+pairs, body. The core routes it (the EWS endpoint path, 404, 405), decodes it,
+asks the fault engine for a decision, answers from the mock model or the
+recording, renders or alters answers for fault actions, and submits finished
+exchanges to the log. What only a transport can do (reset a connection, hold
+one open, send fewer bytes than promised) the front does, told by the
+decision's ``action``.
+
+Nothing here imports mitmproxy: the lean front must start without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import codec, faults
+from .exchange import RawExchange, header, request_user
+from .model import UcsModel
+from .records import DecodeError, EwsRequest, SoapFault, UcsResponse
+from .service import UcsService
+
+log = logging.getLogger("ucsproxy")
+
+MODES = ("record", "mock", "replay", "off")
+MATCH_MODES = ("strict", "operation", "sequence")
+XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}
+NOT_FOUND_BODY = b"ucsproxy: only POST /EWS/Exchange.asmx is served here.\n"
+NOT_POST_BODY = b"ucsproxy: EWS takes SOAP requests by POST.\n"
+
+#: Fault actions answered with a rendered error instead of the real answer.
+RENDERED_ACTIONS = ("ews-error", "soap-fault", "server-busy", "http-status")
+#: Fault actions that alter a real (or mock) answer on its way out.
+ALTERING_ACTIONS = ("truncate", "malformed", "stale-changekey")
+
+
+class ConfigError(Exception):
+    """A setting the core cannot start with; the message is a sentence for the user."""
+
+
+@dataclass
+class Answer:
+    """An answer the core made: status, header pairs in order (a repeated name stays repeated), body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class Altered:
+    """An answer's body after a fault altered it, and what the front must change around it."""
+
+    body: bytes
+    #: Content-Length to promise instead of the body's length (truncate with keep_length), then hang up.
+    promised_length: int | None = None
+    drop_headers: tuple[str, ...] = field(default=())
+
+
+def is_ews_endpoint(path: str) -> bool:
+    """True for the EWS endpoint path, compared case-insensitively as IIS does."""
+    return path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
+
+
+def operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
+    """The EWS operation a request names, also when its parameters break the schema."""
+    if isinstance(decoded, (EwsRequest, DecodeError)):
+        return decoded.operation
+    return None
+
+
+def mailbox_of(decoded, headers: list[tuple[str, str]] | None) -> str | None:
+    if isinstance(decoded, EwsRequest) and decoded.mailbox:
+        return decoded.mailbox
+    return request_user(headers)
+
+
+def encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> Answer:
+    """The service's answer as the bytes the mock sends."""
+    if isinstance(answer, SoapFault):
+        return Answer(500, list(XML_HEADERS.items()), codec.encode_fault(answer))
+    if not request.is_ucs:
+        body = codec.encode_unsupported(answer.operation, answer.response_code, answer.message_text or "")
+        return Answer(200, list(XML_HEADERS.items()), body)
+    return Answer(200, list(XML_HEADERS.items()), codec.encode_response(answer))
+
+
+def rendered_answer(decision: faults.FaultDecision, operation: str | None) -> Answer:
+    """The answer of an ews-error, soap-fault, server-busy or http-status fault."""
+    status, headers, body = faults.render_error_body(decision, operation)
+    return Answer(status, list(headers.items()), body)
+
+
+def alter_body(body: bytes, decision: faults.FaultDecision, sent_length: int | None = None) -> Altered | None:
+    """The body an altering fault (truncate, malformed, stale-changekey) sends instead; None for other actions.
+
+    ``sent_length`` is how many bytes the unaltered answer had on the wire (a compressed
+    body is shorter than ``body``): truncate with keep_length promises that many.
+    """
+    action = decision.action
+    if action == "stale-changekey":
+        return Altered(faults.stale_changekeys(body))
+    if action == "malformed":
+        return Altered(faults.malform_body(body, decision.describe()))
+    if action == "truncate":
+        cut = faults.truncate_body(body, decision.params)
+        promised = max(len(body) if sent_length is None else sent_length, len(cut) + 1) if decision.params.get("keep_length") else None
+        return Altered(cut, promised, ("Content-Encoding",))
+    return None
+
+
+def read_item_list(path: str):
+    body = Path(path).read_bytes()
+    decoded = codec.decode_response(body, "GetImItemList")
+    if isinstance(decoded, DecodeError):
+        raise ConfigError(f"{path}: not a GetImItemList response: {decoded.message}")
+    message = decoded.message
+    if message is None or message.payload is None:
+        raise ConfigError(f"{path}: the response holds no ImItemList")
+    return message.payload
+
+
+class UcsCore:
+    """Everything a front shares: the log, the mock model, the replay index, the fault engine."""
+
+    def __init__(self) -> None:
+        self.mode = "record"
+        self.store = None  # store.LogStore
+        self.model: UcsModel | None = None
+        self.service: UcsService | None = None
+        self.replay = None  # replay.ReplayIndex, imported lazily
+        self.fallthrough = False
+        self.engine: faults.FaultEngine | None = None
+        self.watcher: faults.FaultFileWatcher | None = None
+        self._store_key: tuple | None = None
+        # Connections a timeout fault is holding wait on this; setting it lets them go.
+        self._release_held = asyncio.Event()
+
+    # -- configuration -----------------------------------------------------
+
+    def open_store(self, path: str, keep_secrets: bool) -> None:
+        key = (path, keep_secrets)
+        if key == self._store_key:
+            return
+        self.close_store()
+        self._store_key = key
+        if path:
+            from .store import LogStore
+
+            try:
+                self.store = LogStore(path, keep_secrets=keep_secrets, writer="process")
+            except Exception as e:
+                raise ConfigError(f"Cannot open the log {path}: {e}") from e
+
+    def close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self._store_key = None
+
+    def build_model(self, *, state: str = "", seed: int | None = None, item_list: str = "",
+                    mailbox: str = "") -> None:
+        if self.mode != "mock":
+            if self.mode != "replay":  # replay builds its own model when stateful
+                self.model = self.service = None
+            return
+        try:
+            if state and os.path.exists(state):
+                model = UcsModel.load(state)
+            else:
+                model = UcsModel(seed=seed)
+            if item_list:
+                model.seed_mailbox(mailbox or None, read_item_list(item_list))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"Cannot build the mock mailbox: {e}") from e
+        self.model = model
+        self.service = UcsService(model)
+
+    def build_replay(self, source: str, *, match: str = "strict", stateful: bool = False,
+                     seed: int | None = None) -> None:
+        if self.mode != "replay":
+            self.replay = None
+            return
+        if not source:
+            raise ConfigError("ucs_mode=replay needs ucs_replay: a recording (.db file or fixture directory).")
+        if not os.path.exists(source):
+            raise ConfigError(f"Recording not found: {source}")
+        from . import replay
+
+        try:
+            if stateful:
+                self.replay = None
+                self.model = replay.build_stateful_model(source, seed=seed)
+                self.service = UcsService(self.model)
+            else:
+                self.replay = replay.ReplayIndex.from_source(source, match=match)
+                self.model = self.service = None
+        except Exception as e:
+            raise ConfigError(f"Cannot load the recording {source}: {e}") from e
+
+    def build_faults(self, faults_file: str, specs, seed: int) -> None:
+        try:
+            if faults_file:
+                self.watcher = faults.FaultFileWatcher(faults_file)
+                config = self.watcher.config
+            else:
+                self.watcher = None
+                config = faults.FaultConfig(seed=seed, rules=())
+            extra = [faults.parse_fault_spec(s, i) for i, s in enumerate(specs, 1)]
+        except faults.FaultFileError as e:
+            raise ConfigError(str(e)) from e
+        self.let_held_go()
+        if not config.rules and not extra:
+            self.engine = None
+            return
+        self.engine = faults.FaultEngine(config)
+        for rule in extra:
+            self.engine.add(rule, seed=seed)
+
+    def add_fault(self, spec: str, seed: int) -> faults.FaultRule:
+        """Add a one-line fault rule; raises FaultFileError for a bad one."""
+        if self.engine is None:
+            self.engine = faults.FaultEngine(faults.FaultConfig(seed=seed, rules=()))
+        rule = faults.parse_fault_spec(spec, len(self.engine.rules()) + 1)
+        return self.engine.add(rule, seed=seed)
+
+    def clear_faults(self) -> None:
+        if self.engine is not None:
+            self.engine.clear()
+        self.let_held_go()
+
+    def fault_summaries(self) -> list[str]:
+        if self.engine is None:
+            return []
+        return [rule.summary() for rule in self.engine.rules()]
+
+    def let_held_go(self) -> None:
+        """End every connection a timeout fault holds (as its timeout would) and start afresh."""
+        self._release_held.set()
+        self._release_held = asyncio.Event()
+
+    def shutdown(self, state: str = "") -> None:
+        """Let held connections go, save the mock's state when asked, close the log."""
+        self.let_held_go()
+        if self.model is not None and self.mode == "mock" and state:
+            try:
+                self.model.save(state)
+                log.info(f"ucsproxy: saved mock state to {state}")
+            except Exception as e:
+                log.error(f"ucsproxy: could not save state to {state}: {e}")
+        self.close_store()
+
+    # -- one request -------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        return self.mode in ("mock", "replay")
+
+    def wants_decoded(self, method: str, path: str) -> bool:
+        """Whether a request is decoded: an EWS POST, when serving or when faults may apply."""
+        return (self.serving or self.engine is not None) and method == "POST" and is_ews_endpoint(path)
+
+    @staticmethod
+    def decode(body: bytes, headers: list[tuple[str, str]]) -> EwsRequest | DecodeError:
+        return codec.decode_request(body, header(headers, "SOAPAction"), header(headers, "Content-Type"))
+
+    def decide(self, decoded, headers: list[tuple[str, str]]) -> faults.FaultDecision | None:
+        """The fault engine's decision for this request (None: no rule fired, or no rules)."""
+        if self.engine is None:
+            return None
+        self.poll_faults()
+        return self.engine.decide(operation_named(decoded), mailbox_of(decoded, headers))
+
+    def answer(self, method: str, path: str, headers: list[tuple[str, str]], decoded) -> Answer | None:
+        """The mock's or the recording's answer; None when a fall-through upstream should answer."""
+        if not is_ews_endpoint(path):
+            return Answer(404, [("Content-Type", "text/plain")], NOT_FOUND_BODY)
+        if method != "POST":
+            return Answer(405, [("Content-Type", "text/plain"), ("Allow", "POST")], NOT_POST_BODY)
+        if isinstance(decoded, DecodeError):
+            fault = codec.schema_validation_fault(decoded)
+            return Answer(500, list(XML_HEADERS.items()), codec.encode_fault(fault))
+        assert decoded is not None
+        if self.replay is not None:
+            return self._answer_from_recording(decoded, headers)
+        assert self.service is not None
+        return encode_answer(decoded, self.service.handle(decoded, user=request_user(headers)))
+
+    def _answer_from_recording(self, decoded: EwsRequest, headers: list[tuple[str, str]]) -> Answer | None:
+        from . import replay
+
+        found = self.replay.lookup(decoded, mailbox_of(decoded, headers))
+        if isinstance(found, replay.NoMatch):
+            if self.fallthrough:
+                return None  # the reverse-proxy upstream answers
+            status, answer_headers, body = replay.no_match_body(found)
+            return Answer(status, list(answer_headers), body)
+        return Answer(found.status, list(found.headers), found.body)
+
+    async def hold(self, decision: faults.FaultDecision) -> None:
+        """A timeout fault: wait until max_ms, or until the rules change (cleared, reloaded) or ucsproxy stops."""
+        release = self._release_held
+        try:
+            await asyncio.wait_for(release.wait(), float(decision.params.get("max_ms", 120_000)) / 1000)
+        except asyncio.TimeoutError:
+            pass
+
+    def poll_faults(self) -> None:
+        if self.watcher is None:
+            return
+        changed, problem = self.watcher.poll()
+        if problem:
+            log.warning(f"ucsproxy: kept the previous fault rules: {problem}")
+        elif changed:
+            assert self.engine is not None
+            self.engine.replace(self.watcher.config)
+            self.let_held_go()
+            log.info(f"ucsproxy: reloaded {len(self.watcher.config.rules)} fault rule(s) from {self.watcher.path}")
+
+    def log_exchange(self, raw: RawExchange) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.submit(raw)
+        except Exception as e:  # the log must never break traffic
+            log.error(f"ucsproxy: could not log an exchange: {e}")
