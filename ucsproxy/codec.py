@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import re
 import threading
+import weakref
 from typing import Any, Callable, Iterator
 
 from lxml import etree
@@ -845,115 +846,6 @@ def _put_field_uri(parent: etree._Element, name: str, uri: ExtendedFieldURI) -> 
          PropertyType=uri.property_type)
 
 
-def _put_extended_property(parent: etree._Element, name: str, prop: ExtendedProperty) -> None:
-    el = _sub(parent, T, name)
-    _put_field_uri(el, "ExtendedFieldURI", prop.field_uri)
-    if prop.values:
-        values = _sub(el, T, "Values")
-        for v in prop.values:
-            _sub(values, T, "Value", v)
-    else:
-        _sub(el, T, "Value", prop.value if prop.value is not None else "")
-
-
-def _put_email(parent: etree._Element, name: str, email: EmailAddress) -> None:
-    el = _sub(parent, T, name)
-    for child, value in (("Name", email.name), ("EmailAddress", email.email_address),
-                         ("RoutingType", email.routing_type), ("MailboxType", email.mailbox_type)):
-        if value is not None:
-            _sub(el, T, child, value)
-
-
-def _put_im_group(parent: etree._Element, ns: str, group: ImGroup) -> None:
-    # Exchange writes the UCS children with a default types namespace on each.
-    el = _sub(parent, ns, "ImGroup")
-    nsmap = {None: T} if ns != T else None
-    _sub(el, T, "DisplayName", group.display_name, nsmap=nsmap)
-    _sub(el, T, "GroupType", group.group_type, nsmap=nsmap)
-    if group.exchange_store_id is not None:
-        _sub(el, T, "ExchangeStoreId", nsmap=nsmap, Id=group.exchange_store_id.id,
-             ChangeKey=group.exchange_store_id.change_key)
-    if group.member_correlation_key:
-        key = _sub(el, T, "MemberCorrelationKey", nsmap=nsmap)
-        for item in group.member_correlation_key:
-            _put_item_id(key, T, "ItemId", item)
-    if group.extended_properties:
-        props = _sub(el, T, "ExtendedProperties", nsmap=nsmap)
-        for prop in group.extended_properties:
-            _put_extended_property(props, "ExtendedProperty", prop)
-    if group.smtp_address is not None:
-        _sub(el, T, "SmtpAddress", group.smtp_address, nsmap=nsmap)
-
-
-def _put_attributed(parent: etree._Element, item_name: str, values: tuple[AttributedValue, ...]) -> None:
-    for av in values:
-        item = _sub(parent, T, item_name)
-        v = av.value
-        if isinstance(v, EmailAddress):
-            _put_email(item, "Value", v)
-        elif isinstance(v, PhoneNumber):
-            value = _sub(item, T, "Value")
-            _sub(value, T, "Number", v.number)
-            if v.type is not None:
-                _sub(value, T, "Type", v.type)
-        elif isinstance(v, ExtendedProperty):
-            _put_extended_property(item, "Value", v)
-        else:
-            _sub(item, T, "Value", v)
-        attributions = _sub(item, T, "Attributions")
-        for a in av.attributions:
-            _sub(attributions, T, "Attribution", a)
-
-
-def _put_persona(parent: etree._Element, ns: str, persona: Persona) -> None:
-    el = _sub(parent, ns, "Persona")
-    nsmap = {None: T} if ns != T else None
-    for element, field_name, kind in _PERSONA_FIELDS:
-        value = getattr(persona, field_name)
-        if value is None or value == ():
-            continue
-        if kind in ("str", "int"):
-            _sub(el, T, element, value, nsmap=nsmap)
-        elif kind == "itemid":
-            _sub(el, T, element, nsmap=nsmap, Id=value.id, ChangeKey=value.change_key)
-        elif kind == "email":
-            email_el = _sub(el, T, element, nsmap=nsmap)
-            for child, v in (("Name", value.name), ("EmailAddress", value.email_address),
-                             ("RoutingType", value.routing_type), ("MailboxType", value.mailbox_type)):
-                if v is not None:
-                    _sub(email_el, T, child, v)
-        elif kind == "emails":
-            arr = _sub(el, T, element, nsmap=nsmap)
-            for email in value:
-                _put_email(arr, "Address", email)
-        elif kind == "attributions":
-            arr = _sub(el, T, element, nsmap=nsmap)
-            for a in value:
-                att = _sub(arr, T, "Attribution")
-                _sub(att, T, "Id", a.id)
-                _put_item_id(att, T, "SourceId", a.source_id)
-                for child, v in (("DisplayName", a.display_name), ("IsWritable", a.is_writable),
-                                 ("IsQuickContact", a.is_quick_contact), ("IsHidden", a.is_hidden)):
-                    if v is not None:
-                        _sub(att, T, child, v)
-                _put_item_id(att, T, "FolderId", a.folder_id)
-        else:
-            arr = _sub(el, T, element, nsmap=nsmap)
-            _put_attributed(arr, kind.split(":", 1)[1], value)
-
-
-def _put_item_list(parent: etree._Element, items: ImItemList) -> None:
-    el = _sub(parent, M, "ImItemList")
-    if items.groups:
-        groups = _sub(el, T, "Groups", nsmap={None: T})
-        for g in items.groups:
-            _put_im_group(groups, T, g)
-    if items.personas:
-        personas = _sub(el, T, "Personas", nsmap={None: T})
-        for p in items.personas:
-            _put_persona(personas, T, p)
-
-
 def _to_bytes(root: etree._Element) -> bytes:
     return b'<?xml version="1.0" encoding="utf-8"?>' + etree.tostring(root, encoding="utf-8")
 
@@ -994,18 +886,341 @@ def _put_response_message(parent: etree._Element, element: str, response: UcsRes
     return el
 
 
+# ---------------------------------------------------------------------------
+# Responses: a string-building encoder
+#
+# The answers the mock sends most (GetImItemList of a full mailbox: some 53,000 elements)
+# are written as text, piece by piece, instead of one lxml element per piece. The output
+# is byte for byte what lxml's serializer makes of the same tree (the lxml encoder this
+# replaced is kept in tests/lxml_encoder.py and compared with it): the same namespace
+# declarations, the same escaping, ``<X/>`` for an element without text or children and
+# ``<X></X>`` for an empty text. Characters XML 1.0 forbids (C0 controls but tab, line
+# feed and carriage return; lone surrogates; U+FFFE, U+FFFF), which lxml refuses with a
+# ValueError, become U+FFFD, so an odd value in a mailbox never breaks the answer.
+
+_FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
+_TEXT_SPECIAL = re.compile(f"[&<>\r{_FORBIDDEN}]")
+_ATTR_SPECIAL = re.compile(f"[&<>\"\t\n\r{_FORBIDDEN}]")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
+
+
+def _escape_one(m: re.Match) -> str:
+    return _ESCAPES.get(m.group(), "\ufffd")
+
+
+def _esc(value: Any, _search=_TEXT_SPECIAL.search, _sub=_TEXT_SPECIAL.sub) -> str:
+    """Element text: a value as lxml writes it (booleans as xs:boolean), escaped."""
+    if value.__class__ is not str:
+        value = _xml_text(value)
+    if _search(value) is None:
+        return value
+    return _sub(_escape_one, value)
+
+
+def _esc_attr(value: Any, _search=_ATTR_SPECIAL.search, _sub=_ATTR_SPECIAL.sub) -> str:
+    if value.__class__ is not str:
+        value = str(value)
+    if _search(value) is None:
+        return value
+    return _sub(_escape_one, value)
+
+
+def _w_leaf(out: list[str], name: str, value: Any, decl: str = "") -> None:
+    """``<name>value</name>``, or ``<name/>`` for None."""
+    if value is None:
+        out.append(f"<{name}{decl}/>")
+    else:
+        out.append(f"<{name}{decl}>{_esc(value)}</{name}>")
+
+
+def _w_item_id(out: list[str], name: str, item: ItemId | None, decl: str = "") -> None:
+    if item is None:
+        return
+    ck = item.change_key
+    if ck is None:
+        out.append(f'<{name}{decl} Id="{_esc_attr(item.id)}"/>')
+    else:
+        out.append(f'<{name}{decl} Id="{_esc_attr(item.id)}" ChangeKey="{_esc_attr(ck)}"/>')
+
+
+def _w_field_uri(out: list[str], name: str, uri: ExtendedFieldURI) -> None:
+    attrs = "".join(f' {key}="{_esc_attr(value)}"' for key, value in (
+        ("DistinguishedPropertySetId", uri.distinguished_property_set_id), ("PropertySetId", uri.property_set_id),
+        ("PropertyTag", uri.property_tag), ("PropertyName", uri.property_name), ("PropertyId", uri.property_id),
+        ("PropertyType", uri.property_type)) if value is not None)
+    out.append(f"<{name}{attrs}/>")
+
+
+def _w_extended_property(out: list[str], name: str, prop: ExtendedProperty) -> None:
+    out.append(f"<{name}>")
+    _w_field_uri(out, "ExtendedFieldURI", prop.field_uri)
+    if prop.values:
+        out.append("<Values>")
+        for v in prop.values:
+            _w_leaf(out, "Value", v)
+        out.append("</Values>")
+    else:
+        out.append(f"<Value>{_esc(prop.value if prop.value is not None else '')}</Value>")
+    out.append(f"</{name}>")
+
+
+def _w_email(out: list[str], name: str, email: EmailAddress, decl: str = "") -> None:
+    parts = [f"<{child}>{_esc(value)}</{child}>" for child, value in (
+        ("Name", email.name), ("EmailAddress", email.email_address), ("RoutingType", email.routing_type),
+        ("MailboxType", email.mailbox_type)) if value is not None]
+    if parts:
+        out.append(f"<{name}{decl}>{''.join(parts)}</{name}>")
+    else:
+        out.append(f"<{name}{decl}/>")
+
+
+_TYPES_DEFAULT = f' xmlns="{T}"'
+
+
+def _w_im_group(out: list[str], group: ImGroup, decl: str) -> None:
+    """An ImGroup; ``decl`` is the default-namespace declaration each child carries when the
+    ImGroup itself is in the messages namespace (Exchange writes them so)."""
+    out.append("<ImGroup>")
+    _w_leaf(out, "DisplayName", group.display_name, decl)
+    _w_leaf(out, "GroupType", group.group_type, decl)
+    _w_item_id(out, "ExchangeStoreId", group.exchange_store_id, decl)
+    if group.member_correlation_key:
+        out.append(f"<MemberCorrelationKey{decl}>")
+        for item in group.member_correlation_key:
+            _w_item_id(out, "ItemId", item)
+        out.append("</MemberCorrelationKey>")
+    if group.extended_properties:
+        out.append(f"<ExtendedProperties{decl}>")
+        for prop in group.extended_properties:
+            _w_extended_property(out, "ExtendedProperty", prop)
+        out.append("</ExtendedProperties>")
+    if group.smtp_address is not None:
+        _w_leaf(out, "SmtpAddress", group.smtp_address, decl)
+    out.append("</ImGroup>")
+
+
+def _w_attributed(out: list[str], item_name: str, values: tuple[AttributedValue, ...]) -> None:
+    for av in values:
+        out.append(f"<{item_name}>")
+        v = av.value
+        if isinstance(v, EmailAddress):
+            _w_email(out, "Value", v)
+        elif isinstance(v, PhoneNumber):
+            out.append(f"<Value><Number>{_esc(v.number)}</Number>")
+            if v.type is not None:
+                out.append(f"<Type>{_esc(v.type)}</Type>")
+            out.append("</Value>")
+        elif isinstance(v, ExtendedProperty):
+            _w_extended_property(out, "Value", v)
+        else:
+            _w_leaf(out, "Value", v)
+        if av.attributions:
+            out.append("<Attributions>")
+            for a in av.attributions:
+                _w_leaf(out, "Attribution", a)
+            out.append("</Attributions>")
+        else:
+            out.append("<Attributions/>")
+        out.append(f"</{item_name}>")
+
+
+def _w_attributions(out: list[str], name: str, value: tuple[PersonaAttribution, ...], decl: str) -> None:
+    if not value:
+        out.append(f"<{name}{decl}/>")
+        return
+    out.append(f"<{name}{decl}>")
+    for a in value:
+        out.append("<Attribution>")
+        _w_leaf(out, "Id", a.id)
+        _w_item_id(out, "SourceId", a.source_id)
+        for child, v in (("DisplayName", a.display_name), ("IsWritable", a.is_writable),
+                         ("IsQuickContact", a.is_quick_contact), ("IsHidden", a.is_hidden)):
+            if v is not None:
+                out.append(f"<{child}>{_esc(v)}</{child}>")
+        _w_item_id(out, "FolderId", a.folder_id)
+        out.append("</Attribution>")
+    out.append(f"</{name}>")
+
+
+def _w_emails(out: list[str], name: str, value: tuple[EmailAddress, ...], decl: str) -> None:
+    if not value:
+        out.append(f"<{name}{decl}/>")
+        return
+    out.append(f"<{name}{decl}>")
+    for email in value:
+        _w_email(out, "Address", email)
+    out.append(f"</{name}>")
+
+
+# The writer of each PersonaType child, in the schema's order: (field, writer(out, value, decl)).
+def _persona_writer(element: str, kind: str) -> Callable[[list[str], Any, str], None]:
+    if kind in ("str", "int"):
+        return lambda out, value, decl: out.append(f"<{element}{decl}>{_esc(value)}</{element}>")
+    if kind == "itemid":
+        return lambda out, value, decl: _w_item_id(out, element, value, decl)
+    if kind == "email":
+        return lambda out, value, decl: _w_email(out, element, value, decl)
+    if kind == "emails":
+        return lambda out, value, decl: _w_emails(out, element, value, decl)
+    if kind == "attributions":
+        return lambda out, value, decl: _w_attributions(out, element, value, decl)
+    item_name = kind.split(":", 1)[1]
+
+    def attributed(out: list[str], value: Any, decl: str) -> None:
+        if not value:
+            out.append(f"<{element}{decl}/>")
+            return
+        out.append(f"<{element}{decl}>")
+        _w_attributed(out, item_name, value)
+        out.append(f"</{element}>")
+    return attributed
+
+
+_PERSONA_WRITERS = tuple((field_name, _persona_writer(element, kind)) for element, field_name, kind in _PERSONA_FIELDS)
+
+
+def _w_persona(out: list[str], persona: Persona, decl: str) -> None:
+    out.append("<Persona>")
+    fields = persona.__dict__
+    for field_name, write in _PERSONA_WRITERS:
+        value = fields[field_name]
+        if value is None or value == ():
+            continue
+        write(out, value, decl)
+    out.append("</Persona>")
+
+
+class _IdentityCache:
+    """Encoded text per live record object, by identity: records are immutable, so the same
+    object always encodes alike. An entry goes when its object is garbage-collected; a
+    lookup never hashes the record (which would walk it whole)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, obj: Any) -> Any:
+        entry = self._entries.get(id(obj))
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        return None
+
+    def put(self, obj: Any, value: Any) -> None:
+        key = id(obj)
+        entries = self._entries
+
+        def gone(ref: weakref.ref, key: int = key) -> None:
+            entry = entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del entries[key]
+
+        entries[key] = (weakref.ref(obj, gone), value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# Personas of a Personas list (types namespace) by record, and whole ImItemList elements:
+# the mock's model hands out the same records while a mailbox is unchanged
+# (ucsproxy.model), so an unchanged list costs one lookup and an edited one re-encodes
+# only what changed.
+_PERSONA_TEXT = _IdentityCache()
+_ITEM_LIST_BYTES = _IdentityCache()
+
+
+def _persona_text(persona: Persona) -> str:
+    text = _PERSONA_TEXT.get(persona)
+    if text is None:
+        out: list[str] = []
+        _w_persona(out, persona, "")
+        text = "".join(out)
+        _PERSONA_TEXT.put(persona, text)
+    return text
+
+
+def _item_list_bytes(items: ImItemList) -> bytes:
+    """The ``<ImItemList>`` element of an answer, as UTF-8 (the messages namespace is the default)."""
+    cached = _ITEM_LIST_BYTES.get(items)
+    if cached is not None:
+        return cached
+    if not items.groups and not items.personas:
+        return b"<ImItemList/>"
+    out = ["<ImItemList>"]
+    if items.groups:
+        out.append(f"<Groups{_TYPES_DEFAULT}>")
+        for g in items.groups:
+            _w_im_group(out, g, "")
+        out.append("</Groups>")
+    if items.personas:
+        out.append(f"<Personas{_TYPES_DEFAULT}>")
+        out.extend(_persona_text(p) for p in items.personas)
+        out.append("</Personas>")
+    out.append("</ImItemList>")
+    data = "".join(out).encode("utf-8")
+    _ITEM_LIST_BYTES.put(items, data)
+    return data
+
+
+def _w_message_xml(out: list[str], mx: MessageXml) -> None:
+    # In a response message: the messages namespace is the default, t: is declared here.
+    parts = []
+    if mx.line_number is not None:
+        parts.append(f"<t:LineNumber>{_esc(mx.line_number)}</t:LineNumber>")
+    if mx.line_position is not None:
+        parts.append(f"<t:LinePosition>{_esc(mx.line_position)}</t:LinePosition>")
+    if mx.violation is not None:
+        parts.append(f"<t:Violation>{_esc(mx.violation)}</t:Violation>")
+    for name, value in mx.values:
+        attr = f' Name="{_esc_attr(name)}"' if name is not None else ""
+        parts.append(f"<t:Value{attr}/>" if value is None else f"<t:Value{attr}>{_esc(value)}</t:Value>")
+    decl = f' xmlns:t="{T}"'
+    out.append(f"<MessageXml{decl}>{''.join(parts)}</MessageXml>" if parts else f"<MessageXml{decl}/>")
+
+
+_DECLARATION = '<?xml version="1.0" encoding="utf-8"?>'
+_ENVELOPE_HEAD = {}  # ServerVersionInfo -> the bytes before the response element
+
+
+def _envelope_head(server_version: ServerVersionInfo | None) -> bytes:
+    sv = server_version or ServerVersionInfo()
+    head = _ENVELOPE_HEAD.get(sv)
+    if head is None:
+        attrs = "".join(f' {key}="{_esc_attr(value)}"' for key, value in (
+            ("MajorVersion", sv.major_version), ("MinorVersion", sv.minor_version),
+            ("MajorBuildNumber", sv.major_build_number), ("MinorBuildNumber", sv.minor_build_number),
+            ("Version", sv.version)) if value is not None)
+        head = (f'{_DECLARATION}<s:Envelope xmlns:s="{S}"><s:Header><h:ServerVersionInfo xmlns:h="{T}" '
+                f'xmlns="{T}" xmlns:xsd="{P.NS_XSD}" xmlns:xsi="{P.NS_XSI}"{attrs}/></s:Header>'
+                f'<s:Body xmlns:xsi="{P.NS_XSI}" xmlns:xsd="{P.NS_XSD}">').encode("utf-8")
+        if len(_ENVELOPE_HEAD) < 64:
+            _ENVELOPE_HEAD[sv] = head
+    return head
+
+
+_ENVELOPE_TAIL = b"</s:Body></s:Envelope>"
+
+
 def encode_response(response: UcsResponse, server_version: ServerVersionInfo | None = None) -> bytes:
     """A UCS response as Exchange sends it (HTTP 200, errors included)."""
-    env, body = _response_envelope(server_version)
-    el = _put_response_message(body, f"{response.operation}Response", response, nsmap={None: M})
+    element = f"{response.operation}Response"
+    rc = response.response_class
+    out = [f'<{element} xmlns="{M}" ResponseClass="{_esc_attr(rc)}">' if rc is not None else f'<{element} xmlns="{M}">']
+    if response.message_text is not None:
+        out.append(f"<MessageText>{_esc(response.message_text)}</MessageText>")
+    _w_leaf(out, "ResponseCode", response.response_code)
+    if response.descriptive_link_key is not None:
+        out.append(f"<DescriptiveLinkKey>{_esc(response.descriptive_link_key)}</DescriptiveLinkKey>")
+    if response.message_xml is not None:
+        _w_message_xml(out, response.message_xml)
     payload = response.payload
+    tail = f"</{element}>".encode("utf-8")
+    if isinstance(payload, ImItemList):
+        return b"".join((_envelope_head(server_version), "".join(out).encode("utf-8"), _item_list_bytes(payload),
+                         tail, _ENVELOPE_TAIL))
     if isinstance(payload, ImGroup):
-        _put_im_group(el, M, payload)
-    elif isinstance(payload, ImItemList):
-        _put_item_list(el, payload)
+        _w_im_group(out, payload, _TYPES_DEFAULT)
     elif isinstance(payload, Persona):
-        _put_persona(el, M, payload)
-    return _to_bytes(env)
+        _w_persona(out, payload, _TYPES_DEFAULT)
+    return b"".join((_envelope_head(server_version), "".join(out).encode("utf-8"), tail, _ENVELOPE_TAIL))
 
 
 def encode_unsupported(operation: str, code: str, message_text: str) -> bytes:
