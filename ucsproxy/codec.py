@@ -267,12 +267,19 @@ def _elements(el: etree._Element | None) -> Iterator[etree._Element]:
 # Passes over all children iterate el[:]: lxml makes the list of children in one C call,
 # which is cheaper than stepping its child iterator from Python.
 
-def _named_elements(el: etree._Element) -> Iterator[tuple[str, etree._Element]]:
+def _named_elements(el: etree._Element) -> list[tuple[str, etree._Element]]:
     """(local name, child) of each child element: the tag is read once per child."""
+    local_names = _LOCAL_NAMES
+    out = []
     for c in el[:]:
         tag = c.tag
-        if isinstance(tag, str):  # not a comment or processing instruction
-            yield tag.rpartition("}")[2], c
+        name = local_names.get(tag)
+        if name is None:
+            if not isinstance(tag, str):  # not a comment or processing instruction
+                continue
+            name = _local_name(tag)
+        out.append((name, c))
+    return out
 
 
 # Children are found by local name in any namespace ("{*}Name"): lxml filters them in C,
@@ -296,10 +303,46 @@ def _child_index(el: etree._Element | None) -> dict[str, etree._Element]:
     index: dict[str, etree._Element] = {}
     if el is None:
         return index
-    for name, c in _named_elements(el):
+    local_names = _LOCAL_NAMES
+    for c in el[:]:
+        tag = c.tag
+        name = local_names.get(tag)
+        if name is None:
+            if not isinstance(tag, str):  # a comment or processing instruction
+                continue
+            name = _local_name(tag)
         if name not in index:
             index[name] = c
     return index
+
+
+def _child_texts(el: etree._Element) -> dict[str, str]:
+    """The character content of the first child of each local name (as :func:`_str` reads
+    it), in one pass: for records made of leaves (EmailAddress, PhoneNumber)."""
+    texts: dict[str, str] = {}
+    local_names = _LOCAL_NAMES
+    for c in el[:]:
+        tag = c.tag
+        name = local_names.get(tag)
+        if name is None:
+            if not isinstance(tag, str):
+                continue
+            name = _local_name(tag)
+        if name not in texts:
+            texts[name] = (c.text or "") if len(c) == 0 else _str(c)
+    return texts
+
+
+# Local names by full tag: the schema's few dozen names in one or two namespaces. A dict
+# lookup is cheaper than cutting the tag each time; hostile tags cannot grow it past the cap.
+_LOCAL_NAMES: dict[str, str] = {}
+
+
+def _local_name(tag: str) -> str:
+    name = tag[tag.rfind("}") + 1:]
+    if len(_LOCAL_NAMES) < 512:
+        _LOCAL_NAMES[tag] = name
+    return name
 
 
 def _str(el: etree._Element) -> str:
@@ -421,20 +464,16 @@ def _extended_property(el: etree._Element) -> ExtendedProperty:
 def _email(el: etree._Element | None) -> EmailAddress | None:
     if el is None:
         return None
-    fields = _child_index(el)
-    return EmailAddress(
-        name=_str_or_none(fields.get("Name")),
-        email_address=_str_or_none(fields.get("EmailAddress")),
-        routing_type=_str_or_none(fields.get("RoutingType")),
-        mailbox_type=_str_or_none(fields.get("MailboxType")),
-    )
+    texts = _child_texts(el)
+    get = texts.get
+    return EmailAddress(get("Name"), get("EmailAddress"), get("RoutingType"), get("MailboxType"))
 
 
 def _phone(el: etree._Element | None) -> PhoneNumber | None:
     if el is None:
         return None
-    fields = _child_index(el)
-    return PhoneNumber(number=_str_or_none(fields.get("Number")) or "", type=_str_or_none(fields.get("Type")))
+    texts = _child_texts(el)
+    return PhoneNumber(number=texts.get("Number") or "", type=texts.get("Type"))
 
 
 def _im_group(el: etree._Element) -> ImGroup:
@@ -464,18 +503,27 @@ def _attributed(el: etree._Element | None) -> tuple[AttributedValue, ...]:
     if el is None:
         return ()
     out = []
+    local_names = _LOCAL_NAMES
     for name, item in _named_elements(el):
         reader = _ATTRIBUTED_KINDS.get(name)
         if reader is None:
             continue
-        fields = _child_index(item)
-        value_el = fields.get("Value")
+        value_el = attributions_el = None
+        for c in item[:]:  # Value and Attributions, the first of each
+            tag = c.tag
+            local = local_names.get(tag)
+            if local is None:
+                if not isinstance(tag, str):
+                    continue
+                local = _local_name(tag)
+            if local == "Value":
+                if value_el is None:
+                    value_el = c
+            elif local == "Attributions" and attributions_el is None:
+                attributions_el = c
         if value_el is None:
             continue
-        out.append(AttributedValue(
-            value=reader[0](value_el),
-            attributions=_texts(fields.get("Attributions"), "Attribution"),
-        ))
+        out.append(AttributedValue(reader[0](value_el), _texts(attributions_el, "Attribution")))
     return tuple(out)
 
 
