@@ -69,12 +69,15 @@ class UcsProxy:
         loader.add_option("ucs_faults", str, "", "TOML file of fault rules (re-read when it changes).")
         loader.add_option("ucs_fault", Sequence[str], [], "One-line fault rule OPERATION:ACTION[:key=value,...] (repeatable).")
         loader.add_option("ucs_fault_seed", int, 0, "Seed for one-line fault rules.")
+        loader.add_option("ucs_lenient", bool, False, "Mock / stateful replay: answer UCS requests that break "
+                          "Exchange's schema instead of the ErrorSchemaValidation fault.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         c = self.core
         c.mode = opts.ucs_mode
         c.fallthrough = opts.ucs_fallthrough
+        c.lenient = opts.ucs_lenient
         try:
             if updated & {"ucs_db", "ucs_keep_secrets"}:
                 c.open_store(opts.ucs_db, opts.ucs_keep_secrets)

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codec, faults
+from . import codec, faults, schema
 from .exchange import RawExchange, header, request_user
 from .model import UcsModel
 from .records import DecodeError, EwsRequest, SoapFault, UcsResponse
@@ -136,6 +136,7 @@ class UcsCore:
         self.service: UcsService | None = None
         self.replay = None  # replay.ReplayIndex, imported lazily
         self.fallthrough = False
+        self.lenient = False  # True: no schema check of requests (mock, stateful replay)
         self.engine: faults.FaultEngine | None = None
         self.watcher: faults.FaultFileWatcher | None = None
         self._store_key: tuple | None = None
@@ -268,9 +269,14 @@ class UcsCore:
         """Whether a request is decoded: an EWS POST, when serving or when faults may apply."""
         return (self.serving or self.engine is not None) and method == "POST" and is_ews_endpoint(path)
 
-    @staticmethod
-    def decode(body: bytes, headers: list[tuple[str, str]]) -> EwsRequest | DecodeError:
-        return codec.decode_request(body, header(headers, "SOAPAction"), header(headers, "Content-Type"))
+    def decode(self, body: bytes, headers: list[tuple[str, str]]) -> EwsRequest | DecodeError:
+        """The decoded request; answering from the model (mock, stateful replay), a UCS request
+        that breaks Exchange's schema decodes to the DecodeError of its violation, unless lenient."""
+        content_type = header(headers, "Content-Type")
+        decoded = codec.decode_request(body, header(headers, "SOAPAction"), content_type)
+        if self.service is not None and not self.lenient:
+            decoded = schema.check_request(decoded, body, content_type)
+        return decoded
 
     def decide(self, decoded, headers: list[tuple[str, str]]) -> faults.FaultDecision | None:
         """The fault engine's decision for this request (None: no rule fired, or no rules)."""

@@ -66,7 +66,9 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
 @click.option("--item-list", type=click.Path(exists=True, dir_okay=False),
               help="Seed the mailbox from a recorded GetImItemList response body.")
 @click.option("--mailbox", default="", help="Mailbox --item-list seeds (default: user@contoso.com).")
-def mock(state, seed, item_list, mailbox, **common):
+@click.option("--lenient", is_flag=True, help="Answer UCS requests that break Exchange's schema instead of "
+              "the ErrorSchemaValidation fault Exchange gives.")
+def mock(state, seed, item_list, mailbox, lenient, **common):
     """Serve a stateful in-memory Exchange UCS at http(s)://HOST:PORT/EWS/Exchange.asmx.
 
     Plain HTTP and TLS (with mitmproxy's CA, ~/.mitmproxy/mitmproxy-ca-cert.pem)
@@ -74,7 +76,8 @@ def mock(state, seed, item_list, mailbox, **common):
     """
     from ..runner import mock_options
 
-    _serve("mock", mock_options(state=state or "", seed=seed, item_list=item_list or "", mailbox=mailbox), **common)
+    _serve("mock", dict(mock_options(state=state or "", seed=seed, item_list=item_list or "", mailbox=mailbox),
+                        ucs_lenient=lenient), **common)
 
 
 @main.command()
@@ -100,9 +103,11 @@ def record(upstream, proxy_mode, insecure, **common):
 @click.option("--stateful", is_flag=True, help="Build live mailboxes from the recording and answer from them.")
 @click.option("--seed", type=int, default=None, help="With --stateful: deterministic ids for new items.")
 @click.option("--fallthrough", metavar="URL", default=None, help="Forward unmatched requests to this upstream.")
-def replay(source, match, stateful, seed, fallthrough, **common):
+@click.option("--lenient", is_flag=True, help="With --stateful: answer UCS requests that break Exchange's schema instead of "
+              "the ErrorSchemaValidation fault Exchange gives.")
+def replay(source, match, stateful, seed, fallthrough, lenient, **common):
     """Serve recorded answers from SOURCE (a SQLite log or a fixture directory)."""
     from ..runner import replay_options
 
-    _serve("replay", replay_options(source, match=match, stateful=stateful, seed=seed, fallthrough=fallthrough),
-           **common)
+    _serve("replay", dict(replay_options(source, match=match, stateful=stateful, seed=seed, fallthrough=fallthrough),
+                          ucs_lenient=lenient), **common)
