@@ -19,7 +19,7 @@ import pytest
 
 
 class UcsEndpoint:
-    """A running ucsproxy: ``.url``, ``.ews_url``, ``.model``, ``.log``."""
+    """A running ucsproxy: ``.url``, ``.ews_url``, ``.model``, ``.log``, ``.verdicts()``, ``.add_fault()``."""
 
     def __init__(self, options: dict[str, Any], db: Path):
         from .runner import BackgroundProxy
@@ -45,6 +45,23 @@ class UcsEndpoint:
     @property
     def log(self) -> "ExchangeLog":
         return ExchangeLog(self)
+
+    def verdicts(self, kind: str | None = None, **thresholds) -> list:
+        """The chaos verdicts on the logged exchanges (:func:`ucsproxy.verdicts.judge`), e.g.
+        ``assert all(v.verdict == "honoured" for v in ucs_mock.verdicts("server-busy"))``.
+        ``thresholds``: ``storm_retries``, ``storm_window_ms``, ... of :class:`ucsproxy.verdicts.Thresholds`."""
+        from .verdicts import Thresholds, judge
+
+        return judge(self.log.rows(), Thresholds(**thresholds), kind=kind)
+
+    def add_fault(self, spec: str) -> None:
+        """Inject faults from now on: a one-line rule as ``--fault`` takes, e.g. ``GetImItemList:server-busy:nth=1``."""
+        from . import faults
+
+        addon = self._proxy.addon
+        if addon.engine is None:
+            addon.engine = faults.FaultEngine(faults.FaultConfig(seed=0, rules=()))
+        addon.engine.add(faults.parse_fault_spec(spec, len(addon.engine.rules()) + 1))
 
     def group_names(self, mailbox: str | None = None) -> list[str]:
         """Display names of the mailbox's IM groups, as GetImItemList would list them."""

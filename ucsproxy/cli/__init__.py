@@ -1,7 +1,7 @@
 """The ``ucsproxy`` command line: a thin layer over the package's modules.
 
 Each submodule adds its commands to :data:`main`:
-``serve`` (mock, record, replay), ``logs`` (log, show) and ``fixtures`` (export, import).
+``serve`` (mock, record, replay), ``logs`` (log, show), ``fixtures`` (export, import) and ``report``.
 """
 
 from __future__ import annotations
@@ -17,4 +17,4 @@ def main() -> None:
     """Decode, log, mock, replay and fault-inject Exchange Unified Contact Store traffic."""
 
 
-from . import fixtures, logs, serve  # noqa: E402,F401  (register commands)
+from . import fixtures, logs, report, serve  # noqa: E402,F401  (register commands)
