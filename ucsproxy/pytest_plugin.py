@@ -56,12 +56,7 @@ class UcsEndpoint:
 
     def add_fault(self, spec: str) -> None:
         """Inject faults from now on: a one-line rule as ``--fault`` takes, e.g. ``GetImItemList:server-busy:nth=1``."""
-        from . import faults
-
-        addon = self._proxy.addon
-        if addon.engine is None:
-            addon.engine = faults.FaultEngine(faults.FaultConfig(seed=0, rules=()))
-        addon.engine.add(faults.parse_fault_spec(spec, len(addon.engine.rules()) + 1))
+        self._proxy.addon.core.add_fault(spec, seed=0)
 
     def group_names(self, mailbox: str | None = None) -> list[str]:
         """Display names of the mailbox's IM groups, as GetImItemList would list them."""
