@@ -238,6 +238,8 @@ class _Contact:
     creation_time: str
     recorded: Persona | None = None  # a persona adopted from a recording, served as recorded
     change_key: str | None = None
+    # (what the record was built from, the record): see Mailbox.persona_record
+    cached: tuple[tuple, Persona] | None = field(default=None, repr=False, compare=False)
 
 
 class _Ids:
@@ -282,6 +284,24 @@ class _Ids:
 GROUP_CK, CONTACT_CK = 0x12, 0x11
 
 
+def _changes_state(method: Callable) -> Callable:
+    """Marks a Mailbox method that may change what the mailbox lists: the cached
+    GetImItemList answer is dropped whatever the method does (also when it raises)."""
+
+    def changing(self: "Mailbox", *args: Any, **kwargs: Any) -> Any:
+        self._generation += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._generation += 1
+            self._item_lists.clear()
+
+    changing.__name__ = changing.__qualname__ = method.__name__
+    changing.__doc__ = method.__doc__
+    changing.changes_state = True
+    return changing
+
+
 class Mailbox:
     """One user's IM list. Not thread-safe on its own; :class:`UcsModel` locks."""
 
@@ -300,6 +320,11 @@ class Mailbox:
         self._created = 0
         self._changes = 0
         self._taken: set[str] = set()
+        # GetImItemList answers while nothing changes: extended properties asked for ->
+        # (the state they were built in, the ImItemList). Records are immutable, so the
+        # same object can be handed out again, and the codec keeps its encoding with it.
+        self._generation = 0
+        self._item_lists: dict[tuple[ExtendedFieldURI, ...], tuple[tuple, ImItemList]] = {}
         for display_name, group_type in DEFAULT_GROUPS:
             self._new_group(display_name, group_type)
 
@@ -389,6 +414,7 @@ class Mailbox:
         name = dict((t, n) for n, t in DEFAULT_GROUPS)[group_type]
         return self._new_group(name, group_type)
 
+    @_changes_state
     def default_group_id(self, group_type: str) -> str:
         return self._default_group(group_type).id
 
@@ -446,6 +472,18 @@ class Mailbox:
         return tuple(out)
 
     def persona_record(self, c: _Contact, extended: tuple[ExtendedFieldURI, ...] = ()) -> Persona:
+        # The same record while the contact is unchanged: the codec keeps its encoding with it,
+        # so a list with one new contact re-encodes one persona.
+        key = (c.version, c.change_key, c.item_id, c.persona_id, c.im_address, c.display_name, c.creation_time,
+               c.recorded, tuple(extended), self.quick_contacts_folder)
+        cached = c.cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        persona = self._persona_record(c, extended)
+        c.cached = (key, persona)
+        return persona
+
+    def _persona_record(self, c: _Contact, extended: tuple[ExtendedFieldURI, ...]) -> Persona:
         if c.recorded is not None:
             base = c.recorded
         else:
@@ -488,12 +526,14 @@ class Mailbox:
 
     # -- operations ------------------------------------------------------------
 
+    @_changes_state
     def add_im_group(self, display_name: str) -> ImGroup:
         self._check_name_free(display_name)
         if self._user_group_count() >= self.max_groups:
             raise ImGroupLimitReached()
         return self.group_record(self._new_group(display_name, P.GROUP_USER))
 
+    @_changes_state
     def add_new_im_contact_to_group(self, im_address: str, display_name: str | None = None,
                                     group_id: ItemId | None = None) -> Persona:
         group = self._group(group_id) if group_id is not None else self._default_group(P.GROUP_OTHER_CONTACTS)
@@ -517,6 +557,7 @@ class Mailbox:
         self._touch(group)
         return self.persona_record(c)
 
+    @_changes_state
     def add_im_contact_to_group(self, contact_id: ItemId, group_id: ItemId | None = None) -> None:
         c = self._contact(contact_id)
         group = self._group(group_id) if group_id is not None else self._default_group(P.GROUP_OTHER_CONTACTS)
@@ -524,6 +565,7 @@ class Mailbox:
             group.members.append(c.item_id)
             self._touch(group)
 
+    @_changes_state
     def remove_im_contact_from_group(self, contact_id: ItemId, group_id: ItemId) -> None:
         c = self._contact(contact_id)
         group = self._group(group_id)
@@ -536,6 +578,7 @@ class Mailbox:
         if ORPHANS_LEAVE_QUICK_CONTACTS:
             self._drop_if_orphan(c)
 
+    @_changes_state
     def remove_contact_from_im_list(self, contact_id: ItemId) -> None:
         # Its page: a contact that is no longer on the list is ErrorItemNotFound.
         c = self._contact(contact_id, missing=ItemNotFound)
@@ -544,6 +587,7 @@ class Mailbox:
             self._touch(g)
         del self.contacts[c.item_id]
 
+    @_changes_state
     def remove_im_group(self, group_id: ItemId) -> None:
         group = self._group(group_id)
         if group.group_type in DEFAULT_GROUP_TYPES:
@@ -553,6 +597,7 @@ class Mailbox:
         for c in members:
             self._drop_if_orphan(c)
 
+    @_changes_state
     def set_im_group(self, group_id: ItemId, new_display_name: str) -> None:
         group = self._group(group_id)
         if group.group_type in DEFAULT_GROUP_TYPES:
@@ -562,6 +607,7 @@ class Mailbox:
             group.display_name = new_display_name
             self._touch(group)
 
+    @_changes_state
     def add_distribution_group_to_im_list(self, smtp_address: str, display_name: str) -> ImGroup:
         if not is_smtp_address(smtp_address):
             raise InvalidImDistributionGroupSmtpAddress()
@@ -574,6 +620,7 @@ class Mailbox:
             raise ImGroupLimitReached()
         return self.group_record(self._new_group(display_name, DISTRIBUTION_GROUP_TYPE, smtp_address.strip()))
 
+    @_changes_state
     def remove_distribution_group_from_im_list(self, group_id: ItemId) -> None:
         # Its page: a distribution group already removed is ErrorItemNotFound.
         group = self._group(group_id, missing=ItemNotFound)
@@ -581,14 +628,29 @@ class Mailbox:
             raise InvalidImGroupId(detail="The group is not a distribution group.")
         self.remove_im_group(ItemId(group.id))
 
+    @_changes_state
     def set_im_list_migration_completed(self, completed: bool) -> None:
         self.im_list_migration_completed = bool(completed)
 
+    def _state(self) -> tuple:
+        """What a cached GetImItemList answer was built in: the count of changing calls, and
+        (for changes made around them, by hand) the change number and the sizes."""
+        return self._generation, self._changes, len(self.groups), len(self.contacts), self.quick_contacts_folder
+
     def get_im_item_list(self, extended: tuple[ExtendedFieldURI, ...] = ()) -> ImItemList:
-        return ImItemList(
+        extended = tuple(extended)
+        state = self._state()
+        cached = self._item_lists.get(extended)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        items = ImItemList(
             groups=tuple(self.group_record(g, extended) for g in self.groups.values()),
             personas=tuple(self.persona_record(c, extended) for c in self.contacts.values()),
         )
+        if len(self._item_lists) >= 8:
+            self._item_lists.clear()
+        self._item_lists[extended] = (state, items)
+        return items
 
     def get_im_items(self, contact_ids: Iterable[ItemId] = (), group_ids: Iterable[ItemId] = (),
                      extended: tuple[ExtendedFieldURI, ...] = ()) -> ImItemList:
@@ -623,6 +685,7 @@ class Mailbox:
 
     # -- adopting recorded state -------------------------------------------------
 
+    @_changes_state
     def adopt_group(self, group: ImGroup) -> None:
         ident = group.exchange_store_id.id if group.exchange_store_id else self._fresh(self.ids.group)
         if group.group_type in DEFAULT_GROUP_TYPES:
@@ -638,6 +701,7 @@ class Mailbox:
             change_key=group.exchange_store_id.change_key if group.exchange_store_id else None,
         )
 
+    @_changes_state
     def adopt_persona(self, persona: Persona, group_ids: Iterable[str] = ()) -> None:
         source = _contact_source(persona)
         item_id = source.id if source else persona.persona_id.id
@@ -653,6 +717,7 @@ class Mailbox:
             if item_id not in g.members:
                 g.members.append(item_id)
 
+    @_changes_state
     def seed_from(self, items: ImItemList) -> None:
         self.groups.clear()
         self.contacts.clear()
