@@ -165,6 +165,7 @@ class UcsProxy:
         answer = self.core.answer(req.method, req.path, _pairs(req.headers), decoded)
         if answer is not None:
             flow.response = _response(answer)
+            flow.metadata["ucs_answer"] = answer
 
     @staticmethod
     def _encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> http.Response:
@@ -281,6 +282,8 @@ def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
     server = flow.server_conn.address if mode == "record" else None
     error = flow.error.msg if flow.error else None
     decoded_request = flow.metadata.get("ucs_request")
+    answer = flow.metadata.get("ucs_answer")
+    response_body = resp.get_content(strict=False) if resp is not None else None
     return RawExchange(
         mode=mode,
         started_at=started,
@@ -293,8 +296,9 @@ def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
         request_headers=[(k, v) for k, v in req.headers.items(multi=True)],
         request_body=req.get_content(strict=False),
         response_headers=[(k, v) for k, v in resp.headers.items(multi=True)] if resp is not None else None,
-        response_body=resp.get_content(strict=False) if resp is not None else None,
+        response_body=response_body,
         fault=decision.describe() if decision is not None else None,
         error=error,
         decoded_request=decoded_request,
+        decoded_response=answer.logged(response_body) if answer is not None else None,
     )

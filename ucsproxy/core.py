@@ -23,7 +23,7 @@ from pathlib import Path
 from . import codec, faults, schema
 from .exchange import RawExchange, header, request_user
 from .model import UcsModel
-from .records import DecodeError, EwsRequest, SoapFault, UcsResponse
+from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
 from .service import UcsService
 
 log = logging.getLogger("ucsproxy")
@@ -51,6 +51,14 @@ class Answer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    #: The records ``body`` was encoded from, for the log (which then need not decode it again).
+    decoded: EwsResponse | None = None
+
+    def logged(self, sent_body: bytes | None) -> EwsResponse | None:
+        """``decoded`` when ``sent_body`` is this answer's body (no fault altered it on the way)."""
+        if self.decoded is None or sent_body is None:
+            return None
+        return self.decoded if sent_body is self.body or sent_body == self.body else None
 
 
 @dataclass
@@ -88,7 +96,8 @@ def encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> Answe
     if not request.is_ucs:
         body = codec.encode_unsupported(answer.operation, answer.response_code, answer.message_text or "")
         return Answer(200, list(XML_HEADERS.items()), body)
-    return Answer(200, list(XML_HEADERS.items()), codec.encode_response(answer))
+    return Answer(200, list(XML_HEADERS.items()), codec.encode_response(answer),
+                  decoded=EwsResponse(answer.operation, ServerVersionInfo(), message=answer))
 
 
 def rendered_answer(decision: faults.FaultDecision, operation: str | None) -> Answer:

@@ -11,12 +11,14 @@ import base64
 import binascii
 import json
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from . import codec
-from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
+from .records import DecodeError, EwsRequest, EwsResponse, ImItemList, Persona, to_jsonable
 from .redact import redact_headers, redact_text
 
 #: Bodies longer than this are stored cut, with a note in ``error``.
@@ -40,7 +42,43 @@ class RawExchange:
     fault: str | None = None  # JSON text of an injected fault
     error: str | None = None
     decoded_request: EwsRequest | DecodeError | None = None  # reused when the proxy already decoded
-    decoded_response: EwsResponse | DecodeError | None = None
+    # The records an answer the proxy made itself was encoded from (the mock's): the log
+    # does not decode its own answers again. Sent to a writer process as a LoggedAnswer.
+    decoded_response: EwsResponse | DecodeError | LoggedAnswer | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for the writer process: the columns of a decoded answer travel as text
+        # (the JSON of a list the proxy hands out again is cached with its records), which
+        # is far cheaper to send than the records of a 1,000-contact list.
+        state = dict(self.__dict__)
+        if isinstance(self.decoded_response, EwsResponse):
+            state["decoded_response"] = logged_answer(self.decoded_response)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class LoggedAnswer:
+    """The log columns of a decoded answer: what build_row takes from an EwsResponse."""
+
+    operation: str | None
+    response_class: str | None
+    response_code: str | None
+    result: str | None  # the ``result`` column's JSON text
+
+
+def logged_answer(response: EwsResponse) -> LoggedAnswer:
+    """The log columns of a decoded answer (a UCS message or a fault)."""
+    result = None
+    if response.fault is not None:
+        result = _json(to_jsonable(response.fault))
+    elif response.message is not None and response.message.payload is not None:
+        result = payload_json(response.message.payload)
+    elif response.message is not None and response.message.message_xml is not None:
+        result = _json({"message_xml": to_jsonable(response.message.message_xml)})
+    return LoggedAnswer(response.operation, response.response_class, response.response_code, result)
 
 
 COLUMNS: dict[str, type] = {
@@ -157,12 +195,78 @@ def _json(value: Any) -> str | None:
     return None if value is None else _JSON.encode(value)
 
 
+# The JSON of personas and whole item lists, by record identity (see codec._IdentityCache):
+# the mock hands out the same records while a mailbox is unchanged, so the ``result`` of
+# its GetImItemList answers is built once per change, and an edited list rebuilds only
+# the personas that changed.
+_PERSONA_JSON = codec._IdentityCache()
+_ITEM_LIST_JSON = codec._IdentityCache()
+
+
+def _persona_json(persona: Persona) -> str:
+    text = _PERSONA_JSON.get(persona)
+    if text is None:
+        text = _JSON.encode(to_jsonable(persona))
+        _PERSONA_JSON.put(persona, text)
+    return text
+
+
+def payload_json(payload: Any) -> str | None:
+    """``_json(to_jsonable(payload))``, text for text; an ImItemList from its cached parts."""
+    if type(payload) is not ImItemList:
+        return _json(to_jsonable(payload))
+    text = _ITEM_LIST_JSON.get(payload)
+    if text is None:
+        # to_jsonable's form of an ImItemList: its non-empty fields in sorted order.
+        parts = []
+        if payload.groups:
+            parts.append('"groups": [' + ", ".join(_JSON.encode(to_jsonable(g)) for g in payload.groups) + "]")
+        if payload.personas:
+            parts.append('"personas": [' + ", ".join(_persona_json(p) for p in payload.personas) + "]")
+        text = "{" + ", ".join(parts) + "}"
+        _ITEM_LIST_JSON.put(payload, text)
+    return text
+
+
 def _decode_error(e: DecodeError) -> dict:
     return {"decode_error": to_jsonable(e)}
 
 
 def is_ews_path(path: str) -> bool:
     return "/ews/" in path.lower()
+
+
+# Answers decoded lately, by body: an answer sent again byte for byte (a mailbox read
+# again unchanged, a replayed answer, an upstream answering alike) is not decoded again.
+# Small bodies decode faster than they hash; the cache keeps at most ANSWER_CACHE_BYTES.
+ANSWER_CACHE_MIN_BYTES = 8 * 1024
+ANSWER_CACHE_BYTES = 32 * 1024 * 1024
+_ANSWERS: OrderedDict[tuple[bytes, str | None, str | None], LoggedAnswer | DecodeError] = OrderedDict()
+_ANSWERS_LOCK = threading.Lock()
+_answers_size = 0
+
+
+def _decoded_answer(body: bytes, operation: str | None, content_type: str | None) -> LoggedAnswer | DecodeError:
+    global _answers_size
+    if len(body) < ANSWER_CACHE_MIN_BYTES:
+        decoded = codec.decode_response(body, operation, content_type)
+        return logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
+    key = (bytes(body), operation, content_type)
+    with _ANSWERS_LOCK:
+        found = _ANSWERS.get(key)
+        if found is not None:
+            _ANSWERS.move_to_end(key)
+            return found
+    decoded = codec.decode_response(body, operation, content_type)
+    answer = logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
+    with _ANSWERS_LOCK:
+        if key not in _ANSWERS:
+            _ANSWERS[key] = answer
+            _answers_size += len(key[0])
+        while _answers_size > ANSWER_CACHE_BYTES and _ANSWERS:
+            old, _ = _ANSWERS.popitem(last=False)
+            _answers_size -= len(old[0])
+    return answer
 
 
 def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
@@ -173,6 +277,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         request = codec.decode_request(raw.request_body, None, header(raw.request_headers, "Content-Type"))
     operation = mailbox = version = args = None
     result: Any = None
+    result_text: str | None = None  # the result column as JSON text already
     if isinstance(request, EwsRequest):
         operation = request.operation
         mailbox = request.mailbox
@@ -186,17 +291,15 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         mailbox = request_user(raw.request_headers)
     response = raw.decoded_response
     if response is None and ews_post and raw.response_body:
-        response = codec.decode_response(raw.response_body, operation, header(raw.response_headers, "Content-Type"))
+        response = _decoded_answer(raw.response_body, operation, header(raw.response_headers, "Content-Type"))
+    elif isinstance(response, EwsResponse):
+        response = logged_answer(response)
     response_class = response_code = None
-    if isinstance(response, EwsResponse):
+    if isinstance(response, LoggedAnswer):
         operation = operation or response.operation
         response_class, response_code = response.response_class, response.response_code
-        if response.fault is not None:
-            result = to_jsonable(response.fault)
-        elif response.message is not None and response.message.payload is not None:
-            result = to_jsonable(response.message.payload)
-        elif response.message is not None and response.message.message_xml is not None:
-            result = {"message_xml": to_jsonable(response.message.message_xml)}
+        if response.result is not None:
+            result_text = response.result
     elif isinstance(response, DecodeError) and ews_post and result is None and raw.http_status is not None:
         result = {"response_decode_error": to_jsonable(response)}
     request_body, req_cut = _body_text(raw.request_body, header(raw.request_headers, "Content-Type"))
@@ -226,7 +329,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         "response_code": response_code,
         "fault": raw.fault,
         "args": _json(args),
-        "result": _json(result),
+        "result": result_text if result_text is not None else _json(result),
         "request_headers": _json([list(h) for h in req_headers]),
         "request_body": request_body,
         "response_headers": _json([list(h) for h in resp_headers]) if resp_headers is not None else None,
