@@ -140,13 +140,19 @@ class UcsProxy:
         self._log(flow)
 
     def running(self) -> None:
+        from .cli.banner import startup_banner
+
+        opts = ctx.options
         proxyserver = ctx.master.addons.get("proxyserver")
-        addrs = proxyserver.listen_addrs() if proxyserver else []
-        where = ", ".join(f"http(s)://{a[0]}:{a[1]}/EWS/Exchange.asmx" for a in addrs) or "?"
-        what = {"mock": "serving a mock Exchange UCS at", "replay": f"replaying {ctx.options.ucs_replay} at",
-                "record": "recording EWS traffic through", "off": "idle (ucs_mode=off) at"}[self.mode]
-        log.info(f"ucsproxy: {what} {where}; log: {ctx.options.ucs_db or 'off'}"
-                 + (f"; {len(self.engine.rules())} fault rule(s)" if self.engine else ""))
+        modes = [m for m in opts.mode if m]
+        spec = modes[0] if modes else "regular"
+        upstream = spec.split(":", 1)[1] if spec.startswith("reverse:") else ""
+        log.info(startup_banner(
+            self.mode, proxyserver.listen_addrs() if proxyserver else [], db=opts.ucs_db,
+            replay_source=opts.ucs_replay, match=opts.ucs_match, stateful=opts.ucs_stateful,
+            fallthrough=upstream if opts.ucs_fallthrough else "", upstream=upstream,
+            proxy_mode="regular" if spec == "regular" else "reverse", state=opts.ucs_state,
+            fault_rules=len(self.engine.rules()) if self.engine else 0))
 
     def error(self, flow: http.HTTPFlow) -> None:
         # Upstream refused or closed, client went away, or a fault killed the flow.

@@ -382,14 +382,23 @@ def _operations(value: Any, where: _Where) -> tuple[str, ...]:
             raise where.fail(f"'{name}' is not an EWS operation name (or \"*\")", "operation")
         if name not in P.UCS_OPERATIONS:
             # Any EWS operation is allowed, but a near miss of a UCS name is a typo that would never fire.
-            near = [op for op in P.UCS_OPERATIONS if op.lower() == name.lower()] or \
-                difflib.get_close_matches(name, P.UCS_OPERATIONS, n=1, cutoff=0.9)
+            near = near_miss(name, P.UCS_OPERATIONS, cutoff=0.9)
             if near:
-                raise where.fail(f"unknown operation '{name}': did you mean '{near[0]}'?", "operation")
+                raise where.fail(f"unknown operation '{name}': did you mean '{near}'?", "operation")
     return tuple(dict.fromkeys(names))
 
 
-_CODES_BY_LOWER = {code.lower(): code for code in P.RESPONSE_CODES}
+def near_miss(name: str, choices, cutoff: float = 0.8) -> str | None:
+    """The choice a mistyped ``name`` most likely meant, or None: the same name in another letter
+    case first, else the closest spelling (difflib, ignoring case). For "did you mean ...?" hints."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    key = name.strip().lower()
+    if key in by_lower:
+        return by_lower[key]
+    if len(key) > 200:  # difflib is quadratic; nobody mistypes a name this long
+        return None
+    close = difflib.get_close_matches(key, sorted(by_lower), n=1, cutoff=cutoff)
+    return by_lower[close[0]] if close else None
 
 
 def _response_code(code: str, where: _Where) -> str:
@@ -400,11 +409,7 @@ def _response_code(code: str, where: _Where) -> str:
     """
     if code in P.RESPONSE_CODES:
         return code
-    key = code.strip().lower()
-    near = _CODES_BY_LOWER.get(key)
-    if near is None and len(key) <= 200:
-        close = difflib.get_close_matches(key, sorted(_CODES_BY_LOWER), n=1, cutoff=0.7)
-        near = _CODES_BY_LOWER[close[0]] if close else None
+    near = near_miss(code, P.RESPONSE_CODES, cutoff=0.7)
     shown = code if len(code) <= 80 else code[:80] + "..."
     if near:
         raise where.fail(f"unknown ResponseCode '{shown}': did you mean '{near}'?", "code")
@@ -417,7 +422,9 @@ def _build(table: dict[str, Any], index: int, source: str, where: _Where) -> Fau
     if action is None:
         raise where.fail(f"missing 'action' (one of: {', '.join(ACTIONS)})")
     if not isinstance(action, str) or action not in ACTIONS:
-        raise where.fail(f"unknown action '{action}' (one of: {', '.join(ACTIONS)})", "action")
+        near = near_miss(action, ACTIONS) if isinstance(action, str) else None
+        hint = f": did you mean '{near}'?" if near else ""
+        raise where.fail(f"unknown action '{action}'{hint} (one of: {', '.join(ACTIONS)})", "action")
     if "operation" not in table:
         raise where.fail("missing 'operation' (an operation name, a list of names, or \"*\")")
     allowed = {**SELECTOR_KEYS, **ACTIONS[action]}

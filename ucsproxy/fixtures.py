@@ -301,11 +301,24 @@ def _looks_like_json(path: Path) -> bool:
     return head[:1] == b"{"
 
 
-def import_source(source: str | Path, db_path: str | Path, keep_secrets: bool = False, progress: bool = False) -> int:
+def import_source(source: str | Path, db_path: str | Path, keep_secrets: bool = False, progress: bool = False,
+                  again: bool = False) -> int:
     """Import a fixture directory, a HAR file or a mitmproxy flow file into a log. Returns rows added.
 
-    Bad input raises ValueError (or FileNotFoundError) with a sentence naming the file.
+    Bad input raises ValueError (or FileNotFoundError) with a sentence naming the file. A source
+    whose content was imported into this log before raises provenance.AlreadyImported unless ``again``;
+    each import is noted in the log's ``imports`` table.
     """
+    from . import provenance
+
+    fingerprint = provenance.source_fingerprint(source)
+    before = provenance.check_repeat(db_path, fingerprint, source, again=again)
+    count = _import_source(source, db_path, keep_secrets, progress)
+    provenance.record_import(db_path, fingerprint, source, count, before)
+    return count
+
+
+def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, progress: bool) -> int:
     import click
 
     from .store import LogStore

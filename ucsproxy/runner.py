@@ -60,6 +60,9 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("tornado", "asyncio", "hpack", "quic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "reverse proxy to http://127.0.0.1:9 listening at ..." names the mock's placeholder upstream:
+    # the addon's start-up line (cli/banner.py) says what listens instead.
+    logging.getLogger("mitmproxy.proxy.mode_servers").setLevel(logging.WARNING)
 
 
 def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:

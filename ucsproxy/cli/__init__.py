@@ -1,7 +1,8 @@
 """The ``ucsproxy`` command line: a thin layer over the package's modules.
 
 Each submodule adds its commands to :data:`main`:
-``serve`` (mock, record, replay), ``logs`` (log, show), ``fixtures`` (export, import) and ``report``.
+``serve`` (mock, record, replay), ``logs`` (log, show), ``fixtures`` (export, import), ``report`` and
+``faultrules`` (faults check).
 """
 
 from __future__ import annotations
@@ -17,4 +18,4 @@ def main() -> None:
     """Decode, log, mock, replay and fault-inject Exchange Unified Contact Store traffic."""
 
 
-from . import fixtures, logs, report, serve  # noqa: E402,F401  (register commands)
+from . import faultrules, fixtures, logs, report, serve  # noqa: E402,F401  (register commands)

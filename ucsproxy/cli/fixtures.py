@@ -15,11 +15,18 @@ from . import main
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--operation", "operations", multiple=True, help="Only this operation (repeatable).")
 @click.option("--mailbox", "mailboxes", multiple=True, help="Only this mailbox (repeatable).")
-def export_command(db, directory, operations, mailboxes):
+@click.option("--overwrite", is_flag=True, help="Replace the fixture files of a DIRECTORY that is not empty.")
+def export_command(db, directory, operations, mailboxes, overwrite):
     """Write the exchanges of DB to DIRECTORY as text fixtures (one request/response pair per exchange)."""
+    import os
+
     from ..fixtures import export_rows
     from ..store import iter_exchanges, open_log
 
+    if not overwrite and os.path.isdir(directory) and os.listdir(directory):
+        raise click.ClickException(
+            f"{directory} is not empty: exporting would replace its fixture files (NNNN-*.xml, recording.json). "
+            "Choose an empty or new directory, or add --overwrite.")
     try:
         database = open_log(db)
         count = export_rows(iter_exchanges(database, operation=operations or None, mailbox=mailboxes or None),
@@ -36,16 +43,18 @@ def export_command(db, directory, operations, mailboxes):
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("--keep-secrets", is_flag=True, help="Store credentials of HAR / flow files unredacted.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def import_command(source, db, keep_secrets, progress):
+@click.option("--again", is_flag=True, help="Import SOURCE even though DB already holds an import of it.")
+def import_command(source, db, keep_secrets, progress, again):
     """Read SOURCE into DB: a fixture directory, a HAR file, or a mitmproxy flow file (.mitm).
 
-    From HAR and flow files only EWS exchanges are kept, with credentials redacted.
+    From HAR and flow files only EWS exchanges are kept, with credentials redacted. A source
+    already imported into DB (the same content, wherever it lies) is refused unless --again.
     """
     from ..fixtures import import_source
 
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        count = import_source(source, db, keep_secrets=keep_secrets, progress=show)
+        count = import_source(source, db, keep_secrets=keep_secrets, progress=show, again=again)
     except sqlite3.DatabaseError as e:
         raise click.ClickException(f"{db} is not a ucsproxy log: {e}") from e
     except (ValueError, OSError) as e:

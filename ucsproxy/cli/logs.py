@@ -13,12 +13,43 @@ DEFAULT_DB = "recordings/ucsproxy.db"
 
 
 def _open(db_path: str):
-    from ..store import open_log
+    """The log at ``db_path`` for reading, or a sentence saying why that is not a ucsproxy log."""
+    import os
+    import sqlite3
 
+    from ..store import TABLE, open_log
+
+    if os.path.isdir(db_path):
+        raise click.ClickException(f"{db_path} is a directory, not a ucsproxy log (a SQLite file such as "
+                                   f"recordings/ucsproxy.db; a fixture directory reads with 'ucsproxy import')")
     try:
-        return open_log(db_path)
+        database = open_log(db_path)
+        has_table = database[TABLE].exists()
     except FileNotFoundError:
         raise click.ClickException(f"no log at {db_path} (record, mock or replay with --db {db_path} first)")
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"{db_path} is not a ucsproxy log (not a SQLite file: {e})") from e
+    if not has_table:
+        raise click.ClickException(f"{db_path} is not a ucsproxy log (a SQLite file without an '{TABLE}' table)")
+    return database
+
+
+def _unknown_operations(database, operations) -> None:
+    """Refuse an --operation name that is neither an EWS operation the log holds nor a UCS one,
+    with the nearest name (an unmatched typo would read as an empty log)."""
+    from .. import protocol as P
+    from ..faults import near_miss
+    from ..store import TABLE
+
+    logged = {row[0] for row in database.execute(f"select distinct operation from {TABLE} "
+                                                 "where operation is not null")}
+    known = set(P.UCS_OPERATIONS) | logged
+    for name in operations:
+        if name in known:
+            continue
+        near = near_miss(name, known, cutoff=0.8)
+        if near:
+            raise click.UsageError(f"no exchanges of operation '{name}': did you mean {near}?")
 
 
 def _result_of(row: dict) -> str:
@@ -44,7 +75,11 @@ def log_command(db, operations, mailboxes, errors, limit, as_json, bodies):
     from ..exchange import key_arguments
     from ..store import iter_exchanges, parsed
 
+    if bodies and not as_json:
+        raise click.UsageError("--bodies goes with --json (the table has no room for bodies; "
+                               "'ucsproxy show DB ID' prints one exchange with its bodies)")
     database = _open(db)
+    _unknown_operations(database, operations)
     rows = list(iter_exchanges(database, operation=operations or None, mailbox=mailboxes or None, errors=errors,
                                limit=limit, order="desc" if limit else "asc"))
     if limit:
@@ -95,6 +130,8 @@ def show(db, ident):
                 "soap_action", "mailbox", "request_server_version", "error"):
         if row.get(key) is not None:
             click.echo(f"  {key:<23}{row[key]}", file=out)
+    if row.get("response_class") in ("Error", "Warning"):
+        row["result"] = _decoded_error(row) or row.get("result")
     for key in ("fault", "args", "result"):
         if row.get(key) is not None:
             click.echo(f"\n{key}:", file=out)
@@ -107,3 +144,19 @@ def show(db, ident):
         if body:
             click.echo("", file=out)
             click.echo(pretty(body).rstrip(), file=out)
+
+
+def _decoded_error(row: dict) -> dict | None:
+    """What an Error (or Warning) answer said, decoded from its body: the log's ``result`` column
+    keeps payloads, not MessageText."""
+    from ..codec import decode_response
+    from ..records import EwsResponse, to_jsonable
+
+    body = row.get("response_body")
+    if not body:
+        return None
+    decoded = decode_response(body.encode("utf-8"), row.get("operation"))
+    if not isinstance(decoded, EwsResponse) or decoded.message is None:
+        return None
+    message = to_jsonable(decoded.message)
+    return {key: value for key, value in message.items() if value is not None and key != "operation"}

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from . import main
+from .faultrules import ServingCommand
 
 
 def _common_options(f):
@@ -33,16 +34,12 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
            fault_specs, fault_seed, verbose) -> None:
     from mitmproxy.exceptions import OptionsError
 
-    from .. import faults
     from ..runner import run_foreground
+    from .banner import check_port_free
+    from .faultrules import load_rules
 
-    if faults_file:
-        try:  # refuse a broken file before anything listens, naming the line
-            faults.parse_fault_file(faults_file)
-        except faults.FaultFileError as e:
-            raise click.ClickException(str(e)) from e
-        except OSError as e:
-            raise click.ClickException(f"cannot read {faults_file}: {e}") from e
+    load_rules(faults_file, fault_specs)  # refuse broken rules before anything listens, naming the line
+    check_port_free(listen_host, listen_port)
     options = dict(
         mode_options,
         listen_host=listen_host,
@@ -59,7 +56,7 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         raise click.ClickException(str(e)) from e
 
 
-@main.command()
+@main.command(cls=ServingCommand)
 @_common_options
 @click.option("--state", type=click.Path(dir_okay=False), help="JSON file: load mailboxes from it, save them on exit.")
 @click.option("--seed", type=int, default=None, help="Make ids and change keys deterministic.")
@@ -80,7 +77,7 @@ def mock(state, seed, item_list, mailbox, lenient, **common):
                         ucs_lenient=lenient), **common)
 
 
-@main.command()
+@main.command(cls=ServingCommand)
 @_common_options
 @click.option("--upstream", help="Exchange base URL, e.g. https://mail.contoso.com (reverse mode).")
 @click.option("--mode", "proxy_mode", type=click.Choice(["reverse", "regular"]), default="reverse", show_default=True,
@@ -95,7 +92,7 @@ def record(upstream, proxy_mode, insecure, **common):
     _serve("record", record_options(upstream, proxy_mode=proxy_mode, insecure=insecure), **common)
 
 
-@main.command()
+@main.command(cls=ServingCommand)
 @_common_options
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--match", type=click.Choice(["strict", "operation", "sequence"]), default="strict",
