@@ -6,7 +6,10 @@
 Sign-in (GetImItemList), then the edits a user makes: a new group, two new
 contacts, a look at them (GetImItems), a rename, moving a contact between
 groups, a distribution group added and removed, removals, the migration flag,
-and a last GetImItemList. One line per call; exit code 1 when an answer is not
+and a last GetImItemList. When the mailbox already holds one of the session's
+names (a group "Project Falcon" made by hand, say), the session's names get a
+suffix ("Project Falcon-2"), so it runs on any mailbox and leaves what was
+there alone. One line per call; exit code 1 when an answer is not
 what Exchange would give, 2 when the endpoint cannot be reached.
 
 Importable: ``run_session(url, ...)`` returns the list of :class:`Call` results
@@ -101,11 +104,51 @@ def _contact_id(persona) -> R.ItemId | None:
     return R.ItemId(persona.persona_id.id)
 
 
+def _session_names(tag: str) -> tuple[set[str], set[str]]:
+    """The group names and addresses a session with this tag creates (compared as the mock does)."""
+    groups = {f"Project Falcon{tag}", f"Project Falcon (core){tag}", f"Sales{tag}"}
+    addresses = {f"anna.lee{tag}@contoso.com", f"ben.ortiz{tag}@contoso.com", f"sales{tag}@contoso.com"}
+    return {g.strip().casefold() for g in groups}, {a.casefold() for a in addresses}
+
+
+def _taken(item_list) -> tuple[set[str], set[str]]:
+    """Group names and addresses a mailbox already holds, from its GetImItemList answer."""
+    groups, addresses = set(), set()
+    for group in getattr(item_list, "groups", ()) or ():
+        groups.add(group.display_name.strip().casefold())
+        if group.smtp_address:
+            addresses.add(group.smtp_address.casefold())
+    for persona in getattr(item_list, "personas", ()) or ():
+        values = [persona.im_address] + [v.value for v in persona.im_addresses if isinstance(v.value, str)]
+        values += [e.email_address for e in (persona.email_address, *persona.email_addresses) if e is not None]
+        for value in values:
+            if value:
+                value = value.strip().casefold()
+                addresses.add(value[4:] if value.startswith("sip:") else value)
+    return groups, addresses
+
+
+def free_tag(item_list, tag: str = "") -> str:
+    """``tag``, or ``tag-2``, ``tag-3``, ...: the first whose names the mailbox does not hold yet, so a session
+    never collides with (nor removes) what was there before it, e.g. a group made by hand with curl."""
+    taken_groups, taken_addresses = _taken(item_list)
+    candidate, n = tag, 1
+    while True:
+        groups, addresses = _session_names(candidate)
+        if not (groups & taken_groups or addresses & taken_addresses):
+            return candidate
+        n += 1
+        candidate = f"{tag}-{n}"
+
+
 def run_session(url: str, user: str | None = None, impersonate: str | None = None, insecure: bool = False,
-                tag: str = "") -> list[Call]:
+                tag: str = "", notes: list[str] | None = None) -> list[Call]:
     s = Session(url, user=user, impersonate=impersonate, insecure=insecure)
     try:
-        s.call(R.GetImItemList())
+        chosen = free_tag(_payload(s.call(R.GetImItemList())), tag)
+        if chosen != tag and notes is not None:
+            notes.append(f"the mailbox already holds names this session uses: its names end in '{chosen}'")
+        tag = chosen
         group = _payload(s.call(R.AddImGroup(f"Project Falcon{tag}")))
         group_id = R.ItemId(group.exchange_store_id.id) if group else None
         alice = _payload(s.call(R.AddNewImContactToGroup(f"sip:anna.lee{tag}@contoso.com", "Anna Lee", group_id)))
@@ -147,11 +190,14 @@ def main() -> int:
     bad = total = 0
     for n in range(max(args.repeat, 1)):
         tag = f"-{n + 1}" if args.repeat > 1 else ""
+        notes: list[str] = []
         try:
-            calls = run_session(args.url, args.user, args.impersonate, args.insecure, tag)
+            calls = run_session(args.url, args.user, args.impersonate, args.insecure, tag, notes)
         except (OSError, http.client.HTTPException) as e:
             print(f"{args.url}: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
+        for note in notes:
+            print(f"({note})")
         for call in calls:
             total += 1
             bad += not call.ok
