@@ -267,3 +267,23 @@ def test_mock_says_what_it_is_and_a_port_in_use_names_listen_port(tmp_path):
         assert "--mode" not in second.stdout + second.stderr
     finally:
         mock.stop()
+
+
+def test_the_start_up_line_of_each_mode():
+    from ucsproxy.cli.banner import startup_banner
+
+    at = [("127.0.0.1", 8080)]
+    assert startup_banner("replay", at, db="r.db", replay_source="recordings/lync-session", match="operation") == (
+        "ucsproxy replay: recordings/lync-session (match operation) at http://127.0.0.1:8080/EWS/Exchange.asmx, "
+        "log r.db")
+    assert startup_banner("replay", at, replay_source="s.db", stateful=True, fallthrough="https://mail.contoso.com",
+                          fault_rules=2) == (
+        "ucsproxy replay: s.db (stateful) at http://127.0.0.1:8080/EWS/Exchange.asmx, unmatched requests go to "
+        "https://mail.contoso.com, no log (--db ''), 2 fault rule(s)")
+    assert startup_banner("record", at, db="x.db", upstream="https://mail.contoso.com") == (
+        "ucsproxy record: https://mail.contoso.com through http://127.0.0.1:8080/EWS/Exchange.asmx, log x.db")
+    assert startup_banner("record", [("::1", 8080, 0, 0), ("127.0.0.1", 8080)], db="x.db", proxy_mode="regular") == (
+        "ucsproxy record: HTTP(S) proxy at [::1]:8080 and 127.0.0.1:8080, log x.db")
+    assert startup_banner("mock", [("", 8080)], db="m.db", state="s.json") == (
+        "ucsproxy mock: fake Exchange at http://0.0.0.0:8080/EWS/Exchange.asmx, mailbox from the Basic user, "
+        "state s.json, log m.db")
