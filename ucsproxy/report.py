@@ -269,7 +269,7 @@ def html_page(rows: list[dict[str, Any]], verdicts: list[Verdict], title: str,
                          + " ".join(_badge(k, n) for k, n in counts.items()) + "</td></tr>")
         parts.append("</table></div>")
     parts.append("</div><h2>Verdicts, worst first</h2><table><tr><th>id</th><th>time</th><th>mailbox</th>"
-                 "<th>operation</th><th>fault</th><th>verdict</th><th>next request after ms</th><th>detail</th></tr>")
+                 "<th>operation</th><th>fault</th><th>verdict</th><th title='from the end of the faulted answer to the next request of its mailbox'>next ms</th><th>detail</th></tr>")
     for v in worst_first(verdicts):
         parts.append(
             f"<tr><td class=n>{v.id}</td><td>{esc((v.started_at or '')[11:23])}</td><td>{esc(v.mailbox or '-')}</td>"
