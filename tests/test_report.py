@@ -112,3 +112,34 @@ def test_a_log_without_faults_and_a_missing_source(tmp_path):
     assert "no injected faults" in run(empty).output
     missing = CliRunner().invoke(main, ["report", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_html_marks_have_hover_texts_and_a_big_run_draws_the_worst_mailboxes(tmp_path):
+    from ucsproxy.report import MAX_TIMELINES, html_page
+    from ucsproxy.verdicts import judge
+
+    page = tmp_path / "report.html"
+    run(CHAOS, "--html", page)
+    titles = re.findall(r"<g id=\"ucs-v(\d+)\"><title>([^<]*)</title>", page.read_text())
+    assert len(titles) == len(shipped_faults())
+    assert any("retry-storm. 7 retries" in text for _, text in titles)
+
+    rows = []
+    for n in range(MAX_TIMELINES + 3):  # one too-early mailbox among honoured ones
+        box = f"user{n:02d}@contoso.com"
+        minute = f"2026-12-01T12:{n:02d}:00"
+        rows.append({"id": len(rows) + 1, "mailbox": box, "operation": "GetImItemList", "args": "{}",
+                     "started_at": f"{minute}.000Z", "duration_ms": 1.0,
+                     "http_status": 200, "response_class": "Error", "response_code": "ErrorServerBusy",
+                     "fault": json.dumps({"action": "server-busy", "params": {"backoff_ms": 500}})})
+        wait = 100 if n == MAX_TIMELINES + 2 else 600
+        rows.append({"id": len(rows) + 1, "mailbox": box, "operation": "GetImItemList", "args": "{}",
+                     "started_at": f"{minute}.{wait:03d}Z", "duration_ms": 1.0,
+                     "http_status": 200, "response_class": "Success", "response_code": "NoError"})
+    verdicts = judge(rows)
+    assert [v.verdict for v in verdicts].count("too-early") == 1
+    html = html_page(rows, verdicts, "many")
+    assert f"The {MAX_TIMELINES} mailboxes with the worst verdicts; 3 more are in the tables." in html
+    timeline = html.split("Timeline per mailbox")[1].split("Latency per operation")[0]
+    assert f"user{MAX_TIMELINES + 2:02d}@contoso.com" in timeline, "the too-early mailbox is drawn"
+    assert sum(f"user{n:02d}@contoso.com" in timeline for n in range(MAX_TIMELINES + 3)) == MAX_TIMELINES

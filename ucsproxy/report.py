@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from .verdicts import GOOD, SEVERITY, Request, Thresholds, Verdict, judge, tally, to_requests, worst_first
+from .verdicts import (GOOD, SEVERITY, Request, Thresholds, Verdict, judge, mailbox_key, tally, to_requests,
+                       worst_first)
 
 INSTALL_HINT = ("the HTML report needs matplotlib: pip install 'ucsproxy[report]' "
                 "(from a checkout: pip install -e '.[report]')")
@@ -115,19 +116,46 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
-def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: float) -> str:
+#: A timeline row per mailbox; a big run shows the mailboxes with the worst verdicts.
+MAX_TIMELINES = 12
+
+
+def _timeline_mailboxes(requests: list[Request], verdicts: list[Verdict]) -> tuple[dict[str, list[Request]], int]:
+    """The mailboxes to draw (at most MAX_TIMELINES, worst verdicts first, shown in order of appearance)."""
     by_mailbox: dict[str, list[Request]] = {}
     for r in requests:
-        by_mailbox.setdefault(r.mailbox or "-", []).append(r)
+        by_mailbox.setdefault(r.mailbox_key, []).append(r)
+    if len(by_mailbox) <= MAX_TIMELINES:
+        return by_mailbox, 0
+    worst: dict[str, tuple[int, int]] = {}
+    for v in verdicts:
+        key = mailbox_key(v.mailbox)
+        severity, bad = worst.get(key, (len(SEVERITY), 0))
+        worst[key] = (min(severity, v.severity), bad - (0 if v.good else 1))
+    chosen = set(sorted(by_mailbox, key=lambda k: worst.get(k, (len(SEVERITY), 0)))[:MAX_TIMELINES])
+    return {k: rs for k, rs in by_mailbox.items() if k in chosen}, len(by_mailbox) - len(chosen)
+
+
+def _titled(svg: str, titles: dict[str, str]) -> str:
+    """A hover text (SVG <title>) on each group whose id is in ``titles``: no script needed."""
+    for gid, text in titles.items():
+        svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}"><title>{html.escape(text)}</title>', 1)
+    return svg
+
+
+def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: float) -> tuple[str, int]:
+    by_mailbox, hidden = _timeline_mailboxes(requests, verdicts)
     judged = {v.id: v for v in verdicts}
+    titles = {}
     heights = [max(1.2, 0.32 * len({r.operation for r in rs}) + 0.7) for rs in by_mailbox.values()]
     fig = Figure(figsize=(11, sum(heights) + 0.6), layout="constrained")
     axes = fig.subplots(len(by_mailbox), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, (mailbox, rs) in zip(axes, by_mailbox.items()):
+    for ax, rs in zip(axes, by_mailbox.values()):
+        mailbox = rs[0].mailbox or "-"
         ops = sorted({r.operation or "(not EWS)" for r in rs})
         y = {op: i for i, op in enumerate(ops)}
         for v in verdicts:
-            if v.mailbox == (None if mailbox == "-" else mailbox) and v.window_ms:
+            if mailbox_key(v.mailbox) == rs[0].mailbox_key and v.window_ms:
                 lo, hi = ((w - t0) / 1000 for w in v.window_ms)
                 ax.axvspan(lo, hi, color=_colour(v.verdict), alpha=0.13, lw=0)
         plain = [r for r in rs if r.id not in judged and r.action in (None, "delay")]
@@ -141,7 +169,8 @@ def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: 
                 continue
             x = (r.at_ms - t0) / 1000
             ax.scatter([x], [y[r.operation or "(not EWS)"]], marker=ACTION_MARKERS.get(v.action, "o"), s=60,
-                       color=_colour(v.verdict), edgecolors="black", linewidths=0.5, zorder=3)
+                       color=_colour(v.verdict), edgecolors="black", linewidths=0.5, zorder=3, gid=f"ucs-v{v.id}")
+            titles[f"ucs-v{v.id}"] = f"#{v.id} {v.operation} {v.action}: {v.verdict}. {v.detail}"
         ax.set_yticks(range(len(ops)), ops)
         ax.set_ylim(-0.7, len(ops) - 0.3)
         ax.set_title(mailbox, loc="left", fontsize=9, fontweight="bold")
@@ -157,7 +186,7 @@ def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: 
     handles += [Patch(color=c, alpha=0.5, label=l) for c, l in
                 ((GOOD_COLOUR, "good verdict / back-off window"), (WARN_COLOUR, "doubtful"), (BAD_COLOUR, "bad"))]
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), frameon=False)
-    return _svg(fig)
+    return _titled(_svg(fig), titles), hidden
 
 
 def _latency_svg(Figure, requests: list[Request]) -> str:
@@ -242,6 +271,7 @@ def html_page(rows: list[dict[str, Any]], verdicts: list[Verdict], title: str,
     bad = [v for v in verdicts if not v.good]
     started = datetime.fromtimestamp(t0 / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     esc = html.escape
+    timeline, hidden = _timeline_svg(Figure, requests, verdicts, t0)
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>{esc(title)}: chaos verdicts</title><style>{CSS}</style></head><body>",
@@ -254,9 +284,11 @@ def html_page(rows: list[dict[str, Any]], verdicts: list[Verdict], title: str,
         f'<div class=card><b style="color:{BAD_COLOUR if bad else GOOD_COLOUR}">{len(bad)}</b>verdicts against the client</div>',
         f"<div class=card><b>{len({r.mailbox_key for r in requests})}</b>mailboxes</div></div>",
         "<h2>Timeline per mailbox</h2>",
-        "<p class=sub>Each mark is a request; faulted requests are drawn by fault kind in their verdict's colour; "
-        "shaded: the back-off a ServerBusy or Retry-After asked for.</p>",
-        _timeline_svg(Figure, requests, verdicts, t0),
+        "<p class=sub>Each mark is a request; faulted requests are drawn by fault kind in their verdict's colour "
+        "(hover for the verdict); shaded: the back-off a ServerBusy or Retry-After asked for."
+        + (f" The {MAX_TIMELINES} mailboxes with the worst verdicts; {hidden} more are in the tables." if hidden else "")
+        + "</p>",
+        timeline,
         "<div class=row><div><h2>Latency per operation</h2>", _latency_svg(Figure, requests), "</div>",
         "<div><h2>Errors and faults over time</h2>", _rates_svg(Figure, requests, t0, t1), "</div></div>",
         "<div class=row>",

@@ -30,7 +30,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Iterable
+from bisect import bisect_right
+from itertools import islice
+from typing import Any, Iterable, Iterator
 
 from . import protocol as P
 
@@ -239,13 +241,13 @@ def to_requests(rows: Iterable[dict[str, Any]]) -> list[Request]:
 def judge(rows: Iterable[dict[str, Any]], thresholds: Thresholds = Thresholds(),
           kind: str | None = None) -> list[Verdict]:
     """One verdict per injected fault (``kind``: only faults with this action), in log order."""
-    requests = to_requests(rows)
     by_mailbox: dict[str, list[Request]] = {}
-    for r in requests:
+    for r in to_requests(rows):
         by_mailbox.setdefault(r.mailbox_key, []).append(r)
     verdicts = []
-    for stream in by_mailbox.values():
-        for i, r in enumerate(stream):
+    for requests in by_mailbox.values():
+        stream = Stream(requests)
+        for i, r in enumerate(requests):
             if r.action in (None, "delay") or (kind is not None and r.action != kind):
                 continue
             verdicts.append(judge_one(stream, i, thresholds))
@@ -257,15 +259,69 @@ def judge(rows: Iterable[dict[str, Any]], thresholds: Thresholds = Thresholds(),
     return [replace(v, retry_of=first_fault[v.id]) if v.id in first_fault else v for v in verdicts]
 
 
-def judge_one(stream: list[Request], index: int, t: Thresholds = Thresholds()) -> Verdict:
-    """The verdict on ``stream[index]`` (a faulted request) from the same mailbox's requests after it."""
-    r = stream[index]
-    later = stream[index + 1:]
+class Stream:
+    """One mailbox's requests in time order, with the look-ups the verdicts need (so a long log stays linear)."""
+
+    def __init__(self, requests: list[Request]):
+        self.requests = requests
+        self._by_identity: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            self._by_identity.setdefault(r.identity, []).append(i)
+        self._writes: dict[str, list[int]] | None = None
+        self._touched: dict[int, dict[str, str | None]] = {}
+        self._reads: list[int] | None = None
+
+    def same_after(self, index: int) -> Iterator[Request]:
+        """The same request (operation and arguments) again, after ``index``."""
+        positions = self._by_identity[self.requests[index].identity]
+        return (self.requests[p] for p in positions[bisect_right(positions, index):])
+
+    def after(self, index: int) -> Iterator[Request]:
+        return islice(self.requests, index + 1, None)
+
+    def touched(self, position: int) -> dict[str, str | None]:
+        """Item ids (with the change keys sent) that the write at ``position`` names."""
+        if self._writes is None:
+            self._writes = {}
+            for i, r in enumerate(self.requests):
+                if r.is_write:
+                    self._touched[i] = _ids_in(r.args, {})
+                    for ident in self._touched[i]:
+                        self._writes.setdefault(ident, []).append(i)
+        return self._touched.get(position, {})
+
+    def first_write_to(self, items: Iterable[str], index: int) -> int | None:
+        """Position of the first write after ``index`` that names one of ``items``."""
+        self.touched(index)
+        best = None
+        for ident in items:
+            positions = self._writes.get(ident, ())
+            k = bisect_right(positions, index)
+            if k < len(positions) and (best is None or positions[k] < best):
+                best = positions[k]
+        return best
+
+    def first_read_between(self, lo: int, hi: int) -> Request | None:
+        """The first GetImItems / GetImItemList after ``lo`` and before ``hi``."""
+        if self._reads is None:
+            self._reads = [i for i, r in enumerate(self.requests) if r.operation in READ_OPERATIONS]
+        k = bisect_right(self._reads, lo)
+        if k < len(self._reads) and self._reads[k] < hi:
+            return self.requests[self._reads[k]]
+        return None
+
+
+def judge_one(stream: Stream | list[Request], index: int, t: Thresholds = Thresholds()) -> Verdict:
+    """The verdict on request ``index`` of a mailbox's stream (a faulted one), from the requests after it."""
+    if not isinstance(stream, Stream):
+        stream = Stream(stream)
+    requests = stream.requests
+    r = requests[index]
     action = r.action
     params = r.fault.get("params") or {}
     # A timeout's end is the client's own: it stops waiting whenever it decides to.
     waited_from = r.at_ms if action == "timeout" else r.end_ms
-    nxt = later[0] if later else None
+    nxt = requests[index + 1] if index + 1 < len(requests) else None
     base = dict(
         id=r.id, mailbox=r.mailbox, operation=r.operation, action=action, started_at=r.started_at,
         code=_fault_code(r, params), rule=r.fault.get("rule"), source=r.fault.get("source"),
@@ -273,11 +329,11 @@ def judge_one(stream: list[Request], index: int, t: Thresholds = Thresholds()) -
         next_request_id=nxt.id if nxt else None,
     )
     if action == "stale-changekey":
-        return _judge_stale(r, later, base)
+        return _judge_stale(r, stream, index, base)
     if action == "ews-error" and base["code"] not in TRANSIENT_CODES:
-        return _judge_repeat(r, later, base)
+        return _judge_repeat(r, stream.after(index), base)
     expected = _expected_wait_ms(r, params) if action in ("server-busy", "http-status") else None
-    chain = _chain(r, later)
+    chain = _chain(stream.same_after(index))
     retry = _retry_facts(r, chain, waited_from, t)
     if expected is not None:
         return _judge_backoff(r, nxt, waited_from, expected, chain, retry, base, t)
@@ -324,14 +380,13 @@ def _expected_wait_ms(r: Request, params: dict) -> float | None:
     return max(0.0, when.timestamp() * 1000 - r.end_ms)
 
 
-def _chain(r: Request, later: list[Request]) -> list[Request]:
-    """The retries of ``r``: the same request again, up to and including the first that got a real answer."""
+def _chain(same_later: Iterable[Request]) -> list[Request]:
+    """The retries: the same request again, up to and including the first that got a real answer."""
     chain = []
-    for other in later:
-        if other.identity == r.identity:
-            chain.append(other)
-            if other.ok:
-                break
+    for other in same_later:
+        chain.append(other)
+        if other.ok:
+            break
     return chain
 
 
@@ -457,30 +512,23 @@ def _ids_in(value: Any, found: dict[str, str | None]) -> dict[str, str | None]:
     return found
 
 
-def _judge_stale(r, later, base) -> Verdict:
+def _judge_stale(r: Request, stream: Stream, index: int, base: dict) -> Verdict:
     stale = _ids_in(r.result, {})
-    read: Request | None = None
-    for other in later:
-        if other.operation in READ_OPERATIONS:
-            read = read or other
-            continue
-        if not other.is_write:
-            continue
-        touched = _ids_in(other.args, {})
-        hit = [i for i in touched if i in stale]
-        if not hit:
-            continue
-        if read is not None:
-            return Verdict(**base, verdict="re-read",
-                           detail=f"read again ({read.operation}, #{read.id}) before writing "
-                                  f"{other.operation} (#{other.id}) to an item of the stale answer")
-        with_stale = [i for i in hit if touched[i] is not None and touched[i] == stale[i]]
-        sent = " with the stale ChangeKey" if with_stale else ""
-        return Verdict(**base, verdict="no-re-read",
-                       detail=f"wrote {other.operation} (#{other.id}){sent} to an item of the stale answer "
-                              "without reading it again")
-    return Verdict(**base, verdict="no-write",
-                   detail=f"no later write to the {len(stale)} item(s) of the stale answer")
+    at = stream.first_write_to(stale, index)
+    if at is None:
+        return Verdict(**base, verdict="no-write",
+                       detail=f"no later write to the {len(stale)} item(s) of the stale answer")
+    write, touched = stream.requests[at], stream.touched(at)
+    read = stream.first_read_between(index, at)
+    if read is not None:
+        return Verdict(**base, verdict="re-read",
+                       detail=f"read again ({read.operation}, #{read.id}) before writing "
+                              f"{write.operation} (#{write.id}) to an item of the stale answer")
+    with_stale = [i for i in touched if i in stale and touched[i] is not None and touched[i] == stale[i]]
+    sent = " with the stale ChangeKey" if with_stale else ""
+    return Verdict(**base, verdict="no-re-read",
+                   detail=f"wrote {write.operation} (#{write.id}){sent} to an item of the stale answer "
+                          "without reading it again")
 
 
 # ---------------------------------------------------------------------------
