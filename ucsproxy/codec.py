@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 from lxml import etree
 
+from . import operations
 from . import protocol as P
 from .records import (
     REQUEST_TYPES,
@@ -822,13 +823,20 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
     if first.tag == _FAULT:
         return EwsResponse(operation=operation, server_version=server_version, fault=_fault(first))
     name = _local(first)
-    if _ns(first) != M or not name.endswith("Response"):
+    if _ns(first) != M or not name.endswith(("Response", "ResponseMessage")):
         return DecodeError("not-ews", f"The body element {name} is not an EWS response.")
-    op = name[: -len("Response")]
+    op = name[: -len("Response")] if name.endswith("Response") else name[: -len("ResponseMessage")]
     if op in P.UCS_OPERATIONS:
         return EwsResponse(operation=op, server_version=server_version, message=_ucs_message(op, first))
-    # Any other EWS operation: the first ResponseMessage, without payload.
-    message_el = next(_elements(_child(first, "ResponseMessages")), None)
+    # Any other EWS operation: its (first) message, without payload. The message is the
+    # response element itself (FindPeople, GetPersona), the first of its ResponseMessages
+    # (FindItem), or a ResponseMessage inside it (GetUserOofSettings, GetUserAvailability).
+    if first.get("ResponseClass") is not None:
+        message_el = first
+    else:
+        message_el = next(_elements(_child(first, "ResponseMessages")), None)
+        if message_el is None:
+            message_el = next(first.iter("{*}ResponseMessage"), None)
     message = None
     if message_el is not None:
         message = UcsResponse(
@@ -1271,14 +1279,20 @@ def encode_response(response: UcsResponse, server_version: ServerVersionInfo | N
     return b"".join((_envelope_head(server_version), "".join(out).encode("utf-8"), tail, _ENVELOPE_TAIL))
 
 
-def encode_unsupported(operation: str, code: str, message_text: str) -> bytes:
-    """The usual EWS error shape (``ResponseMessages``) for an operation outside UCS."""
+def encode_unsupported(operation: str, code: str, message_text: str,
+                       message_xml: MessageXml | None = None) -> bytes:
+    """An error answer for an EWS operation outside UCS, in that operation's response shape
+    (ResponseMessages, a single message, or a wrapped ResponseMessage: :mod:`ucsproxy.operations`)."""
+    shape = operations.shape_of(operation)
     env, body = _response_envelope(None)
-    outer = _sub(body, M, f"{operation}Response", nsmap={"m": M, "t": T})
-    messages = _sub(outer, M, "ResponseMessages")
-    _put_response_message(messages, f"{operation}ResponseMessage", UcsResponse(
+    parent = body
+    for name in shape.path[:-1]:
+        parent = _sub(parent, M, name, nsmap={"m": M, "t": T} if parent is body else None)
+    el = _put_response_message(parent, shape.path[-1], UcsResponse(
         operation=operation, response_class=P.ERROR, response_code=code, message_text=message_text,
-        descriptive_link_key=0))
+        descriptive_link_key=0, message_xml=message_xml), nsmap={"m": M, "t": T} if parent is body else None)
+    for name, value in shape.required:
+        _sub(el, M, name, value)
     return _to_bytes(env)
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lxml import etree
 
 from . import codec
 from . import protocol as P
@@ -813,21 +812,7 @@ def render_error_body(decision: FaultDecision, operation: str | None) -> tuple[i
 def _error_message(operation: str, code: str, message: str | None, mx: MessageXml | None = None) -> bytes:
     if operation in P.UCS_OPERATIONS:
         return codec.encode_response(codec.error_response(operation, code, message, mx))
-    body = codec.encode_unsupported(operation, code, message if message is not None else P.message_text(code))
-    return _with_message_xml(body, mx) if mx is not None else body
-
-
-def _with_message_xml(body: bytes, mx: MessageXml) -> bytes:
-    # encode_unsupported has no MessageXml; a throttled FindItem still needs its back-off.
-    root = etree.fromstring(body)
-    found = root.xpath("//m:ResponseMessages/*[1]", namespaces={"m": P.NS_MESSAGES})
-    if not found:
-        return body
-    el = etree.SubElement(found[0], f"{{{P.NS_MESSAGES}}}MessageXml", nsmap={"t": P.NS_TYPES})
-    for name, value in mx.values:
-        v = etree.SubElement(el, f"{{{P.NS_TYPES}}}Value", Name=name)
-        v.text = value
-    return b'<?xml version="1.0" encoding="utf-8"?>' + etree.tostring(root, encoding="utf-8")
+    return codec.encode_unsupported(operation, code, message if message is not None else P.message_text(code), mx)
 
 
 def truncate_body(body: bytes, params: dict[str, Any]) -> bytes:
