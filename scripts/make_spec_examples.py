@@ -8,11 +8,18 @@ pages becomes one exchange, in document order, with ``http://`` namespaces as
 the real service sends them. Examples that show an answer without its request
 (the AddImGroup schema-validation fault, the GetImItemList version fault) get
 the request the page describes.
+
+One repair, so that a replay of the recording serves only what Exchange's schema allows:
+the GetImItemList page prints each Persona's ``EmailAddresses`` list with
+``<EmailAddress>`` items, where the schema (ArrayOfEmailAddressesType) has ``<Address>``;
+the recording holds ``<Address>`` (see recordings/spec-examples/README.md). The page's
+text stays verbatim in tests/fixtures/.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -39,6 +46,12 @@ def envelopes(text: str) -> list[str]:
         end = text.index(f"</{prefix}:Envelope>", start) + len(f"</{prefix}:Envelope>")
         out.append(text[start:end])
         i = end
+
+
+def schema_valid_email_addresses(xml: str) -> str:
+    """``EmailAddresses/EmailAddress`` items as the schema names them: ``EmailAddresses/Address``."""
+    xml = re.sub(r"<EmailAddresses>(\s*)<EmailAddress>", r"<EmailAddresses>\1<Address>", xml)
+    return re.sub(r"</EmailAddress>(\s*)</EmailAddresses>", r"</Address>\1</EmailAddresses>", xml)
 
 
 def http_namespaces(xml: str) -> str:
@@ -68,7 +81,7 @@ def exchanges(spec: Path) -> list[tuple[str, str, str, int]]:
     out.append(("AddImContactToGroup operation page", page[0], page[1], 200))
     out.append(("AddImContactToGroup operation page (error)", page[0], page[2], 200))
     page = envelopes((spec / "GetImItemList-operation.md").read_text())
-    out.append(("GetImItemList operation page", page[0], page[1], 200))
+    out.append(("GetImItemList operation page", page[0], schema_valid_email_addresses(page[1]), 200))
     old_version = page[0].replace('Version="Exchange2013"', 'Version="Exchange2010_SP2"')
     out.append(("GetImItemList operation page (error)", old_version, page[2], 500))
     page = envelopes((spec / "GetImItems-operation.txt").read_text())

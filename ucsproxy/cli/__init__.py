@@ -18,4 +18,4 @@ def main() -> None:
     """Decode, log, mock, replay and fault-inject Exchange Unified Contact Store traffic."""
 
 
-from . import faultrules, fixtures, logs, report, serve  # noqa: E402,F401  (register commands)
+from . import faultrules, fixtures, logs, report, serve, validate  # noqa: E402,F401  (register commands)
