@@ -69,6 +69,8 @@ class UcsProxy:
         loader.add_option("ucs_faults", str, "", "TOML file of fault rules (re-read when it changes).")
         loader.add_option("ucs_fault", Sequence[str], [], "One-line fault rule OPERATION:ACTION[:key=value,...] (repeatable).")
         loader.add_option("ucs_fault_seed", int, 0, "Seed for one-line fault rules.")
+        loader.add_option("ucs_domains", Sequence[str], [], "Mock / replay: mailbox domains Autodiscover "
+                          "accepts besides contoso.com and the domains of the mock's mailboxes (repeatable).")
         loader.add_option("ucs_lenient", bool, False, "Mock / stateful replay: answer UCS requests that break "
                           "Exchange's schema instead of the ErrorSchemaValidation fault.")
 
@@ -78,6 +80,7 @@ class UcsProxy:
         c.mode = opts.ucs_mode
         c.fallthrough = opts.ucs_fallthrough
         c.lenient = opts.ucs_lenient
+        c.domains = tuple(opts.ucs_domains)
         try:
             if updated & {"ucs_db", "ucs_keep_secrets"}:
                 c.open_store(opts.ucs_db, opts.ucs_keep_secrets)
@@ -104,6 +107,15 @@ class UcsProxy:
         serving = mode in ("mock", "replay")
         decoded = None
         req = flow.request
+        if serving:
+            scheme = "https" if flow.client_conn.tls_established else "http"
+            # HTTP/2 has no Host header: its :authority is the host_header (kept: keep_host_header).
+            listen = req.host_header or ":".join(map(str, (flow.client_conn.sockname or ("localhost",))[:2]))
+            found = c.answer_autodiscover(req.method, req.path, _pairs(req.headers), req.get_content(strict=False),
+                                          scheme, listen)
+            if found is not None:
+                flow.response = _response(found)
+                return None
         if c.wants_decoded(req.method, req.path):
             decoded = c.decode(req.get_content(strict=False) or b"", _pairs(req.headers))
             flow.metadata["ucs_request"] = decoded

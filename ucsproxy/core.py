@@ -20,9 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codec, faults, schema
+from . import autodiscover, codec, faults, schema
 from .exchange import RawExchange, header, request_user
-from .model import UcsModel
+from .model import DEFAULT_MAILBOX, UcsModel
 from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
 from .service import UcsService
 
@@ -146,6 +146,7 @@ class UcsCore:
         self.replay = None  # replay.ReplayIndex, imported lazily
         self.fallthrough = False
         self.lenient = False  # True: no schema check of requests (mock, stateful replay)
+        self.domains: tuple[str, ...] = ()  # mailbox domains Autodiscover accepts besides the model's
         self.engine: faults.FaultEngine | None = None
         self.watcher: faults.FaultFileWatcher | None = None
         self._store_key: tuple | None = None
@@ -308,6 +309,27 @@ class UcsCore:
             return self._answer_from_recording(decoded, headers)
         assert self.service is not None
         return encode_answer(decoded, self.service.handle(decoded, user=request_user(headers)))
+
+    def answer_autodiscover(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None,
+                            scheme: str, listen: str) -> Answer | None:
+        """The answer to an Autodiscover request (POX or SOAP), None for any other path.
+
+        URLs in it point at ``scheme`` and the Host the client asked for (else ``listen``,
+        the address it connected to). Accepted mailbox domains: contoso.com, the domains of
+        the mailboxes the model holds, and ``self.domains``.
+        """
+        kind = autodiscover.endpoint(path)
+        if kind is None:
+            return None
+        if method != "POST":
+            return Answer(405, [("Content-Type", "text/plain"), ("Allow", "POST")],
+                          b"ucsproxy: Autodiscover takes requests by POST.\n")
+        domains = {DEFAULT_MAILBOX.rsplit("@", 1)[1], *(d.lower().lstrip("@") for d in self.domains)}
+        if self.model is not None:
+            domains.update(m.rsplit("@", 1)[1] for m in self.model.mailboxes() if "@" in m)
+        settings = autodiscover.Settings(autodiscover.base_url(scheme, headers, listen), frozenset(domains))
+        status, answer_headers, out = autodiscover.answer(kind, body, settings)
+        return Answer(status, answer_headers, out)
 
     def _answer_from_recording(self, decoded: EwsRequest, headers: list[tuple[str, str]]) -> Answer | None:
         from . import replay

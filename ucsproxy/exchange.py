@@ -312,7 +312,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         req_headers, resp_headers = redact_headers(req_headers), redact_headers(resp_headers)
         request_body = redact_text(request_body) if request_body else request_body
         response_body = redact_text(response_body) if response_body else response_body
-    return {
+    row = {
         "started_at": iso_utc(raw.started_at),
         "duration_ms": raw.duration_ms,
         "mode": raw.mode,
@@ -336,6 +336,27 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         "response_body": response_body,
         "error": "; ".join(notes) or None,
     }
+    if raw.method == "POST" and not ews_post:
+        _autodiscover_columns(row, raw)
+    return row
+
+
+def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> None:
+    """An Autodiscover exchange (POX or SOAP GetUserSettings) decoded into the log's columns."""
+    from .autodiscover import log_fields
+
+    found = log_fields(raw.path, raw.request_body, raw.response_body)
+    if not found:
+        return
+    row["operation"] = found["operation"]
+    if found.get("mailbox"):
+        row["mailbox"] = found["mailbox"].lower()
+    for key in ("response_class", "response_code"):
+        if found.get(key):
+            row[key] = found[key]
+    for key in ("args", "result"):
+        if found.get(key) is not None:
+            row[key] = _json(found[key])
 
 
 def key_arguments(operation: str | None, args: dict | None) -> str:

@@ -26,6 +26,7 @@ def mock_options(*, state: str = "", seed: int | None = None, item_list: str = "
     return dict(
         mode=[f"reverse:{PLACEHOLDER_UPSTREAM}"],
         connection_strategy="lazy",
+        keep_host_header=True,  # Autodiscover answers name the host the client asked for
         ucs_mode="mock",
         ucs_state=state,
         ucs_seed=seed,
@@ -39,6 +40,7 @@ def replay_options(source: str, *, match: str = "strict", stateful: bool = False
     return dict(
         mode=[f"reverse:{fallthrough or PLACEHOLDER_UPSTREAM}"],
         connection_strategy="lazy",
+        keep_host_header=not fallthrough,  # Autodiscover answers name the host the client asked for
         ucs_mode="replay",
         ucs_replay=str(source),
         ucs_match=match,

@@ -65,7 +65,9 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
 @click.option("--mailbox", default="", help="Mailbox --item-list seeds (default: user@contoso.com).")
 @click.option("--lenient", is_flag=True, help="Answer UCS requests that break Exchange's schema instead of "
               "the ErrorSchemaValidation fault Exchange gives.")
-def mock(state, seed, item_list, mailbox, lenient, **common):
+@click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
+              help="A mailbox domain Autodiscover accepts besides contoso.com and the mock's mailboxes' (repeatable).")
+def mock(state, seed, item_list, mailbox, lenient, domains, **common):
     """Serve a stateful in-memory Exchange UCS at http(s)://HOST:PORT/EWS/Exchange.asmx.
 
     Plain HTTP and TLS (with mitmproxy's CA, ~/.mitmproxy/mitmproxy-ca-cert.pem)
@@ -74,7 +76,7 @@ def mock(state, seed, item_list, mailbox, lenient, **common):
     from ..runner import mock_options
 
     _serve("mock", dict(mock_options(state=state or "", seed=seed, item_list=item_list or "", mailbox=mailbox),
-                        ucs_lenient=lenient), **common)
+                        ucs_lenient=lenient, ucs_domains=list(domains)), **common)
 
 
 @main.command(cls=ServingCommand)
@@ -102,9 +104,11 @@ def record(upstream, proxy_mode, insecure, **common):
 @click.option("--fallthrough", metavar="URL", default=None, help="Forward unmatched requests to this upstream.")
 @click.option("--lenient", is_flag=True, help="With --stateful: answer UCS requests that break Exchange's schema instead of "
               "the ErrorSchemaValidation fault Exchange gives.")
-def replay(source, match, stateful, seed, fallthrough, lenient, **common):
+@click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
+              help="A mailbox domain Autodiscover accepts besides contoso.com and the mock's mailboxes' (repeatable).")
+def replay(source, match, stateful, seed, fallthrough, lenient, domains, **common):
     """Serve recorded answers from SOURCE (a SQLite log or a fixture directory)."""
     from ..runner import replay_options
 
     _serve("replay", dict(replay_options(source, match=match, stateful=stateful, seed=seed, fallthrough=fallthrough),
-                          ucs_lenient=lenient), **common)
+                          ucs_lenient=lenient, ucs_domains=list(domains)), **common)
