@@ -95,12 +95,15 @@ def _parts(root: etree._Element) -> tuple[list[etree._Element], etree._Element |
     headers: list[etree._Element] = []
     operation = None
     for section in root:
-        if section.tag == f"{{{S}}}Header":
-            headers = [h for h in section if isinstance(h.tag, str)
-                       and etree.QName(h).namespace == T and etree.QName(h).localname in CHECKED_HEADERS]
-        elif section.tag == f"{{{S}}}Body":
+        if section.tag == _HEADER:
+            headers = [h for h in section if h.tag in _CHECKED_HEADER_TAGS]
+        elif section.tag == _BODY:
             operation = next((c for c in section if isinstance(c.tag, str)), None)
     return headers, operation
+
+
+_HEADER, _BODY = f"{{{S}}}Header", f"{{{S}}}Body"
+_CHECKED_HEADER_TAGS = frozenset(f"{{{T}}}{name}" for name in CHECKED_HEADERS)
 
 
 def _text_lines(body: bytes, content_type: str | None) -> list[str] | None:
@@ -113,7 +116,9 @@ def _text_lines(body: bytes, content_type: str | None) -> list[str] | None:
 def _open(body: bytes, content_type: str | None) -> etree._Element | DecodeError:
     """The parsed message (read as the codec reads it: same encodings, same limits), namespaces folded."""
     root = codec._parse(body, content_type)
-    if not isinstance(root, DecodeError):
+    # The fold walks every element: only for a body that spells a namespace https:// (in UTF-8 or
+    # a single-byte encoding; a UTF-16 body is rare enough to always take the walk).
+    if not isinstance(root, DecodeError) and (b"https://schemas.microsoft.com" in body or b"\x00" in body[:4]):
         _normalise_namespaces(root)
     return root
 
