@@ -287,3 +287,28 @@ def test_the_start_up_line_of_each_mode():
     assert startup_banner("mock", [("", 8080)], db="m.db", state="s.json") == (
         "ucsproxy mock: fake Exchange at http://0.0.0.0:8080/EWS/Exchange.asmx, mailbox from the Basic user, "
         "state s.json, log m.db")
+
+
+def test_replay_and_record_say_what_they_are_first(tmp_path):
+    replay_port, record_port = free_port(), free_port()
+    replay = Process([str(BIN / "ucsproxy"), "replay", str(LYNC), "--listen-port", str(replay_port), "--db", ""],
+                     replay_port, tmp_path / "replay.out", cwd=tmp_path)
+    try:
+        record = Process([str(BIN / "ucsproxy"), "record", "--upstream", f"http://127.0.0.1:{replay_port}",
+                          "--listen-port", str(record_port), "--db", str(tmp_path / "r.db")],
+                         record_port, tmp_path / "record.out", cwd=tmp_path)
+        try:
+            first = wait_for_output(replay, "ucsproxy replay:").splitlines()[0].split("] ", 1)[1]
+            assert first == (f"ucsproxy replay: {LYNC} (match strict) at http://127.0.0.1:{replay_port}"
+                             f"/EWS/Exchange.asmx, no log (--db '')")
+            first = wait_for_output(record, "ucsproxy record:").splitlines()[0].split("] ", 1)[1]
+            assert first == (f"ucsproxy record: http://127.0.0.1:{replay_port} through http://127.0.0.1:"
+                             f"{record_port}/EWS/Exchange.asmx, log {tmp_path / 'r.db'}")
+        finally:
+            record.stop()
+    finally:
+        replay.stop()
+
+
+def test_limit_must_be_positive(lync_db):
+    assert_sentence(run("log", lync_db, "--limit", "0"), 2, "--limit")

@@ -67,7 +67,8 @@ def _result_of(row: dict) -> str:
 @click.option("--operation", "operations", multiple=True, help="Only this operation (repeatable).")
 @click.option("--mailbox", "mailboxes", multiple=True, help="Only this mailbox (repeatable).")
 @click.option("--errors", is_flag=True, help="Only Error / Fault answers, HTTP errors and failed exchanges.")
-@click.option("--limit", type=int, default=None, help="Show at most N exchanges (the most recent).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Show at most N exchanges (the most recent).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
 @click.option("--bodies", is_flag=True, help="With --json: include request and response bodies.")
 def log_command(db, operations, mailboxes, errors, limit, as_json, bodies):
