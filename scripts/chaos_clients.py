@@ -5,9 +5,11 @@
 
 Each client plays the same short session in its own mailbox (sign-in list, a new group,
 read it, rename it, a second group, the list again); the rules of :func:`fault_rules`
-break the same calls in every mailbox. What differs is how each client reacts:
+break the same calls in every mailbox (ServerBusy, two resets, a stale change key, a store
+that stays down for 7 calls, a name that already exists, HTTP 503 with Retry-After, a cut
+answer). What differs is how each client reacts:
 
-- ``patient``: waits out BackOffMilliseconds, retries transport trouble and server
+- ``patient``: waits out BackOffMilliseconds and Retry-After, retries transport trouble and server
   errors with a growing wait (250 ms, then 1.5 s), at most 3 attempts; reads an item again
   before writing it; never repeats a request that can only fail again;
 - ``eager``: retries any failure at once, at most 3 attempts, writes with the change key
@@ -38,6 +40,7 @@ NS = {
     "t": "http://schemas.microsoft.com/exchange/services/2006/types",
 }
 BACKOFF_MS = 1000
+RETRY_AFTER_S = 1
 CLIENTS = ("patient", "eager", "stormy", "quitter")
 DOMAIN = "contoso.com"
 #: Codes a retry cannot fix; the patient client knows them.
@@ -64,6 +67,10 @@ def fault_rules(clients=CLIENTS, seed: int = 17) -> str:
             "until = 7", 'action = "soap-fault"', 'code = "ErrorInternalServerTransientError"', "",
             "[[fault]]", f'name = "{client}-exists"', 'operation = "AddImGroup"', f'mailbox = "{box}"',
             "nth = 4", 'action = "ews-error"', 'code = "ErrorImGroupDisplayNameAlreadyExists"', "",
+            "[[fault]]", f'name = "{client}-unavailable"', 'operation = "GetImItemList"', f'mailbox = "{box}"',
+            "nth = 3", 'action = "http-status"', "status = 503", f"retry_after = {RETRY_AFTER_S}", "",
+            "[[fault]]", f'name = "{client}-cut"', 'operation = "GetImItemList"', f'mailbox = "{box}"',
+            "nth = 4", 'action = "truncate"', "fraction = 0.5", "",
         ]
     return "\n".join(out)
 
@@ -74,6 +81,7 @@ class Answer:
     code: str | None = None      # ResponseCode, or the SOAP fault's code
     root: ET.Element | None = None
     backoff_ms: int | None = None
+    retry_after_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,6 +107,8 @@ class Client:
             return 0.0
         if answer.code == "ErrorServerBusy" and answer.backoff_ms is not None:
             return answer.backoff_ms / 1000
+        if answer.retry_after_s is not None:
+            return answer.retry_after_s
         return 0.25 * 6 ** (attempt - 1)
 
     def retries(self, answer: Answer) -> bool:
@@ -127,6 +137,9 @@ class Client:
             return Answer(None)
         finally:
             conn.close()
+        retry_after = resp.getheader("Retry-After")
+        if resp.status == 503 and retry_after and retry_after.isdigit():
+            return Answer(resp.status, retry_after_s=float(retry_after))
         try:
             root = ET.fromstring(data)
         except ET.ParseError:

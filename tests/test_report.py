@@ -74,7 +74,7 @@ def test_a_log_and_its_fixture_directory_give_the_same_verdicts(tmp_path):
 def test_fail_on_gates_a_ci_job():
     failed = run(CHAOS, "--fail-on", "too-early,retry-storm")
     assert failed.exit_code == 1
-    assert "failing (--fail-on): retry-storm 4, too-early 2" in failed.output
+    assert "failing (--fail-on): retry-storm 4, too-early 4" in failed.output
     assert run(CHAOS, "--fail-on", "no-write").exit_code == 0
     assert run(CHAOS, "--fail-on", "retry-storm", "--storm-retries", "10").exit_code == 0, "N is configurable"
     assert run(CHAOS, "--fail-on", "retry-storm", "--storm-window-ms", "1").exit_code == 0, "T is configurable"
@@ -82,11 +82,16 @@ def test_fail_on_gates_a_ci_job():
     assert wrong.exit_code == 2 and "unknown verdict 'too-late'" in wrong.output and "retry-storm" in wrong.output
 
 
-def test_html_is_one_self_contained_page(tmp_path):
-    page = tmp_path / "report.html"
+@pytest.fixture(scope="module")
+def chaos_page(tmp_path_factory) -> str:
+    page = tmp_path_factory.mktemp("report") / "report.html"
     result = run(CHAOS, "--html", page)
-    assert result.exit_code == 0
-    html = page.read_text()
+    assert result.exit_code == 0 and f"wrote {page}" in result.output
+    return page.read_text()
+
+
+def test_html_is_one_self_contained_page(chaos_page):
+    html = chaos_page
     assert html.count("<svg") == 3, "timeline, latency, rates"
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "nothing loaded from the network"
     assert "<script" not in html and "<link" not in html
@@ -114,13 +119,11 @@ def test_a_log_without_faults_and_a_missing_source(tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
-def test_html_marks_have_hover_texts_and_a_big_run_draws_the_worst_mailboxes(tmp_path):
+def test_html_marks_have_hover_texts_and_a_big_run_draws_the_worst_mailboxes(chaos_page):
     from ucsproxy.report import MAX_TIMELINES, html_page
     from ucsproxy.verdicts import judge
 
-    page = tmp_path / "report.html"
-    run(CHAOS, "--html", page)
-    titles = re.findall(r"<g id=\"ucs-v(\d+)\"><title>([^<]*)</title>", page.read_text())
+    titles = re.findall(r"<g id=\"ucs-v(\d+)\"><title>([^<]*)</title>", chaos_page)
     assert len(titles) == len(shipped_faults())
     assert any("retry-storm. 7 retries" in text for _, text in titles)
 

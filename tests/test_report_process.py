@@ -73,6 +73,8 @@ def test_patient_client_honours_backoff_backs_off_rereads_and_does_not_repeat(ch
         ("SetImGroup", "soap-fault", "gave-up"),
         ("SetImGroup", "soap-fault", "no-retry"),
         ("AddImGroup", "ews-error", "not-repeated"),
+        ("GetImItemList", "http-status", "honoured"),   # 503 with Retry-After: 1
+        ("GetImItemList", "truncate", "retried"),
     ]
     busy = judge(rows, THRESHOLDS, kind="server-busy")
     patient = next(v for v in busy if v.mailbox == mailbox("patient"))
@@ -92,9 +94,13 @@ def test_eager_client_retries_at_once(chaos_run):
         ("SetImGroup", "soap-fault", "gave-up"),
         ("SetImGroup", "soap-fault", "no-retry"),
         ("AddImGroup", "ews-error", "repeated-error"),
+        ("GetImItemList", "http-status", "too-early"),
+        ("GetImItemList", "truncate", "retried"),
     ]
     eager = next(v for v in judge(rows, THRESHOLDS, kind="server-busy") if v.mailbox == mailbox("eager"))
     assert eager.early_by_ms > 500
+    unavailable = next(v for v in judge(rows, THRESHOLDS, kind="http-status") if v.mailbox == mailbox("eager"))
+    assert (unavailable.code, unavailable.expected_wait_ms) == ("HTTP 503", 1000) and unavailable.early_by_ms > 500
 
 
 def test_stormy_client_storms(chaos_run):
@@ -109,6 +115,8 @@ def test_stormy_client_storms(chaos_run):
         ("SetImGroup", "soap-fault", "constant"),
         ("SetImGroup", "soap-fault", "retried"),
         ("AddImGroup", "ews-error", "repeated-error"),
+        ("GetImItemList", "http-status", "too-early"),
+        ("GetImItemList", "truncate", "retried"),
     ]
 
 
@@ -122,7 +130,7 @@ def test_the_cli_on_the_live_log_json_and_fail_on(chaos_run):
     db, rows, _ = chaos_run
     gate = subprocess.run([sys.executable, "-m", "ucsproxy", "report", str(db), "--json", "--storm-window-ms", "2000",
                            "--fail-on", "retry-storm,too-early"], capture_output=True, text=True, timeout=60)
-    assert gate.returncode == 1 and "failing (--fail-on): retry-storm 4, too-early 2" in gate.stderr
+    assert gate.returncode == 1 and "failing (--fail-on): retry-storm 4, too-early 4" in gate.stderr
     objects = [json.loads(line) for line in gate.stdout.splitlines()]
     assert len(objects) == sum(1 for r in rows if r["fault"] and json.loads(r["fault"])["action"])
     assert [o["verdict"] for o in objects] == [v.verdict for v in judge(rows, Thresholds(storm_window_ms=2000))]
