@@ -106,3 +106,17 @@ def test_the_addon_hands_the_answer_records_to_the_log():
     assert raw_exchange_from_flow(flow, "mock").decoded_response is answer.decoded
     flow.response.content = answer.body[:100]  # a truncate fault cut it: the log reads what was sent
     assert raw_exchange_from_flow(flow, "mock").decoded_response is None
+
+
+def test_remembered_personas_decode_alike_and_are_shared():
+    m = UcsModel(seed=9)
+    for n in range(30):
+        m.add_new_im_contact_to_group(MB, f"sip:u{n}@contoso.com", f"U <{n}>")
+    body = codec.encode_response(R.UcsResponse("GetImItemList", payload=m.get_im_item_list(MB)))
+    plain = codec.decode_response(body, "GetImItemList")
+    first = codec.decode_response(body, "GetImItemList", memo=True)
+    again = codec.decode_response(body.replace(b"U &lt;29&gt;", b"V &lt;29&gt;"), "GetImItemList", memo=True)
+    assert first == plain
+    personas, changed = first.message.payload.personas, again.message.payload.personas
+    assert all(a is b for a, b in zip(personas[:29], changed[:29]))
+    assert changed[29].display_name == "V <29>" and personas[29].display_name == "U <29>"

@@ -14,6 +14,7 @@ import codecs
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 from lxml import etree
@@ -612,12 +613,37 @@ def _persona(el: etree._Element) -> Persona:
     return Persona(**values)
 
 
-def _item_list(el: etree._Element) -> ImItemList:
+def _item_list(el: etree._Element, memo: bool = False) -> ImItemList:
     fields = _child_index(el)
+    read = _remembered_persona if memo else _persona
     return ImItemList(
         groups=tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup")),
-        personas=tuple(_persona(p) for p in _children(fields.get("Personas"), "Persona")),
+        personas=tuple(read(p) for p in _children(fields.get("Personas"), "Persona")),
     )
+
+
+# Personas decoded lately, by their XML (namespaces included, as lxml writes a subtree):
+# a list read again after a few changes (the log of a growing list, a recording's answers)
+# has mostly the same personas, and the same element text always decodes to the same
+# record. Serializing a persona costs a tenth of decoding it.
+PERSONA_MEMO_SIZE = 10_000
+_PERSONA_MEMO: OrderedDict[bytes, Persona] = OrderedDict()
+_PERSONA_MEMO_LOCK = threading.Lock()
+
+
+def _remembered_persona(el: etree._Element) -> Persona:
+    key = etree.tostring(el, with_tail=False)
+    with _PERSONA_MEMO_LOCK:
+        found = _PERSONA_MEMO.get(key)
+        if found is not None:
+            _PERSONA_MEMO.move_to_end(key)
+            return found
+    persona = _persona(el)  # a broken persona raises: nothing is remembered
+    with _PERSONA_MEMO_LOCK:
+        _PERSONA_MEMO[key] = persona
+        while len(_PERSONA_MEMO) > PERSONA_MEMO_SIZE:
+            _PERSONA_MEMO.popitem(last=False)
+    return persona
 
 
 def _message_xml(el: etree._Element | None) -> MessageXml | None:
@@ -769,10 +795,13 @@ def _decode_request(body: bytes, soap_action: str | None, content_type: str | No
 
 
 def decode_response(body: bytes, operation: str | None = None,
-                    content_type: str | None = None) -> EwsResponse | DecodeError:
-    """Decode an EWS SOAP response (UCS message, other EWS message, or fault). Never raises."""
+                    content_type: str | None = None, *, memo: bool = False) -> EwsResponse | DecodeError:
+    """Decode an EWS SOAP response (UCS message, other EWS message, or fault). Never raises.
+
+    ``memo``: reuse the records of personas decoded lately whose XML is the same (for
+    readers of many similar answers: the log writer, replay); the result is equal either way."""
     try:
-        return _decode_response(body, operation, content_type)
+        return _decode_response(body, operation, content_type, memo)
     except Exception as e:
         return DecodeError("invalid", f"The response could not be decoded: {e}", operation=operation)
 
@@ -813,7 +842,7 @@ def _fault(el: etree._Element) -> SoapFault:
     )
 
 
-def _decode_response(body: bytes, operation: str | None, content_type: str | None = None
+def _decode_response(body: bytes, operation: str | None, content_type: str | None = None, memo: bool = False
                      ) -> EwsResponse | DecodeError:
     opened = _open_envelope(body, content_type)
     if isinstance(opened, DecodeError):
@@ -827,7 +856,7 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
         return DecodeError("not-ews", f"The body element {name} is not an EWS response.")
     op = name[: -len("Response")] if name.endswith("Response") else name[: -len("ResponseMessage")]
     if op in P.UCS_OPERATIONS:
-        return EwsResponse(operation=op, server_version=server_version, message=_ucs_message(op, first))
+        return EwsResponse(operation=op, server_version=server_version, message=_ucs_message(op, first, memo))
     # Any other EWS operation: its (first) message, without payload. The message is the
     # response element itself (FindPeople, GetPersona), the first of its ResponseMessages
     # (FindItem), or a ResponseMessage inside it (GetUserOofSettings, GetUserAvailability).
@@ -849,13 +878,13 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
     return EwsResponse(operation=op, server_version=server_version, message=message)
 
 
-def _ucs_message(op: str, el: etree._Element) -> UcsResponse:
+def _ucs_message(op: str, el: etree._Element, memo: bool = False) -> UcsResponse:
     fields = _child_index(el)
     payload: Any = None
     if (g := fields.get("ImGroup")) is not None:
         payload = _im_group(g)
     elif (il := fields.get("ImItemList")) is not None:
-        payload = _item_list(il)
+        payload = _item_list(il, memo)
     elif (p := fields.get("Persona")) is not None:
         payload = _persona(p)
     return UcsResponse(

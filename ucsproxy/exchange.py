@@ -249,7 +249,7 @@ _answers_size = 0
 def _decoded_answer(body: bytes, operation: str | None, content_type: str | None) -> LoggedAnswer | DecodeError:
     global _answers_size
     if len(body) < ANSWER_CACHE_MIN_BYTES:
-        decoded = codec.decode_response(body, operation, content_type)
+        decoded = codec.decode_response(body, operation, content_type, memo=True)
         return logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
     key = (bytes(body), operation, content_type)
     with _ANSWERS_LOCK:
@@ -257,7 +257,7 @@ def _decoded_answer(body: bytes, operation: str | None, content_type: str | None
         if found is not None:
             _ANSWERS.move_to_end(key)
             return found
-    decoded = codec.decode_response(body, operation, content_type)
+    decoded = codec.decode_response(body, operation, content_type, memo=True)
     answer = logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
     with _ANSWERS_LOCK:
         if key not in _ANSWERS:

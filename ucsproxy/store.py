@@ -164,10 +164,19 @@ def build_rows(batch: list[RawExchange], keep_secrets: bool) -> list[dict[str, A
     return rows
 
 
+_INSERTED = tuple(name for name in COLUMNS if name != "id")
+_INSERT_SQL = f"insert into {TABLE} ({', '.join(_INSERTED)}) values ({', '.join('?' for _ in _INSERTED)})"
+
+
 def write_rows(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
     try:
         with db.conn:
-            db[TABLE].insert_all(rows, batch_size=500)
+            if all(row.keys() <= COLUMNS.keys() for row in rows):
+                # The usual rows, as build_row makes them: one prepared statement for all
+                # (sqlite-utils' insert_all re-checks every value of every row).
+                db.conn.executemany(_INSERT_SQL, [tuple(map(row.get, _INSERTED)) for row in rows])
+            else:
+                db[TABLE].insert_all(rows, batch_size=500)
     except Exception:
         log.exception("ucsproxy: could not write %d exchange(s)", len(rows))
 
