@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import re
 import threading
-import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
@@ -21,6 +20,7 @@ from lxml import etree
 
 from . import operations
 from . import protocol as P
+from .memo import IdentityCache
 from .records import (
     REQUEST_TYPES,
     AddDistributionGroupToImList,
@@ -1175,41 +1175,12 @@ def _w_persona(out: list[str], persona: Persona, decl: str) -> None:
     out.append("</Persona>")
 
 
-class _IdentityCache:
-    """Encoded text per live record object, by identity: records are immutable, so the same
-    object always encodes alike. An entry goes when its object is garbage-collected; a
-    lookup never hashes the record (which would walk it whole)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, Any]] = {}
-
-    def get(self, obj: Any) -> Any:
-        entry = self._entries.get(id(obj))
-        if entry is not None and entry[0]() is obj:
-            return entry[1]
-        return None
-
-    def put(self, obj: Any, value: Any) -> None:
-        key = id(obj)
-        entries = self._entries
-
-        def gone(ref: weakref.ref, key: int = key) -> None:
-            entry = entries.get(key)
-            if entry is not None and entry[0] is ref:
-                del entries[key]
-
-        entries[key] = (weakref.ref(obj, gone), value)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 # Personas of a Personas list (types namespace) by record, and whole ImItemList elements:
 # the mock's model hands out the same records while a mailbox is unchanged
 # (ucsproxy.model), so an unchanged list costs one lookup and an edited one re-encodes
 # only what changed.
-_PERSONA_TEXT = _IdentityCache()
-_ITEM_LIST_BYTES = _IdentityCache()
+_PERSONA_TEXT = IdentityCache()
+_ITEM_LIST_BYTES = IdentityCache()
 
 
 def _persona_text(persona: Persona) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from . import codec
+from .memo import IdentityCache
 from .records import DecodeError, EwsRequest, EwsResponse, ImItemList, Persona, to_jsonable
 from .redact import redact_headers, redact_text
 
@@ -177,6 +177,8 @@ def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str
             return body.decode("utf-8"), False
         except UnicodeDecodeError:
             pass
+    from . import codec
+
     encoding = codec.xml_encoding(body, content_type)
     text = body[:MAX_STORED_BODY].decode(encoding, errors="replace")
     if encoding != "utf-8":
@@ -195,12 +197,12 @@ def _json(value: Any) -> str | None:
     return None if value is None else _JSON.encode(value)
 
 
-# The JSON of personas and whole item lists, by record identity (see codec._IdentityCache):
+# The JSON of personas and whole item lists, by record identity (see ucsproxy.memo):
 # the mock hands out the same records while a mailbox is unchanged, so the ``result`` of
 # its GetImItemList answers is built once per change, and an edited list rebuilds only
 # the personas that changed.
-_PERSONA_JSON = codec._IdentityCache()
-_ITEM_LIST_JSON = codec._IdentityCache()
+_PERSONA_JSON = IdentityCache()
+_ITEM_LIST_JSON = IdentityCache()
 
 
 def _persona_json(persona: Persona) -> str:
@@ -248,6 +250,7 @@ _answers_size = 0
 
 def _decoded_answer(body: bytes, operation: str | None, content_type: str | None) -> LoggedAnswer | DecodeError:
     global _answers_size
+    from . import codec
     if len(body) < ANSWER_CACHE_MIN_BYTES:
         decoded = codec.decode_response(body, operation, content_type, memo=True)
         return logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
@@ -270,6 +273,7 @@ def _decoded_answer(body: bytes, operation: str | None, content_type: str | None
 
 
 def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
+    from . import codec  # here, not at the top: `ucsproxy log` imports this module without lxml
     soap_action = header(raw.request_headers, "SOAPAction")
     request = raw.decoded_request
     ews_post = raw.method == "POST" and is_ews_path(raw.path)

@@ -17,11 +17,15 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .exchange import COLUMNS, RawExchange, build_row, iso_utc
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+# sqlite_utils is imported where a log is written or opened with it, not by `ucsproxy log`
+# (reading takes a plain sqlite3 connection: see open_log_connection), whose start-up it would double.
 
 log = logging.getLogger("ucsproxy.store")
 
@@ -36,6 +40,8 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) a log file with the ``exchanges`` table and its indexes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import sqlite_utils
+
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
     db = sqlite_utils.Database(conn)
     db.enable_wal()
@@ -64,6 +70,7 @@ class LogStore:
         self.keep_secrets = keep_secrets
         self.flush_interval = min(flush_interval, 0.2)
         self.db = open_db(self.path)
+        _load_decoders()
         self._queue: queue.SimpleQueue[RawExchange | None] = queue.SimpleQueue()
         self._submitted = 0
         self._submit_lock = threading.Lock()
@@ -166,6 +173,11 @@ def build_rows(batch: list[RawExchange], keep_secrets: bool) -> list[dict[str, A
 
 _INSERTED = tuple(name for name in COLUMNS if name != "id")
 _INSERT_SQL = f"insert into {TABLE} ({', '.join(_INSERTED)}) values ({', '.join('?' for _ in _INSERTED)})"
+
+
+def _load_decoders() -> None:
+    """Import the codec (lxml) a writer decodes with before the first batch, not during it."""
+    from . import codec  # noqa: F401
 
 
 def write_rows(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
@@ -272,6 +284,7 @@ def _writer_process(path: str, keep_secrets: bool, conn) -> None:
     except (AttributeError, OSError):
         pass
     db = open_db(path)
+    _load_decoders()
     try:
         stop = False
         while not stop:
@@ -308,7 +321,23 @@ def open_log(path: str | Path) -> sqlite_utils.Database:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no log at {path}")
-    return sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False, timeout=30))
+    import sqlite_utils
+
+    return sqlite_utils.Database(open_log_connection(path))
+
+
+def open_log_connection(path: str | Path) -> sqlite3.Connection:
+    """An existing log as a plain sqlite3 connection (what the readers below need), without
+    importing sqlite_utils. Raises FileNotFoundError when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no log at {path}")
+    return sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+
+
+def _has_table(db: Any) -> bool:
+    """Whether the log holds the exchanges table (db: a sqlite_utils Database or a sqlite3 connection)."""
+    return db.execute("select 1 from sqlite_master where type = 'table' and name = ?", [TABLE]).fetchone() is not None
 
 
 def _where(operation=None, mailbox=None, errors=False, response_code=None) -> tuple[str, list]:
@@ -332,7 +361,7 @@ def _where(operation=None, mailbox=None, errors=False, response_code=None) -> tu
 def iter_exchanges(db: sqlite_utils.Database, operation=None, mailbox=None, errors: bool = False,
                    limit: int | None = None, order: str = "asc", response_code: str | None = None
                    ) -> Iterator[dict[str, Any]]:
-    if not db[TABLE].exists():
+    if not _has_table(db):
         return iter(())
     where, args = _where(operation, mailbox, errors, response_code)
     sql = f"select * from {TABLE} where {where} order by id {'desc' if order == 'desc' else 'asc'}"
@@ -348,7 +377,7 @@ def query_exchanges(db: sqlite_utils.Database, **kwargs) -> list[dict[str, Any]]
 
 
 def get_exchange(db: sqlite_utils.Database, ident: int) -> dict[str, Any] | None:
-    if not db[TABLE].exists():
+    if not _has_table(db):
         return None
     rows = list(iter_exchanges_by_sql(db, f"select * from {TABLE} where id = ?", [ident]))
     return rows[0] if rows else None

@@ -13,18 +13,20 @@ DEFAULT_DB = "recordings/ucsproxy.db"
 
 
 def _open(db_path: str):
-    """The log at ``db_path`` for reading, or a sentence saying why that is not a ucsproxy log."""
+    """The log at ``db_path`` for reading, or a sentence saying why that is not a ucsproxy log.
+
+    A plain sqlite3 connection: reading needs no sqlite_utils (which would double start-up)."""
     import os
     import sqlite3
 
-    from ..store import TABLE, open_log
+    from ..store import TABLE, _has_table, open_log_connection
 
     if os.path.isdir(db_path):
         raise click.ClickException(f"{db_path} is a directory, not a ucsproxy log (a SQLite file such as "
                                    f"recordings/ucsproxy.db; a fixture directory reads with 'ucsproxy import')")
     try:
-        database = open_log(db_path)
-        has_table = database[TABLE].exists()
+        database = open_log_connection(db_path)
+        has_table = _has_table(database)
     except FileNotFoundError:
         raise click.ClickException(f"no log at {db_path} (record, mock or replay with --db {db_path} first)")
     except sqlite3.DatabaseError as e:
