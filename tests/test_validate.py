@@ -130,3 +130,20 @@ def test_a_source_that_is_no_recording_is_a_sentence(tmp_path):
     path.write_text("hello")
     code, lines = validate(path)
     assert code == 1 and lines[-1].startswith("Error: ") and "notes.txt" in lines[-1]
+
+
+def test_persona_members_exchange_sends_and_ucsproxy_does_not_write_conform(tmp_path):
+    # Exchange 2013's whole PersonaType is shipped: a recorded answer with members the mock never
+    # writes (CompanyName, PersonaObjectStatus) conforms, in their place, and not out of it.
+    copy = tmp_path / "richer"
+    shutil.copytree(SPEC_EXAMPLES, copy)
+    answer = copy / "0008-GetImItemList.response.xml"
+    text = answer.read_text()
+    first = text.index("<EmailAddress>")
+    answer.write_text(text[:first] + "<CompanyName>Contoso</CompanyName>" + text[first:])
+    assert validate(copy)[1][-1].startswith("10 exchange(s), 10 UCS checked: 9 conform")
+    after = text.index("</ImAddress>") + len("</ImAddress>")
+    answer.write_text(text[:after] + "<CompanyName>Contoso</CompanyName>" + text[after:])
+    code, lines = validate(copy)
+    assert "0008 GetImItemList: the response does not conform" in lines
+    assert any("invalid child element 'CompanyName'" in line for line in lines)
