@@ -106,6 +106,16 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, path: str
         conn.close()
 
 
+#: The serving fronts of `ucsproxy mock` and `replay` (without --fallthrough): every process test of those runs on both.
+FRONTS = ("lean", "mitmproxy")
+
+
+@pytest.fixture(scope="module", params=FRONTS)
+def front(request) -> str:
+    """The front a mock or replay process under test uses (``--front``)."""
+    return request.param
+
+
 @pytest.fixture
 def spec_dir() -> Path:
     return SPEC_DIR

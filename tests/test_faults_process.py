@@ -36,22 +36,32 @@ def raw_post(port: int, body: bytes, timeout: float = 10) -> bytes:
     return b"".join(chunks)
 
 
-def logged_faults(db) -> list[dict]:
-    time.sleep(0.4)
-    con = sqlite3.connect(db)
-    rows = con.execute("select operation, fault, http_status, error from exchanges order by id").fetchall()
-    con.close()
+def logged_faults(db, count: int, timeout: float = 15.0) -> list[dict]:
+    """The log's rows once ``count`` of them are committed (the writer commits in batches, off the proxy)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con = sqlite3.connect(db)
+            try:
+                rows = con.execute("select operation, fault, http_status, error from exchanges order by id").fetchall()
+            finally:
+                con.close()
+        except sqlite3.OperationalError:  # the writer has not made the table yet
+            rows = []
+        if len(rows) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return [{"operation": r[0], "fault": json.loads(r[1]) if r[1] else None, "status": r[2], "error": r[3]}
             for r in rows]
 
 
 @pytest.fixture
-def mock_with(tmp_path):
+def mock_with(tmp_path, front):
     started = []
 
     def start(*fault_args: str):
         db = tmp_path / f"faults-{len(started)}.db"
-        proc = start_ucsproxy(tmp_path, "mock", "--seed", "1", "--db", str(db), *fault_args)
+        proc = start_ucsproxy(tmp_path, "mock", "--front", front, "--seed", "1", "--db", str(db), *fault_args)
         proc.db = db
         started.append(proc)
         return proc
@@ -71,7 +81,7 @@ def test_ews_error_and_server_busy(mock_with):
     busy = c.get_im_item_list()
     assert (busy.status, busy.response_code) == (200, "ErrorServerBusy")
     assert busy.text("//m:MessageXml/t:Value[@Name='BackOffMilliseconds']") == "2500"
-    rows = logged_faults(proc.db)
+    rows = logged_faults(proc.db, 3)
     assert [r["fault"]["action"] if r["fault"] else None for r in rows] == ["ews-error", None, "server-busy"]
     assert rows[0]["fault"]["source"] == "--fault #1"
 
@@ -95,7 +105,7 @@ def test_delay_before_the_answer(mock_with):
     t0 = time.monotonic()
     assert c.get_im_item_list().response_code == "NoError"
     assert time.monotonic() - t0 >= 0.38
-    assert logged_faults(proc.db)[-1]["fault"]["delay_ms"] == 400
+    assert logged_faults(proc.db, 2)[-1]["fault"]["delay_ms"] == 400
 
 
 def test_request_delay_before_the_server_response_delay_after(tmp_path):
@@ -127,7 +137,7 @@ def test_reset_closes_without_an_answer(mock_with):
     proc = mock_with("--fault", "AddImGroup:reset")
     assert raw_post(proc.port, envelope("<m:AddImGroup><m:DisplayName>x</m:DisplayName></m:AddImGroup>")) == b""
     assert EwsClient(proc.url).get_im_item_list().response_code == "NoError", "the server stays up"
-    rows = logged_faults(proc.db)
+    rows = logged_faults(proc.db, 2)
     assert rows[0]["fault"]["action"] == "reset" and rows[0]["status"] is None
 
 
@@ -206,17 +216,18 @@ def test_rules_reload_when_the_file_changes(tmp_path, mock_with):
     assert "kept the previous fault rules" in proc.output() and "no-such-action" in proc.output()
 
 
-def test_a_broken_file_is_refused_at_start(tmp_path):
+def test_a_broken_file_is_refused_at_start(tmp_path, front):
     rules = tmp_path / "broken.toml"
     rules.write_text('seed = 1\n\n[[fault]]\noperation = "x"\naction = "reset"\nprobablity = 0.5\n')
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--faults", str(rules), "--listen-port", "0",
+    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--faults", str(rules),
+                          "--listen-port", "0",
                           "--db", ""], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0
     assert f"{rules}:6" in out.stderr and "unknown key 'probablity'" in out.stderr
 
 
-def test_a_rule_with_an_unknown_response_code_is_refused_at_start():
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--listen-port", "0", "--db", "",
+def test_a_rule_with_an_unknown_response_code_is_refused_at_start(front):
+    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--listen-port", "0", "--db", "",
                           "--fault", "AddImGroup:ews-error:code=errorimgrouplimitreached"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0
@@ -240,71 +251,83 @@ def test_faults_in_record_mode_in_front_of_a_real_server(tmp_path):
     finally:
         rec.stop()
         upstream.stop()
-    rows = logged_faults(db)
+    rows = logged_faults(db, 2)
     assert [r["fault"]["action"] for r in rows] == ["ews-error", "stale-changekey"]
 
 
-def test_fault_commands_in_process(tmp_path):
-    from ucsproxy.runner import BackgroundProxy, mock_options
+@pytest.fixture
+def in_process(front):
+    """(endpoint, run): a mock in this process on either front, and run(command, *args) for its fault commands.
 
-    proxy = BackgroundProxy(dict(mock_options(seed=0), ucs_db=""))
-    try:
-        master = proxy._master
-        call = proxy._loop.call_soon_threadsafe
-        import concurrent.futures
-
-        def run(command, *args):
-            done = concurrent.futures.Future()
-            call(lambda: done.set_result(master.commands.call(command, *args)))
-            return done.result(5)
-
-        run("ucs.faults.add", "GetImItemList:ews-error:code=ErrorAccessDenied")
-        assert len(run("ucs.faults.list")) == 1
-        c = EwsClient(proxy.url)
-        assert c.get_im_item_list().response_code == "ErrorAccessDenied"
-        run("ucs.faults.clear")
-        assert run("ucs.faults.list") == []
-        assert c.get_im_item_list().response_code == "NoError"
-    finally:
-        proxy.stop()
-
-
-def test_clearing_the_rules_lets_held_connections_go(tmp_path):
-    from ucsproxy.runner import BackgroundProxy, mock_options
+    The mitmproxy front takes mitmproxy's commands (console, mitmweb); the lean front
+    changes the same core on its own loop.
+    """
     import concurrent.futures
 
-    proxy = BackgroundProxy(dict(mock_options(seed=0), ucs_db=""))
-    try:
+    from ucsproxy.runner import mock_options
+
+    options = dict(mock_options(seed=0), ucs_db="")
+    if front == "mitmproxy":
+        from ucsproxy.runner import BackgroundProxy
+
+        endpoint = BackgroundProxy(options)
+
         def run(command, *args):
             done = concurrent.futures.Future()
-            proxy._loop.call_soon_threadsafe(lambda: done.set_result(proxy._master.commands.call(command, *args)))
+            endpoint._loop.call_soon_threadsafe(lambda: done.set_result(endpoint._master.commands.call(command, *args)))
             return done.result(5)
+    else:
+        from ucsproxy.front import BackgroundLean
 
-        run("ucs.faults.add", "GetImItems:timeout:max_ms=60000")
-        with socket.create_connection(proxy.address, timeout=10) as s:
-            body = envelope("<m:GetImItems/>")
-            s.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                      + str(len(body)).encode() + b"\r\n\r\n" + body)
-            s.settimeout(0.5)
-            with pytest.raises(socket.timeout):
-                s.recv(1)  # held
-            t0 = time.monotonic()
-            run("ucs.faults.clear")
-            s.settimeout(10)
-            try:
-                assert s.recv(1) == b""
-            except ConnectionResetError:
-                pass
-            assert time.monotonic() - t0 < 5, "closed when the rules were cleared, not after max_ms"
-        assert EwsClient(proxy.url).get_im_item_list().response_code == "NoError"
+        endpoint = BackgroundLean(options)
+        core = endpoint.core
+        commands = {"ucs.faults.add": lambda spec: core.add_fault(spec, 0),
+                    "ucs.faults.list": core.fault_summaries, "ucs.faults.clear": core.clear_faults}
+
+        def run(command, *args):
+            return endpoint.call(commands[command], *args)
+    try:
+        yield endpoint, run
     finally:
-        proxy.stop()
+        endpoint.stop()
 
 
-def test_faults_in_replay_mode(tmp_path):
+def test_fault_commands_in_process(in_process):
+    proxy, run = in_process
+    run("ucs.faults.add", "GetImItemList:ews-error:code=ErrorAccessDenied")
+    assert len(run("ucs.faults.list")) == 1
+    c = EwsClient(proxy.url)
+    assert c.get_im_item_list().response_code == "ErrorAccessDenied"
+    run("ucs.faults.clear")
+    assert run("ucs.faults.list") == []
+    assert c.get_im_item_list().response_code == "NoError"
+
+
+def test_clearing_the_rules_lets_held_connections_go(in_process):
+    proxy, run = in_process
+    run("ucs.faults.add", "GetImItems:timeout:max_ms=60000")
+    with socket.create_connection(proxy.address, timeout=10) as s:
+        body = envelope("<m:GetImItems/>")
+        s.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            s.recv(1)  # held
+        t0 = time.monotonic()
+        run("ucs.faults.clear")
+        s.settimeout(10)
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 5, "closed when the rules were cleared, not after max_ms"
+    assert EwsClient(proxy.url).get_im_item_list().response_code == "NoError"
+
+
+def test_faults_in_replay_mode(tmp_path, front):
     recording = ROOT / "recordings" / "spec-examples"
     db = tmp_path / "replay.db"
-    proc = start_ucsproxy(tmp_path, "replay", str(recording), "--db", str(db),
+    proc = start_ucsproxy(tmp_path, "replay", str(recording), "--front", front, "--db", str(db),
                           "--fault", "GetImItems:server-busy:backoff_ms=100,nth=1")
     try:
         c = EwsClient(proc.url)
@@ -313,5 +336,5 @@ def test_faults_in_replay_mode(tmp_path):
         assert c.raw(request).text("//t:Groups/t:ImGroup/t:DisplayName") == "Exchange SDK Team"
     finally:
         proc.stop()
-    rows = logged_faults(db)
+    rows = logged_faults(db, 2)
     assert rows[0]["fault"]["action"] == "server-busy" and rows[1]["fault"] is None

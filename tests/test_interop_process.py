@@ -74,10 +74,11 @@ def display_names(body: bytes) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def mock(tmp_path_factory):
+def mock(tmp_path_factory, front):
     tmp = tmp_path_factory.mktemp("interop-mock")
-    proc = start_ucsproxy(tmp, "mock", "--seed", "11", "--db", str(tmp / "log.db"))
+    proc = start_ucsproxy(tmp, "mock", "--front", front, "--seed", "11", "--db", str(tmp / "log.db"))
     proc.db = tmp / "log.db"
+    proc.front = front
     yield proc
     proc.stop()
 
@@ -297,6 +298,61 @@ def test_http_1_0_client(mock):
     assert response_code(body) == "NoError"
 
 
+def _split_answers(stream: bytes) -> list[tuple[bytes, bytes]]:
+    """(status line, body) of each Content-Length answer in a stream of HTTP/1.1 answers."""
+    answers = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        answers.append((head.split(b"\r\n", 1)[0], rest[:length]))
+        stream = rest[length:]
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order(mock):
+    """Three requests in one write: three answers, in order, the later ones seeing the earlier ones' changes."""
+    user = basic("pipeline@contoso.com")
+    bodies = [GET_LIST, add_group("Piped").encode(), GET_LIST]
+    wire = b"".join(
+        (f"POST {EWS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nAuthorization: {user}\r\n"
+         f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if i == 2 else "") + "\r\n").encode() + body
+        for i, body in enumerate(bodies))
+    answers = _split_answers(_raw_exchange(mock.port, wire, b""))
+    assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK"] * 3
+    assert [response_code(body) for _, body in answers] == ["NoError"] * 3
+    assert "Piped" not in display_names(answers[0][1])
+    assert b"AddImGroupResponse" in answers[1][1]
+    assert "Piped" in display_names(answers[2][1])
+
+
+def test_an_h2c_upgrade_offer_is_answered_in_http_1_1(mock):
+    """curl --http2 on http:// offers an upgrade to h2c with its POST: the answer comes in HTTP/1.1, body read."""
+    head = (f"POST {EWS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+            f"Content-Length: {len(GET_LIST)}\r\n\r\n").encode()
+    then = (f"POST {EWS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nConnection: close\r\n"
+            f"Content-Length: {len(GET_LIST)}\r\n\r\n").encode() + GET_LIST
+    answers = _split_answers(_raw_exchange(mock.port, head, GET_LIST + then))
+    assert [(status, response_code(body)) for status, body in answers] == [(b"HTTP/1.1 200 OK", "NoError")] * 2
+
+
+def test_tls_certificate_names_the_host_asked_for(mock):
+    """With hostname checking on: the certificate is signed by mitmproxy's CA and names the SNI host."""
+    from pathlib import Path
+
+    context = ssl.create_default_context(cafile=str(Path.home() / ".mitmproxy" / "mitmproxy-ca-cert.pem"))
+    for name in ("localhost", "ews.contoso.test"):
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", mock.port), timeout=30),
+                                 server_hostname=name) as sock:
+            sock.sendall(f"POST {EWS} HTTP/1.1\r\nHost: {name}\r\nContent-Type: text/xml\r\nConnection: close\r\n"
+                         f"Content-Length: {len(GET_LIST)}\r\n\r\n".encode() + GET_LIST)
+            out = b""
+            while chunk := sock.recv(65536):
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 200 OK") and response_code(out.split(b"\r\n\r\n", 1)[1]) == "NoError"
+
+
 def test_http2_over_tls(mock):
     """POST and HEAD as two streams of one HTTP/2 connection (ALPN h2, as curl --http2 -k)."""
     context = ssl.create_default_context()
@@ -304,6 +360,9 @@ def test_http2_over_tls(mock):
     context.set_alpn_protocols(["h2"])
     with context.wrap_socket(socket.create_connection(("127.0.0.1", mock.port), timeout=30),
                              server_hostname="localhost") as sock:
+        if mock.front == "lean":  # HTTP/2 is the mitmproxy front's (--front mitmproxy): the lean one declines h2
+            assert sock.selected_alpn_protocol() in (None, "http/1.1")
+            return
         assert sock.selected_alpn_protocol() == "h2"
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()

@@ -17,9 +17,9 @@ from ews_client import NS, EwsClient, envelope, groups, personas
 
 
 @pytest.fixture(scope="module")
-def mock(tmp_path_factory):
+def mock(tmp_path_factory, front):
     tmp = tmp_path_factory.mktemp("mock")
-    proc = start_ucsproxy(tmp, "mock", "--seed", "7", "--db", str(tmp / "log.db"))
+    proc = start_ucsproxy(tmp, "mock", "--front", front, "--seed", "7", "--db", str(tmp / "log.db"))
     proc.db = tmp / "log.db"
     yield proc
     proc.stop()
@@ -181,11 +181,17 @@ def test_every_exchange_is_logged(mock):
     c.add_im_group("Logged group")
     import time
 
-    time.sleep(0.5)  # the writer flushes every 100 ms
-    rows = sqlite3.connect(mock.db).execute(
-        "select mode, operation, mailbox, response_code, args from exchanges where mailbox = ? order by id",
-        ("logged@contoso.com",),
-    ).fetchall()
+    deadline = time.monotonic() + 15  # the writer commits in batches, off the serving process's loop
+    while True:
+        con = sqlite3.connect(mock.db)
+        rows = con.execute(
+            "select mode, operation, mailbox, response_code, args from exchanges where mailbox = ? order by id",
+            ("logged@contoso.com",),
+        ).fetchall()
+        con.close()
+        if len(rows) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert [(r[0], r[1], r[3]) for r in rows] == [
         ("mock", "AddImGroup", "NoError"),
         ("mock", "AddImGroup", "ErrorImGroupDisplayNameAlreadyExists"),
@@ -193,23 +199,23 @@ def test_every_exchange_is_logged(mock):
     assert json.loads(rows[0][4])["display_name"] == "Logged group"
 
 
-def test_state_is_saved_on_sigterm_and_loaded_again(tmp_path):
+def test_state_is_saved_on_sigterm_and_loaded_again(tmp_path, front):
     state = tmp_path / "state.json"
-    first = start_ucsproxy(tmp_path, "mock", "--state", str(state), "--db", "", "--seed", "1")
+    first = start_ucsproxy(tmp_path, "mock", "--front", front, "--state", str(state), "--db", "", "--seed", "1")
     assert EwsClient(first.url).add_im_group("Survivor").response_code == "NoError"
     assert first.stop(signal.SIGTERM) == 0
     assert state.exists()
-    second = start_ucsproxy(tmp_path, "mock", "--state", str(state), "--db", "")
+    second = start_ucsproxy(tmp_path, "mock", "--front", front, "--state", str(state), "--db", "")
     try:
         assert "Survivor" in groups(EwsClient(second.url).get_im_item_list())
     finally:
         second.stop()
 
 
-def test_seeded_from_a_recorded_item_list(tmp_path):
+def test_seeded_from_a_recorded_item_list(tmp_path, front):
     # The GetImItemList page's response, as printed (https namespaces).
     item_list = Path(__file__).parent / "fixtures" / "spec" / "GetImItemList.page.response.xml"
-    proc = start_ucsproxy(tmp_path, "mock", "--item-list", str(item_list), "--db", "")
+    proc = start_ucsproxy(tmp_path, "mock", "--front", front, "--item-list", str(item_list), "--db", "")
     try:
         listing = EwsClient(proc.url).get_im_item_list()
         assert "MyCustomGroup2" in groups(listing)
@@ -219,10 +225,10 @@ def test_seeded_from_a_recorded_item_list(tmp_path):
         proc.stop()
 
 
-def test_same_seed_same_ids(tmp_path):
+def test_same_seed_same_ids(tmp_path, front):
     ids = []
     for _ in range(2):
-        proc = start_ucsproxy(tmp_path, "mock", "--seed", "42", "--db", "")
+        proc = start_ucsproxy(tmp_path, "mock", "--front", front, "--seed", "42", "--db", "")
         try:
             ids.append(EwsClient(proc.url).add_im_group("Seeded").text("//m:ImGroup/t:ExchangeStoreId/@Id"))
         finally:
@@ -241,8 +247,9 @@ def test_mitmdump_script_entry_point(tmp_path):
         proc.stop()
 
 
-def test_broken_option_is_refused_with_a_message(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "replay", str(tmp_path), "--listen-port", "0",
+def test_broken_option_is_refused_with_a_message(tmp_path, front):
+    out = subprocess.run([sys.executable, "-m", "ucsproxy", "replay", str(tmp_path), "--front", front,
+                          "--listen-port", "0",
                           "--match", "strict", "--db", ""], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0
     assert out.stderr.strip()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from ucsproxy.model import DEFAULT_MAILBOX
 from ucsproxy.records import ItemId
 
@@ -20,6 +22,12 @@ ADD_GROUP = b"""<?xml version="1.0" encoding="utf-8"?>
 
 GET_LIST = ADD_GROUP.replace(b"<m:AddImGroup><m:DisplayName>Customers</m:DisplayName></m:AddImGroup>",
                              b"<m:GetImItemList/>")
+
+
+@pytest.fixture(params=["lean", "mitmproxy"])
+def ucs_front(request) -> str:
+    """Every fixture test on both fronts (a user's suite gets the lean one unless it overrides this too)."""
+    return request.param
 
 
 def soap(url: str, body: bytes) -> tuple[int, bytes]:

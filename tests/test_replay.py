@@ -188,7 +188,7 @@ def test_mitm_flow_file_import_from_a_real_mitmdump(tmp_path):
     assert rows[0]["mailbox"] == "flow@contoso.com" and "Basic <redacted>" in rows[0]["request_headers"]
 
 
-def test_record_export_import_replay_through_real_processes(tmp_path):
+def test_record_export_import_replay_through_real_processes(tmp_path, front):
     upstream = start_ucsproxy(tmp_path, "mock", "--seed", "9", "--db", "", name="upstream")
     db = tmp_path / "rec.db"
     rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", str(db))
@@ -207,7 +207,8 @@ def test_record_export_import_replay_through_real_processes(tmp_path):
     imported = tmp_path / "imported.db"
     assert CliRunner().invoke(cli, ["import", str(fixtures), str(imported)]).exit_code == 0
     for source in (fixtures, imported):
-        replay = start_ucsproxy(tmp_path, "replay", str(source), "--db", str(tmp_path / f"replayed-{source.name}.db"))
+        replay = start_ucsproxy(tmp_path, "replay", str(source), "--front", front,
+                                "--db", str(tmp_path / f"replayed-{source.name}.db"))
         try:
             c = EwsClient(replay.url, user="loop@contoso.com")
             again = [c.get_im_item_list(), c.add_im_group("Loop"), c.add_im_group("Loop"), c.get_im_item_list()]
@@ -224,8 +225,8 @@ def test_record_export_import_replay_through_real_processes(tmp_path):
     assert logged[0] == ("replay", "GetImItemList", "NoError") and logged[-1][2] == "ErrorInvalidRequest"
 
 
-def test_stateful_replay_process_accepts_new_changes(tmp_path):
-    replay = start_ucsproxy(tmp_path, "replay", str(LYNC_SESSION), "--stateful", "--db", "")
+def test_stateful_replay_process_accepts_new_changes(tmp_path, front):
+    replay = start_ucsproxy(tmp_path, "replay", str(LYNC_SESSION), "--front", front, "--stateful", "--db", "")
     try:
         c = EwsClient(replay.url, user="kim.akers@contoso.com")
         before = groups(c.get_im_item_list())

@@ -229,7 +229,7 @@ class UcsProxy:
     # -- logging -----------------------------------------------------------
 
     def _log(self, flow: http.HTTPFlow) -> None:
-        if self.core.store is None:
+        if not self.core.logging:
             return
         self.core.log_exchange(raw_exchange_from_flow(flow, self.mode))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,26 +151,52 @@ class UcsCore:
         self.engine: faults.FaultEngine | None = None
         self.watcher: faults.FaultFileWatcher | None = None
         self._store_key: tuple | None = None
+        self._lazy_store: tuple | None = None
+        self._open_lock = threading.Lock()
         # Connections a timeout fault is holding wait on this; setting it lets them go.
         self._release_held = asyncio.Event()
 
     # -- configuration -----------------------------------------------------
 
-    def open_store(self, path: str, keep_secrets: bool) -> None:
+    def open_store(self, path: str, keep_secrets: bool, writer: str = "process", lazy: bool = False) -> None:
+        """Open the log (``writer``: "process" for a serving process, "thread" in a test's own process).
+
+        ``lazy`` opens it at the first exchange (or :meth:`log_store`): an endpoint that
+        serves nothing costs no file and no writer.
+        """
         key = (path, keep_secrets)
         if key == self._store_key:
             return
         self.close_store()
         self._store_key = key
-        if path:
-            from .store import LogStore
+        if path and lazy:
+            self._lazy_store = (path, keep_secrets, writer)
+        elif path:
+            self._open(path, keep_secrets, writer)
 
-            try:
-                self.store = LogStore(path, keep_secrets=keep_secrets, writer="process")
-            except Exception as e:
-                raise ConfigError(f"Cannot open the log {path}: {e}") from e
+    def _open(self, path: str, keep_secrets: bool, writer: str) -> None:
+        from .store import LogStore
+
+        try:
+            self.store = LogStore(path, keep_secrets=keep_secrets, writer=writer)
+        except Exception as e:
+            raise ConfigError(f"Cannot open the log {path}: {e}") from e
+
+    @property
+    def logging(self) -> bool:
+        """Whether exchanges are logged (the log may still be waiting for its first one)."""
+        return self.store is not None or self._lazy_store is not None
+
+    def log_store(self):
+        """The open log (opened now if it was lazy), or None when nothing is logged."""
+        with self._open_lock:  # the serving loop and a test's thread may both ask first
+            if self.store is None and self._lazy_store is not None:
+                args, self._lazy_store = self._lazy_store, None
+                self._open(*args)
+        return self.store
 
     def close_store(self) -> None:
+        self._lazy_store = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -363,9 +390,10 @@ class UcsCore:
             log.info(f"ucsproxy: reloaded {len(self.watcher.config.rules)} fault rule(s) from {self.watcher.path}")
 
     def log_exchange(self, raw: RawExchange) -> None:
-        if self.store is None:
-            return
         try:
-            self.store.submit(raw)
+            store = self.store or self.log_store()
+            if store is None:
+                return
+            store.submit(raw)
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")

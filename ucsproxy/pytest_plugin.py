@@ -6,8 +6,10 @@
 
 ``ucs_mock`` is a running mock on a free 127.0.0.1 port; ``ucs_replay(source, match=...,
 stateful=...)`` starts a replay of a recording. Both give a :class:`UcsEndpoint`.
-The proxy runs inside the test process (mitmproxy on a background thread), so
-``.model`` is the live state: arrange it before the client runs, assert on it after.
+The endpoint runs inside the test process (the lean front on a background event
+loop: set up and torn down in milliseconds), so ``.model`` is the live state:
+arrange it before the client runs, assert on it after. Override the ``ucs_front``
+fixture to return ``"mitmproxy"`` for mitmproxy's front (HTTP/2, mitmproxy's commands).
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ import pytest
 class UcsEndpoint:
     """A running ucsproxy: ``.url``, ``.ews_url``, ``.model``, ``.log``, ``.verdicts()``, ``.add_fault()``."""
 
-    def __init__(self, options: dict[str, Any], db: Path):
-        from .runner import BackgroundProxy
-
+    def __init__(self, options: dict[str, Any], db: Path, front: str = "lean"):
         self.db_path = db
-        self._proxy = BackgroundProxy(dict(options, ucs_db=str(db)))
+        self.front = front
+        if front == "lean":
+            from .front import BackgroundLean
+
+            self._proxy = BackgroundLean(dict(options, ucs_db=str(db)))
+        elif front == "mitmproxy":
+            from .runner import BackgroundProxy
+
+            self._proxy = BackgroundProxy(dict(options, ucs_db=str(db)))
+        else:
+            raise ValueError(f"front must be 'lean' or 'mitmproxy', not {front!r}")
 
     @property
     def url(self) -> str:
@@ -40,7 +50,7 @@ class UcsEndpoint:
     @property
     def model(self):
         """The live :class:`ucsproxy.model.UcsModel` (mock, or stateful replay); None for literal replay."""
-        return self._proxy.addon.model
+        return self._proxy.core.model
 
     @property
     def log(self) -> "ExchangeLog":
@@ -56,7 +66,11 @@ class UcsEndpoint:
 
     def add_fault(self, spec: str) -> None:
         """Inject faults from now on: a one-line rule as ``--fault`` takes, e.g. ``GetImItemList:server-busy:nth=1``."""
-        self._proxy.addon.core.add_fault(spec, seed=0)
+        core = self._proxy.core
+        if self.front == "lean":
+            self._proxy.call(core.add_fault, spec, 0)  # on the server's loop, between requests
+        else:
+            core.add_fault(spec, seed=0)
 
     def group_names(self, mailbox: str | None = None) -> list[str]:
         """Display names of the mailbox's IM groups, as GetImItemList would list them."""
@@ -78,7 +92,7 @@ class ExchangeLog:
     def rows(self, operation: str | None = None, mailbox: str | None = None) -> list[dict]:
         from .store import open_log, query_exchanges
 
-        store = self._endpoint._proxy.addon.store
+        store = self._endpoint._proxy.core.log_store()
         if store is not None:
             store.flush()
         db = open_log(self._endpoint.db_path)
@@ -98,11 +112,17 @@ class ExchangeLog:
 
 
 @pytest.fixture
-def ucs_mock(tmp_path_factory):
+def ucs_front() -> str:
+    """The front ``ucs_mock`` and ``ucs_replay`` serve on: "lean" (default) or "mitmproxy". Override to choose."""
+    return "lean"
+
+
+@pytest.fixture
+def ucs_mock(tmp_path_factory, ucs_front):
     """A stateful mock Exchange UCS on a free 127.0.0.1 port (seeded: ids are deterministic)."""
     from .runner import mock_options
 
-    endpoint = UcsEndpoint(mock_options(seed=0), tmp_path_factory.mktemp("ucs_mock") / "ucsproxy.db")
+    endpoint = UcsEndpoint(mock_options(seed=0), tmp_path_factory.mktemp("ucs_mock") / "ucsproxy.db", ucs_front)
     try:
         yield endpoint
     finally:
@@ -110,7 +130,7 @@ def ucs_mock(tmp_path_factory):
 
 
 @pytest.fixture
-def ucs_replay(tmp_path_factory):
+def ucs_replay(tmp_path_factory, ucs_front):
     """Factory: ``ucs_replay(source, match="strict", stateful=False)`` serves a recording."""
     from .runner import replay_options
 
@@ -118,7 +138,8 @@ def ucs_replay(tmp_path_factory):
 
     def start(source, match: str = "strict", stateful: bool = False, seed: int | None = 0) -> UcsEndpoint:
         db = tmp_path_factory.mktemp("ucs_replay") / "ucsproxy.db"
-        endpoint = UcsEndpoint(replay_options(str(source), match=match, stateful=stateful, seed=seed), db)
+        endpoint = UcsEndpoint(replay_options(str(source), match=match, stateful=stateful, seed=seed), db,
+                               ucs_front)
         started.append(endpoint)
         return endpoint
 

@@ -9,12 +9,13 @@ import asyncio
 import logging
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mitmproxy import options as mitm_options
-from mitmproxy.tools.dump import DumpMaster
+if TYPE_CHECKING:
+    from mitmproxy.tools.dump import DumpMaster
 
-from .addon import UcsProxy
+# mitmproxy is imported where a proxy starts, not here: the lean front
+# (front.py) uses the option sets below without loading mitmproxy.
 
 # Mock and replay answer every request themselves; this address only fills
 # mitmproxy's reverse-mode slot and is never contacted: connection_strategy=lazy
@@ -73,6 +74,11 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:
     Raises mitmproxy's OptionsError for a bad option, before anything listens.
     """
 
+    from mitmproxy import options as mitm_options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from .addon import UcsProxy
+
     async def _main() -> None:
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
@@ -98,6 +104,8 @@ class BackgroundProxy:
 
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0):
+        from .addon import UcsProxy
+
         self.addon = UcsProxy()
         self._options = dict(options, listen_host=listen_host, listen_port=listen_port)
         self._ready = threading.Event()
@@ -111,6 +119,11 @@ class BackgroundProxy:
             raise TimeoutError("ucsproxy did not start listening in time")
         if self._error is not None:
             raise self._error
+
+    @property
+    def core(self):
+        """The live :class:`~ucsproxy.core.UcsCore` behind the addon."""
+        return self.addon.core
 
     @property
     def url(self) -> str:
@@ -136,6 +149,9 @@ class BackgroundProxy:
             loop.close()
 
     async def _main(self) -> None:
+        from mitmproxy import options as mitm_options
+        from mitmproxy.tools.dump import DumpMaster
+
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         master.addons.add(self.addon)

@@ -1,4 +1,10 @@
-"""``ucsproxy mock | record | replay``: run a real mitmproxy instance with the ucsproxy addon."""
+"""``ucsproxy mock | record | replay``: serve on the lean front or run mitmproxy with the ucsproxy addon.
+
+``mock`` and ``replay`` (without ``--fallthrough``) answer every request themselves
+and use the lean asyncio front (front.py) unless ``--front mitmproxy`` asks for
+mitmproxy; ``record`` and ``replay --fallthrough`` forward traffic, so they always
+run on mitmproxy.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +36,17 @@ def _common_options(f):
     return f
 
 
-def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port, db, keep_secrets, faults_file,
-           fault_specs, fault_seed, verbose) -> None:
-    from mitmproxy.exceptions import OptionsError
+FRONT_HELP = ("lean: ucsproxy's own asyncio HTTP/1.1 server (fast start, fast answers); "
+              "mitmproxy: mitmproxy's server (also HTTP/2, mitmproxy's options and commands).")
 
-    from ..runner import run_foreground
+
+def _front_option(f):
+    return click.option("--front", type=click.Choice(["lean", "mitmproxy"]), default="lean", show_default=True,
+                        help=FRONT_HELP)(f)
+
+
+def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port, db, keep_secrets, faults_file,
+           fault_specs, fault_seed, verbose, front: str = "mitmproxy") -> None:
     from .banner import check_port_free
     from .faultrules import load_rules
 
@@ -50,6 +62,21 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         ucs_fault=list(fault_specs),
         ucs_fault_seed=fault_seed,
     )
+    if front == "lean":
+        from ..core import ConfigError
+        from ..front import run_foreground as run_lean
+
+        try:
+            run_lean(options, verbose=verbose)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from e
+        except OSError as e:
+            raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {e}") from e
+        return
+    from mitmproxy.exceptions import OptionsError
+
+    from ..runner import run_foreground
+
     try:
         run_foreground(options, verbose=verbose)
     except OptionsError as e:
@@ -58,6 +85,7 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
 
 @main.command(cls=ServingCommand)
 @_common_options
+@_front_option
 @click.option("--state", type=click.Path(dir_okay=False), help="JSON file: load mailboxes from it, save them on exit.")
 @click.option("--seed", type=int, default=None, help="Make ids and change keys deterministic.")
 @click.option("--item-list", type=click.Path(exists=True, dir_okay=False),
@@ -97,6 +125,8 @@ def record(upstream, proxy_mode, insecure, **common):
 @main.command(cls=ServingCommand)
 @_common_options
 @click.argument("source", type=click.Path(exists=True))
+@click.option("--front", type=click.Choice(["lean", "mitmproxy"]), default=None,
+              help=FRONT_HELP + "  [default: lean; mitmproxy with --fallthrough]")
 @click.option("--match", type=click.Choice(["strict", "operation", "sequence"]), default="strict",
               show_default=True, help="How a request is matched to recorded ones.")
 @click.option("--stateful", is_flag=True, help="Build live mailboxes from the recording and answer from them.")
@@ -106,9 +136,13 @@ def record(upstream, proxy_mode, insecure, **common):
               "the ErrorSchemaValidation fault Exchange gives.")
 @click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
               help="A mailbox domain Autodiscover accepts besides contoso.com and the mock's mailboxes' (repeatable).")
-def replay(source, match, stateful, seed, fallthrough, lenient, domains, **common):
+def replay(source, front, match, stateful, seed, fallthrough, lenient, domains, **common):
     """Serve recorded answers from SOURCE (a SQLite log or a fixture directory)."""
     from ..runner import replay_options
 
+    if fallthrough and front == "lean":
+        raise click.UsageError("--fallthrough forwards requests, which only the mitmproxy front does: "
+                               "drop --front lean (or use --front mitmproxy)")
     _serve("replay", dict(replay_options(source, match=match, stateful=stateful, seed=seed, fallthrough=fallthrough),
-                          ucs_lenient=lenient, ucs_domains=list(domains)), **common)
+                          ucs_lenient=lenient, ucs_domains=list(domains)),
+           front=front or ("mitmproxy" if fallthrough else "lean"), **common)

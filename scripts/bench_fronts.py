@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Benchmark: the lean front, the mitmproxy front and WireMock standalone, side by side, serving the same bytes.
+
+    .venv/bin/python scripts/bench_fronts.py [--seconds 3] [--connections 1,8,64] [--rounds 2]
+
+Starts, all on 127.0.0.1:
+- ``ucsproxy mock --front lean`` and ``ucsproxy mock --front mitmproxy``, each logging to its
+  own SQLite file (the log writer process is on, as in real use);
+- WireMock standalone (the jar the npm package ``wiremock`` bundles, run with ``java``), whose
+  stubs answer with the bytes the ucsproxy mock sent for the same requests. Where Java or the
+  package is missing, WireMock is skipped with a message saying so.
+
+Workloads, each at every connection count (keep-alive, one request in flight per connection):
+- ``GetImItemList``: the default mailbox's list;
+- ``Add+Remove``: AddImGroup with a fresh name, then RemoveImGroup of the id it returned (a pair);
+- ``GetImItemList 1000``: a mailbox with 1,000 contacts (about 0.5 MB per answer).
+Servers take turns within each round, so drift on the machine hits all of them alike; each
+gets a warm-up first (WireMock's JIT too). Prints requests/s (pairs/s for Add+Remove), p50/p99
+latency and the ratios lean/WireMock and lean/mitmproxy, then the start-up time of each server
+(process start to first accepted connection) and of the ``ucs_mock`` fixture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EWS = "/EWS/Exchange.asmx"
+BIG_USER = "big@contoso.com"
+BIG_CONTACTS = 1000
+
+
+def envelope(body: str) -> bytes:
+    return ('<?xml version="1.0" encoding="utf-8"?>'
+            '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" '
+            'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">'
+            '<soap:Header><t:RequestServerVersion Version="Exchange2013"/></soap:Header>'
+            f"<soap:Body>{body}</soap:Body></soap:Envelope>").encode()
+
+
+def request(body: bytes, user: str | None = None) -> bytes:
+    auth = ""
+    if user:
+        auth = "Authorization: Basic " + base64.b64encode(f"{user}:pw".encode()).decode() + "\r\n"
+    return (f"POST {EWS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml; charset=utf-8\r\n{auth}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+GET_LIST = envelope("<m:GetImItemList/>")
+ID_RE = re.compile(rb'<t:ExchangeStoreId Id="([^"]+)"')
+
+
+def add_group(name: str) -> bytes:
+    return envelope(f"<m:AddImGroup><m:DisplayName>{name}</m:DisplayName></m:AddImGroup>")
+
+
+def remove_group(group_id: str) -> bytes:
+    return envelope(f'<m:RemoveImGroup><m:GroupId Id="{group_id}"/></m:RemoveImGroup>')
+
+
+# ---------------------------------------------------------------------------
+# Load: keep-alive connections, one request in flight each
+
+
+async def _exchange(reader, writer, data: bytes) -> bytes:
+    writer.write(data)
+    head = await reader.readuntil(b"\r\n\r\n")
+    at = head.lower().find(b"content-length:")
+    if at < 0:
+        raise RuntimeError(f"answer without Content-Length: {head[:200]!r}")
+    end = head.find(b"\r\n", at)
+    body = await reader.readexactly(int(head[at + 15:end]))
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"unexpected answer: {head[:200]!r} {body[:300]!r}")
+    return body
+
+
+async def _load(port: int, workload: str, connections: int, seconds: float) -> tuple[int, list[float]]:
+    stop_at = time.perf_counter() + seconds
+    latencies: list[float] = []
+    done = 0
+
+    async def worker(index: int) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * 1024 * 1024)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        get_plain = request(GET_LIST)
+        get_big = request(GET_LIST, BIG_USER)
+        n = 0
+        try:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                if workload == "get":
+                    await _exchange(reader, writer, get_plain)
+                elif workload == "big":
+                    await _exchange(reader, writer, get_big)
+                else:
+                    n += 1
+                    added = await _exchange(reader, writer, request(add_group(f"G{index}x{n}")))
+                    found = ID_RE.search(added)
+                    if found is None:
+                        raise RuntimeError(f"AddImGroup answered without an id: {added[:300]!r}")
+                    await _exchange(reader, writer, request(remove_group(found.group(1).decode())))
+                latencies.append(time.perf_counter() - t0)
+                done += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(i) for i in range(connections)))
+    return done, latencies
+
+
+def run_load(port: int, workload: str, connections: int, seconds: float) -> dict:
+    t0 = time.perf_counter()
+    done, latencies = asyncio.run(_load(port, workload, connections, seconds))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    return {"rate": done / elapsed, "p50": latencies[len(latencies) // 2] * 1000 if latencies else 0,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0, "count": done}
+
+
+# ---------------------------------------------------------------------------
+# Servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> float:
+    """Seconds until something accepts on the port."""
+    t0 = time.perf_counter()
+    deadline = t0 + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.005)
+    raise TimeoutError(f"{proc.args} did not listen on {port}")
+
+
+class Server:
+    def __init__(self, name: str, args: list[str], port: int, log_path: Path):
+        self.name, self.port = name, port
+        self._log = open(log_path, "wb")
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_listening(port, self.proc)
+        self.startup = time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def ucsproxy_mock(front: str, tmp: Path, state: Path) -> Server:
+    port = free_port()
+    args = [sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--listen-port", str(port),
+            "--seed", "1", "--state", str(state), "--db", str(tmp / f"{front}.db")]
+    return Server(front, args, port, tmp / f"{front}.out")
+
+
+def big_state(tmp: Path) -> Path:
+    """A state file whose BIG_USER mailbox holds 1,000 contacts (copied per server: each saves on exit)."""
+    sys.path.insert(0, str(ROOT))
+    from ucsproxy.model import UcsModel
+
+    model = UcsModel(seed=3)
+    for i in range(BIG_CONTACTS):
+        model.add_new_im_contact_to_group(BIG_USER, f"sip:contact{i:04d}@contoso.com", f"Contact {i:04d}", None)
+    path = tmp / "big-state.json"
+    model.save(path)
+    return path
+
+
+def wiremock_jar() -> Path | None:
+    candidates = []
+    if os.environ.get("WIREMOCK_JAR"):
+        candidates.append(Path(os.environ["WIREMOCK_JAR"]))
+    npm = shutil.which("npm")
+    if npm:
+        try:
+            root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, timeout=30).stdout.strip()
+            candidates += sorted(Path(root, "wiremock", "build").glob("wiremock-standalone-*.jar"))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    candidates += sorted((ROOT / "node_modules" / "wiremock" / "build").glob("wiremock-standalone-*.jar"))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def wiremock(tmp: Path, answers: dict[str, bytes]) -> Server | str:
+    """WireMock with stubs answering ``answers``' bytes, or a sentence saying why it is skipped."""
+    java = shutil.which("java")
+    jar = wiremock_jar()
+    if java is None:
+        return "skipped WireMock: no java on PATH"
+    if jar is None:
+        return ("skipped WireMock: the npm package 'wiremock' is not installed "
+                "(npm install -g wiremock, or set WIREMOCK_JAR to wiremock-standalone-*.jar)")
+    root = tmp / "wiremock"
+    (root / "mappings").mkdir(parents=True, exist_ok=True)
+    (root / "__files").mkdir(exist_ok=True)
+    big_auth = "Basic " + base64.b64encode(f"{BIG_USER}:pw".encode()).decode()
+    stubs = [
+        ("big", 1, {"bodyPatterns": [{"contains": "GetImItemList"}], "headers": {"Authorization": {"equalTo": big_auth}}}),
+        ("get", 2, {"bodyPatterns": [{"contains": "GetImItemList"}]}),
+        ("add", 2, {"bodyPatterns": [{"contains": "AddImGroup"}]}),
+        ("remove", 2, {"bodyPatterns": [{"contains": "RemoveImGroup"}]}),
+    ]
+    for name, priority, match in stubs:
+        (root / "__files" / f"{name}.xml").write_bytes(answers[name])
+        mapping = {"priority": priority, "request": {"method": "POST", "urlPath": EWS, **match},
+                   "response": {"status": 200, "bodyFileName": f"{name}.xml",
+                                "headers": {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}}}
+        (root / "mappings" / f"{name}.json").write_text(json.dumps(mapping))
+    port = free_port()
+    args = [java, "-jar", str(jar), "--port", str(port), "--bind-address", "127.0.0.1", "--root-dir", str(root),
+            "--disable-banner"]
+    return Server(f"WireMock {jar.stem.rsplit('-', 1)[-1]}", args, port, tmp / "wiremock.out")
+
+
+def capture_answers(port: int) -> dict[str, bytes]:
+    """The mock's answer bytes for each stub: what WireMock will send back."""
+    async def go() -> dict[str, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * 1024 * 1024)
+        out = {"get": await _exchange(reader, writer, request(GET_LIST)),
+               "big": await _exchange(reader, writer, request(GET_LIST, BIG_USER)),
+               "add": await _exchange(reader, writer, request(add_group("Captured")))}
+        group_id = ID_RE.search(out["add"]).group(1).decode()
+        out["remove"] = await _exchange(reader, writer, request(remove_group(group_id)))
+        writer.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def fixture_times(repeat: int = 50) -> dict[str, float]:
+    """Median ms of a ``ucs_mock`` endpoint set up and torn down: empty, and serving one GetImItemList."""
+    sys.path.insert(0, str(ROOT))
+    import http.client
+
+    from ucsproxy.pytest_plugin import UcsEndpoint
+    from ucsproxy.runner import mock_options
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        UcsEndpoint(mock_options(seed=0), Path(tmp) / "warm.db").stop()
+        for label, serve in (("empty", False), ("one request", True)):
+            times = []
+            for i in range(repeat):
+                t0 = time.perf_counter()
+                endpoint = UcsEndpoint(mock_options(seed=0), Path(tmp) / f"{label}-{i}.db")
+                if serve:
+                    conn = http.client.HTTPConnection(*endpoint._proxy.address, timeout=10)
+                    conn.request("POST", EWS, GET_LIST, {"Content-Type": "text/xml"})
+                    conn.getresponse().read()
+                    conn.close()
+                endpoint.stop()
+                times.append((time.perf_counter() - t0) * 1000)
+            out[label] = statistics.median(times)
+    return out
+
+
+WORKLOADS = [("get", "GetImItemList"), ("pairs", "Add+Remove pairs"), ("big", f"GetImItemList {BIG_CONTACTS}")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one measured run")
+    parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; the best run of each server counts")
+    parser.add_argument("--no-wiremock", action="store_true", help="compare the two fronts only")
+    args = parser.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    counts = [int(c) for c in args.connections.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="ucsproxy-bench-fronts-"))
+    servers: list[Server] = []
+    notes: list[str] = []
+    try:
+        state = big_state(tmp)
+        for front in ("lean", "mitmproxy"):
+            copy = tmp / f"state-{front}.json"
+            shutil.copy(state, copy)
+            servers.append(ucsproxy_mock(front, tmp, copy))
+        answers = capture_answers(servers[0].port)
+        if args.no_wiremock:
+            notes.append("skipped WireMock: --no-wiremock")
+        else:
+            wm = wiremock(tmp, answers)
+            if isinstance(wm, str):
+                notes.append(wm)
+            else:
+                servers.append(wm)
+        print(f"answers: GetImItemList {len(answers['get'])} B, AddImGroup {len(answers['add'])} B, "
+              f"RemoveImGroup {len(answers['remove'])} B, GetImItemList {BIG_CONTACTS} {len(answers['big'])} B")
+        for server in servers:  # warm-up: JIT, caches, connections
+            for workload, _ in WORKLOADS:
+                run_load(server.port, workload, 8, 1.0)
+        best: dict[tuple[str, str, int], dict] = {}
+        for _ in range(args.rounds):
+            for workload, _ in WORKLOADS:
+                for n in counts:
+                    for server in servers:
+                        result = run_load(server.port, workload, n, args.seconds)
+                        key = (server.name, workload, n)
+                        if key not in best or result["rate"] > best[key]["rate"]:
+                            best[key] = result
+        names = [s.name for s in servers]
+        wm_name = next((n for n in names if n.startswith("WireMock")), None)
+        print()
+        header = f"{'workload':<22}{'conns':>6}" + "".join(f"{n:>24}" for n in names)
+        header += f"{'lean/mitmproxy':>16}" + (f"{'lean/WireMock':>15}{'mitmproxy/WireMock':>20}" if wm_name else "")
+        print(header)
+        print(f"{'':<28}" + "".join(f"{'per s  p50/p99 ms':>24}" for _ in names))
+        for workload, label in WORKLOADS:
+            for n in counts:
+                row = f"{label:<22}{n:>6}"
+                for name in names:
+                    r = best[(name, workload, n)]
+                    row += f"{r['rate']:>10.0f}  {r['p50']:>5.1f}/{r['p99']:<6.1f}"
+                rate = {name: best[(name, workload, n)]["rate"] for name in names}
+                row += f"{rate['lean'] / rate['mitmproxy']:>16.2f}"
+                if wm_name:
+                    row += f"{rate['lean'] / rate[wm_name]:>15.2f}{rate['mitmproxy'] / rate[wm_name]:>20.2f}"
+                print(row)
+        print()
+        print("start-up (process start to listening): "
+              + ", ".join(f"{s.name} {s.startup:.2f} s" for s in servers))
+    finally:
+        for server in servers:
+            server.stop()
+    for note in notes:
+        print(note)
+    times = fixture_times()
+    print("ucs_mock fixture set up + torn down (median of 50): "
+          + ", ".join(f"{label} {ms:.1f} ms" for label, ms in times.items()))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

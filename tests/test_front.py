@@ -1,0 +1,67 @@
+"""The lean front on its own: what only it does (its certificates, its imports, its choice in the CLI)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from conftest import ROOT
+from ews_client import EwsClient, envelope
+
+
+def test_tls_with_a_ca_made_where_there_was_none(tmp_path):
+    """No CA in the confdir: one is made in mitmproxy's layout, and connections verify against it by name."""
+    from ucsproxy.front import BackgroundLean
+    from ucsproxy.runner import mock_options
+
+    confdir = tmp_path / "mitmproxy-conf"
+    endpoint = BackgroundLean(dict(mock_options(seed=0), ucs_db=""))
+    endpoint.server.confdir = str(confdir)
+    try:
+        assert EwsClient(endpoint.url).get_im_item_list().response_code == "NoError"  # plain HTTP needs no CA
+        assert not confdir.exists()
+        context = ssl.create_default_context()
+        with socket.create_connection(endpoint.address, timeout=10) as raw:
+            try:
+                context.wrap_socket(raw, server_hostname="localhost")
+            except ssl.SSLCertVerificationError:
+                pass  # nobody trusts a CA made a moment ago
+        names = {p.name for p in confdir.iterdir()}
+        assert {"mitmproxy-ca.pem", "mitmproxy-ca-cert.pem", "mitmproxy-ca-cert.cer", "mitmproxy-ca-cert.p12",
+                "mitmproxy-ca.p12"} <= names
+        assert (confdir / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0, "the CA key is the user's alone"
+        trusted = ssl.create_default_context(cafile=str(confdir / "mitmproxy-ca-cert.pem"))
+        for name in ("localhost", "127.0.0.1", "mail.contoso.test"):
+            with trusted.wrap_socket(socket.create_connection(endpoint.address, timeout=10),
+                                     server_hostname=name) as sock:
+                assert sock.version() and sock.selected_alpn_protocol() in (None, "http/1.1")
+                body = envelope("<m:GetImItemList/>")
+                sock.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                out = b""
+                while chunk := sock.recv(65536):
+                    out += chunk
+            assert out.startswith(b"HTTP/1.1 200 OK") and b"NoError" in out, name
+    finally:
+        endpoint.stop()
+
+
+def test_the_lean_path_does_not_import_mitmproxy():
+    code = ("import sys, ucsproxy.cli, ucsproxy.cli.serve, ucsproxy.front, ucsproxy.runner, ucsproxy.pytest_plugin; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mitmproxy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_replay_fallthrough_needs_the_mitmproxy_front(tmp_path):
+    from ucsproxy.cli import main
+
+    result = CliRunner().invoke(main, ["replay", str(ROOT / "recordings" / "spec-examples"), "--front", "lean",
+                                       "--fallthrough", "http://127.0.0.1:9", "--db", ""])
+    assert result.exit_code == 2
+    assert "--fallthrough forwards requests, which only the mitmproxy front does" in result.output

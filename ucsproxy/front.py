@@ -1,0 +1,620 @@
+"""The lean front: an asyncio HTTP/1.1 server on the shared core, for ``mock`` and ``replay``.
+
+A mock is not a proxy: when nothing is forwarded, mitmproxy's per-flow machinery
+is cost without purpose. This front parses requests with httptools (llhttp, the
+parser of Node.js), hands them to :class:`~ucsproxy.core.UcsCore` (the same
+decoding, model, replay matching, fault decisions and log as the mitmproxy
+addon) and writes the answers itself. It keeps connections alive, answers
+pipelined requests in order, reads chunked bodies, answers ``Expect:
+100-continue``, sends no body to HEAD, and speaks TLS on the same port with a
+certificate from mitmproxy's CA (the first byte of a connection tells TLS from
+plain HTTP). HTTP/2 stays on the mitmproxy front.
+
+Because this front owns the socket, the transport faults are its own: ``reset``
+sends a TCP reset, ``timeout`` holds the connection and then closes it,
+``truncate`` with ``keep_length`` promises more bytes than it sends and hangs up.
+
+Nothing here imports mitmproxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from . import core as core_mod
+from .core import ALTERING_ACTIONS, RENDERED_ACTIONS, Answer, UcsCore
+from .exchange import RawExchange
+
+log = logging.getLogger("ucsproxy")
+
+KILLED = "Connection killed."  # the error mitmproxy logs for a flow a fault killed; the log reads the same
+CLIENT_GONE = "Client disconnected."
+TLS_HANDSHAKE = 0x16
+MAX_PIPELINED = 64  # queued requests per connection before it stops reading
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _wire(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+class _Request:
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue")
+
+    def __init__(self, started: float):
+        self.method = ""
+        self.url: list[bytes] = []
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.keep_alive = True
+        self.started = started
+        self.expect_continue = False
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, answer in order, log."""
+
+    def __init__(self, server: "LeanServer"):
+        self.server = server
+        self.core = server.core
+        self.transport: asyncio.Transport | None = None
+        self.client: str | None = None
+        self.scheme = "http"
+        self.listen = "localhost"
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: _Request | None = None
+        self.pending: deque[_Request] = deque()
+        self.task: asyncio.Task | None = None  # the request whose answer waits on a fault
+        self.closing = False
+        self.paused = False
+        self.upgrading: tuple[_Request, int] | None = None  # (request, body bytes still to read)
+
+    # -- transport events --------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client = f"{peer[0]}:{peer[1]}"
+        self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        local = transport.get_extra_info("sockname")
+        # The address the client connected to: Autodiscover's URLs use it when a request has no Host.
+        self.listen = f"{_url_host(str(local[0]))}:{local[1]}" if local else "localhost"
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        while data:
+            if self.upgrading is not None:
+                data = self._upgrade_body(data)
+                continue
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as e:
+                # An Upgrade offer (curl's h2c): llhttp stops after the headers. No 101 is sent, so
+                # the client goes on in HTTP/1.1: read the body by its length, answer, parse on.
+                data = data[e.args[0]:] if e.args and isinstance(e.args[0], int) else b""
+                self.parser = httptools.HttpRequestParser(self)
+            except httptools.HttpParserError:
+                self._refuse(b"ucsproxy: malformed HTTP request.\n", 400)
+                return
+
+    def _upgrade_body(self, data: bytes) -> bytes:
+        req, missing = self.upgrading
+        take = data[:missing]
+        req.body.append(take)
+        missing -= len(take)
+        if missing:
+            self.upgrading = (req, missing)
+        else:
+            self.upgrading = None
+            self._dispatch(req)
+        return data[len(take):]
+
+    def _refuse(self, body: bytes, status: int) -> None:
+        if self.task is None and not self.pending and not self.closing:
+            self._write(_status_line(status) + b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
+                        b"Connection: close\r\n\r\n" % len(body) + body)
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def reset(self) -> None:
+        """Hang up with a TCP reset (RST), not an orderly close."""
+        self.closing = True
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
+        self.transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        if not self.closing and self.transport is not None:
+            self.transport.write(data)
+
+    # -- parser callbacks (httptools) --------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.current = _Request(time.time())
+
+    def on_url(self, url: bytes) -> None:
+        self.current.url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.current.headers.append((_text(name), _text(value)))
+        if len(name) == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
+            self.current.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        req = self.current
+        req.method = self.parser.get_method().decode("ascii", "replace")
+        if req.expect_continue and self.task is None and not self.pending:
+            self._write(_CONTINUE)
+            req.expect_continue = False
+
+    def on_body(self, body: bytes) -> None:
+        self.current.body.append(body)
+
+    def on_message_complete(self) -> None:
+        req = self.current
+        self.current = None
+        req.keep_alive = self.parser.should_keep_alive()
+        if self.parser.should_upgrade():
+            length = next((v for k, v in req.headers if k.lower() == "content-length"), "0")
+            try:
+                missing = int(length)
+            except ValueError:
+                missing = -1
+            if missing < 0 or any(k.lower() == "transfer-encoding" for k, _ in req.headers):
+                self._refuse(b"ucsproxy: an Upgrade request needs a Content-Length body.\n", 400)
+                return
+            if missing:
+                self.upgrading = (req, missing)
+                return
+        self._dispatch(req)
+
+    def _dispatch(self, req: _Request) -> None:
+        if self.task is not None or self.pending:
+            self.pending.append(req)
+            if len(self.pending) >= MAX_PIPELINED and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            return
+        self._serve(req)
+
+    # -- serving -----------------------------------------------------------
+
+    def _serve(self, req: _Request) -> None:
+        try:
+            self._serve_now(req)
+        except Exception as e:  # a bug must not take the server down: this client gets a 500
+            log.exception(f"ucsproxy: could not answer {req.method} {_text(b''.join(req.url))}: {e}")
+            self._refuse(b"ucsproxy: internal error, see the ucsproxy output.\n", 500)
+
+    def _serve_now(self, req: _Request) -> None:
+        """Answer one request: at once on the common path, on a task when a fault has to wait."""
+        c = self.core
+        path = _text(b"".join(req.url))
+        body = b"".join(req.body)
+        found = c.answer_autodiscover(req.method, path, req.headers, body, self.scheme, self.listen)
+        if found is not None:
+            self._send(req, path, body, None, found)
+            return
+        decoded = c.decode(body, req.headers) if c.wants_decoded(req.method, path) else None
+        if c.engine is not None:
+            decision = c.decide(decoded, req.headers)
+            if decision is not None:
+                self.task = asyncio.ensure_future(self._serve_with_fault(req, path, body, decoded, decision))
+                self.task.add_done_callback(self._fault_done)
+                return
+        answer = c.answer(req.method, path, req.headers, decoded)
+        self._send(req, path, body, decoded, answer)
+
+    async def _serve_with_fault(self, req: _Request, path: str, body: bytes, decoded, decision) -> None:
+        c = self.core
+        action = decision.action
+        try:
+            if decision.request_delay_ms:
+                await asyncio.sleep(decision.request_delay_ms / 1000)
+            if action in RENDERED_ACTIONS:
+                answer = core_mod.rendered_answer(decision, core_mod.operation_named(decoded))
+                if decision.response_delay_ms:
+                    await asyncio.sleep(decision.response_delay_ms / 1000)
+                self._send(req, path, body, decoded, answer, decision)
+                return
+            if action == "reset":
+                self.reset()
+                self._log(req, path, body, decoded, None, decision, KILLED)
+                return
+            if action == "timeout":
+                await c.hold(decision)
+                self.close()
+                self._log(req, path, body, decoded, None, decision, KILLED)
+                return
+            answer = c.answer(req.method, path, req.headers, decoded)
+            if decision.response_delay_ms:
+                await asyncio.sleep(decision.response_delay_ms / 1000)
+            self._send(req, path, body, decoded, answer, decision)
+        except asyncio.CancelledError:
+            self._log(req, path, body, decoded, None, decision, CLIENT_GONE)
+            raise
+
+    def _fault_done(self, task: asyncio.Task) -> None:
+        self.task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error(f"ucsproxy: a fault could not be applied: {task.exception()!r}")
+            self.close()
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.pending and self.task is None and not self.closing:
+            self._serve(self.pending.popleft())
+        if self.paused and len(self.pending) < MAX_PIPELINED // 2 and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
+        req = self.current
+        if req is not None and req.expect_continue and self.task is None and not self.pending:
+            self._write(_CONTINUE)  # the request now at the head of the line may send its body
+            req.expect_continue = False
+
+    def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer, decision=None) -> None:
+        if self.closing:
+            return
+        content = answer.body
+        headers = answer.headers
+        length = len(content)
+        close = not req.keep_alive
+        if decision is not None and decision.action in ALTERING_ACTIONS:
+            altered = core_mod.alter_body(content, decision)
+            if altered.drop_headers:
+                drop = {h.lower() for h in altered.drop_headers}
+                headers = [(k, v) for k, v in headers if k.lower() not in drop]
+            content = altered.body
+            length = len(content)
+            if altered.promised_length is not None:
+                # Promise the full length, deliver less, then hang up: a short read.
+                length = altered.promised_length
+                close = True
+        head = [_status_line(answer.status)]
+        for k, v in headers:
+            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                head.append(b"%s: %s\r\n" % (_wire(k), _wire(v)))
+        head.append(b"Content-Length: %d\r\n" % length)
+        if close:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        sent_headers = [(k, v) for k, v in headers
+                        if k.lower() not in ("content-length", "connection", "transfer-encoding")]
+        sent_headers.append(("Content-Length", str(length)))
+        if close:
+            sent_headers.append(("Connection", "close"))
+        if req.method == "HEAD":
+            content = b""  # the headers a GET would get, no body (RFC 9110 9.3.2)
+        self.transport.write(b"".join(head) + content)
+        if close:
+            self.close()
+        self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None)
+
+    def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None) -> None:
+        c = self.core
+        if self.server.verbose:
+            log.info(f"{self.client} {req.method} {path} -> {sent[0] if sent else error}")
+        if not c.logging:
+            return
+        c.log_exchange(RawExchange(
+            mode=c.mode,
+            started_at=req.started,
+            duration_ms=round((time.time() - req.started) * 1000, 3),
+            client=self.client,
+            server=None,
+            method=req.method,
+            path=path,
+            http_status=sent[0] if sent else None,
+            request_headers=req.headers,
+            request_body=body,
+            response_headers=sent[1] if sent else None,
+            response_body=sent[2] if sent else None,
+            fault=decision.describe() if decision is not None else None,
+            error=error,
+            decoded_request=decoded,
+        ))
+
+
+class LeanServer:
+    """The lean front listening on ``host:port`` (port 0 picks a free one), serving ``core``."""
+
+    def __init__(self, ucs_core: UcsCore, host: str = "127.0.0.1", port: int = 0, *,
+                 confdir: str = "~/.mitmproxy", verbose: bool = False):
+        self.core = ucs_core
+        self.host, self.port = host, port
+        self.verbose = verbose
+        self.confdir = confdir
+        self.connections: set[_Connection] = set()
+        self.addresses: list[tuple[str, int]] = []
+        self._sockets: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._accepting: list[asyncio.Task] = []
+        self._tls = None  # tlscerts.TlsCertificates, made at the first ClientHello
+        self._tls_context = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        port = self.port
+        for family, type_, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((addr[0], port, *addr[2:]))
+            except OSError:
+                sock.close()
+                self.close_listeners()
+                raise
+            sock.listen(1024)
+            sock.setblocking(False)
+            port = port or sock.getsockname()[1]  # every family on the same port
+            self._sockets.append(sock)
+            self.addresses.append(sock.getsockname()[:2])
+        for sock in self._sockets:
+            self._accepting.append(asyncio.ensure_future(self._accept(sock)))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except (OSError, asyncio.CancelledError):
+                if listener.fileno() == -1:
+                    return
+                raise
+            conn.setblocking(False)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            task = asyncio.ensure_future(self._open(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, conn: socket.socket) -> None:
+        """Peek at the first byte: a TLS ClientHello gets the TLS layer, anything else is plain HTTP."""
+        loop = asyncio.get_running_loop()
+        try:
+            first = await self._peek(loop, conn)
+            if not first:
+                conn.close()
+                return
+            context = self._tls_for() if first[0] == TLS_HANDSHAKE else None
+            await loop.connect_accepted_socket(lambda: _Connection(self), conn, ssl=context)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except (OSError, ValueError) as e:  # a handshake that failed, a client gone before it spoke
+            log.debug(f"ucsproxy: connection dropped before HTTP: {e}")
+            conn.close()
+
+    @staticmethod
+    async def _peek(loop, conn: socket.socket) -> bytes:
+        while True:
+            try:
+                return conn.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                pass
+            readable = loop.create_future()
+            loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(conn.fileno())
+
+    def _tls_for(self):
+        if self._tls_context is None:
+            from .tlscerts import TlsCertificates
+
+            names = tuple(h for h in (self.host, socket.gethostname()) if h and h not in ("0.0.0.0", "::"))
+            self._tls = TlsCertificates(self.confdir, names)
+            self._tls_context = self._tls.context()
+        return self._tls_context
+
+    def urls(self) -> str:
+        return ", ".join(f"http(s)://{_url_host(h)}:{p}/EWS/Exchange.asmx" for h, p in self.addresses)
+
+    def close_listeners(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    async def stop(self, state: str = "") -> None:
+        """Stop listening, let held connections go, close every connection, save state, close the log."""
+        self.close_listeners()
+        self.core.let_held_go()
+        for conn in list(self.connections):
+            conn.close()
+        pending = [t for t in self._tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0)  # let the transports' close callbacks run
+        self.core.shutdown(state)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------------------
+# Options (the same dicts runner.mock_options / replay_options build) to a core
+
+
+def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_log: bool = False) -> UcsCore:
+    """A configured core from ucsproxy's option dict; raises core.ConfigError for a bad setting."""
+    c = UcsCore()
+    c.mode = options.get("ucs_mode", "mock")
+    c.fallthrough = bool(options.get("ucs_fallthrough"))
+    c.lenient = bool(options.get("ucs_lenient"))
+    c.domains = tuple(options.get("ucs_domains") or ())
+    try:
+        c.build_model(state=options.get("ucs_state", ""), seed=options.get("ucs_seed"),
+                      item_list=options.get("ucs_item_list", ""), mailbox=options.get("ucs_mailbox", ""))
+        c.build_replay(options.get("ucs_replay", ""), match=options.get("ucs_match", "strict"),
+                       stateful=bool(options.get("ucs_stateful")), seed=options.get("ucs_seed"))
+        c.build_faults(options.get("ucs_faults", ""), options.get("ucs_fault", ()), options.get("ucs_fault_seed", 0))
+        c.open_store(options.get("ucs_db", ""), bool(options.get("ucs_keep_secrets")), writer=writer, lazy=lazy_log)
+    except BaseException:
+        c.shutdown()
+        raise
+    return c
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed, else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _announce(server: LeanServer, options: dict[str, Any]) -> None:
+    from .cli.banner import startup_banner
+
+    c = server.core
+    log.info(startup_banner(
+        c.mode, server.addresses, db=options.get("ucs_db", ""), replay_source=options.get("ucs_replay", ""),
+        match=options.get("ucs_match", "strict"), stateful=bool(options.get("ucs_stateful")),
+        state=options.get("ucs_state", ""), fault_rules=len(c.engine.rules()) if c.engine else 0))
+
+
+def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:
+    """Serve until SIGINT / SIGTERM, then shut down cleanly (the log flushed, state saved).
+
+    Raises core.ConfigError for a bad option, before anything listens.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="[%(asctime)s.%(msecs)03d] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    c = core_from_options(options)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    server = LeanServer(c, options.get("listen_host", "127.0.0.1"), options.get("listen_port", 8080),
+                        confdir=options.get("confdir", "~/.mitmproxy"), verbose=verbose)
+    stopped = asyncio.Event()
+
+    async def main() -> None:
+        from .tlscerts import ensure_ca
+
+        try:  # where there is no CA yet, clients find one to trust as soon as we listen
+            ensure_ca(server.confdir)
+        except OSError as e:
+            log.warning(f"ucsproxy: no CA in {server.confdir} ({e}): TLS connections will fail")
+        try:
+            await server.start()
+        except OSError:
+            c.shutdown()
+            raise
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        if hasattr(signal, "SIGPIPE"):
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        _announce(server, options)
+        await stopped.wait()
+        await server.stop(options.get("ucs_state", ""))
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+class _SharedLoop:
+    """One event loop on a daemon thread that every in-process endpoint of this process shares."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or not cls._loop.is_running():
+                loop = _new_loop()
+                started = threading.Event()
+                loop.call_soon(started.set)
+                threading.Thread(target=loop.run_forever, name="ucsproxy-lean", daemon=True).start()
+                started.wait()
+                cls._loop = loop
+            return cls._loop
+
+
+class BackgroundLean:
+    """The lean front in this process, on a shared background loop: what the pytest fixtures start.
+
+    ``url`` is where it listens, ``core`` the live core (``core.model`` is the mock's state).
+    The log is written on a thread (no writer process to start) and opened at the first exchange:
+    set-up and tear-down take milliseconds.
+    """
+
+    def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
+                 startup_timeout: float = 30.0):
+        self._options = options
+        self.core = core_from_options(options, writer="thread", lazy_log=True)
+        self._loop = _SharedLoop.get()
+        self.server = LeanServer(self.core, listen_host, listen_port)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(startup_timeout)
+        except BaseException:
+            self.core.shutdown()
+            raise
+        self.address = self.server.addresses[0]
+
+    @property
+    def url(self) -> str:
+        return f"http://{_url_host(self.address[0])}:{self.address[1]}"
+
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` on the server's loop and return its result (fault rules change there)."""
+        async def run():
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(self._options.get("ucs_state", "")),
+                                         self._loop).result(timeout)
