@@ -325,9 +325,10 @@ class _Connection(asyncio.Protocol):
         self.transport.write(b"".join(head) + content)
         if close:
             self.close()
-        self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None)
+        self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
 
-    def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None) -> None:
+    def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None,
+             answer: Answer | None = None) -> None:
         c = self.core
         if self.server.verbose:
             log.info(f"{self.client} {req.method} {path} -> {sent[0] if sent else error}")
@@ -349,6 +350,7 @@ class _Connection(asyncio.Protocol):
             fault=decision.describe() if decision is not None else None,
             error=error,
             decoded_request=decoded,
+            decoded_response=answer.logged(sent[2]) if answer is not None and sent else None,
         ))
 
 
