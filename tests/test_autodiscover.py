@@ -195,9 +195,9 @@ def test_recorded_autodiscover_exchanges_are_decoded_for_the_log():
 
 
 @pytest.fixture(scope="module")
-def mock(tmp_path_factory):
+def mock(tmp_path_factory, front):
     tmp = tmp_path_factory.mktemp("autodiscover")
-    proc = start_ucsproxy(tmp, "mock", "--seed", "4", "--db", "")
+    proc = start_ucsproxy(tmp, "mock", "--front", front, "--seed", "4", "--db", "")
     yield proc
     proc.stop()
 
