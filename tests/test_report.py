@@ -110,11 +110,15 @@ def test_html_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_a_log_without_faults_and_a_missing_source(tmp_path):
-    result = run(ROOT / "recordings" / "lync-session")
+    result = run(ROOT / "recordings" / "lync-session", "--html", tmp_path / "calm.html")
     assert result.exit_code == 0 and "no injected faults" in result.output
+    calm = (tmp_path / "calm.html").read_text()
+    assert calm.count("<svg") == 3 and "<tr><td class=n>" not in calm
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     assert "no injected faults" in run(empty).output
+    nothing = CliRunner().invoke(main, ["report", str(empty), "--html", str(tmp_path / "e.html")])
+    assert nothing.exit_code == 1 and "the log holds no exchanges to report on" in nothing.output
     missing = CliRunner().invoke(main, ["report", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
