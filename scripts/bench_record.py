@@ -186,11 +186,11 @@ def main() -> None:
             [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(plain),
              "--mode", f"reverse:http://127.0.0.1:{up}"], stdout=subprocess.DEVNULL))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ucsproxy", "record", "--upstream", f"http://127.0.0.1:{up}",
+            [sys.executable, "-m", "ucsproxy", "record", "-q", "--upstream", f"http://127.0.0.1:{up}",
              "--listen-host", "127.0.0.1", "--listen-port", str(rec), "--db", str(db)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ucsproxy", "record", "--upstream", f"http://127.0.0.1:{up}",
+            [sys.executable, "-m", "ucsproxy", "record", "-q", "--upstream", f"http://127.0.0.1:{up}",
              "--listen-host", "127.0.0.1", "--listen-port", str(nolog), "--db", ""],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
         for port in (plain, rec, nolog):

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import core, faults
+from . import contentview, core, faults
+from .annotate import annotate_flow
 from .core import MATCH_MODES, MODES, XML_HEADERS, UcsCore
 from .exchange import RawExchange
 from .records import EwsRequest, SoapFault, UcsResponse
@@ -73,6 +75,9 @@ class UcsProxy:
                           "accepts besides contoso.com and the domains of the mock's mailboxes (repeatable).")
         loader.add_option("ucs_lenient", bool, False, "Mock / stateful replay: answer UCS requests that break "
                           "Exchange's schema instead of the ErrorSchemaValidation fault.")
+        loader.add_option("ucs_console", bool, False, "Print one line per EWS exchange and a summary at exit.")
+        loader.add_option("ucs_marks", bool, True, "Mark EWS flows with their operation and result (comment, marker).")
+        contentview.register()
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -81,6 +86,7 @@ class UcsProxy:
         c.fallthrough = opts.ucs_fallthrough
         c.lenient = opts.ucs_lenient
         c.domains = tuple(opts.ucs_domains)
+        c.reporter.console.enabled, c.reporter.marks = opts.ucs_console, opts.ucs_marks
         try:
             if updated & {"ucs_db", "ucs_keep_secrets"}:
                 c.open_store(opts.ucs_db, opts.ucs_keep_secrets)
@@ -118,11 +124,11 @@ class UcsProxy:
                 return None
         if c.wants_decoded(req.method, req.path):
             decoded = c.decode(req.get_content(strict=False) or b"", _pairs(req.headers))
-            flow.metadata["ucs_request"] = decoded
+            _scratch(flow)["ucs_request"] = decoded
         if c.engine is not None:
             decision = c.decide(decoded, _pairs(req.headers))
             if decision is not None:
-                flow.metadata["ucs_fault"] = decision
+                _scratch(flow)["ucs_fault"] = decision
                 return self._request_with_fault(flow, decoded, decision, serving)
         if serving:
             self._answer(flow, decoded)
@@ -139,8 +145,8 @@ class UcsProxy:
 
     def response(self, flow: http.HTTPFlow):
         _no_body_for_head(flow)
-        decision = flow.metadata.get("ucs_fault")
-        if decision is not None and not flow.metadata.get("ucs_fault_applied"):
+        decision = _scratch(flow).get("ucs_fault")
+        if decision is not None and not _scratch(flow).get("ucs_fault_applied"):
             return self._response_with_fault(flow, decision)
         self._log(flow)
         return None
@@ -181,9 +187,13 @@ class UcsProxy:
     def _answer(self, flow: http.HTTPFlow, decoded) -> None:
         req = flow.request
         answer = self.core.answer(req.method, req.path, _pairs(req.headers), decoded)
+        if (note := self.core.replay_note(answer)) is not None:
+            _scratch(flow)["ucs_replay"] = note
+            if note[0] == "replayed":
+                flow.is_replay = "response"  # as mitmproxy's server replay marks its answers (~replays)
         if answer is not None:
             flow.response = _response(answer)
-            flow.metadata["ucs_answer"] = answer
+            _scratch(flow)["ucs_answer"] = answer
 
     @staticmethod
     def _encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> http.Response:
@@ -196,7 +206,7 @@ class UcsProxy:
         action = decision.action
         if action in core.RENDERED_ACTIONS:
             flow.response = _response(core.rendered_answer(decision, _operation_of(flow)))
-            flow.metadata["ucs_fault_applied"] = True
+            _scratch(flow)["ucs_fault_applied"] = True
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
             return True
@@ -224,14 +234,16 @@ class UcsProxy:
             # Promise the full length, deliver less, then hang up: a short read.
             resp.headers["Content-Length"] = str(altered.promised_length)
             resp.headers["Connection"] = "close"
-        flow.metadata["ucs_fault_applied"] = True
+        _scratch(flow)["ucs_fault_applied"] = True
 
     # -- logging -----------------------------------------------------------
 
     def _log(self, flow: http.HTTPFlow) -> None:
-        if not self.core.logging:
+        if not self.core.logging and not self.core.reporter.active:
             return
-        self.core.log_exchange(raw_exchange_from_flow(flow, self.mode))
+        summary = self.core.log_exchange(raw_exchange_from_flow(flow, self.mode), _scratch(flow).get("ucs_replay"))
+        if summary is not None:
+            annotate_flow(flow, summary)
 
     @staticmethod
     def _mailbox(flow: http.HTTPFlow, decoded: Any) -> str | None:
@@ -258,6 +270,18 @@ class UcsProxy:
     def faults_list(self) -> Sequence[str]:
         """The active fault rules, one per line."""
         return self.core.fault_summaries()
+
+
+# Per-flow objects that must not go into flow.metadata: mitmproxy saves metadata with the
+# flow (``-w``, mitmweb's save), and decoded records or fault decisions cannot be saved.
+_SCRATCH: "weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _scratch(flow: http.HTTPFlow) -> dict[str, Any]:
+    try:
+        return _SCRATCH[flow]
+    except KeyError:
+        return _SCRATCH.setdefault(flow, {})
 
 
 def _pairs(headers: http.Headers) -> list[tuple[str, str]]:
@@ -287,20 +311,20 @@ def _no_body_for_head(flow: http.HTTPFlow) -> None:
 
 
 def _operation_of(flow: http.HTTPFlow) -> str | None:
-    return core.operation_named(flow.metadata.get("ucs_request"))
+    return core.operation_named(_scratch(flow).get("ucs_request"))
 
 
 def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
     """The raw facts of a finished flow, for the log (no decoding here: that is the writer thread's job)."""
     req, resp = flow.request, flow.response
-    decision = flow.metadata.get("ucs_fault")
+    decision = _scratch(flow).get("ucs_fault")
     started = req.timestamp_start
     ended = (resp.timestamp_end if resp is not None else None) or time.time()
     client = flow.client_conn.peername
     server = flow.server_conn.address if mode == "record" else None
     error = flow.error.msg if flow.error else None
-    decoded_request = flow.metadata.get("ucs_request")
-    answer = flow.metadata.get("ucs_answer")
+    decoded_request = _scratch(flow).get("ucs_request")
+    answer = _scratch(flow).get("ucs_answer")
     response_body = resp.get_content(strict=False) if resp is not None else None
     return RawExchange(
         mode=mode,

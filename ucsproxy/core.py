@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import autodiscover, codec, faults, schema
+from .console import Reporter
 from .exchange import RawExchange, header, request_user
 from .model import DEFAULT_MAILBOX, UcsModel
 from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
@@ -153,8 +154,11 @@ class UcsCore:
         self._store_key: tuple | None = None
         self._lazy_store: tuple | None = None
         self._open_lock = threading.Lock()
+        self._last_miss: str | None = None  # why the last replay lookup found nothing (read right after it)
+        self._rows_logged = 0  # rows the last closed log committed
         # Connections a timeout fault is holding wait on this; setting it lets them go.
         self._release_held = asyncio.Event()
+        self.reporter = Reporter()  # console lines, summaries for flow lists, the shadow model
 
     # -- configuration -----------------------------------------------------
 
@@ -199,6 +203,7 @@ class UcsCore:
         self._lazy_store = None
         if self.store is not None:
             self.store.close()
+            self._rows_logged = self.store.written
             self.store = None
         self._store_key = None
 
@@ -294,7 +299,9 @@ class UcsCore:
                 log.info(f"ucsproxy: saved mock state to {state}")
             except Exception as e:
                 log.error(f"ucsproxy: could not save state to {state}: {e}")
+        logging_on = self.logging
         self.close_store()
+        self.reporter.console.print_summary(self._rows_logged if logging_on else None)
 
     # -- one request -------------------------------------------------------
 
@@ -362,6 +369,7 @@ class UcsCore:
         from . import replay
 
         found = self.replay.lookup(decoded, mailbox_of(decoded, headers))
+        self._last_miss = found.reason if isinstance(found, replay.NoMatch) else None
         if isinstance(found, replay.NoMatch):
             if self.fallthrough:
                 return None  # the reverse-proxy upstream answers
@@ -389,11 +397,32 @@ class UcsCore:
             self.let_held_go()
             log.info(f"ucsproxy: reloaded {len(self.watcher.config.rules)} fault rule(s) from {self.watcher.path}")
 
-    def log_exchange(self, raw: RawExchange) -> None:
+    def log_exchange(self, raw: RawExchange, replay: tuple[str, str | None] | None = None):
+        """A finished exchange: its console line (and shadow check), then the log.
+
+        ``replay``: (``replayed`` / ``no-match`` / ``fall-through``, reason) when replay served it.
+        Returns its :class:`~ucsproxy.annotate.ExchangeSummary`, None when nothing asked for one.
+        """
+        summary = None
+        try:
+            if self.mode != "off":
+                summary = self.reporter.exchange_done(raw, replay)
+        except Exception as e:  # reporting must never break traffic either
+            log.error(f"ucsproxy: could not report an exchange: {e}")
         try:
             store = self.store or self.log_store()
-            if store is None:
-                return
-            store.submit(raw)
+            if store is not None:
+                store.submit(raw)
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")
+        return summary
+
+    def replay_note(self, answer: Answer | None) -> tuple[str, str | None] | None:
+        """How replay served a request, from the answer :meth:`answer` gave (None: fall-through)."""
+        if self.mode != "replay" or self.replay is None:
+            return None
+        if answer is None:
+            return "fall-through", self._last_miss
+        if header(answer.headers, "X-Ucsproxy-Replay") == "no-match":
+            return "no-match", self._last_miss
+        return "replayed", None

@@ -332,7 +332,7 @@ class _Connection(asyncio.Protocol):
         c = self.core
         if self.server.verbose:
             log.info(f"{self.client} {req.method} {path} -> {sent[0] if sent else error}")
-        if not c.logging:
+        if not c.logging and not c.reporter.active:
             return
         c.log_exchange(RawExchange(
             mode=c.mode,
@@ -351,7 +351,7 @@ class _Connection(asyncio.Protocol):
             error=error,
             decoded_request=decoded,
             decoded_response=answer.logged(sent[2]) if answer is not None and sent else None,
-        ))
+        ), c.replay_note(answer) if answer is not None else None)
 
 
 class LeanServer:
@@ -493,6 +493,7 @@ def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_
     c.fallthrough = bool(options.get("ucs_fallthrough"))
     c.lenient = bool(options.get("ucs_lenient"))
     c.domains = tuple(options.get("ucs_domains") or ())
+    c.reporter.console.enabled = bool(options.get("ucs_console"))  # the line per exchange, the exit summary
     try:
         c.build_model(state=options.get("ucs_state", ""), seed=options.get("ucs_seed"),
                       item_list=options.get("ucs_item_list", ""), mailbox=options.get("ucs_mailbox", ""))

@@ -130,6 +130,11 @@ class LogStore:
             self._written += count
             self._progress.notify_all()
 
+    @property
+    def written(self) -> int:
+        """Rows committed so far (all of them once :meth:`close` returned)."""
+        return self._written
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is committed."""
         target = self._submitted

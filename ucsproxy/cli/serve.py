@@ -30,6 +30,7 @@ def _common_options(f):
                          help="One-line fault rule OPERATION:ACTION[:key=value,...] (repeatable)."),
             click.option("--fault-seed", default=0, show_default=True, type=int, help="Seed for --fault rules."),
             click.option("-v", "--verbose", is_flag=True, help="Also print every flow (mitmproxy's dumper)."),
+            click.option("-q", "--quiet", is_flag=True, help="No line per EWS exchange, no summary at exit."),
         ]
     ):
         f = decorator(f)
@@ -46,7 +47,7 @@ def _front_option(f):
 
 
 def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port, db, keep_secrets, faults_file,
-           fault_specs, fault_seed, verbose, front: str = "mitmproxy") -> None:
+           fault_specs, fault_seed, verbose, quiet, front: str = "mitmproxy") -> None:
     from .banner import check_port_free
     from .faultrules import load_rules
 
@@ -61,6 +62,8 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         ucs_faults=faults_file or "",
         ucs_fault=list(fault_specs),
         ucs_fault_seed=fault_seed,
+        ucs_console=not quiet,
+        ucs_marks=False,  # no flow list to show them in
     )
     if front == "lean":
         from ..core import ConfigError

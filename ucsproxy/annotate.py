@@ -1,0 +1,225 @@
+"""What one EWS exchange was, in a few words: for the flow list, the console line and the content view.
+
+:func:`summarize` is transport-independent: any front (the mitmproxy addon, a lean
+asyncio server) hands it the raw facts of an exchange and gets an
+:class:`ExchangeSummary`; :func:`flow_comment` and :func:`flow_marker` turn that
+into what mitmproxy's flow list shows, ``ucsproxy.console`` into a terminal line.
+
+It is cheap on purpose: the request is decoded (UCS requests are small; mock and
+replay have decoded it already), the answer only peeked at for its ResponseClass
+and ResponseCode (a GetImItemList answer can be large; the content view decodes
+it fully when someone looks).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import codec
+from .exchange import header, is_ews_path, key_arguments, request_user
+from .records import DecodeError, EwsRequest, to_jsonable
+
+#: ``flow.metadata`` key of the summary (plain JSON data, so a saved flow file keeps it).
+METADATA_KEY = "ucsproxy"
+
+# Markers are mitmproxy emoji short codes: the flow list shows them, ``~marker`` filters by them.
+MARK_OK = ":white_check_mark:"
+MARK_WARNING = ":warning:"
+MARK_ERROR = ":x:"
+MARK_FAULT = ":boom:"  # a SOAP fault, an HTTP error, or no answer at all
+MARK_INJECTED = ":zap:"  # ucsproxy's fault engine made this answer (or altered it)
+MARK_NO_MATCH = ":question:"  # replay had no recorded answer
+MARK_DIVERGED = ":mag:"  # shadow mode: Exchange and the model disagree
+
+_CLASS = re.compile(rb'ResponseClass\s*=\s*["\'](\w+)["\']')
+_CODE = re.compile(rb"<(?:[\w.-]+:)?ResponseCode>\s*([^<\s]+)\s*<")
+_FAULTCODE = re.compile(rb"<(?:[\w.-]+:)?faultcode[^>]*>\s*([^<]+?)\s*<")
+_FAULT_OPEN = re.compile(rb"<(?:[\w.-]+:)?Fault[\s>]")
+_BODY_OPERATION = re.compile(rb"<(?:[\w.-]+:)?Body[^>]*>\s*<(?:[\w.-]+:)?(\w+)")
+
+
+@dataclass
+class ExchangeSummary:
+    started_at: float
+    duration_ms: float | None
+    method: str
+    path: str
+    operation: str | None = None
+    mailbox: str | None = None
+    arguments: str = ""  # the key arguments, e.g. "DisplayName=Friends"
+    http_status: int | None = None
+    response_class: str | None = None  # Success / Warning / Error / Fault
+    response_code: str | None = None
+    fault: dict | None = None  # the injected fault (the log's ``fault`` column, parsed)
+    replay: str | None = None  # "replayed", "no-match" or "fall-through"
+    replay_reason: str | None = None
+    divergence: str | None = None  # shadow mode: how Exchange's answer differs from the model's
+    error: str | None = None  # no answer: why
+
+    @property
+    def is_ews(self) -> bool:
+        return self.operation is not None or (self.method == "POST" and is_ews_path(self.path))
+
+    @property
+    def result(self) -> str:
+        """The ResponseCode, else what happened instead."""
+        if self.response_code:
+            return self.response_code
+        if self.error:
+            return "no answer"
+        if self.http_status is not None:
+            return f"HTTP {self.http_status}"
+        return "-"
+
+    @property
+    def failed(self) -> bool:
+        """A Fault, an HTTP error, or no answer: worse than an EWS error."""
+        return (self.response_class == "Fault" or self.error is not None or self.http_status is None
+                or self.http_status >= 400)
+
+    @property
+    def is_error(self) -> bool:
+        return self.response_class == "Error"
+
+    @property
+    def injected(self) -> bool:
+        """An injected fault that did something (a delay alone leaves the answer as it was)."""
+        return bool(self.fault and self.fault.get("action") not in (None, "delay"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ExchangeSummary":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def peek_operation(body: bytes | None) -> str | None:
+    """The local name of the SOAP body's first element, without parsing the document."""
+    if not body:
+        return None
+    m = _BODY_OPERATION.search(body[:8192])
+    return m.group(1).decode("ascii", "replace") if m else None
+
+
+def peek_answer(body: bytes | None) -> tuple[str | None, str | None]:
+    """(ResponseClass, ResponseCode) of an EWS answer, read from its text: the first message's."""
+    if not body:
+        return None, None
+    head = body[:65536]
+    if _FAULT_OPEN.search(head):
+        code = _CODE.search(head) or _FAULTCODE.search(head)
+        text = code.group(1).decode("utf-8", "replace") if code else None
+        return "Fault", text.split(":", 1)[-1] if text else None
+    cls, code = _CLASS.search(head), _CODE.search(head)
+    return (cls.group(1).decode("ascii") if cls else None,
+            code.group(1).decode("utf-8", "replace") if code else None)
+
+
+def summarize(*, started_at: float, duration_ms: float | None, method: str, path: str,
+              request_headers: list[tuple[str, str]], request_body: bytes | None,
+              decoded_request: EwsRequest | DecodeError | None = None,
+              http_status: int | None = None, response_headers: list[tuple[str, str]] | None = None,
+              response_body: bytes | None = None, fault: str | dict | None = None,
+              replay: str | None = None, error: str | None = None) -> ExchangeSummary:
+    """The summary of one exchange from its raw facts (any front can call this)."""
+    s = ExchangeSummary(started_at=started_at, duration_ms=duration_ms, method=method, path=path,
+                        http_status=http_status, error=error, replay=replay)
+    ews = method == "POST" and is_ews_path(path)
+    if ews and decoded_request is None and request_body is not None:
+        decoded_request = codec.decode_request(request_body, header(request_headers, "SOAPAction"),
+                                               header(request_headers, "Content-Type"))
+    if isinstance(decoded_request, EwsRequest):
+        s.operation = decoded_request.operation
+        s.mailbox = decoded_request.mailbox
+        if decoded_request.body is not None:
+            s.arguments = key_arguments(s.operation, to_jsonable(decoded_request.body))
+    elif isinstance(decoded_request, DecodeError) and ews:
+        s.operation = (decoded_request.operation or peek_operation(request_body)
+                       or codec.operation_from_soap_action(header(request_headers, "SOAPAction")))
+        s.arguments = f"(undecodable: {decoded_request.kind})"
+    s.mailbox = (s.mailbox or request_user(request_headers) or "").lower() or None
+    if ews and response_body:
+        s.response_class, s.response_code = peek_answer(response_body)
+    if header(response_headers, "X-Ucsproxy-Replay") == "no-match":
+        s.replay = "no-match"
+    if isinstance(fault, str):
+        try:
+            fault = json.loads(fault)
+        except ValueError:
+            fault = {"action": fault}
+    s.fault = fault or None
+    return s
+
+
+def summarize_raw(raw, replay: tuple[str, str | None] | None = None) -> ExchangeSummary:
+    """The summary of a finished exchange as any front hands it to the log (a RawExchange)."""
+    s = summarize(
+        started_at=raw.started_at, duration_ms=raw.duration_ms, method=raw.method, path=raw.path,
+        request_headers=raw.request_headers, request_body=raw.request_body,
+        decoded_request=raw.decoded_request, http_status=raw.http_status,
+        response_headers=raw.response_headers, response_body=raw.response_body,
+        fault=raw.fault, error=raw.error,
+    )
+    if replay is not None:
+        s.replay, s.replay_reason = replay
+    return s
+
+
+def flow_comment(s: ExchangeSummary) -> str:
+    """``AddImGroup -> ErrorImGroupDisplayNameAlreadyExists``, plus what else happened."""
+    text = f"{s.operation or 'EWS'} -> {s.result}"
+    notes = []
+    if s.injected:
+        notes.append(f"injected {s.fault.get('action')} ({s.fault.get('rule') or 'rule'})")
+    if s.replay == "no-match":
+        notes.append("replay: no match")
+    elif s.replay == "fall-through":
+        notes.append("replay: fall-through")
+    elif s.replay:
+        notes.append(s.replay)
+    if s.divergence:
+        notes.append(f"diverged: {s.divergence}")
+    return text + "".join(f" [{n}]" for n in notes)
+
+
+def flow_marker(s: ExchangeSummary) -> str:
+    """The flow list's marker: the most telling thing about the exchange wins."""
+    if s.injected:
+        return MARK_INJECTED
+    if s.replay == "no-match":
+        return MARK_NO_MATCH
+    if s.divergence:
+        return MARK_DIVERGED
+    if s.failed:
+        return MARK_FAULT
+    if s.is_error:
+        return MARK_ERROR
+    if s.response_class == "Warning":
+        return MARK_WARNING
+    return MARK_OK
+
+
+def annotate_flow(flow, s: ExchangeSummary) -> None:
+    """Put the summary on a mitmproxy flow: comment, marker, and ``flow.metadata['ucsproxy']``.
+
+    What an earlier run put there (a flow file read back) and this run cannot know again
+    (the injected fault, a replay, a divergence) is kept.
+    """
+    if not s.is_ews:
+        return
+    prior = flow.metadata.get(METADATA_KEY)
+    if isinstance(prior, dict):
+        s.fault = s.fault or prior.get("fault")
+        s.replay = s.replay or prior.get("replay")
+        s.replay_reason = s.replay_reason or prior.get("replay_reason")
+        s.divergence = s.divergence or prior.get("divergence")
+    if s.replay is None and flow.is_replay:
+        s.replay = {"response": "replayed", "request": "request replayed"}.get(flow.is_replay, "replayed")
+    flow.comment = flow_comment(s)
+    flow.marked = flow_marker(s)
+    flow.metadata[METADATA_KEY] = s.to_json()

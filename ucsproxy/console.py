@@ -1,0 +1,161 @@
+"""The serving commands' console: one line per EWS exchange, and a summary at exit.
+
+::
+
+    14:07:56.910  alice@contoso.com  AddImGroup  DisplayName=Friends  ErrorImGroupDisplayNameAlreadyExists  1.2 ms
+
+Transport-independent: a front builds an :class:`~ucsproxy.annotate.ExchangeSummary`
+and hands it to :meth:`Console.exchange`. Colour only on a terminal (and never with
+``NO_COLOR`` set).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import TextIO
+
+from .annotate import ExchangeSummary
+
+_RESET = "\x1b[0m"
+_COLORS = {"ok": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m", "fault": "\x1b[1;31m",
+           "injected": "\x1b[35m", "replay": "\x1b[36m", "diverged": "\x1b[1;33m", "dim": "\x1b[2m"}
+
+
+def wants_color(stream: TextIO) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _paint(text: str, style: str | None, color: bool) -> str:
+    return f"{_COLORS[style]}{text}{_RESET}" if color and style else text
+
+
+def _style(s: ExchangeSummary) -> str:
+    if s.failed:
+        return "fault"
+    if s.is_error:
+        return "error"
+    if s.response_class == "Warning":
+        return "warning"
+    return "ok"
+
+
+def notes(s: ExchangeSummary) -> list[tuple[str, str]]:
+    """(style, text) of what else happened: injected fault, replay miss or fall-through, divergence."""
+    out: list[tuple[str, str]] = []
+    if s.injected:
+        out.append(("injected", f"[fault {s.fault.get('action')} {s.fault.get('rule') or ''}]".replace(" ]", "]")))
+    elif s.fault and s.fault.get("delay_ms"):
+        out.append(("injected", f"[delay {s.fault.get('delay_ms'):g} ms]"))
+    if s.replay == "no-match":
+        out.append(("replay", "[replay: no match" + (f": {s.replay_reason}]" if s.replay_reason else "]")))
+    elif s.replay == "fall-through":
+        out.append(("replay", "[replay: no match, fall-through to the upstream]"))
+    if s.divergence:
+        out.append(("diverged", f"[diverged: {s.divergence}]"))
+    if s.error:
+        out.append(("fault", f"({s.error})"))
+    return out
+
+
+def format_line(s: ExchangeSummary, color: bool = False) -> str:
+    """time, mailbox, operation, key argument, ResponseCode, ms (and notes), one line."""
+    moment = datetime.fromtimestamp(s.started_at, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    result = s.result
+    if s.http_status is not None and s.http_status != 200 and s.response_code:
+        result += f" (HTTP {s.http_status})"
+    ms = f"{s.duration_ms:.1f} ms" if s.duration_ms is not None else "- ms"
+    cells = [_paint(moment, "dim", color), s.mailbox or "-", f"{s.operation or 'EWS':<33}"]
+    if s.arguments:
+        cells.append(s.arguments)
+    cells += [_paint(result, _style(s), color), ms]
+    cells += [_paint(text, style, color) for style, text in notes(s)]
+    return "  ".join(cells)
+
+
+class Console:
+    """Counts every exchange and prints its line when enabled; :meth:`summary` at exit."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True, color: bool | None = None):
+        self.stream = stream
+        self.enabled = enabled
+        self._color = color
+        self._lock = threading.Lock()
+        self.exchanges = self.errors = self.faults = self.injected = self.no_match = self.diverged = 0
+
+    def _out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def exchange(self, s: ExchangeSummary) -> None:
+        if not s.is_ews:
+            return
+        with self._lock:
+            self.exchanges += 1
+            self.errors += s.is_error
+            self.faults += s.failed
+            self.injected += s.injected
+            self.no_match += s.replay == "no-match"
+            self.diverged += bool(s.divergence)
+        if self.enabled:
+            out = self._out()
+            color = wants_color(out) if self._color is None else self._color
+            out.write(format_line(s, color) + "\n")
+            out.flush()
+
+    def summary(self, rows_logged: int | None) -> str:
+        def n(count: int, word: str) -> str:
+            return f"{count} {word}{'' if count == 1 else 's'}"
+
+        parts = [n(self.exchanges, "exchange"), n(self.errors, "error"), n(self.faults, "fault")]
+        if self.injected:
+            parts.append(f"{self.injected} injected")
+        if self.no_match:
+            parts.append(f"{self.no_match} without a recorded answer")
+        if self.diverged:
+            parts.append(n(self.diverged, "divergence"))
+        parts.append("log off" if rows_logged is None else f"{n(rows_logged, 'row')} logged")
+        return "ucsproxy: " + ", ".join(parts)
+
+    def print_summary(self, rows_logged: int | None) -> None:
+        if self.enabled:
+            out = self._out()
+            out.write(self.summary(rows_logged) + "\n")
+            out.flush()
+
+
+class Reporter:
+    """What happens after each exchange, on any front: its summary goes to the shadow
+    model and the console line, and back to the front (mitmproxy puts it on the flow).
+
+    ``marks``: a flow list is there to show summaries; ``console``: print lines;
+    ``shadow``: a :class:`~ucsproxy.shadow.ShadowModel` comparing Exchange with the model.
+    Does nothing at all when all three are off (``ucsproxy record -q`` costs nothing).
+    """
+
+    def __init__(self) -> None:
+        self.console = Console(enabled=False)
+        self.marks = False
+        self.shadow = None
+
+    @property
+    def active(self) -> bool:
+        return self.marks or self.console.enabled or self.shadow is not None
+
+    def exchange_done(self, raw, replay: tuple[str, str | None] | None = None) -> ExchangeSummary | None:
+        """Summarize a finished :class:`~ucsproxy.exchange.RawExchange`; None when nobody asks."""
+        if not self.active:
+            return None
+        from .annotate import summarize_raw
+
+        s = summarize_raw(raw, replay)
+        if self.shadow is not None and s.operation:
+            s.divergence = self.shadow.observe(raw, s)
+        self.console.exchange(s)
+        return s
