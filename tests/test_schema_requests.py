@@ -15,7 +15,7 @@ from mitmproxy.test import taddons, tflow
 
 from ucsproxy import codec, schema
 from ucsproxy import protocol as P
-from ucsproxy.addon import UcsProxy
+from ucsproxy.addon import UcsProxy, decoded_request_of
 from ucsproxy.records import DecodeError, EwsRequest, SoapHeaders
 
 from ews_client import NS, envelope
@@ -97,7 +97,7 @@ def test_a_schema_invalid_request_gets_exchanges_fault_and_changes_nothing(body,
     assert flow.response.headers["Content-Type"] == "text/xml; charset=utf-8"
     names = [g.display_name for g in addon.model.get_im_item_list("user@contoso.com").groups]
     assert names == ["Other Contacts", "Tagged", "Favorites"], "nothing was created"
-    assert isinstance(flow.metadata["ucs_request"], DecodeError), "the log sees why the request was refused"
+    assert isinstance(decoded_request_of(flow), DecodeError), "the log sees why the request was refused"
 
 
 @pytest.mark.parametrize("body", [case[0] for case in ISSUE_CASES[:2]], ids=["unknown-child", "wrong-namespace"])

@@ -284,6 +284,11 @@ def _scratch(flow: http.HTTPFlow) -> dict[str, Any]:
         return _SCRATCH.setdefault(flow, {})
 
 
+def decoded_request_of(flow: http.HTTPFlow):
+    """The EwsRequest (or DecodeError) the addon decoded this flow's request to, if it did."""
+    return _scratch(flow).get("ucs_request")
+
+
 def _pairs(headers: http.Headers) -> list[tuple[str, str]]:
     return list(headers.items(multi=True))
 
