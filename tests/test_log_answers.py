@@ -97,12 +97,12 @@ def test_an_answer_sent_again_is_decoded_once(tmp_path, monkeypatch):
 def test_the_addon_hands_the_answer_records_to_the_log():
     from mitmproxy.test import tflow
 
-    from ucsproxy.addon import raw_exchange_from_flow
+    from ucsproxy.addon import _scratch, raw_exchange_from_flow
 
     request, answer = next(iter(mock_answers()))
     flow = tflow.tflow(resp=True)
     flow.response.content = answer.body
-    flow.metadata["ucs_answer"] = answer
+    _scratch(flow)["ucs_answer"] = answer  # what the addon keeps beside the flow
     assert raw_exchange_from_flow(flow, "mock").decoded_response is answer.decoded
     flow.response.content = answer.body[:100]  # a truncate fault cut it: the log reads what was sent
     assert raw_exchange_from_flow(flow, "mock").decoded_response is None
