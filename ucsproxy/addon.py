@@ -25,6 +25,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import contentview, core, faults
 from .annotate import annotate_flow
+from .shadow import ShadowModel
 from .core import MATCH_MODES, MODES, XML_HEADERS, UcsCore
 from .exchange import RawExchange
 from .records import EwsRequest, SoapFault, UcsResponse
@@ -77,6 +78,7 @@ class UcsProxy:
                           "Exchange's schema instead of the ErrorSchemaValidation fault.")
         loader.add_option("ucs_console", bool, False, "Print one line per EWS exchange and a summary at exit.")
         loader.add_option("ucs_marks", bool, True, "Mark EWS flows with their operation and result (comment, marker).")
+        loader.add_option("ucs_shadow", bool, False, "Record: compare every answer with a model of each mailbox.")
         contentview.register()
 
     def configure(self, updated: set[str]) -> None:
@@ -87,6 +89,8 @@ class UcsProxy:
         c.lenient = opts.ucs_lenient
         c.domains = tuple(opts.ucs_domains)
         c.reporter.console.enabled, c.reporter.marks = opts.ucs_console, opts.ucs_marks
+        if "ucs_shadow" in updated:
+            c.reporter.shadow = ShadowModel() if opts.ucs_shadow else None
         try:
             if updated & {"ucs_db", "ucs_keep_secrets"}:
                 c.open_store(opts.ucs_db, opts.ucs_keep_secrets)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from . import codec
 from .exchange import header, is_ews_path, key_arguments, request_user
@@ -39,6 +39,38 @@ _CODE = re.compile(rb"<(?:[\w.-]+:)?ResponseCode>\s*([^<\s]+)\s*<")
 _FAULTCODE = re.compile(rb"<(?:[\w.-]+:)?faultcode[^>]*>\s*([^<]+?)\s*<")
 _FAULT_OPEN = re.compile(rb"<(?:[\w.-]+:)?Fault[\s>]")
 _BODY_OPERATION = re.compile(rb"<(?:[\w.-]+:)?Body[^>]*>\s*<(?:[\w.-]+:)?(\w+)")
+
+
+_SHORT_ID_MIN = 8
+
+
+class ShortIds:
+    """Shortens EWS ids to a tail that no other id in the same message shares.
+
+    Ids of one mailbox share a long head and differ near the end, so the tail is
+    what tells them apart; a tail of at least eight characters, longer where two
+    ids would look alike, never shows two different ids the same.
+    """
+
+    def __init__(self, ids: Iterable[str]):
+        self._ids = sorted({i for i in ids if i})
+        self._short: dict[str, str] = {}
+
+    def __call__(self, ident: str | None) -> str:
+        if not ident:
+            return "(empty)"
+        if ident not in self._short:
+            self._short[ident] = self._shorten(ident)
+        return self._short[ident]
+
+    def _shorten(self, ident: str) -> str:
+        k = _SHORT_ID_MIN
+        while k < len(ident) - 1:
+            tail = ident[-k:]
+            if not any(other != ident and other.endswith(tail) for other in self._ids):
+                return "…" + tail
+            k += 1
+        return ident
 
 
 @dataclass

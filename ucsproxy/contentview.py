@@ -18,7 +18,7 @@ import dataclasses
 from typing import Any, Iterable
 
 from . import codec
-from .annotate import METADATA_KEY
+from .annotate import METADATA_KEY, ShortIds
 from .records import (
     AttributedValue,
     DecodeError,
@@ -41,7 +41,6 @@ NAME = "UCS"
 #: Above mitmproxy's XML view (1 for text/xml): an EWS body gets this view by default.
 PRIORITY = 2.0
 _EWS_NAMESPACE = b"schemas.microsoft.com/exchange/services/2006/"
-_SHORT_ID_MIN = 8
 
 
 # ---------------------------------------------------------------------------
@@ -67,35 +66,6 @@ def is_ews_body(data: bytes, path: str | None = None) -> bool:
 
 # ---------------------------------------------------------------------------
 # Ids
-
-
-class ShortIds:
-    """Shortens EWS ids to a tail that no other id in the same message shares.
-
-    Ids of one mailbox share a long head and differ near the end, so the tail is
-    what tells them apart; a tail of at least eight characters, longer where two
-    ids would look alike, never shows two different ids the same.
-    """
-
-    def __init__(self, ids: Iterable[str]):
-        self._ids = sorted({i for i in ids if i})
-        self._short: dict[str, str] = {}
-
-    def __call__(self, ident: str | None) -> str:
-        if not ident:
-            return "(empty)"
-        if ident not in self._short:
-            self._short[ident] = self._shorten(ident)
-        return self._short[ident]
-
-    def _shorten(self, ident: str) -> str:
-        k = _SHORT_ID_MIN
-        while k < len(ident) - 1:
-            tail = ident[-k:]
-            if not any(other != ident and other.endswith(tail) for other in self._ids):
-                return "…" + tail
-            k += 1
-        return ident
 
 
 def _ids_in(value: Any) -> Iterable[str]:

@@ -45,6 +45,7 @@ class RawExchange:
     # The records an answer the proxy made itself was encoded from (the mock's): the log
     # does not decode its own answers again. Sent to a writer process as a LoggedAnswer.
     decoded_response: EwsResponse | DecodeError | LoggedAnswer | None = None
+    divergence: str | None = None  # shadow mode: how Exchange's answer differs from the model's
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for the writer process: the columns of a decoded answer travel as text
@@ -105,6 +106,7 @@ COLUMNS: dict[str, type] = {
     "response_headers": str,
     "response_body": str,
     "error": str,
+    "divergence": str,  # record --shadow: how Exchange's answer differs from the model's
 }
 
 
@@ -339,6 +341,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         "response_headers": _json([list(h) for h in resp_headers]) if resp_headers is not None else None,
         "response_body": response_body,
         "error": "; ".join(notes) or None,
+        "divergence": raw.divergence,
     }
     if raw.method == "POST" and not ews_post:
         _autodiscover_columns(row, raw)

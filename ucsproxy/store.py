@@ -49,6 +49,10 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     table = db[TABLE]
     if not table.exists():
         table.create(COLUMNS, pk="id")
+    else:  # a log from an older ucsproxy gains the columns added since
+        for name, kind in COLUMNS.items():
+            if name not in table.columns_dict:
+                table.add_column(name, kind)
     for columns in INDEXES:
         table.create_index(columns, if_not_exists=True)
     return db
@@ -345,7 +349,7 @@ def _has_table(db: Any) -> bool:
     return db.execute("select 1 from sqlite_master where type = 'table' and name = ?", [TABLE]).fetchone() is not None
 
 
-def _where(operation=None, mailbox=None, errors=False, response_code=None) -> tuple[str, list]:
+def _where(operation=None, mailbox=None, errors=False, response_code=None, diverged=False) -> tuple[str, list]:
     clauses, args = [], []
     if operation:
         ops = [operation] if isinstance(operation, str) else list(operation)
@@ -360,15 +364,19 @@ def _where(operation=None, mailbox=None, errors=False, response_code=None) -> tu
         args.append(response_code)
     if errors:
         clauses.append(ERROR_CONDITION)
+    if diverged:
+        clauses.append("divergence is not null")
     return (" and ".join(clauses) or "1=1"), args
 
 
 def iter_exchanges(db: sqlite_utils.Database, operation=None, mailbox=None, errors: bool = False,
-                   limit: int | None = None, order: str = "asc", response_code: str | None = None
-                   ) -> Iterator[dict[str, Any]]:
+                   limit: int | None = None, order: str = "asc", response_code: str | None = None,
+                   diverged: bool = False) -> Iterator[dict[str, Any]]:
     if not _has_table(db):
         return iter(())
-    where, args = _where(operation, mailbox, errors, response_code)
+    if diverged and "divergence" not in {r[1] for r in db.execute(f"pragma table_info({TABLE})").fetchall()}:
+        return iter(())  # a log from before shadow mode
+    where, args = _where(operation, mailbox, errors, response_code, diverged)
     sql = f"select * from {TABLE} where {where} order by id {'desc' if order == 'desc' else 'asc'}"
     if limit is not None:
         sql += f" limit {int(limit)}"

@@ -69,11 +69,12 @@ def _result_of(row: dict) -> str:
 @click.option("--operation", "operations", multiple=True, help="Only this operation (repeatable).")
 @click.option("--mailbox", "mailboxes", multiple=True, help="Only this mailbox (repeatable).")
 @click.option("--errors", is_flag=True, help="Only Error / Fault answers, HTTP errors and failed exchanges.")
+@click.option("--diverged", is_flag=True, help="Only exchanges where Exchange differed from the shadow model.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Show at most N exchanges (the most recent).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
 @click.option("--bodies", is_flag=True, help="With --json: include request and response bodies.")
-def log_command(db, operations, mailboxes, errors, limit, as_json, bodies):
+def log_command(db, operations, mailboxes, errors, diverged, limit, as_json, bodies):
     """List the exchanges in DB (default recordings/ucsproxy.db), oldest first."""
     from ..exchange import key_arguments
     from ..store import iter_exchanges, parsed
@@ -84,7 +85,7 @@ def log_command(db, operations, mailboxes, errors, limit, as_json, bodies):
     database = _open(db)
     _unknown_operations(database, operations)
     rows = list(iter_exchanges(database, operation=operations or None, mailbox=mailboxes or None, errors=errors,
-                               limit=limit, order="desc" if limit else "asc"))
+                               diverged=diverged, limit=limit, order="desc" if limit else "asc"))
     if limit:
         rows.reverse()
     if as_json:
@@ -101,6 +102,8 @@ def log_command(db, operations, mailboxes, errors, limit, as_json, bodies):
         op = row.get("operation") or f"{row.get('method', '')} {row.get('path', '')}".strip()
         if row.get("fault"):
             op += " [fault]"
+        if row.get("divergence"):
+            op += " [diverged]"
         started = row.get("started_at") or ""
         table.append((
             str(row["id"]), started[11:23], row.get("mailbox") or "-", op, key_arguments(row.get("operation"), args),
@@ -130,7 +133,7 @@ def show(db, ident):
     click.echo(f"#{row['id']} {title}  {row.get('response_class') or ''} {row.get('response_code') or ''}".rstrip(),
                file=out)
     for key in ("started_at", "duration_ms", "mode", "client", "server", "method", "path", "http_status",
-                "soap_action", "mailbox", "request_server_version", "error"):
+                "soap_action", "mailbox", "request_server_version", "error", "divergence"):
         if row.get(key) is not None:
             click.echo(f"  {key:<23}{row[key]}", file=out)
     if row.get("response_class") in ("Error", "Warning"):

@@ -116,13 +116,15 @@ def mock(state, seed, item_list, mailbox, lenient, domains, **common):
 @click.option("--mode", "proxy_mode", type=click.Choice(["reverse", "regular"]), default="reverse", show_default=True,
               help="reverse: clients point their EWS URL here; regular: clients use this as their HTTP(S) proxy.")
 @click.option("--insecure", is_flag=True, help="Don't verify the upstream's TLS certificate.")
-def record(upstream, proxy_mode, insecure, **common):
+@click.option("--shadow", is_flag=True, help="Compare every answer with a model of each mailbox; log divergences.")
+def record(upstream, proxy_mode, insecure, shadow, **common):
     """Pass traffic through unchanged and log every exchange, decoded, to SQLite."""
     from ..runner import record_options
 
     if proxy_mode == "reverse" and not upstream:
         raise click.UsageError("reverse mode needs --upstream URL (or use --mode regular)")
-    _serve("record", record_options(upstream, proxy_mode=proxy_mode, insecure=insecure), **common)
+    _serve("record", dict(record_options(upstream, proxy_mode=proxy_mode, insecure=insecure), ucs_shadow=shadow),
+           **common)
 
 
 @main.command(cls=ServingCommand)
