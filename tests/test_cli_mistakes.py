@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def test_a_known_operation_without_exchanges_is_just_empty(lync_db):
 
 def test_the_suggestion_is_the_fault_rules_helper():
     # One helper words both hints: the log's --operation and a fault rule's operation / code / action.
+    from ucsproxy import hints
+
+    assert faults.near_miss is hints.near_miss
     assert faults.near_miss("AddImGrop", ["AddImGroup", "RemoveImGroup"]) == "AddImGroup"
     assert faults.near_miss("ADDIMGROUP", ["AddImGroup"]) == "AddImGroup"
     assert faults.near_miss("Zork", ["AddImGroup"]) is None
@@ -312,3 +316,14 @@ def test_replay_and_record_say_what_they_are_first(tmp_path):
 
 def test_limit_must_be_positive(lync_db):
     assert_sentence(run("log", lync_db, "--limit", "0"), 2, "--limit")
+
+
+def test_reading_the_log_imports_no_xml_library(lync_db):
+    # ucsproxy log stays quick to start: the did-you-mean helper needs no lxml (nor the fault engine).
+    probe = ("import sys; from ucsproxy.cli import main\n"
+             "try:\n    main(['log', sys.argv[1], '--operation', 'AddImGroup'], standalone_mode=False)\n"
+             "finally:\n    print(sorted(m for m in sys.modules if m.startswith(('lxml', 'ucsproxy.faults'))),"
+             " file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, str(lync_db)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"

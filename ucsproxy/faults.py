@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hashlib
 import json
 import math
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 
 from . import codec
+from .hints import near_miss
 from . import protocol as P
 from .records import MessageXml, SoapFault
 
@@ -385,19 +385,6 @@ def _operations(value: Any, where: _Where) -> tuple[str, ...]:
             if near:
                 raise where.fail(f"unknown operation '{name}': did you mean '{near}'?", "operation")
     return tuple(dict.fromkeys(names))
-
-
-def near_miss(name: str, choices, cutoff: float = 0.8) -> str | None:
-    """The choice a mistyped ``name`` most likely meant, or None: the same name in another letter
-    case first, else the closest spelling (difflib, ignoring case). For "did you mean ...?" hints."""
-    by_lower = {choice.lower(): choice for choice in choices}
-    key = name.strip().lower()
-    if key in by_lower:
-        return by_lower[key]
-    if len(key) > 200:  # difflib is quadratic; nobody mistypes a name this long
-        return None
-    close = difflib.get_close_matches(key, sorted(by_lower), n=1, cutoff=cutoff)
-    return by_lower[close[0]] if close else None
 
 
 def _response_code(code: str, where: _Where) -> str:

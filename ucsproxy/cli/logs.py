@@ -39,8 +39,10 @@ def _open(db_path: str):
 def _unknown_operations(database, operations) -> None:
     """Refuse an --operation name that is neither an EWS operation the log holds nor a UCS one,
     with the nearest name (an unmatched typo would read as an empty log)."""
+    if not operations:
+        return
     from .. import protocol as P
-    from ..faults import near_miss
+    from ..hints import near_miss
     from ..store import TABLE
 
     logged = {row[0] for row in database.execute(f"select distinct operation from {TABLE} "
