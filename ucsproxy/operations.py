@@ -67,8 +67,6 @@ SINGLE_OPERATIONS: dict[str, str] = {
     "GetRoomLists": "GetRoomListsResponse",
     "GetRooms": "GetRoomsResponse",
     "GetServiceConfiguration": "GetServiceConfigurationResponse",
-    "GetSharingFolder": "GetSharingFolderResponse",
-    "GetSharingMetadata": "GetSharingMetadataResponse",
     "GetUserPhoto": "GetUserPhotoResponse",
     "RemoveDelegate": "RemoveDelegateResponse",
     "SetUserPhoto": "SetUserPhotoResponse",
@@ -81,6 +79,9 @@ SHAPES: dict[str, ResponseShape] = {
     **{op: ResponseShape((element,)) for op, element in SINGLE_OPERATIONS.items()},
     # [MS-OXWSCONT] 3.1.4.7.3.2: HasChanged is required (minOccurs 1).
     "GetUserPhoto": ResponseShape(("GetUserPhotoResponse",), required=(("HasChanged", "false"),)),
+    # An empty list, valid whether the type makes the element optional or required.
+    "FindConversation": ResponseShape(("FindConversationResponse",), required=(("Conversations", ""),)),
+    "GetRoomLists": ResponseShape(("GetRoomListsResponse",), required=(("RoomLists", ""),)),
     "GetUserOofSettings": ResponseShape(("GetUserOofSettingsResponse", "ResponseMessage")),
     "SetUserOofSettings": ResponseShape(("SetUserOofSettingsResponse", "ResponseMessage")),
     "GetUserAvailability": ResponseShape(
