@@ -81,3 +81,26 @@ def test_mistakes_get_sentences(tmp_path):
     assert "no exchange 99 in the recording (its exchanges are 1..15)" in run(SESSION, "--at", 99).output
     assert "no UCS exchange of mailbox bob@contoso.com" in run(SESSION, "--mailbox", "bob@contoso.com").output
     assert run(SESSION, "--at", 3, "--diff", 1, 2).exit_code == 2
+
+
+def test_a_log_answers_with_its_own_ids(tmp_path):
+    db = tmp_path / "session.db"
+    imported = CliRunner().invoke(main, ["import", str(SESSION), str(db)])
+    assert imported.exit_code == 0, imported.output
+    from_log = json.loads(run(db, "--at", 3, "--json").output)
+    from_dir = json.loads(run(SESSION, "--at", 3, "--json").output)
+    assert from_log == from_dir  # the import keeps the order, so ids and positions agree
+
+
+def test_log_diverged_on_a_log_from_before_shadow_mode(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute("create table exchanges (id integer primary key, operation text, mailbox text)")
+    con.execute("insert into exchanges (operation) values ('AddImGroup')")
+    con.commit()
+    con.close()
+    out = CliRunner().invoke(main, ["log", str(db), "--diverged"])
+    assert out.exit_code == 0, out.output
+    assert "AddImGroup" not in out.output

@@ -1,0 +1,61 @@
+"""The console line in-process: colour only on a terminal, and what each kind of exchange says."""
+
+from __future__ import annotations
+
+import io
+
+from ucsproxy.annotate import ExchangeSummary, flow_comment, flow_marker
+from ucsproxy.console import Console, format_line
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def summary(**kw) -> ExchangeSummary:
+    base = dict(started_at=0.0, duration_ms=1.25, method="POST", path="/EWS/Exchange.asmx", operation="AddImGroup",
+                mailbox="kim@contoso.com", arguments="DisplayName=Friends", http_status=200,
+                response_class="Success", response_code="NoError")
+    base.update(kw)
+    return ExchangeSummary(**base)
+
+
+def test_colour_on_a_terminal_only(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        Console(stream).exchange(summary(response_class="Error", response_code="ErrorImGroupLimitReached"))
+    assert "\x1b[31mErrorImGroupLimitReached\x1b[0m" in tty.getvalue()
+    assert pipe.getvalue() == ("00:00:00.000  kim@contoso.com  AddImGroup" + " " * 23
+                               + "  DisplayName=Friends  ErrorImGroupLimitReached  1.2 ms\n")
+    monkeypatch.setenv("NO_COLOR", "1")
+    quiet_tty = Tty()
+    Console(quiet_tty).exchange(summary())
+    assert "\x1b[" not in quiet_tty.getvalue()
+
+
+def test_each_kind_of_exchange_reads_differently():
+    ok = summary()
+    error = summary(response_class="Error", response_code="ErrorImGroupDisplayNameAlreadyExists")
+    fault = summary(response_class="Fault", response_code="ErrorSchemaValidation", http_status=500)
+    gone = summary(response_class=None, response_code=None, http_status=None, error="connection killed")
+    injected = summary(response_class="Error", response_code="ErrorServerBusy",
+                       fault={"action": "server-busy", "rule": "busy"})
+    miss = summary(response_class="Error", response_code="ErrorInvalidRequest", replay="no-match",
+                   replay_reason="no recorded AddImGroup")
+    diverged = summary(divergence="Exchange said X, the model said NoError")
+    assert [flow_marker(s) for s in (ok, error, fault, gone, injected, miss, diverged)] == [
+        ":white_check_mark:", ":x:", ":boom:", ":boom:", ":zap:", ":question:", ":mag:"]
+    assert flow_comment(gone) == "AddImGroup -> no answer"
+    assert flow_comment(injected) == "AddImGroup -> ErrorServerBusy [injected server-busy (busy)]"
+    assert format_line(fault).endswith("ErrorSchemaValidation (HTTP 500)  1.2 ms")
+    assert format_line(gone).endswith("no answer  1.2 ms  (connection killed)")
+    assert format_line(miss).endswith("[replay: no match: no recorded AddImGroup]")
+    assert format_line(diverged).endswith("[diverged: Exchange said X, the model said NoError]")
+    console = Console(io.StringIO())
+    for s in (ok, error, fault, gone, injected, miss, diverged):
+        console.exchange(s)
+    assert console.summary(7) == ("ucsproxy: 7 exchanges, 3 errors, 2 faults, 1 injected, "
+                                  "1 without a recorded answer, 1 divergence, 7 rows logged")
+    assert console.summary(None).endswith("log off")
