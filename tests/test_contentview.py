@@ -324,3 +324,17 @@ def test_flows_with_the_addon_save_to_a_flow_file_and_keep_their_story():
     assert back.marked == ":zap:"
     _, text = auto_view(back.response, back)
     assert "BackOffMilliseconds: 250" in text and "Injected fault: server-busy (backoff_ms=250)" in text
+
+
+def test_mitmweb_shows_the_comment_column_unless_columns_were_chosen():
+    from mitmproxy.tools.web.webaddons import WebAddon
+
+    addon = UcsProxy()
+    with taddons.context(addon, WebAddon()) as tctx:
+        tctx.configure(addon, ucs_db="")
+        addon.running()
+        columns = list(tctx.options.web_columns)
+        assert columns.index("comment") == columns.index("path") + 1
+        tctx.options.update(web_columns=["path", "status"])
+        addon.running()
+        assert list(tctx.options.web_columns) == ["path", "status"]

@@ -162,6 +162,7 @@ class UcsProxy:
         self._log(flow)
 
     def running(self) -> None:
+        contentview.show_comment_column(ctx.options)
         from .cli.banner import startup_banner
 
         opts = ctx.options

@@ -408,3 +408,14 @@ def register() -> None:
             _cv.add(VIEW)
     elif _cv.get(NAME) is None:
         _cv.add(VIEW)
+
+
+def show_comment_column(options) -> None:
+    """In mitmweb, add the Comment column (operation -> result) to a flow list left at its default columns."""
+    if "web_columns" not in options:
+        return  # not mitmweb
+    columns = list(options.web_columns)
+    if "comment" in columns or columns != list(options.default("web_columns")):
+        return  # already there, or the user chose the columns
+    at = columns.index("path") + 1 if "path" in columns else len(columns)
+    options.update(web_columns=columns[:at] + ["comment"] + columns[at:])
