@@ -125,7 +125,7 @@ def test_an_unchanged_mailbox_hands_out_the_same_records():
 
 
 def test_every_mailbox_method_is_a_read_or_drops_the_cache():
-    reads = {"get_im_item_list", "get_im_items", "is_stale", "group_record", "persona_record", "to_json",
+    reads = {"get_im_item_list", "get_im_items", "is_stale", "group_record", "persona_record", "to_json", "copy",
              "from_json"}
     public = {name for name, value in inspect.getmembers(Mailbox, inspect.isfunction) if not name.startswith("_")}
     public |= {name for name, value in vars(Mailbox).items() if isinstance(value, classmethod)}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
+import dataclasses
 import hashlib
 import json
 import re
@@ -327,6 +329,16 @@ class Mailbox:
         self._item_lists: dict[tuple[ExtendedFieldURI, ...], tuple[tuple, ImItemList]] = {}
         for display_name, group_type in DEFAULT_GROUPS:
             self._new_group(display_name, group_type)
+
+    def copy(self) -> "Mailbox":
+        """An independent copy (records are immutable and shared; the mutable parts are copied)."""
+        twin = copy.copy(self)
+        twin.ids = copy.copy(self.ids)
+        twin.groups = {k: dataclasses.replace(g, members=list(g.members)) for k, g in self.groups.items()}
+        twin.contacts = {k: copy.copy(c) for k, c in self.contacts.items()}
+        twin._taken = set(self._taken)
+        twin._item_lists = {}
+        return twin
 
     # -- ids ---------------------------------------------------------------
 
@@ -843,6 +855,11 @@ class UcsModel:
                 mb = Mailbox(key, self.seed, self.max_contacts, self.max_groups, self.clock)
                 self._mailboxes[key] = mb
             return mb
+
+    def put_mailbox(self, mb: Mailbox) -> None:
+        """Put ``mb`` in place of the mailbox of its name (shadow mode restores a copy so)."""
+        with self._lock:
+            self._mailboxes[mb.name.strip().casefold()] = mb
 
     def mailboxes(self) -> list[str]:
         with self._lock:

@@ -20,7 +20,6 @@ the mailbox waits for the next GetImItemList to be seeded again).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter
 from typing import Any
@@ -175,12 +174,11 @@ class ShadowModel:
         if model is None:
             return None  # not seeded yet
         self.compared += 1
-        before = copy.deepcopy(model.to_json())  # to_json shares the live member lists
+        before = model.mailbox(mailbox).copy()
         try:
             divergence = compare(response, UcsService(model).handle(request, user=mailbox))
         finally:
-            model = UcsModel.from_json(before)  # Exchange's outcome, not the model's, goes on
-            self._models[mailbox] = model
+            model.put_mailbox(before)  # Exchange's outcome, not the model's, goes on
         if fault == "stale-changekey":
             divergence = None  # ucsproxy altered the change keys itself; they are not compared anyway
         self._adopt(model, mailbox, request, response)
