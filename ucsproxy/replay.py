@@ -75,8 +75,10 @@ def _mailbox_key(mailbox: str | None) -> str:
     return mailbox.strip().lower() if mailbox else ANY_MAILBOX
 
 
-def load_rows(source: str | Path) -> list[dict[str, Any]]:
-    """Rows of a recording: a SQLite log, or a fixture directory written by ``ucsproxy export``."""
+def load_rows(source: str | Path, columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Rows of a recording: a SQLite log, or a fixture directory written by ``ucsproxy export``.
+
+    ``columns``: read only these from a SQLite log (a fixture directory gives whole rows)."""
     source = Path(source)
     if source.is_dir():
         from .fixtures import read_fixture_dir
@@ -84,7 +86,7 @@ def load_rows(source: str | Path) -> list[dict[str, Any]]:
         return read_fixture_dir(source)
     import sqlite3
 
-    from .store import iter_exchanges, open_log
+    from .store import TABLE, iter_exchanges, iter_exchanges_by_sql, open_log
 
     if not source.is_file():
         # Opening a missing path would create an empty log and replay nothing, silently.
@@ -92,7 +94,13 @@ def load_rows(source: str | Path) -> list[dict[str, Any]]:
     try:
         db = open_log(source)
         try:
-            return list(iter_exchanges(db))
+            if columns is None:
+                return list(iter_exchanges(db))
+            present = {c.name for c in db[TABLE].columns}
+            if not present:
+                return []
+            wanted = ", ".join(c for c in columns if c in present)
+            return list(iter_exchanges_by_sql(db, f"select {wanted} from {TABLE} order by id", []))
         finally:
             db.conn.close()
     except sqlite3.DatabaseError as e:
@@ -101,6 +109,21 @@ def load_rows(source: str | Path) -> list[dict[str, Any]]:
 
 def _replayed_headers(stored: Any) -> list[tuple[str, str]]:
     """The recorded response headers worth sending again; a damaged column gives none."""
+    if isinstance(stored, str):
+        # Most answers of a recording carry the same headers: parse each text once.
+        found = _HEADERS_SEEN.get(stored)
+        if found is None:
+            found = _HEADERS_SEEN[stored] = _parse_replayed_headers(stored)
+            if len(_HEADERS_SEEN) > 4096:
+                _HEADERS_SEEN.clear()
+        return list(found)
+    return _parse_replayed_headers(stored)
+
+
+_HEADERS_SEEN: dict[str, list[tuple[str, str]]] = {}
+
+
+def _parse_replayed_headers(stored: Any) -> list[tuple[str, str]]:
     try:
         pairs = json.loads(stored) if isinstance(stored, str) else stored or []
         return [(str(k), str(v)) for k, v in pairs if str(k).lower() not in _TRANSFER_HEADERS]
@@ -140,14 +163,31 @@ class ReplayIndex:
         self._mailboxes: dict[str, set[str]] = defaultdict(set)
         self._args: dict[tuple[str, str], list[str]] = defaultdict(list)
         self._arg_counts: dict[tuple[str, str], int] = defaultdict(int)
-        self.size = 0
-        self.skipped = 0
+        # Rows not decoded yet, by the (operation, mailbox) their columns name: a request is
+        # decoded when its key is first asked for, so a large recording starts at once.
+        self._pending: dict[tuple[str, str], list[tuple[str, RecordedAnswer]]] = {}
+        self._size = 0
+        self._skipped = 0
+
+    @property
+    def size(self) -> int:
+        """Rows that can be served (every pending row decoded first)."""
+        self._decode_all()
+        return self._size
+
+    @property
+    def skipped(self) -> int:
+        self._decode_all()
+        return self._skipped
 
     @classmethod
     def from_source(cls, source: str | Path, match: str = "strict") -> "ReplayIndex":
         index = cls(match)
-        index.add_rows(load_rows(source))
+        index.add_rows(load_rows(source, columns=cls.COLUMNS))
         return index
+
+    #: The log columns an index reads (a SQLite source is read for these only).
+    COLUMNS = ("id", "operation", "mailbox", "http_status", "request_body", "response_body", "response_headers")
 
     def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         for position, row in enumerate(rows, 1):
@@ -157,37 +197,61 @@ class ReplayIndex:
         """Index one log row; rows that cannot be served (no answer, undecodable request) are skipped."""
         status, body, request_body = row.get("http_status"), row.get("response_body"), row.get("request_body")
         if not row.get("operation") or not isinstance(body, str) or not isinstance(request_body, str):
-            self.skipped += 1
+            self._skipped += 1
             return
         try:
             status = int(status)
         except (TypeError, ValueError):
-            self.skipped += 1
-            return
-        request = codec.decode_request(request_body.encode("utf-8"))
-        if not isinstance(request, EwsRequest):
-            self.skipped += 1
+            self._skipped += 1
             return
         mailbox = _mailbox_key(row.get("mailbox") if isinstance(row.get("mailbox"), str) else None)
-        args = canonical_args(request)
         answer = RecordedAnswer(status, _replayed_headers(row.get("response_headers")), body.encode("utf-8"),
                                 row.get("id") or position)
+        key = (row["operation"], mailbox)
+        self._pending.setdefault(key, []).append((request_body, answer))
+        self._mailboxes[row["operation"]].add(mailbox)
+
+    def _decode_key(self, key: tuple[str, str]) -> None:
+        """Decode the pending rows of one (operation, mailbox), in recorded order, into the index."""
+        pending = self._pending.pop(key, None)
+        if not pending:
+            return
+        for request_body, answer in pending:
+            request = codec.decode_request(request_body.encode("utf-8"))
+            if not isinstance(request, EwsRequest):
+                self._skipped += 1
+                continue
+            op, mailbox = request.operation, key[1]
+            if op != key[0]:  # the row's operation column named another (a row written by hand)
+                self._mailboxes[op].add(mailbox)
+                if (op, mailbox) in self._pending:
+                    self._pending[(op, mailbox)].append((request_body, answer))
+                    continue
+            self._index(request, mailbox, answer)
+
+    def _decode_all(self) -> None:
+        for key in list(self._pending):
+            self._decode_key(key)
+
+    def _index(self, request: EwsRequest, mailbox: str, answer: RecordedAnswer) -> None:
+        args = canonical_args(request)
         op = request.operation
         if self.match != "sequence":
             self._exact.setdefault((op, mailbox, args), _Slot()).answers.append(answer)
         if self.match != "strict":
             self._loose.setdefault((op, mailbox), _Slot()).answers.append(answer)
-        self._mailboxes[op].add(mailbox)
         self._arg_counts[(op, mailbox)] += 1
         # A sample is enough to name the differing fields; keeping all would double the memory.
         if len(self._args[(op, mailbox)]) < 50:
             self._args[(op, mailbox)].append(args)
-        self.size += 1
+        self._size += 1
 
     def lookup(self, request: EwsRequest | DecodeError, mailbox: str | None) -> RecordedAnswer | NoMatch:
         if isinstance(request, DecodeError):
             return NoMatch(request.operation, f"the request could not be decoded: {request.message}")
         op, args, boxes = request.operation, canonical_args(request), (_mailbox_key(mailbox), ANY_MAILBOX)
+        for box in boxes:
+            self._decode_key((op, box))
         if self.match != "sequence":
             for box in boxes:
                 slot = self._exact.get((op, box, args))
