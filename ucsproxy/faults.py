@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from . import codec
 from .hints import near_miss
 from . import protocol as P
 from .records import MessageXml, SoapFault
@@ -765,6 +764,8 @@ def render_error_body(decision: FaultDecision, operation: str | None) -> tuple[i
     An EWS error message needs an operation to answer for; without one (the request
     could not be read) the error goes out as a SOAP fault, as Exchange does.
     """
+    from . import codec  # here: `ucsproxy log` imports this module (near_miss) without lxml
+
     params = decision.params
     action = decision.action
     if action == "ews-error":
@@ -797,6 +798,8 @@ def render_error_body(decision: FaultDecision, operation: str | None) -> tuple[i
 
 
 def _error_message(operation: str, code: str, message: str | None, mx: MessageXml | None = None) -> bytes:
+    from . import codec
+
     if operation in P.UCS_OPERATIONS:
         return codec.encode_response(codec.error_response(operation, code, message, mx))
     return codec.encode_unsupported(operation, code, message if message is not None else P.message_text(code), mx)
