@@ -45,6 +45,8 @@ def _unknown_operations(database, operations) -> None:
     from ..hints import near_miss
     from ..store import TABLE
 
+    if all(name in P.UCS_OPERATIONS for name in operations):
+        return  # the usual names need no look at the log (a scan of its operations on a big log)
     logged = {row[0] for row in database.execute(f"select distinct operation from {TABLE} "
                                                  "where operation is not null")}
     known = set(P.UCS_OPERATIONS) | logged
