@@ -371,25 +371,13 @@ class LeanServer:
         self._tls = None  # tlscerts.TlsCertificates, made at the first ClientHello
         self._tls_context = None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-        port = self.port
-        for family, type_, proto, _, addr in dict.fromkeys(infos):
-            sock = socket.socket(family, type_, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind((addr[0], port, *addr[2:]))
-            except OSError:
-                sock.close()
-                self.close_listeners()
-                raise
-            sock.listen(1024)
-            sock.setblocking(False)
-            port = port or sock.getsockname()[1]  # every family on the same port
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Accept on ``sockets`` (already listening), or on new ones bound to host and port."""
+        if sockets is None:
+            from .listeners import bind_listeners
+
+            sockets = bind_listeners(self.host, self.port)
+        for sock in sockets:
             self._sockets.append(sock)
             self.addresses.append(sock.getsockname()[:2])
         for sock in self._sockets:
@@ -526,15 +514,22 @@ def _announce(server: LeanServer, options: dict[str, Any]) -> None:
         state=options.get("ucs_state", ""), fault_rules=len(c.engine.rules()) if c.engine else 0))
 
 
-def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:
+def run_foreground(options: dict[str, Any], *, verbose: bool = False,
+                   sockets: list[socket.socket] | None = None) -> None:
     """Serve until SIGINT / SIGTERM, then shut down cleanly (the log flushed, state saved).
 
-    Raises core.ConfigError for a bad option, before anything listens.
+    ``sockets``: already listening (the CLI binds before it imports this module), else bound here.
+    Raises core.ConfigError for a bad option, before anything is accepted.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="[%(asctime)s.%(msecs)03d] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("asyncio").setLevel(logging.WARNING)
-    c = core_from_options(options)
+    try:
+        c = core_from_options(options)
+    except BaseException:
+        for sock in sockets or ():
+            sock.close()
+        raise
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     server = LeanServer(c, options.get("listen_host", "127.0.0.1"), options.get("listen_port", 8080),
@@ -549,7 +544,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:
         except OSError as e:
             log.warning(f"ucsproxy: no CA in {server.confdir} ({e}): TLS connections will fail")
         try:
-            await server.start()
+            await server.start(sockets)
         except OSError:
             c.shutdown()
             raise

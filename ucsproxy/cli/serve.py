@@ -66,11 +66,17 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         ucs_marks=False,  # no flow list to show them in
     )
     if front == "lean":
+        from ..listeners import bind_listeners
+
+        try:  # listen at once; clients wait in the backlog while the core loads
+            sockets = bind_listeners(listen_host, listen_port)
+        except OSError as e:
+            raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {e}") from e
         from ..core import ConfigError
         from ..front import run_foreground as run_lean
 
         try:
-            run_lean(options, verbose=verbose)
+            run_lean(options, verbose=verbose, sockets=sockets)
         except ConfigError as e:
             raise click.ClickException(str(e)) from e
         except OSError as e:
