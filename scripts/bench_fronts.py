@@ -13,7 +13,7 @@ Starts, all on 127.0.0.1:
 Workloads, each at every connection count (keep-alive, one request in flight per connection):
 - ``GetImItemList``: the default mailbox's list;
 - ``Add+Remove``: AddImGroup with a fresh name, then RemoveImGroup of the id it returned (a pair);
-- ``GetImItemList 1000``: a mailbox with 1,000 contacts (about 0.5 MB per answer).
+- ``GetImItemList 1000``: a mailbox with 1,000 contacts (about 2 MB per answer).
 Servers take turns within each round, so drift on the machine hits all of them alike; each
 gets a warm-up first (WireMock's JIT too). Prints requests/s (pairs/s for Add+Remove), p50/p99
 latency and the ratios lean/WireMock and lean/mitmproxy, then the start-up time of each server
@@ -62,7 +62,7 @@ def request(body: bytes, user: str | None = None) -> bytes:
 
 
 GET_LIST = envelope("<m:GetImItemList/>")
-ID_RE = re.compile(rb'<t:ExchangeStoreId Id="([^"]+)"')
+ID_RE = re.compile(rb"ExchangeStoreId[^>]* Id=\"([^\"]+)\"")
 
 
 def add_group(name: str) -> bytes:
@@ -160,14 +160,25 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> fl
     raise TimeoutError(f"{proc.args} did not listen on {port}")
 
 
+def first_answer(port: int, timeout: float = 60) -> None:
+    """Send one GetImItemList and wait for its answer (the server may still be loading behind its backlog)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request(GET_LIST).replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\nConnection: close\r\n"))
+        while s.recv(65536):
+            pass
+
+
 class Server:
-    def __init__(self, name: str, args: list[str], port: int, log_path: Path):
+    def __init__(self, name: str, args: list[str], port: int, log_path: Path, answers: bool = True):
         self.name, self.port = name, port
         self._log = open(log_path, "wb")
         started = time.perf_counter()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_listening(port, self.proc)
         self.startup = time.perf_counter() - started
+        if answers:
+            first_answer(port)
+        self.first_answer = time.perf_counter() - started
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -238,7 +249,9 @@ def wiremock(tmp: Path, answers: dict[str, bytes]) -> Server | str:
         (root / "__files" / f"{name}.xml").write_bytes(answers[name])
         mapping = {"priority": priority, "request": {"method": "POST", "urlPath": EWS, **match},
                    "response": {"status": 200, "bodyFileName": f"{name}.xml",
-                                "headers": {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}}}
+                                "headers": {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private",
+                                            # as ucsproxy sends it (WireMock would chunk a file body)
+                                            "Content-Length": str(len(answers[name]))}}}
         (root / "mappings" / f"{name}.json").write_text(json.dumps(mapping))
     port = free_port()
     args = [java, "-jar", str(jar), "--port", str(port), "--bind-address", "127.0.0.1", "--root-dir", str(root),
@@ -286,6 +299,24 @@ def fixture_times(repeat: int = 50) -> dict[str, float]:
                 times.append((time.perf_counter() - t0) * 1000)
             out[label] = statistics.median(times)
     return out
+
+
+BARE_ASYNCIO = """
+import asyncio, sys
+async def main():
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def startup_baseline(tmp: Path) -> float:
+    """Seconds a bare asyncio server (python -c) takes to listen: the floor for any Python server here."""
+    port = free_port()
+    server = Server("bare asyncio", [sys.executable, "-c", BARE_ASYNCIO, str(port)], port, tmp / "bare.out",
+                    answers=False)
+    server.stop()
+    return server.startup
 
 
 WORKLOADS = [("get", "GetImItemList"), ("pairs", "Add+Remove pairs"), ("big", f"GetImItemList {BIG_CONTACTS}")]
@@ -354,12 +385,26 @@ def main() -> None:
                 if wm_name:
                     row += f"{rate['lean'] / rate[wm_name]:>15.2f}{rate['mitmproxy'] / rate[wm_name]:>20.2f}"
                 print(row)
-        print()
-        print("start-up (process start to listening): "
-              + ", ".join(f"{s.name} {s.startup:.2f} s" for s in servers))
     finally:
         for server in servers:
             server.stop()
+    wm = next((s for s in servers if s.name.startswith("WireMock")), None)
+    print()
+    print("start-up, process start to listening / to its first GetImItemList answer (median of 3):")
+    for front in ("lean", "mitmproxy"):
+        runs = []
+        for i in range(3):
+            port = free_port()
+            server = Server(front, [sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--listen-port",
+                                    str(port), "--db", str(tmp / f"start-{front}-{i}.db")], port,
+                            tmp / f"start-{front}.out")
+            server.stop()
+            runs.append((server.startup, server.first_answer))
+        print(f"  ucsproxy mock --front {front:<10} {statistics.median(r[0] for r in runs):.2f} s / "
+              f"{statistics.median(r[1] for r in runs):.2f} s")
+    if wm is not None:
+        print(f"  {wm.name:<32} {wm.startup:.2f} s / {wm.first_answer:.2f} s (one run)")
+    print(f"  bare asyncio server (python -c)  {statistics.median(startup_baseline(tmp) for _ in range(3)):.2f} s")
     for note in notes:
         print(note)
     times = fixture_times()
