@@ -65,3 +65,26 @@ def test_replay_fallthrough_needs_the_mitmproxy_front(tmp_path):
                                        "--fallthrough", "http://127.0.0.1:9", "--db", ""])
     assert result.exit_code == 2
     assert "--fallthrough forwards requests, which only the mitmproxy front does" in result.output
+
+
+def test_an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection():
+    from ucsproxy.front import BackgroundLean
+    from ucsproxy.runner import mock_options
+
+    endpoint = BackgroundLean(dict(mock_options(seed=0), ucs_db=""))
+    body = envelope("<m:GetImItemList/>")
+    try:
+        with socket.create_connection(endpoint.address, timeout=10) as s:
+            stream = s.makefile("rb")
+            for _ in range(2):
+                s.sendall(b"POST /EWS/Exchange.asmx HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: "
+                          + str(len(body)).encode() + b"\r\n\r\n" + body)
+                head = {}
+                assert stream.readline().startswith(b"HTTP/1.1 200")
+                while (line := stream.readline()) != b"\r\n":
+                    name, _, value = line.decode().partition(":")
+                    head[name.lower()] = value.strip()
+                assert head["connection"] == "keep-alive"
+                assert b"NoError" in stream.read(int(head["content-length"]))
+    finally:
+        endpoint.stop()

@@ -59,7 +59,7 @@ def _wire(s: str) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue")
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10")
 
     def __init__(self, started: float):
         self.method = ""
@@ -69,6 +69,7 @@ class _Request:
         self.keep_alive = True
         self.started = started
         self.expect_continue = False
+        self.http10 = False
 
 
 class _Connection(asyncio.Protocol):
@@ -191,6 +192,7 @@ class _Connection(asyncio.Protocol):
         req = self.current
         self.current = None
         req.keep_alive = self.parser.should_keep_alive()
+        req.http10 = self.parser.get_http_version() == "1.0"
         if self.parser.should_upgrade():
             length = next((v for k, v in req.headers if k.lower() == "content-length"), "0")
             try:
@@ -314,6 +316,8 @@ class _Connection(asyncio.Protocol):
         head.append(b"Content-Length: %d\r\n" % length)
         if close:
             head.append(b"Connection: close\r\n")
+        elif req.http10:
+            head.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 client asked to keep the connection
         head.append(b"\r\n")
         sent_headers = [(k, v) for k, v in headers
                         if k.lower() not in ("content-length", "connection", "transfer-encoding")]
