@@ -125,7 +125,7 @@ def _run_script(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_script_against_the_real_mock(tmp_path):
-    with start_ucsproxy(tmp_path, "mock", "--seed", "3") as mock:
+    with start_ucsproxy(tmp_path, "mock", "--seed", "3", "--db", str(tmp_path / "log.db")) as mock:
         url = f"{mock.url}/EWS/Exchange.asmx"
         done = _run_script("--url", url, "--user", "alice@contoso.com", "--repeat", "2")
         assert done.returncode == 0, done.stdout + done.stderr
