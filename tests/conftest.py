@@ -11,9 +11,65 @@ import sys
 import time
 from pathlib import Path
 
+import shutil
+import tempfile
+
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests never write into the working tree: hypothesis keeps no example database, and its
+# caches (by default a .hypothesis/ directory in the current directory) go to a temporary one.
+settings.register_profile("ucsproxy", database=None)
+settings.load_profile("ucsproxy")
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="ucsproxy-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+
+# Directories a test run may write to: virtual environments, byte code, the package's build metadata.
+_TREE_SKIPS = (".git", "__pycache__", ".pytest_cache")
+
+
+def tree_snapshot(root: Path = ROOT) -> dict[str, tuple[int, int]]:
+    """Every file under the working tree (venvs, .git and byte code aside): path -> (size, mtime)."""
+    found = {}
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _TREE_SKIPS and not d.startswith(".venv")
+                   and not d.endswith(".egg-info")]
+        for name in files:
+            path = os.path.join(top, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def tree_changes(before: dict, after: dict) -> list[str]:
+    """Files a run added or removed, and data files (recordings/) it changed."""
+    changes = [f"added {p}" for p in sorted(after.keys() - before.keys())]
+    changes += [f"removed {p}" for p in sorted(before.keys() - after.keys())]
+    changes += [f"changed {p}" for p in sorted(before.keys() & after.keys())
+                if p.startswith("recordings" + os.sep) and before[p] != after[p]]
+    return changes
+
+
+def pytest_sessionstart(session):
+    session.config._ucs_tree = tree_snapshot()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+    before = getattr(session.config, "_ucs_tree", None)
+    if before is None or hasattr(session.config, "workerinput"):
+        return
+    changes = tree_changes(before, tree_snapshot())
+    if changes:
+        session.config.get_terminal_writer().line(
+            "tests wrote into the working tree (use tmp_path):\n  " + "\n  ".join(changes), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 SPEC_DIR = ROOT.parent / "shared" / "spec"
 BIN = Path(sys.executable).parent
 

@@ -47,7 +47,7 @@ def ntlm_authenticate(domain: str, user: str) -> bytes:
 def test_impersonated_mailbox_wins_over_the_signed_in_user():
     headers = [basic("CONTOSO\\ServiceAccount")]
     assert build_row(raw(impersonating("Sadie@Contoso.com"), headers=headers))["mailbox"] == "sadie@contoso.com"
-    assert build_row(raw(ADD_IM_GROUP, headers=headers))["mailbox"] == "contoso\\serviceaccount"
+    assert build_row(raw(ADD_IM_GROUP, headers=headers))["mailbox"] == "serviceaccount"
     assert build_row(raw(ADD_IM_GROUP))["mailbox"] is None
 
 
@@ -55,7 +55,7 @@ def test_ntlm_user_also_inside_a_negotiate_token():
     # Negotiate wraps the NTLM message in SPNEGO; the user is found wherever the message starts.
     wrapped = b"\xa1\x82\x01\x00\x30\x82" + ntlm_authenticate("CONTOSO", "Kim")
     token = base64.b64encode(wrapped).decode()
-    assert request_user([("authorization", f"Negotiate {token}")]) == "contoso\\kim"
+    assert request_user([("authorization", f"Negotiate {token}")]) == "kim"
     # A challenge (type 2) or a negotiate (type 1) message names nobody.
     type1 = base64.b64encode(b"NTLMSSP\x00" + struct.pack("<I", 1) + b"\x00" * 24).decode()
     assert request_user([("Authorization", f"NTLM {type1}")]) is None

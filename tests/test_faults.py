@@ -519,38 +519,88 @@ def _rewrite(path: Path, text: str, bump: int) -> None:
 TWO_RULES = '[[fault]]\noperation = "y"\naction = "reset"\n[[fault]]\noperation = "z"\naction = "malformed"\n'
 
 
+def watcher(path: Path) -> faults.FaultFileWatcher:
+    return faults.FaultFileWatcher(path, interval=0.01, settle=0.05)
+
+
+def poll(w: faults.FaultFileWatcher) -> tuple[bool, str | None]:
+    """What the loop sees once the watcher's thread has looked at the file as it is now."""
+    assert w.wait_idle(10)
+    return w.poll()
+
+
 def test_watcher_reloads_and_keeps_old_rules_on_a_broken_edit(tmp_path):
     path = tmp_path / "f.toml"
     path.write_text('[[fault]]\noperation = "x"\naction = "reset"\n')
-    w = faults.FaultFileWatcher(path)
-    assert w.poll() == (False, None)
+    w = watcher(path)
+    assert poll(w) == (False, None)
     _rewrite(path, TWO_RULES, 1)
-    changed, problem = w.poll()
+    changed, problem = poll(w)
     assert changed and problem is None and [r.operation for r in w.config.rules] == ["y", "z"]
     _rewrite(path, '[[fault]]\noperation = "y"\naction = "boom"\n', 2)
-    changed, problem = w.poll()
-    assert not changed and problem.startswith(f"{path}:3: ") and "unknown action 'boom'" in problem
-    assert len(w.config.rules) == 2, "the old rules stay"
-    assert w.poll() == (False, None), "a broken edit is reported once"
+    changed, problem = poll(w)
+    assert not changed and "unknown action 'boom'" in problem
+    assert [r.operation for r in w.config.rules] == ["y", "z"], "a broken edit keeps the old rules"
+    assert poll(w) == (False, None), "a broken edit is reported once"
     _rewrite(path, TWO_RULES, 3)
-    assert w.poll() == (False, None) and w.last_error is None, "undoing the broken edit changes nothing in force"
+    assert poll(w) == (False, None) and w.last_error is None, "undoing the broken edit changes nothing in force"
     _rewrite(path, '[[fault]]\noperation = "w"\naction = "reset"\n', 4)
-    assert w.poll() == (True, None) and w.config.rules[0].operation == "w"
+    assert poll(w) == (True, None) and w.config.rules[0].operation == "w"
+    w.close()
 
 
 def test_watcher_ignores_a_touch_and_survives_a_deleted_file(tmp_path):
     path = tmp_path / "f.toml"
     text = '[[fault]]\noperation = "x"\naction = "reset"\n'
     path.write_text(text)
-    w = faults.FaultFileWatcher(path)
+    w = watcher(path)
     _rewrite(path, text, 1)
-    assert w.poll() == (False, None), "same text: counters keep running"
+    assert poll(w) == (False, None), "same text: counters keep running"
     path.unlink()
-    changed, problem = w.poll()
+    changed, problem = poll(w)
     assert not changed and "cannot read" in problem and w.config.rules
-    assert w.poll() == (False, None)
+    assert poll(w) == (False, None)
     _rewrite(path, '[[fault]]\noperation = "v"\naction = "reset"\n', 2)
-    assert w.poll() == (True, None) and w.config.rules[0].operation == "v"
+    assert poll(w) == (True, None) and w.config.rules[0].operation == "v"
+    w.close()
+
+
+def test_a_save_that_truncates_then_writes_is_never_seen_half_done(tmp_path):
+    path = tmp_path / "f.toml"
+    path.write_text(TWO_RULES)
+    w = faults.FaultFileWatcher(path, interval=0.01, settle=0.3)
+    seen = []
+    for n in range(5):  # each save: truncate, a pause shorter than the settle time, then write
+        with open(path, "w") as f:
+            f.flush()
+            os.utime(path, ns=(time.time_ns() + n, time.time_ns() + n))
+            time.sleep(0.1)
+            f.write(TWO_RULES.replace('"z"', f'"z{n}"'))
+        for _ in range(20):
+            changed, problem = w.poll()
+            seen.append(len(w.config.rules))
+            time.sleep(0.01)
+    assert poll(w) in ((True, None), (False, None))
+    assert 0 not in seen and w.config.rules[1].operation == "z4"
+    w.close()
+
+
+def test_an_edit_is_parsed_on_the_watchers_thread_not_the_callers(tmp_path, monkeypatch):
+    path = tmp_path / "f.toml"
+    path.write_text(TWO_RULES)
+    w = watcher(path)
+    threads = []
+    real = faults.parse_fault_text
+
+    def recording(text, source="<faults>"):
+        threads.append(threading.current_thread().name)
+        return real(text, source)
+
+    monkeypatch.setattr(faults, "parse_fault_text", recording)
+    _rewrite(path, '[[fault]]\noperation = "w"\naction = "reset"\n', 1)
+    assert poll(w) == (True, None)
+    assert threads == ["ucsproxy-faults-watcher"]
+    w.close()
 
 
 def test_watcher_refuses_a_broken_file_at_start(tmp_path):

@@ -559,7 +559,7 @@ def test_record_ntlm_handshake_on_one_keep_alive_connection(recorder):
     assert answers[0][1] == [b"WWW-Authenticate: Negotiate", b"WWW-Authenticate: NTLM", b"Content-Length: 0"]
     assert answers[2][3] == BODY
     rows = logged(recorder.db, "path like '/ntlm%' and http_status = 200")
-    assert rows and rows[0]["mailbox"] == "contoso\\kim" and rows[0]["operation"] == "GetImItemList"
+    assert rows and rows[0]["mailbox"] == "kim" and rows[0]["operation"] == "GetImItemList"
 
 
 def test_record_upstream_closing_mid_body(recorder):

@@ -92,3 +92,126 @@ def test_bearer_in_any_letter_case_is_redacted():
         assert token not in redact_text(f"<t:Note>{scheme} {token}</t:Note>"), scheme
         assert redact_headers([("X-Forwarded-Token", f"{scheme} {token}")]) == [
             ("X-Forwarded-Token", f"{scheme} <redacted>")], scheme
+
+
+# -- every column, the user's own rules -------------------------------------------------
+
+import json  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from conftest import ROOT, start_ucsproxy  # noqa: E402
+from ews_client import EwsClient  # noqa: E402
+from ucsproxy.cli import main as cli  # noqa: E402
+from ucsproxy.exchange import JSON_COLUMNS, build_row  # noqa: E402
+from ucsproxy.redact import Redactor  # noqa: E402
+
+TOKEN = "opaque-access-token-0123456789abcdef"
+PASSWORD = "Hunter2-Pa55word"
+COOKIE = "sessioncookievalue42"
+NEGOTIATE_CHALLENGE = "oRswGaADCgEAoxIEEAEAAABDh+CIwTbjqQAAAAA="
+
+
+def add_group_raw(display_name: str, fault: str | None = None, error: str | None = None,
+                  path: str = "/EWS/Exchange.asmx") -> RawExchange:
+    body = REQUEST.replace(b"MyCustomGroup", display_name.encode())
+    answer = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+              b'<AddImGroupResponse xmlns="http://schemas.microsoft.com/exchange/services/2006/messages" '
+              b'ResponseClass="Success"><ResponseCode>NoError</ResponseCode><ImGroup>'
+              b'<DisplayName xmlns="http://schemas.microsoft.com/exchange/services/2006/types">'
+              + display_name.encode() + b'</DisplayName></ImGroup></AddImGroupResponse></s:Body></s:Envelope>')
+    return RawExchange("record", 1700000000.0, 5.0, "127.0.0.1:1", "mail.contoso.com:443", "POST", path, 200,
+                       [("Content-Type", "text/xml")], body, [("Content-Type", "text/xml")], answer,
+                       fault=fault, error=error)
+
+
+def test_every_column_is_redacted_decoded_ones_included():
+    basic = base64.b64encode(f"kim:{PASSWORD}".encode()).decode()
+    fault = json.dumps({"action": "http-status", "params": {"status": 401, "headers": {
+        "WWW-Authenticate": f"Negotiate {NEGOTIATE_CHALLENGE}", "Set-Cookie": f"s={COOKIE}; path=/"}}})
+    for secret_name in (f"Bearer {TOKEN}", JWT, f"Basic {basic}", f"NTLM {NTLM}", f"password={PASSWORD}"):
+        row = build_row(add_group_raw(f"Team {secret_name}", fault=fault,
+                                      error=f"upstream said: Cookie: s={COOKIE}; Authorization: Bearer {TOKEN}",
+                                      path=f"/EWS/Exchange.asmx?access_token={TOKEN}"))
+        assert json.loads(row["args"])["display_name"].startswith("Team ")  # decoded, then redacted
+        assert json.loads(row["result"])  # still JSON
+        stored = json.dumps(row)
+        for secret in (TOKEN, JWT, basic, NTLM, PASSWORD, COOKIE, NEGOTIATE_CHALLENGE):
+            assert secret not in stored, (secret_name, secret)
+        for column in JSON_COLUMNS:
+            if row[column] is not None:
+                json.loads(row[column])
+        params = json.loads(row["fault"])["params"]["headers"]
+        assert params == {"WWW-Authenticate": "Negotiate <redacted>", "Set-Cookie": "s=<redacted>; path=/"}
+
+
+def test_what_is_not_a_credential_stays():
+    for name in ("Basic training", "Bearer of good news", "Password reset team", "NTLM fans", "Tokens and Cookies", "Cookie: chocolate"):
+        row = build_row(add_group_raw(name))
+        assert json.loads(row["args"])["display_name"] == name
+        assert name in row["request_body"] and name in row["result"]
+
+
+def test_secret_elements_attributes_and_json_keys_in_bodies():
+    text = (f'<t:Password>{PASSWORD}</t:Password><x password="{PASSWORD}"/> {{"client_secret": "{PASSWORD}"}} '
+            f"pwd: {PASSWORD}")
+    assert PASSWORD not in redact_text(text)
+    assert redact_text(text).count("<redacted>") == 4
+    assert Redactor().value({"password": PASSWORD, "name": "x"}) == {"password": "<redacted>", "name": "x"}
+
+
+def test_user_rules_apply_to_headers_bodies_and_decoded_columns():
+    redactor = Redactor.from_options(headers=["X-Ticket"], patterns=[r"case-\d{4}"])
+    raw = add_group_raw("Escalation case-1234")
+    raw.request_headers = raw.request_headers + [("X-Ticket", "T-998877"), ("X-Other", "case-5678")]
+    row = build_row(raw, redactor=redactor)
+    stored = json.dumps(row)
+    assert "T-998877" not in stored and "case-1234" not in stored and "case-5678" not in stored
+    assert json.loads(row["args"])["display_name"] == "Escalation <redacted>"
+    assert ["X-Ticket", "<redacted>"] in json.loads(row["request_headers"])
+    # keep_secrets turns the built-in rules off, never the user's own.
+    kept = build_row(raw, redactor=Redactor.from_options(True, ["X-Ticket"], [r"case-\d{4}"]))
+    assert "T-998877" not in json.dumps(kept) and "case-1234" not in json.dumps(kept)
+
+
+@pytest.mark.parametrize("command", [["mock", "--db", ""], ["import", "recordings/lync-session", "x.db"]])
+def test_a_bad_pattern_is_refused_at_start(command, tmp_path):
+    result = CliRunner().invoke(cli, [*command, "--redact-pattern", "(unclosed", "--listen-port", "0"]
+                                if command[0] == "mock" else [*command[:1], str(ROOT / command[1]),
+                                                              str(tmp_path / command[2]), "--redact-pattern", "(unclosed"])
+    assert result.exit_code == 2, result.output
+    assert "--redact-pattern" in result.output and "'(unclosed': missing ), unterminated subpattern" in result.output
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_no_credential_reaches_the_log_of_a_real_mock(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "http-status"\nstatus = 401\n'
+                     f'headers = {{ "WWW-Authenticate" = "Negotiate {NEGOTIATE_CHALLENGE}", '
+                     f'"Set-Cookie" = "s={COOKIE}; path=/" }}\n')
+    db = tmp_path / "log.db"
+    proc = start_ucsproxy(tmp_path, "mock", "--seed", "1", "--db", str(db), "--faults", str(rules),
+                          "--redact-header", "X-Ticket", "--redact-pattern", r"case-\d{4}")
+    try:
+        c = EwsClient(proc.url, user="kim@contoso.com", password=PASSWORD)
+        echoed = c.add_im_group(f"Bearer {TOKEN} {JWT} case-1234")
+        assert TOKEN.encode() in echoed.body, "the client gets its answer as it is"
+        answer = c.raw(b"<x/>", headers={"X-Ticket": "T-998877", "Cookie": f"s={COOKIE}"})
+        assert answer.status == 500
+        challenged = c.get_im_item_list()
+        assert challenged.status == 401 and challenged.headers["set-cookie"] == f"s={COOKIE}; path=/"
+    finally:
+        assert proc.stop() == 0, proc.output()
+    data = file_bytes(db)
+    for secret in (TOKEN, JWT, PASSWORD, COOKIE, NEGOTIATE_CHALLENGE, "T-998877", "case-1234",
+                   base64.b64encode(f"kim@contoso.com:{PASSWORD}".encode()).decode()):
+        assert secret.encode() not in data, secret
+    con = sqlite3.connect(db)
+    faults = [json.loads(f) for (f,) in con.execute("select fault from exchanges where fault is not null")]
+    con.close()
+    assert faults[0]["params"]["headers"] == {"WWW-Authenticate": "Negotiate <redacted>",
+                                              "Set-Cookie": "s=<redacted>; path=/"}

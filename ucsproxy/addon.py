@@ -45,6 +45,7 @@ class UcsProxy:
 
     def __init__(self, ucs_core: UcsCore | None = None) -> None:
         self.core = ucs_core or UcsCore()
+        self._rolling_back = False  # mitmproxy is configuring the values before a refused update
 
     # The core's state, under the names the addon always had (the fixtures read .model and .store).
     mode = property(lambda self: self.core.mode)
@@ -58,9 +59,13 @@ class UcsProxy:
     # -- options -----------------------------------------------------------
 
     def load(self, loader) -> None:
+        loader.master.options.errored.connect(self._options_errored)
         loader.add_option("ucs_mode", str, "record", "ucsproxy mode: record, mock, replay or off.", choices=MODES)
         loader.add_option("ucs_db", str, DEFAULT_DB, "SQLite file the exchanges are logged to; empty to log nothing.")
         loader.add_option("ucs_keep_secrets", bool, False, "Store credentials (Authorization, cookies) in the log unredacted.")
+        loader.add_option("ucs_redact_headers", Sequence[str], [], "Header names whose value is never logged (repeatable).")
+        loader.add_option("ucs_redact_patterns", Sequence[str], [],
+                          "Regular expressions whose matches are never logged, in bodies and decoded columns (repeatable).")
         loader.add_option("ucs_state", str, "", "Mock: JSON file to load the model's mailboxes from and save them to on exit.")
         loader.add_option("ucs_seed", Optional[int], None, "Mock: seed that makes ids and change keys deterministic.")
         loader.add_option("ucs_item_list", str, "", "Mock: a recorded GetImItemList response body to seed the mailbox from.")
@@ -91,9 +96,8 @@ class UcsProxy:
         c.reporter.console.enabled, c.reporter.marks = opts.ucs_console, opts.ucs_marks
         if "ucs_shadow" in updated:
             c.reporter.shadow = ShadowModel() if opts.ucs_shadow else None
+        rolling_back, self._rolling_back = self._rolling_back, False
         try:
-            if updated & {"ucs_db", "ucs_keep_secrets"}:
-                c.open_store(opts.ucs_db, opts.ucs_keep_secrets)
             if updated & {"ucs_mode", "ucs_state", "ucs_seed", "ucs_item_list", "ucs_mailbox"}:
                 c.build_model(state=opts.ucs_state, seed=opts.ucs_seed, item_list=opts.ucs_item_list,
                               mailbox=opts.ucs_mailbox)
@@ -101,8 +105,20 @@ class UcsProxy:
                 c.build_replay(opts.ucs_replay, match=opts.ucs_match, stateful=opts.ucs_stateful, seed=opts.ucs_seed)
             if updated & {"ucs_faults", "ucs_fault", "ucs_fault_seed"}:
                 c.build_faults(opts.ucs_faults, opts.ucs_fault, opts.ucs_fault_seed)
+            if updated & {"ucs_db", "ucs_mode", "ucs_replay"}:
+                core.refuse_logging_into_the_replayed(opts.ucs_mode, opts.ucs_db, opts.ucs_replay)
+            # The log opens last, once every other option is known good. mitmproxy answers a
+            # refused update by configuring the previous values again: at start-up that is the
+            # default log, which a start that failed must not create.
+            if updated & {"ucs_db", "ucs_keep_secrets", "ucs_redact_headers", "ucs_redact_patterns"} \
+                    and not (rolling_back and c.store is None):
+                c.open_store(opts.ucs_db, opts.ucs_keep_secrets, redact_headers=opts.ucs_redact_headers,
+                             redact_patterns=opts.ucs_redact_patterns)
         except core.ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
+
+    def _options_errored(self, exc: Exception) -> None:
+        self._rolling_back = True
 
     # -- hooks -------------------------------------------------------------
 
@@ -129,7 +145,7 @@ class UcsProxy:
         if c.wants_decoded(req.method, req.path):
             decoded = c.decode(req.get_content(strict=False) or b"", _pairs(req.headers))
             _scratch(flow)["ucs_request"] = decoded
-        if c.engine is not None:
+        if c.engine is not None or c.watcher is not None:
             decision = c.decide(decoded, _pairs(req.headers))
             if decision is not None:
                 _scratch(flow)["ucs_fault"] = decision

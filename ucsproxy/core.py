@@ -19,11 +19,12 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-from . import autodiscover, codec, faults, schema
+from . import autodiscover, codec, faults, identity, schema
 from .console import Reporter
-from .exchange import RawExchange, header, request_user
+from .exchange import RawExchange, header
 from .model import DEFAULT_MAILBOX, UcsModel
 from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
 from .service import UcsService
@@ -85,10 +86,23 @@ def operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
     return None
 
 
-def mailbox_of(decoded, headers: list[tuple[str, str]] | None) -> str | None:
-    if isinstance(decoded, EwsRequest) and decoded.mailbox:
-        return decoded.mailbox
-    return request_user(headers)
+def mailbox_of(decoded, headers: list[tuple[str, str]] | None, default: str | None = None) -> str | None:
+    """The request's mailbox by ucsproxy.identity's one rule; ``default`` when nothing names one."""
+    return identity.request_mailbox(headers, decoded if isinstance(decoded, EwsRequest) else None) or default
+
+
+def refuse_logging_into_the_replayed(mode: str, db: str, source: str) -> None:
+    """A replay must not append its own exchanges to the recording it serves (by any path or link)."""
+    if mode != "replay" or not db or not source:
+        return
+    db_path, source_path = Path(db), Path(source)
+    try:
+        same = db_path.exists() and source_path.exists() and os.path.samefile(db_path, source_path)
+    except OSError:
+        same = False
+    if same or db_path.resolve() == source_path.resolve():
+        raise ConfigError(f"Refusing to log into {db}: it is the recording being replayed. "
+                          f"Log elsewhere (--db other.db) or not at all (--db '').")
 
 
 def encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> Answer:
@@ -162,27 +176,36 @@ class UcsCore:
 
     # -- configuration -----------------------------------------------------
 
-    def open_store(self, path: str, keep_secrets: bool, writer: str = "process", lazy: bool = False) -> None:
-        """Open the log (``writer``: "process" for a serving process, "thread" in a test's own process).
+    def open_store(self, path: str, keep_secrets: bool, writer: str = "process", lazy: bool = False,
+                   redact_headers: Sequence[str] = (), redact_patterns: Sequence[str] = ()) -> None:
+        """Open the log (``writer``: "process" for a serving process, "thread" in a test's own process),
+        redacted by the built-in rules (unless keep_secrets) and the user's header names and regular
+        expressions (a bad one: ConfigError).
 
         ``lazy`` opens it at the first exchange (or :meth:`log_store`): an endpoint that
         serves nothing costs no file and no writer.
         """
-        key = (path, keep_secrets)
+        from .redact import Redactor
+
+        key = (path, keep_secrets, tuple(redact_headers), tuple(redact_patterns))
         if key == self._store_key:
             return
+        try:
+            redactor = Redactor.from_options(keep_secrets, redact_headers, redact_patterns)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         self.close_store()
         self._store_key = key
         if path and lazy:
-            self._lazy_store = (path, keep_secrets, writer)
+            self._lazy_store = (path, keep_secrets, writer, redactor)
         elif path:
-            self._open(path, keep_secrets, writer)
+            self._open(path, keep_secrets, writer, redactor)
 
-    def _open(self, path: str, keep_secrets: bool, writer: str) -> None:
+    def _open(self, path: str, keep_secrets: bool, writer: str, redactor=None) -> None:
         from .store import LogStore
 
         try:
-            self.store = LogStore(path, keep_secrets=keep_secrets, writer=writer)
+            self.store = LogStore(path, keep_secrets=keep_secrets, writer=writer, redactor=redactor)
         except Exception as e:
             raise ConfigError(f"Cannot open the log {path}: {e}") from e
 
@@ -250,8 +273,12 @@ class UcsCore:
             raise ConfigError(f"Cannot load the recording {source}: {e}") from e
 
     def build_faults(self, faults_file: str, specs, seed: int) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
         try:
             if faults_file:
+                # Watched even with no rules yet: rules written into it later fire.
                 self.watcher = faults.FaultFileWatcher(faults_file)
                 config = self.watcher.config
             else:
@@ -293,6 +320,8 @@ class UcsCore:
     def shutdown(self, state: str = "") -> None:
         """Let held connections go, save the mock's state when asked, close the log."""
         self.let_held_go()
+        if self.watcher is not None:
+            self.watcher.close()
         if self.model is not None and self.mode == "mock" and state:
             try:
                 self.model.save(state)
@@ -311,7 +340,7 @@ class UcsCore:
 
     def wants_decoded(self, method: str, path: str) -> bool:
         """Whether a request is decoded: an EWS POST, when serving or when faults may apply."""
-        return (self.serving or self.engine is not None) and method == "POST" and is_ews_endpoint(path)
+        return (self.serving or self.engine is not None or self.watcher is not None) and method == "POST" and is_ews_endpoint(path)
 
     def decode(self, body: bytes, headers: list[tuple[str, str]]) -> EwsRequest | DecodeError:
         """The decoded request; answering from the model (mock, stateful replay), a UCS request
@@ -324,10 +353,11 @@ class UcsCore:
 
     def decide(self, decoded, headers: list[tuple[str, str]]) -> faults.FaultDecision | None:
         """The fault engine's decision for this request (None: no rule fired, or no rules)."""
+        if self.watcher is not None:
+            self.poll_faults()
         if self.engine is None:
             return None
-        self.poll_faults()
-        return self.engine.decide(operation_named(decoded), mailbox_of(decoded, headers))
+        return self.engine.decide(operation_named(decoded), self.mailbox(decoded, headers))
 
     def answer(self, method: str, path: str, headers: list[tuple[str, str]], decoded) -> Answer | None:
         """The mock's or the recording's answer; None when a fall-through upstream should answer."""
@@ -342,7 +372,7 @@ class UcsCore:
         if self.replay is not None:
             return self._answer_from_recording(decoded, headers)
         assert self.service is not None
-        return encode_answer(decoded, self.service.handle(decoded, user=request_user(headers)))
+        return encode_answer(decoded, self.service.handle(decoded, user=self.mailbox(decoded, headers)))
 
     def answer_autodiscover(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None,
                             scheme: str, listen: str) -> Answer | None:
@@ -368,7 +398,7 @@ class UcsCore:
     def _answer_from_recording(self, decoded: EwsRequest, headers: list[tuple[str, str]]) -> Answer | None:
         from . import replay
 
-        found = self.replay.lookup(decoded, mailbox_of(decoded, headers))
+        found = self.replay.lookup(decoded, self.mailbox(decoded, headers))
         self._last_miss = found.reason if isinstance(found, replay.NoMatch) else None
         if isinstance(found, replay.NoMatch):
             if self.fallthrough:
@@ -392,10 +422,19 @@ class UcsCore:
         if problem:
             log.warning(f"ucsproxy: kept the previous fault rules: {problem}")
         elif changed:
-            assert self.engine is not None
-            self.engine.replace(self.watcher.config)
+            if self.engine is None:
+                self.engine = faults.FaultEngine(self.watcher.config)
+            else:
+                self.engine.replace(self.watcher.config)
             self.let_held_go()
             log.info(f"ucsproxy: reloaded {len(self.watcher.config.rules)} fault rule(s) from {self.watcher.path}")
+
+    def mailbox(self, decoded, headers: list[tuple[str, str]] | None) -> str | None:
+        """Whose mailbox this request works on (ucsproxy.identity); where a model answers
+        (mock, stateful replay) a request naming nobody works on the default mailbox, and
+        fault rules and the log say so too."""
+        default = identity.DEFAULT_MAILBOX if self.service is not None and isinstance(decoded, EwsRequest) else None
+        return mailbox_of(decoded, headers, default)
 
     def log_exchange(self, raw: RawExchange, replay: tuple[str, str | None] | None = None):
         """A finished exchange: its console line (and shadow check), then the log.
@@ -404,6 +443,8 @@ class UcsCore:
         Returns its :class:`~ucsproxy.annotate.ExchangeSummary`, None when nothing asked for one.
         """
         summary = None
+        if raw.mailbox is None and self.service is not None and isinstance(raw.decoded_request, EwsRequest):
+            raw.mailbox = self.mailbox(raw.decoded_request, raw.request_headers)
         try:
             if self.mode != "off":
                 summary = self.reporter.exchange_done(raw, replay)

@@ -7,10 +7,7 @@ the slow part: decoding both bodies, finding the mailbox, redacting secrets.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,8 +15,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .memo import IdentityCache
+from .identity import clean_name, request_mailbox, signed_in_user
 from .records import DecodeError, EwsRequest, EwsResponse, ImItemList, Persona, to_jsonable
-from .redact import redact_headers, redact_text
+from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor
 
 #: Bodies longer than this are stored cut, with a note in ``error``.
 MAX_STORED_BODY = 4 * 1024 * 1024
@@ -46,6 +44,7 @@ class RawExchange:
     # does not decode its own answers again. Sent to a writer process as a LoggedAnswer.
     decoded_response: EwsResponse | DecodeError | LoggedAnswer | None = None
     divergence: str | None = None  # shadow mode: how Exchange's answer differs from the model's
+    mailbox: str | None = None  # what the proxy decided (ucsproxy.identity); None: decided from the request
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for the writer process: the columns of a decoded answer travel as text
@@ -122,47 +121,8 @@ def header(headers: list[tuple[str, str]] | None, name: str) -> str | None:
 
 
 def request_user(headers: list[tuple[str, str]] | None) -> str | None:
-    """The signed-in user: HTTP Basic user name, or the user of an NTLM AUTHENTICATE message."""
-    value = header(headers, "Authorization")
-    if not value:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    token = token.strip()
-    try:
-        raw = base64.b64decode(token, validate=False)
-    except (binascii.Error, ValueError):
-        return None
-    if scheme.lower() == "basic":
-        user = raw.decode("utf-8", errors="replace").split(":", 1)[0]
-        return user.lower() or None
-    if scheme.lower() in ("ntlm", "negotiate"):
-        return _ntlm_user(raw)
-    return None
-
-
-def _ntlm_user(raw: bytes) -> str | None:
-    """DOMAIN\\user from an NTLM type 3 message (also when wrapped in SPNEGO)."""
-    start = raw.find(b"NTLMSSP\x00")
-    if start < 0:
-        return None
-    msg = raw[start:]
-    try:
-        if struct.unpack_from("<I", msg, 8)[0] != 3:
-            return None
-        flags = struct.unpack_from("<I", msg, 60)[0] if len(msg) >= 64 else 0
-        unicode = bool(flags & 0x1)
-
-        def field(offset: int) -> str:
-            length, _, where = struct.unpack_from("<HHI", msg, offset)
-            data = msg[where: where + length]
-            return data.decode("utf-16-le" if unicode else "latin-1", errors="replace")
-
-        domain, user = field(28), field(36)
-    except struct.error:
-        return None
-    if not user:
-        return None
-    return (f"{domain}\\{user}" if domain else user).lower()
+    """The signed-in user (Basic, NTLM, Bearer JWT), by :mod:`ucsproxy.identity`'s rules."""
+    return signed_in_user(headers)
 
 
 def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str | None, bool]:
@@ -193,6 +153,9 @@ def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str
 # built here have one key, so the encoder need not sort. One encoder for all rows (json.dumps
 # would build one per call); records and headers hold no cycles, so it need not look for them.
 _JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
+JSON_ENCODER = _JSON
 
 
 def _json(value: Any) -> str | None:
@@ -274,8 +237,15 @@ def _decoded_answer(body: bytes, operation: str | None, content_type: str | None
     return answer
 
 
-def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
+#: The columns that hold JSON text.
+JSON_COLUMNS = ("fault", "args", "result", "request_headers", "response_headers")
+
+
+def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor | None = None) -> dict[str, Any]:
+    """The log row of one exchange, redacted by ``redactor`` (by default the built-in rules,
+    none with ``keep_secrets``)."""
     from . import codec  # here, not at the top: `ucsproxy log` imports this module without lxml
+
     soap_action = header(raw.request_headers, "SOAPAction")
     request = raw.decoded_request
     ews_post = raw.method == "POST" and is_ews_path(raw.path)
@@ -286,15 +256,15 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
     result_text: str | None = None  # the result column as JSON text already
     if isinstance(request, EwsRequest):
         operation = request.operation
-        mailbox = request.mailbox
         version = request.headers.request_server_version
         args = to_jsonable(request.body) if request.body is not None else None
     elif isinstance(request, DecodeError) and ews_post:
         result = _decode_error(request)
         # Name the operation the client meant, when it can be told.
         operation = request.operation or codec.operation_from_soap_action(soap_action)
-    if not mailbox:
-        mailbox = request_user(raw.request_headers)
+    # The one rule of ucsproxy.identity; the proxy passes what it decided (with the
+    # default mailbox when a model answered), an import decides here.
+    mailbox = raw.mailbox or request_mailbox(raw.request_headers, request)
     response = raw.decoded_response
     if response is None and ews_post and raw.response_body:
         response = _decoded_answer(raw.response_body, operation, header(raw.response_headers, "Content-Type"))
@@ -313,11 +283,8 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
     notes = [raw.error] if raw.error else []
     if req_cut or resp_cut:
         notes.append(f"body stored cut at {MAX_STORED_BODY} bytes")
-    req_headers, resp_headers = raw.request_headers, raw.response_headers
-    if not keep_secrets:
-        req_headers, resp_headers = redact_headers(req_headers), redact_headers(resp_headers)
-        request_body = redact_text(request_body) if request_body else request_body
-        response_body = redact_text(response_body) if response_body else response_body
+    if redactor is None:
+        redactor = KEEP_SECRETS if keep_secrets else DEFAULT_REDACTOR
     row = {
         "started_at": iso_utc(raw.started_at),
         "duration_ms": raw.duration_ms,
@@ -329,23 +296,24 @@ def build_row(raw: RawExchange, keep_secrets: bool = False) -> dict[str, Any]:
         "http_status": raw.http_status,
         "soap_action": soap_action.strip().strip('"') if soap_action else None,
         "operation": operation,
-        "mailbox": mailbox.lower() if mailbox else None,
+        "mailbox": mailbox,
         "request_server_version": version,
         "response_class": response_class,
         "response_code": response_code,
         "fault": raw.fault,
         "args": _json(args),
         "result": result_text if result_text is not None else _json(result),
-        "request_headers": _json([list(h) for h in req_headers]),
+        "request_headers": list(raw.request_headers),
         "request_body": request_body,
-        "response_headers": _json([list(h) for h in resp_headers]) if resp_headers is not None else None,
+        "response_headers": list(raw.response_headers) if raw.response_headers is not None else None,
         "response_body": response_body,
         "error": "; ".join(notes) or None,
         "divergence": raw.divergence,
     }
     if raw.method == "POST" and not ews_post:
         _autodiscover_columns(row, raw)
-    return row
+    # Every value goes through the one redaction pass, header lists and JSON columns included.
+    return redactor.row(row, JSON_COLUMNS, _JSON.encode)
 
 
 def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> None:
@@ -357,7 +325,7 @@ def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> None:
         return
     row["operation"] = found["operation"]
     if found.get("mailbox"):
-        row["mailbox"] = found["mailbox"].lower()
+        row["mailbox"] = clean_name(found["mailbox"])
     for key in ("response_class", "response_code"):
         if found.get(key):
             row[key] = found[key]

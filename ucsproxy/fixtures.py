@@ -302,7 +302,7 @@ def _looks_like_json(path: Path) -> bool:
 
 
 def import_source(source: str | Path, db_path: str | Path, keep_secrets: bool = False, progress: bool = False,
-                  again: bool = False) -> int:
+                  again: bool = False, redactor=None) -> int:
     """Import a fixture directory, a HAR file or a mitmproxy flow file into a log. Returns rows added.
 
     Bad input raises ValueError (or FileNotFoundError) with a sentence naming the file. A source
@@ -313,12 +313,13 @@ def import_source(source: str | Path, db_path: str | Path, keep_secrets: bool = 
 
     fingerprint = provenance.source_fingerprint(source)
     before = provenance.check_repeat(db_path, fingerprint, source, again=again)
-    count = _import_source(source, db_path, keep_secrets, progress)
+    count = _import_source(source, db_path, keep_secrets, progress, redactor)
     provenance.record_import(db_path, fingerprint, source, count, before)
     return count
 
 
-def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, progress: bool) -> int:
+def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, progress: bool, redactor=None) -> int:
+    """Every row passes the store's redactor (``redactor``, else the built-in rules unless keep_secrets)."""
     import click
 
     from .store import LogStore
@@ -326,7 +327,7 @@ def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, 
     source = Path(source)
     if source.is_dir():
         rows = read_fixture_dir(source)  # read everything first: a broken fixture adds nothing
-        store = LogStore(db_path, keep_secrets=keep_secrets)
+        store = LogStore(db_path, keep_secrets=keep_secrets, redactor=redactor)
         try:
             store.insert_rows(rows)
         finally:
@@ -336,20 +337,20 @@ def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, 
         total, raws = har_exchanges(source)
     else:
         total, raws = mitm_exchanges(source)
-    store = LogStore(db_path, keep_secrets=keep_secrets)
+    store = LogStore(db_path, keep_secrets=keep_secrets, redactor=redactor)
     count = 0
     try:
         batch: list[dict[str, Any]] = []
         with click.progressbar(raws, length=total, label=f"Importing {source.name}", file=sys.stderr,
                                hidden=not progress) as bar:
             for raw in bar:
-                batch.append(build_row(raw, keep_secrets))
+                batch.append(build_row(raw, redactor=store.redactor))
                 if len(batch) >= 500:
-                    store.insert_rows(batch)
+                    store.insert_rows(batch, redacted=True)
                     count += len(batch)
                     batch = []
         if batch:
-            store.insert_rows(batch)
+            store.insert_rows(batch, redacted=True)
             count += len(batch)
         return count
     finally:

@@ -235,7 +235,7 @@ class _Connection(asyncio.Protocol):
             self._send(req, path, body, None, found)
             return
         decoded = c.decode(body, req.headers) if c.wants_decoded(req.method, path) else None
-        if c.engine is not None:
+        if c.engine is not None or c.watcher is not None:
             decision = c.decide(decoded, req.headers)
             if decision is not None:
                 self.task = asyncio.ensure_future(self._serve_with_fault(req, path, body, decoded, decision))
@@ -492,7 +492,10 @@ def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_
         c.build_replay(options.get("ucs_replay", ""), match=options.get("ucs_match", "strict"),
                        stateful=bool(options.get("ucs_stateful")), seed=options.get("ucs_seed"))
         c.build_faults(options.get("ucs_faults", ""), options.get("ucs_fault", ()), options.get("ucs_fault_seed", 0))
-        c.open_store(options.get("ucs_db", ""), bool(options.get("ucs_keep_secrets")), writer=writer, lazy=lazy_log)
+        core_mod.refuse_logging_into_the_replayed(c.mode, options.get("ucs_db", ""), options.get("ucs_replay", ""))
+        c.open_store(options.get("ucs_db", ""), bool(options.get("ucs_keep_secrets")), writer=writer, lazy=lazy_log,
+                     redact_headers=options.get("ucs_redact_headers", ()),
+                     redact_patterns=options.get("ucs_redact_patterns", ()))
     except BaseException:
         c.shutdown()
         raise

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import protocol as P
+from .identity import DEFAULT_MAILBOX  # one constant, shared with the mailbox rule
 from .records import (
     AttributedValue,
     EmailAddress,
@@ -42,7 +43,6 @@ from .records import (
     to_jsonable,
 )
 
-DEFAULT_MAILBOX = "user@contoso.com"
 
 #: The spec: "If there are already over 1000 contacts, this operation fails."
 MAX_CONTACTS = 1000

@@ -111,6 +111,19 @@ class ExchangeLog:
         return iter(self.rows())
 
 
+def pytest_addoption(parser) -> None:
+    parser.addini("ucs_redact_headers", type="linelist", default=[],
+                  help="ucsproxy fixtures: header names whose value is never logged.")
+    parser.addini("ucs_redact_patterns", type="linelist", default=[],
+                  help="ucsproxy fixtures: regular expressions whose matches are never logged.")
+
+
+def _redaction(config, headers=(), patterns=()) -> dict[str, Any]:
+    """The fixtures' redaction options: the ini file's, plus a fixture call's own."""
+    return dict(ucs_redact_headers=[*config.getini("ucs_redact_headers"), *headers],
+                ucs_redact_patterns=[*config.getini("ucs_redact_patterns"), *patterns])
+
+
 @pytest.fixture
 def ucs_front() -> str:
     """The front ``ucs_mock`` and ``ucs_replay`` serve on: "lean" (default) or "mitmproxy". Override to choose."""
@@ -118,11 +131,12 @@ def ucs_front() -> str:
 
 
 @pytest.fixture
-def ucs_mock(tmp_path_factory, ucs_front):
+def ucs_mock(tmp_path_factory, ucs_front, request):
     """A stateful mock Exchange UCS on a free 127.0.0.1 port (seeded: ids are deterministic)."""
     from .runner import mock_options
 
-    endpoint = UcsEndpoint(mock_options(seed=0), tmp_path_factory.mktemp("ucs_mock") / "ucsproxy.db", ucs_front)
+    endpoint = UcsEndpoint(dict(mock_options(seed=0), **_redaction(request.config)),
+                           tmp_path_factory.mktemp("ucs_mock") / "ucsproxy.db", ucs_front)
     try:
         yield endpoint
     finally:
@@ -130,15 +144,18 @@ def ucs_mock(tmp_path_factory, ucs_front):
 
 
 @pytest.fixture
-def ucs_replay(tmp_path_factory, ucs_front):
-    """Factory: ``ucs_replay(source, match="strict", stateful=False)`` serves a recording."""
+def ucs_replay(tmp_path_factory, ucs_front, request):
+    """Factory: ``ucs_replay(source, match="strict", stateful=False, redact_headers=(), redact_patterns=())``
+    serves a recording. A recording that cannot be served fails the call and leaves nothing running."""
     from .runner import replay_options
 
     started: list[UcsEndpoint] = []
 
-    def start(source, match: str = "strict", stateful: bool = False, seed: int | None = 0) -> UcsEndpoint:
+    def start(source, match: str = "strict", stateful: bool = False, seed: int | None = 0,
+              redact_headers=(), redact_patterns=()) -> UcsEndpoint:
         db = tmp_path_factory.mktemp("ucs_replay") / "ucsproxy.db"
-        endpoint = UcsEndpoint(replay_options(str(source), match=match, stateful=stateful, seed=seed), db,
+        options = replay_options(str(source), match=match, stateful=stateful, seed=seed)
+        endpoint = UcsEndpoint(dict(options, **_redaction(request.config, redact_headers, redact_patterns)), db,
                                ucs_front)
         started.append(endpoint)
         return endpoint

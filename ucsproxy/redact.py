@@ -1,12 +1,33 @@
 """Keep credentials out of the log.
 
-Header values that carry secrets are replaced, keeping only what helps a reader:
-the auth scheme (``Basic``, ``NTLM``, ``Negotiate``, ``Bearer``) and cookie names.
+Every value of a log row passes :meth:`Redactor.row` before it is stored: the one
+place, so a new column cannot escape it. What it removes:
+
+- credential headers (``Authorization``, ``Proxy-Authorization``, ``WWW-Authenticate``,
+  ``Proxy-Authenticate``, ``Cookie``, ``Set-Cookie``, ``X-BackEndCookie``, ...) keep only
+  their scheme or cookie names, wherever they appear: header columns, an ``http-status``
+  fault's ``headers`` in the ``fault`` column, header lines inside a body;
+- in every text (bodies, decoded ``args`` / ``result`` / ``fault`` strings, ``error``,
+  the path, header values): Bearer tokens, JWTs, Basic credentials (base64 of
+  ``user:password`` after ``Basic``), NTLM / Negotiate blobs, password and token
+  values (``<Password>..</Password>``, ``password="..."``, ``password=...``,
+  ``"password": "..."``, ``access_token=...``);
+- the user's own rules: header names (``--redact-header``) whose whole value goes, and
+  regular expressions (``--redact-pattern``) whose matches go, in every text.
+
+``keep_secrets`` turns the built-in rules off; the user's own rules still apply.
+Plain functions of strings: any serving front uses them alike.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 REDACTED = "<redacted>"
 
@@ -16,11 +37,28 @@ AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "www-authentic
 COOKIE_HEADERS = frozenset({"cookie", "set-cookie"})
 #: Headers whose whole value is secret.
 SECRET_HEADERS = frozenset({"x-backendcookie", "x-ms-cookie", "x-owa-canary", "x-anchormailbox-token"})
+SENSITIVE_HEADERS = AUTH_HEADERS | COOKIE_HEADERS | SECRET_HEADERS
 
-_BEARER = re.compile(r"\b(Bearer)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+_TOKEN68 = r"[A-Za-z0-9\-._~+/]"
+_BEARER = re.compile(rf"\b(Bearer)\s+{_TOKEN68}+=*", re.IGNORECASE)
 # In a body "Bearer" may be prose ("Bearer of good news"); a real token is long.
-_BEARER_IN_BODY = re.compile(r"\b(Bearer)\s+[A-Za-z0-9\-._~+/]{16,}=*", re.IGNORECASE)
+_BEARER_IN_TEXT = re.compile(rf"\b(Bearer)\s+{_TOKEN68}{{16,}}=*", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*")
+_BASIC = re.compile(r"\b(Basic)\s+([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])", re.IGNORECASE)
+_NTLM = re.compile(r"\b(NTLM|Negotiate|Kerberos)\s+[A-Za-z0-9+/]{12,}={0,2}", re.IGNORECASE)
+# base64 of "NTLMSSP\0": an NTLM message wherever it stands.
+_NTLM_BARE = re.compile(r"TlRMTVNTUA[A-Za-z0-9+/]*={0,2}")
+# Names a secret value goes by, as a key (password=..., "password": ...) or an XML element.
+_SECRET_NAMES = r"(?:password|passwd|pwd|client_secret|clientsecret|access_token|refresh_token|id_token)"
+_SECRET_KEY = re.compile(rf"{_SECRET_NAMES}", re.IGNORECASE)
+_SECRET_ELEMENT = re.compile(rf"(<(?:[\w.-]+:)?({_SECRET_NAMES}|secret)\b[^>]*>)([^<]*)(</(?:[\w.-]+:)?\2\s*>)",
+                             re.IGNORECASE)
+_SECRET_QUOTED = re.compile(rf"""(\b{_SECRET_NAMES}["']?\s*[:=]\s*)(["'])((?:(?!\2)[^\\]|\\.)*)\2""",
+                            re.IGNORECASE)
+_SECRET_BARE = re.compile(rf"""(\b{_SECRET_NAMES}\s*[:=]\s*)(?!["'\s<])([^&\s"'<>;,]+)""", re.IGNORECASE)
+# Words that must be in a text for any built-in rule to match (checked in lower case first: cheap).
+_TRIGGERS = ("bearer", "eyj", "basic", "ntlm", "negotiate", "kerberos", "tlrmtvnt", "pass", "pwd", "secret",
+             "token", "cookie", "authori", "authenticat", "canary")
 
 
 def _auth_value(value: str) -> str:
@@ -50,31 +88,192 @@ def _cookie_value(name: str, value: str) -> str:
     return "; ".join(cookies)
 
 
-def redact_header(name: str, value: str) -> str:
-    lower = name.lower()
-    if lower in AUTH_HEADERS:
-        return _auth_value(value)
-    if lower in COOKIE_HEADERS:
-        return _cookie_value(lower, value)
-    if lower in SECRET_HEADERS:
-        return REDACTED
-    return _redact(value, _BEARER)
+def _basic(match: re.Match) -> str:
+    try:
+        decoded = base64.b64decode(match.group(2) + "=" * (-len(match.group(2)) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return match.group(0)
+    # Credentials are "user:password"; a word after "Basic" in prose does not decode to that.
+    return f"{match.group(1)} {REDACTED}" if b":" in decoded else match.group(0)
 
 
-def redact_headers(headers: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
-    if headers is None:
-        return None
-    return [(k, redact_header(k, v)) for k, v in headers]
+@dataclass(frozen=True)
+class Redactor:
+    """The redaction rules of one log: built-in (unless keep_secrets) plus the user's own."""
+
+    builtin: bool = True
+    headers: frozenset[str] = frozenset()  # the user's header names, lower case
+    patterns: tuple[re.Pattern, ...] = ()
+    _header_line: re.Pattern | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = (SENSITIVE_HEADERS if self.builtin else frozenset()) | self.headers
+        line = None
+        if names:
+            alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+            # "Name: value" up to the end of its line (or markup), also inside a sentence (an error message).
+            line = re.compile(rf'(?im)(?<![\w-])()({alternatives})([ \t]*:[ \t]*)([^\r\n<>"]*)')
+        object.__setattr__(self, "_header_line", line)
+
+    @classmethod
+    def from_options(cls, keep_secrets: bool = False, headers: Iterable[str] = (),
+                     patterns: Iterable[str] = ()) -> "Redactor":
+        """Rules from the command line / ``ucs_*`` options. A bad regex raises ValueError saying which."""
+        compiled = []
+        for pattern in patterns:
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as e:
+                raise ValueError(f"bad --redact-pattern {pattern!r}: {e}") from e
+            if compiled[-1].search(""):
+                raise ValueError(f"bad --redact-pattern {pattern!r}: it matches an empty text")
+        names = frozenset(h.strip().lower() for h in headers if h.strip())
+        return cls(builtin=not keep_secrets, headers=names, patterns=tuple(compiled))
+
+    @property
+    def active(self) -> bool:
+        return self.builtin or bool(self.headers) or bool(self.patterns)
+
+    # -- one value ----------------------------------------------------------------
+
+    def header(self, name: str, value: str) -> str:
+        lower = name.lower()
+        if lower in self.headers:
+            return REDACTED
+        if self.builtin:
+            if lower in AUTH_HEADERS:
+                value = _auth_value(value)
+            elif lower in COOKIE_HEADERS:
+                value = _cookie_value(lower, value)
+            elif lower in SECRET_HEADERS:
+                return REDACTED
+            else:
+                value = _sub(value, _BEARER)
+        return self.text(value)
+
+    def headers_of(self, pairs: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+        if pairs is None:
+            return None
+        return [(k, self.header(k, v)) for k, v in pairs]
+
+    def text(self, text: str) -> str:
+        """Every credential a text may carry (bodies, decoded strings, error messages, paths)."""
+        if not text:
+            return text
+        if self.builtin or self.headers:
+            lower = text.lower()
+            if self._header_line is not None and ":" in text and (
+                    any(n in lower for n in self.headers) or any(t in lower for t in _TRIGGERS)):
+                text = self._header_line.sub(self._header_line_value, text)
+                lower = text.lower()
+            if self.builtin and any(t in lower for t in _TRIGGERS):
+                text = _builtin(text)
+        for pattern in self.patterns:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    def _header_line_value(self, match: re.Match) -> str:
+        indent, name, sep, value = match.groups()
+        lower = name.lower()
+        if lower in self.headers or lower in SECRET_HEADERS:
+            value = REDACTED
+        elif lower in AUTH_HEADERS:
+            value = _auth_value(value)
+        elif lower in COOKIE_HEADERS and "=" in value:  # cookies are name=value ("Cookie: chocolate" is not)
+            value = _cookie_value(lower, value)
+        return f"{indent}{name}{sep}{value}"
+
+    def json_text(self, text: str | None, encode: Callable[[Any], str]) -> str | None:
+        """A JSON column: every string in it redacted, the JSON kept valid (and untouched when
+        no rule could match)."""
+        if not text or not self._may_match(text):
+            return text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return self.text(text)
+        return encode(self.value(value))
+
+    def _may_match(self, text: str) -> bool:
+        if self.patterns:
+            return True  # a pattern may match a string only in its unescaped form: look at each
+        lower = text.lower()
+        return (self.builtin and any(t in lower for t in _TRIGGERS)) or any(n in lower for n in self.headers)
+
+    def value(self, value: Any, key: str | None = None) -> Any:
+        """A decoded JSON value with every string redacted; a string under a header's name
+        (an ``http-status`` fault's ``headers``) is redacted as that header."""
+        if isinstance(value, str):
+            if key is not None and self._is_header(key):
+                return self.header(key, value)
+            if key is not None and self.builtin and _SECRET_KEY.fullmatch(key):
+                return REDACTED
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            if len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], str) \
+                    and self._is_header(value[0]):
+                return [value[0], self.header(value[0], value[1])]  # a [name, value] header pair
+            return [self.value(v) for v in value]
+        return value
+
+    def _is_header(self, name: str) -> bool:
+        lower = name.lower()
+        return lower in self.headers or (self.builtin and lower in SENSITIVE_HEADERS)
+
+    # -- a whole row ----------------------------------------------------------------
+
+    def row(self, row: dict[str, Any], json_columns: Iterable[str], encode: Callable[[Any], str]) -> dict[str, Any]:
+        """Every value of a log row, redacted, in place: the one place a row passes before it is
+        stored. A list (header pairs) is redacted as headers and encoded as JSON; a JSON column's
+        text has its strings redacted; any other text as text."""
+        json_columns = frozenset(json_columns)
+        active = self.active
+        for name, value in row.items():
+            if isinstance(value, list):
+                pairs = self.headers_of(value) if active else value
+                row[name] = encode([list(p) for p in pairs])
+            elif not active or not isinstance(value, str):
+                continue
+            elif name in json_columns:
+                row[name] = self.json_text(value, encode)
+            else:
+                row[name] = self.text(value)
+        return row
 
 
-def redact_text(text: str) -> str:
-    """Bearer tokens and JWTs anywhere in a body."""
-    return _redact(text, _BEARER_IN_BODY)
-
-
-def _redact(text: str, bearer: re.Pattern) -> str:
+def _sub(text: str, bearer: re.Pattern) -> str:
     # Auth scheme names are case-insensitive ("BeArEr" too); lower() is cheaper than a regex scan.
     if "eyJ" not in text and "bearer" not in text.lower():
         return text
     text = bearer.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return _JWT.sub(REDACTED, text)
+
+
+def _builtin(text: str) -> str:
+    text = _sub(text, _BEARER_IN_TEXT)
+    text = _BASIC.sub(_basic, text)
+    text = _NTLM.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _NTLM_BARE.sub(REDACTED, text)
+    text = _SECRET_ELEMENT.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(4)}", text)
+    text = _SECRET_QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    text = _SECRET_BARE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return text
+
+
+DEFAULT = Redactor()
+KEEP_SECRETS = Redactor(builtin=False)
+
+
+def redact_header(name: str, value: str) -> str:
+    return DEFAULT.header(name, value)
+
+
+def redact_headers(headers: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+    return DEFAULT.headers_of(headers)
+
+
+def redact_text(text: str) -> str:
+    """Every built-in rule on one text (bodies)."""
+    return DEFAULT.text(text)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import codec
+from . import codec, identity
 from . import protocol as P
 from .records import DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_jsonable
 
@@ -72,7 +72,8 @@ def canonical_args(request: EwsRequest) -> str:
 
 
 def _mailbox_key(mailbox: str | None) -> str:
-    return mailbox.strip().lower() if mailbox else ANY_MAILBOX
+    # ucsproxy.identity's form: a recording whose column says "contoso\\kim" answers "kim".
+    return identity.clean_name(mailbox) or ANY_MAILBOX
 
 
 def load_rows(source: str | Path, columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:

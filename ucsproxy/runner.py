@@ -115,9 +115,12 @@ class BackgroundProxy:
         self.address: tuple[str, int] | None = None
         self._thread = threading.Thread(target=self._run, name="ucsproxy", daemon=True)
         self._thread.start()
+        # A start that fails leaves nothing behind: no thread, no server, no log writer.
         if not self._ready.wait(startup_timeout):
+            self.stop()
             raise TimeoutError("ucsproxy did not start listening in time")
         if self._error is not None:
+            self._thread.join(startup_timeout)
             raise self._error
 
     @property
@@ -138,6 +141,11 @@ class BackgroundProxy:
             loop.run_until_complete(self._main())
         except BaseException as e:  # surfaced to the starting thread
             self._error = e
+            try:
+                # A log opened before the failure has a writer waiting for its end of the pipe.
+                self.addon.core.close_store()
+            except Exception:
+                pass
             self._ready.set()
         finally:
             # Connections still open when the proxy stops: let their handlers end quietly.

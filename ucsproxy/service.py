@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from . import identity
 from . import protocol as P
 from .model import DEFAULT_MAILBOX, UcsError, UcsModel
 from .records import (
@@ -50,14 +51,10 @@ def version_fault(version: str | None) -> SoapFault | None:
 
 
 def mailbox_for(request: EwsRequest, user: str | None) -> str:
-    """Whose list a request works on: the impersonated mailbox, else the signed-in user."""
-    impersonated = (request.mailbox or "").strip()
-    if impersonated:
-        return impersonated.lower()
-    name = (user or "").strip()
-    if "\\" in name:  # DOMAIN\user
-        name = name.split("\\", 1)[1].strip()
-    return name.lower() or DEFAULT_MAILBOX
+    """Whose list a request works on: the impersonated mailbox, else ``user`` (what
+    :func:`ucsproxy.identity.request_mailbox` found in the HTTP headers, or a recorded
+    mailbox column), else the default mailbox. The rules are :mod:`ucsproxy.identity`'s."""
+    return identity.impersonated(request) or identity.clean_name(user) or DEFAULT_MAILBOX
 
 
 def error_response(operation: str, code: str, values: tuple[tuple[str, str], ...] = ()) -> UcsResponse:

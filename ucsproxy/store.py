@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .exchange import COLUMNS, RawExchange, build_row, iso_utc
+from . import identity
+from .exchange import COLUMNS, JSON_COLUMNS, JSON_ENCODER, RawExchange, build_row, iso_utc
+from .redact import Redactor
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -31,7 +33,15 @@ log = logging.getLogger("ucsproxy.store")
 
 TABLE = "exchanges"
 WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
-INDEXES = (["operation"], ["mailbox"], ["response_code"], ["started_at"])
+#: The indexes of ``exchanges``: name -> indexed column. The mailbox index compares
+#: case-insensitively (NOCASE), as ``log --mailbox`` does, so that query is served by it.
+#: A log made before it had a plain ``idx_exchanges_mailbox``: opening it adds this one.
+INDEXES = {
+    "idx_exchanges_operation": "operation",
+    "idx_exchanges_mailbox_nocase": "mailbox COLLATE NOCASE",
+    "idx_exchanges_response_code": "response_code",
+    "idx_exchanges_started_at": "started_at",
+}
 ERROR_CONDITION = ("(response_class in ('Error', 'Fault') or http_status >= 400 or error is not null "
                    "or http_status is null)")
 
@@ -53,9 +63,13 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         for name, kind in COLUMNS.items():
             if name not in table.columns_dict:
                 table.add_column(name, kind)
-    for columns in INDEXES:
-        table.create_index(columns, if_not_exists=True)
+    _migrate(db)
     return db
+
+
+def _create_indexes(db: sqlite_utils.Database) -> None:
+    for name, column in INDEXES.items():
+        db.execute(f"create index if not exists [{name}] on [{TABLE}] ({column})")
 
 
 class LogStore:
@@ -69,9 +83,11 @@ class LogStore:
     """
 
     def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = 0.1,
-                 writer: str = "thread"):
+                 writer: str = "thread", redactor: Redactor | None = None):
         self.path = Path(path)
         self.keep_secrets = keep_secrets
+        #: What is removed from every row before it is stored (ucsproxy.redact).
+        self.redactor = redactor or Redactor.from_options(keep_secrets)
         self.flush_interval = min(flush_interval, 0.2)
         self.db = open_db(self.path)
         _load_decoders()
@@ -102,8 +118,12 @@ class LogStore:
             self._submitted += 1
             self._queue.put(raw)
 
-    def insert_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Write already built rows (imports), in one transaction, on the caller's thread."""
+    def insert_rows(self, rows: list[dict[str, Any]], redacted: bool = False) -> None:
+        """Write already built rows (imports), in one transaction, on the caller's thread.
+
+        Rows not built by build_row with this store's redactor (``redacted``) pass it here."""
+        if not redacted:
+            rows = [self.redactor.row(dict(row), JSON_COLUMNS, JSON_ENCODER.encode) for row in rows]
         with self._write_lock:
             write_rows(self.db, rows)
 
@@ -168,15 +188,16 @@ class LogStore:
         self.close()
 
 
-def build_rows(batch: list[RawExchange], keep_secrets: bool) -> list[dict[str, Any]]:
+def build_rows(batch: list[RawExchange], redactor: Redactor) -> list[dict[str, Any]]:
     rows = []
     for raw in batch:
         try:
-            rows.append(build_row(raw, keep_secrets))
+            rows.append(build_row(raw, redactor=redactor))
         except Exception as e:  # one odd exchange must not stop the log
             log.exception("ucsproxy: could not decode an exchange for the log")
-            rows.append({"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
-                         "path": raw.path, "http_status": raw.http_status, "error": f"log: {e}"})
+            rows.append(redactor.row({"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
+                                      "path": raw.path, "http_status": raw.http_status, "error": f"log: {e}"},
+                                     JSON_COLUMNS, json.dumps))
     return rows
 
 
@@ -219,7 +240,7 @@ class _ThreadSink(_Sink):
     def _run(self) -> None:
         for batch, _ in self.store._batches():
             if batch:
-                rows = build_rows(batch, self.store.keep_secrets)
+                rows = build_rows(batch, self.store.redactor)
                 with self.store._write_lock:
                     write_rows(self.store.db, rows)
                 self.store._done(len(batch))
@@ -241,7 +262,7 @@ class _ProcessSink(_Sink):
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_writer_process, name="ucsproxy-log-writer", daemon=True,
-                                   args=(str(store.path), store.keep_secrets, child))
+                                   args=(str(store.path), store.redactor, child))
         self.process.start()
         child.close()
         self.sender = threading.Thread(target=self._send, name="ucsproxy-log-sender", daemon=True)
@@ -279,7 +300,7 @@ class _ProcessSink(_Sink):
         self.conn.close()
 
 
-def _writer_process(path: str, keep_secrets: bool, conn) -> None:
+def _writer_process(path: str, redactor: Redactor, conn) -> None:
     """Child process: receive batches, build rows, commit. Exits when the parent closes the pipe."""
     import signal
 
@@ -312,7 +333,7 @@ def _writer_process(path: str, keep_secrets: bool, conn) -> None:
             except (EOFError, OSError):
                 stop = True  # the parent is gone: what was received is written below
             if batch:
-                write_rows(db, build_rows(batch, keep_secrets))
+                write_rows(db, build_rows(batch, redactor))
                 try:
                     conn.send(len(batch))
                 except (OSError, EOFError):
@@ -325,23 +346,61 @@ def _writer_process(path: str, keep_secrets: bool, conn) -> None:
 # Reading
 
 
-def open_log(path: str | Path) -> sqlite_utils.Database:
-    """Open an existing log for reading. Raises FileNotFoundError when there is none."""
+def open_log(path: str | Path, add_indexes: bool = False) -> sqlite_utils.Database:
+    """Open an existing log for reading. Raises FileNotFoundError when there is none.
+
+    ``add_indexes``: give a log made by an older ucsproxy the indexes queries use."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no log at {path}")
     import sqlite_utils
 
-    return sqlite_utils.Database(open_log_connection(path))
+    return sqlite_utils.Database(open_log_connection(path, add_indexes=add_indexes))
 
 
-def open_log_connection(path: str | Path) -> sqlite3.Connection:
+def _migrate(db: Any) -> None:
+    """Bring a log made by an older ucsproxy to this layout, keeping every row.
+
+    Older logs named a Basic / NTLM user ``domain\\user``; ucsproxy.identity names
+    that mailbox ``user``, so those values are renamed once, when the NOCASE mailbox
+    index is added. ``db``: a sqlite_utils Database or a sqlite3 connection."""
+    conn = getattr(db, "conn", db)
+    have = {row[0] for row in conn.execute("select name from sqlite_master where type = 'index'")}
+    if have.issuperset(INDEXES):
+        return
+    with conn:
+        conn.execute(f"update [{TABLE}] set mailbox = lower(trim(substr(mailbox, instr(mailbox, '\\') + 1))) "
+                     "where instr(mailbox, '\\') > 0")
+        _create_indexes(conn)
+
+
+def _migrate_readable(conn: sqlite3.Connection) -> None:
+    """:func:`_migrate` for a log opened to read: best effort. A read-only file, or one a
+    writer holds locked for more than a second, is read as it is."""
+    try:
+        if not _has_table(conn):
+            return
+        conn.execute("PRAGMA busy_timeout = 1000")
+        try:
+            _migrate(conn)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 30000")
+    except sqlite3.Error as e:
+        log.debug("ucsproxy: could not bring the log to the current layout: %s", e)
+
+
+def open_log_connection(path: str | Path, add_indexes: bool = False) -> sqlite3.Connection:
     """An existing log as a plain sqlite3 connection (what the readers below need), without
-    importing sqlite_utils. Raises FileNotFoundError when there is none."""
+    importing sqlite_utils. Raises FileNotFoundError when there is none.
+
+    ``add_indexes``: give a log made by an older ucsproxy the indexes queries use."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no log at {path}")
-    return sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    if add_indexes:
+        _migrate_readable(conn)
+    return conn
 
 
 def _has_table(db: Any) -> bool:
@@ -356,9 +415,11 @@ def _where(operation=None, mailbox=None, errors=False, response_code=None, diver
         clauses.append(f"operation in ({', '.join('?' for _ in ops)})")
         args.extend(ops)
     if mailbox:
+        # Named as ucsproxy.identity names them ("CONTOSO\\Kim" is "kim"), compared as the
+        # NOCASE index idx_exchanges_mailbox_nocase compares: the index serves it, no scan.
         boxes = [mailbox] if isinstance(mailbox, str) else list(mailbox)
-        clauses.append(f"lower(mailbox) in ({', '.join('?' for _ in boxes)})")
-        args.extend(b.lower() for b in boxes)
+        clauses.append(f"mailbox collate nocase in ({', '.join('?' for _ in boxes)})")
+        args.extend(identity.clean_name(b) or b for b in boxes)
     if response_code:
         clauses.append("response_code = ?")
         args.append(response_code)

@@ -44,17 +44,26 @@ def export_command(db, directory, operations, mailboxes, overwrite):
 @click.option("--keep-secrets", is_flag=True, help="Store credentials of HAR / flow files unredacted.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--again", is_flag=True, help="Import SOURCE even though DB already holds an import of it.")
-def import_command(source, db, keep_secrets, progress, again):
+@click.option("--redact-header", "redact_headers", multiple=True, metavar="NAME",
+              help="Never store this header's value (repeatable).")
+@click.option("--redact-pattern", "redact_patterns", multiple=True, metavar="REGEX",
+              help="Never store what this regular expression matches, in bodies and decoded columns (repeatable).")
+def import_command(source, db, keep_secrets, progress, again, redact_headers, redact_patterns):
     """Read SOURCE into DB: a fixture directory, a HAR file, or a mitmproxy flow file (.mitm).
 
     From HAR and flow files only EWS exchanges are kept, with credentials redacted. A source
     already imported into DB (the same content, wherever it lies) is refused unless --again.
     """
     from ..fixtures import import_source
+    from ..redact import Redactor
 
+    try:
+        redactor = Redactor.from_options(keep_secrets, redact_headers, redact_patterns)
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'")
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        count = import_source(source, db, keep_secrets=keep_secrets, progress=show, again=again)
+        count = import_source(source, db, keep_secrets=keep_secrets, progress=show, again=again, redactor=redactor)
     except sqlite3.DatabaseError as e:
         raise click.ClickException(f"{db} is not a ucsproxy log: {e}") from e
     except (ValueError, OSError) as e:

@@ -25,7 +25,7 @@ def _open(db_path: str):
         raise click.ClickException(f"{db_path} is a directory, not a ucsproxy log (a SQLite file such as "
                                    f"recordings/ucsproxy.db; a fixture directory reads with 'ucsproxy import')")
     try:
-        database = open_log_connection(db_path)
+        database = open_log_connection(db_path, add_indexes=True)
         has_table = _has_table(database)
     except FileNotFoundError:
         raise click.ClickException(f"no log at {db_path} (record, mock or replay with --db {db_path} first)")

@@ -24,6 +24,7 @@ def _common_options(f):
             click.option("--db", default="recordings/ucsproxy.db", show_default=True,
                          help="SQLite log of every exchange ('' to log nothing)."),
             click.option("--keep-secrets", is_flag=True, help="Store Authorization and cookie values unredacted."),
+            *redact_options(),
             click.option("--faults", "faults_file", type=click.Path(dir_okay=False),
                          help="TOML file of fault rules, re-read when it changes."),
             click.option("--fault", "fault_specs", multiple=True, metavar="SPEC",
@@ -35,6 +36,27 @@ def _common_options(f):
     ):
         f = decorator(f)
     return f
+
+
+def redact_options() -> list:
+    """--redact-header / --redact-pattern: the user's own redaction rules (serving commands, import)."""
+    return [
+        click.option("--redact-header", "redact_headers", multiple=True, metavar="NAME",
+                     help="Never log this header's value (repeatable)."),
+        click.option("--redact-pattern", "redact_patterns", multiple=True, metavar="REGEX",
+                     help="Never log what this regular expression matches, in bodies and decoded columns "
+                          "(repeatable)."),
+    ]
+
+
+def check_redaction(redact_headers, redact_patterns) -> None:
+    """Refuse a bad --redact-pattern before anything starts."""
+    from ..redact import Redactor
+
+    try:
+        Redactor.from_options(False, redact_headers, redact_patterns)
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'")
 
 
 FRONT_HELP = ("lean: ucsproxy's own asyncio HTTP/1.1 server (fast start, fast answers); "
@@ -52,6 +74,7 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
     from .faultrules import load_rules
 
     load_rules(faults_file, fault_specs)  # refuse broken rules before anything listens, naming the line
+    check_redaction(redact_headers, redact_patterns)
     check_port_free(listen_host, listen_port)
     options = dict(
         mode_options,
@@ -59,6 +82,8 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         listen_port=listen_port,
         ucs_db=db,
         ucs_keep_secrets=keep_secrets,
+        ucs_redact_headers=list(redact_headers),
+        ucs_redact_patterns=list(redact_patterns),
         ucs_faults=faults_file or "",
         ucs_fault=list(fault_specs),
         ucs_fault_seed=fault_seed,

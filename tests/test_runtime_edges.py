@@ -1,0 +1,151 @@
+"""Runtime edges, through real processes: a replay never logs into its own recording, and a
+start that fails leaves no log behind."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def ucsproxy(*args: str, cwd, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ucsproxy", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def count(db) -> int:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("select count(*) from exchanges").fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("db_args", [[], ["--db", "recordings/../recordings/ucsproxy.db"], ["--db", "link.db"]])
+def test_replay_refuses_to_log_into_the_recording_it_serves(tmp_path, db_args):
+    recording = tmp_path / "recordings" / "ucsproxy.db"
+    imported = ucsproxy("import", str(ROOT / "recordings" / "lync-session"), str(recording), cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    (tmp_path / "link.db").symlink_to(recording)
+    before = count(recording)
+    out = ucsproxy("replay", "recordings/ucsproxy.db", "--listen-port", "0", *db_args, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Refusing to log into" in out.stderr and "it is the recording being replayed" in out.stderr, out.stderr
+    assert count(recording) == before
+
+
+def test_a_start_that_fails_creates_no_default_log(tmp_path):
+    out = ucsproxy("mock", "--listen-port", "0", "--db", str(tmp_path / "mine.db"),
+                   "--fault", "AddImGroup:ews-error:code=NoSuchCode", cwd=tmp_path)
+    assert out.returncode != 0 and "unknown ResponseCode 'NoSuchCode'" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+PLUGIN_TESTS = '''
+import multiprocessing
+import threading
+import urllib.request
+
+import pytest
+
+
+def test_a_replay_that_cannot_start_fails(ucs_replay):
+    ucs_replay("no-such-recording.db")
+
+
+def test_it_left_nothing_behind_and_the_ini_rules_apply(ucs_mock):
+    body = (b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+            b'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" '
+            b'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><soap:Header>'
+            b'<t:RequestServerVersion Version="Exchange2013"/></soap:Header><soap:Body><m:AddImGroup>'
+            b'<m:DisplayName>case-1234</m:DisplayName></m:AddImGroup></soap:Body></soap:Envelope>')
+    request = urllib.request.Request(ucs_mock.ews_url, data=body, headers={
+        "Content-Type": "text/xml; charset=utf-8", "X-Ticket": "T-998877"})
+    with urllib.request.urlopen(request) as answer:
+        assert b"case-1234" in answer.read()
+    [row] = ucs_mock.log.rows()
+    assert "case-1234" not in str(row) and "T-998877" not in str(row)
+    # Only this test's mock runs: the failed replay left no proxy thread and no log writer.
+    assert [t.name for t in threading.enumerate() if t.name == "ucsproxy"] == ["ucsproxy"]
+    assert len(multiprocessing.active_children()) == 1
+'''
+
+
+def test_the_plugin_does_not_hang_after_a_fixture_fails_to_start(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\nucs_redact_headers = X-Ticket\n"
+                                         "ucs_redact_patterns = case-\\d{4}\n")
+    (tmp_path / "test_plugin_edges.py").write_text(PLUGIN_TESTS)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                          "test_plugin_edges.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "1 failed, 1 passed" in out.stdout, out.stdout + out.stderr
+    assert "Recording not found: no-such-recording.db" in out.stdout
+
+
+def answer_until(check, timeout: float = 30.0):
+    """Call ``check`` until it returns something true, or fail at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+BUSY = '[[fault]]\noperation = "GetImItemList"\naction = "ews-error"\ncode = "ErrorServerBusy"\n'
+HOLD = '[[fault]]\noperation = "GetImItems"\naction = "timeout"\nmax_ms = 60000\n'
+
+
+def test_a_faults_file_with_no_rules_at_start_is_watched(tmp_path):
+    from conftest import start_ucsproxy
+    from ews_client import EwsClient
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text("# no rules yet\n")
+    proc = start_ucsproxy(tmp_path, "mock", "--db", "", "--faults", str(rules))
+    try:
+        c = EwsClient(proc.url)
+        assert c.get_im_item_list().response_code == "NoError"
+        rules.write_text(BUSY)
+        assert answer_until(lambda: c.get_im_item_list().response_code == "ErrorServerBusy")
+        assert "reloaded 1 fault rule(s)" in proc.output()
+    finally:
+        proc.stop()
+
+
+def test_a_truncate_then_write_save_neither_clears_the_rules_nor_releases_held_calls(tmp_path):
+    import socket
+    import time
+
+    from conftest import start_ucsproxy
+    from ews_client import EwsClient, envelope
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text(BUSY + HOLD)
+    proc = start_ucsproxy(tmp_path, "mock", "--db", "", "--faults", str(rules))
+    try:
+        body = envelope("<m:GetImItems><m:ItemIds/></m:GetImItems>")
+        held = socket.create_connection(("127.0.0.1", proc.port), timeout=30)
+        held.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        c = EwsClient(proc.url)
+        assert c.get_im_item_list().response_code == "ErrorServerBusy"
+        with open(rules, "w") as f:  # an editor's save: truncate, then (a moment later) write
+            f.flush()
+            for _ in range(3):  # requests while the file is empty still meet the rules in force
+                assert c.get_im_item_list().response_code == "ErrorServerBusy"
+            f.write(BUSY + HOLD)
+        time.sleep(1.0)  # longer than the watcher's settle time: the saved file is looked at
+        assert c.get_im_item_list().response_code == "ErrorServerBusy"
+        held.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            held.recv(1)  # still held: the same rules were saved, nothing was released
+        held.close()
+        assert "reloaded" not in proc.output()
+    finally:
+        proc.stop()
