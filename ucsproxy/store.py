@@ -67,9 +67,11 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     return db
 
 
-def _create_indexes(db: sqlite_utils.Database) -> None:
+def _create_indexes(db: Any, columns: set[str] | None = None) -> None:
+    """The indexes of INDEXES (only those on ``columns``, when given)."""
     for name, column in INDEXES.items():
-        db.execute(f"create index if not exists [{name}] on [{TABLE}] ({column})")
+        if columns is None or column.split()[0] in columns:
+            db.execute(f"create index if not exists [{name}] on [{TABLE}] ({column})")
 
 
 class LogStore:
@@ -363,15 +365,18 @@ def _migrate(db: Any) -> None:
 
     Older logs named a Basic / NTLM user ``domain\\user``; ucsproxy.identity names
     that mailbox ``user``, so those values are renamed once, when the NOCASE mailbox
-    index is added. ``db``: a sqlite_utils Database or a sqlite3 connection."""
+    index is added. Indexes are made for the columns the table has. ``db``: a
+    sqlite_utils Database or a sqlite3 connection."""
     conn = getattr(db, "conn", db)
     have = {row[0] for row in conn.execute("select name from sqlite_master where type = 'index'")}
     if have.issuperset(INDEXES):
         return
+    columns = {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
     with conn:
-        conn.execute(f"update [{TABLE}] set mailbox = lower(trim(substr(mailbox, instr(mailbox, '\\') + 1))) "
-                     "where instr(mailbox, '\\') > 0")
-        _create_indexes(conn)
+        if "idx_exchanges_mailbox_nocase" not in have and "mailbox" in columns:
+            conn.execute(f"update [{TABLE}] set mailbox = lower(trim(substr(mailbox, instr(mailbox, '\\') + 1))) "
+                         "where instr(mailbox, '\\') > 0")
+        _create_indexes(conn, columns)
 
 
 def _migrate_readable(conn: sqlite3.Connection) -> None:

@@ -69,7 +69,8 @@ def _front_option(f):
 
 
 def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port, db, keep_secrets, faults_file,
-           fault_specs, fault_seed, verbose, quiet, front: str = "mitmproxy") -> None:
+           fault_specs, fault_seed, verbose, quiet, front: str = "mitmproxy", redact_headers=(),
+           redact_patterns=()) -> None:
     from .banner import check_port_free
     from .faultrules import load_rules
 
