@@ -208,10 +208,18 @@ def test_rules_reload_when_the_file_changes(tmp_path, mock_with):
     proc = mock_with("--faults", str(rules))
     c = EwsClient(proc.url)
     assert c.get_im_item_list().response_code == "ErrorServerBusy"
-    time.sleep(0.05)
     rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "ews-error"\ncode = "ErrorAccessDenied"\n')
-    assert c.get_im_item_list().response_code == "ErrorAccessDenied"
+    # The watcher takes an edit once the file has settled (0.3 s): ask until it is in force.
+    deadline = time.monotonic() + 30
+    while (code := c.get_im_item_list().response_code) != "ErrorAccessDenied" and time.monotonic() < deadline:
+        assert code == "ErrorServerBusy", "never anything in between"
+        time.sleep(0.05)
+    assert code == "ErrorAccessDenied"
     rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "no-such-action"\n')
+    deadline = time.monotonic() + 30
+    while "kept the previous fault rules" not in proc.output() and time.monotonic() < deadline:
+        assert c.get_im_item_list().response_code == "ErrorAccessDenied", "a broken edit keeps the old rules"
+        time.sleep(0.05)
     assert c.get_im_item_list().response_code == "ErrorAccessDenied", "a broken edit keeps the old rules"
     assert "kept the previous fault rules" in proc.output() and "no-such-action" in proc.output()
 
