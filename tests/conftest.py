@@ -93,14 +93,47 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def wait_for(predicate, timeout: float = 30.0, what: str | None = None, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy and return that; fail after ``timeout`` s.
+
+    Tests wait on conditions (rows present, a line printed), never for fixed times: on a busy
+    machine a condition just takes longer, and on an idle one the test does not wait for nothing.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def count_rows(db, where: str = "1=1", args=()) -> int:
+    """Rows of the log's exchanges table (0 while the file or the table does not exist yet)."""
+    import sqlite3
+
+    if not Path(db).exists():
+        return 0
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute(f"select count(*) from exchanges where {where}", args).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
 class Process:
     """A real ucsproxy / mitmdump process listening on 127.0.0.1:port."""
 
-    def __init__(self, args: list[str], port: int, log_path: Path, cwd: Path | None = None):
+    def __init__(self, args: list[str], port: int, log_path: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None, new_session: bool = False):
         self.args, self.port, self.log_path = args, port, log_path
         self._log = open(log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env,
+                                     start_new_session=new_session)
         try:
             wait_for_port(port, self.proc)
         except Exception:
@@ -134,10 +167,11 @@ class Process:
         self.stop()
 
 
-def start_ucsproxy(tmp_path: Path, *args: str, port: int | None = None, name: str = "ucsproxy") -> Process:
+def start_ucsproxy(tmp_path: Path, *args: str, port: int | None = None, name: str = "ucsproxy",
+                   env: dict[str, str] | None = None, new_session: bool = False) -> Process:
     port = port or free_port()
     cmd = [sys.executable, "-m", "ucsproxy", *args, "--listen-host", "127.0.0.1", "--listen-port", str(port)]
-    return Process(cmd, port, tmp_path / f"{name}-{port}.log")
+    return Process(cmd, port, tmp_path / f"{name}-{port}.log", env=env, new_session=new_session)
 
 
 def start_mitmdump(tmp_path: Path, *args: str, port: int | None = None) -> Process:

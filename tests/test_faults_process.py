@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 from lxml import etree
 
-from conftest import ROOT, start_ucsproxy
+from conftest import ROOT, count_rows, start_ucsproxy, wait_for
 from ews_client import EwsClient, envelope
 
 
@@ -36,21 +36,12 @@ def raw_post(port: int, body: bytes, timeout: float = 10) -> bytes:
     return b"".join(chunks)
 
 
-def logged_faults(db, count: int, timeout: float = 15.0) -> list[dict]:
-    """The log's rows once ``count`` of them are committed (the writer commits in batches, off the proxy)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            con = sqlite3.connect(db)
-            try:
-                rows = con.execute("select operation, fault, http_status, error from exchanges order by id").fetchall()
-            finally:
-                con.close()
-        except sqlite3.OperationalError:  # the writer has not made the table yet
-            rows = []
-        if len(rows) >= count or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+def logged_faults(db, count: int) -> list[dict]:
+    """The fault columns of the log, once it holds ``count`` exchanges (the writer may still be at work)."""
+    wait_for(lambda: count_rows(db) >= count, what=f"{count} logged exchange(s)")
+    con = sqlite3.connect(db)
+    rows = con.execute("select operation, fault, http_status, error from exchanges order by id").fetchall()
+    con.close()
     return [{"operation": r[0], "fault": json.loads(r[1]) if r[1] else None, "status": r[2], "error": r[3]}
             for r in rows]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, start_mitmdump, start_ucsproxy
+from conftest import ROOT, count_rows, start_mitmdump, start_ucsproxy, wait_for
 from ews_client import NS, EwsClient, envelope, groups, personas
 
 
@@ -179,19 +179,11 @@ def test_every_exchange_is_logged(mock):
     c = EwsClient(mock.url, user="logged@contoso.com")
     c.add_im_group("Logged group")
     c.add_im_group("Logged group")
-    import time
-
-    deadline = time.monotonic() + 15  # the writer commits in batches, off the serving process's loop
-    while True:
-        con = sqlite3.connect(mock.db)
-        rows = con.execute(
-            "select mode, operation, mailbox, response_code, args from exchanges where mailbox = ? order by id",
-            ("logged@contoso.com",),
-        ).fetchall()
-        con.close()
-        if len(rows) >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: count_rows(mock.db, "mailbox = ?", ("logged@contoso.com",)) == 2, what="both rows")
+    rows = sqlite3.connect(mock.db).execute(
+        "select mode, operation, mailbox, response_code, args from exchanges where mailbox = ? order by id",
+        ("logged@contoso.com",),
+    ).fetchall()
     assert [(r[0], r[1], r[3]) for r in rows] == [
         ("mock", "AddImGroup", "NoError"),
         ("mock", "AddImGroup", "ErrorImGroupDisplayNameAlreadyExists"),

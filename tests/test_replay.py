@@ -6,7 +6,6 @@ import base64
 import json
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -218,8 +217,7 @@ def test_record_export_import_replay_through_real_processes(tmp_path, front):
             assert miss.status == 200 and miss.response_code == "ErrorInvalidRequest"
             assert "Not recorded" in miss.text("//m:MessageText") and "AddImGroup" in miss.text("//m:MessageText")
         finally:
-            replay.stop()
-    time.sleep(0.3)
+            replay.stop()  # a clean stop writes every exchange before the process exits
     logged = sqlite3.connect(tmp_path / "replayed-fixtures.db").execute(
         "select mode, operation, response_code from exchanges order by id").fetchall()
     assert logged[0] == ("replay", "GetImItemList", "NoError") and logged[-1][2] == "ErrorInvalidRequest"

@@ -47,6 +47,16 @@ class ConfigError(Exception):
     """A setting the core cannot start with; the message is a sentence for the user."""
 
 
+class StoppedWhileStarting(Exception):
+    """SIGINT / SIGTERM arrived before the proxy was serving (any front): it stopped without serving."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} while starting")
+
+
 @dataclass
 class Answer:
     """An answer the core made: status, header pairs in order (a repeated name stays repeated), body."""
@@ -170,6 +180,9 @@ class UcsCore:
         self._open_lock = threading.Lock()
         self._last_miss: str | None = None  # why the last replay lookup found nothing (read right after it)
         self._rows_logged = 0  # rows the last closed log committed
+        #: Exchanges that could not be written to the log, over every store this core closed
+        #: (the store says how many when it closes; a command exits non-zero when this is not 0).
+        self.unwritten = 0
         # Connections a timeout fault is holding wait on this; setting it lets them go.
         self._release_held = asyncio.Event()
         self.reporter = Reporter()  # console lines, summaries for flow lists, the shadow model
@@ -225,7 +238,7 @@ class UcsCore:
     def close_store(self) -> None:
         self._lazy_store = None
         if self.store is not None:
-            self.store.close()
+            self.unwritten += self.store.close()
             self._rows_logged = self.store.written
             self.store = None
         self._store_key = None

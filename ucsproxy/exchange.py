@@ -81,32 +81,7 @@ def logged_answer(response: EwsResponse) -> LoggedAnswer:
     return LoggedAnswer(response.operation, response.response_class, response.response_code, result)
 
 
-COLUMNS: dict[str, type] = {
-    "id": int,
-    "started_at": str,
-    "duration_ms": float,
-    "mode": str,
-    "client": str,
-    "server": str,
-    "method": str,
-    "path": str,
-    "http_status": int,
-    "soap_action": str,
-    "operation": str,
-    "mailbox": str,
-    "request_server_version": str,
-    "response_class": str,
-    "response_code": str,
-    "fault": str,
-    "args": str,
-    "result": str,
-    "request_headers": str,
-    "request_body": str,
-    "response_headers": str,
-    "response_body": str,
-    "error": str,
-    "divergence": str,  # record --shadow: how Exchange's answer differs from the model's
-}
+# The log table's columns are defined in one place: ucsproxy.logtable.COLUMNS.
 
 
 def iso_utc(ts: float) -> str:

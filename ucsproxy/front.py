@@ -522,21 +522,33 @@ def _announce(server: LeanServer, options: dict[str, Any]) -> None:
 
 
 def run_foreground(options: dict[str, Any], *, verbose: bool = False,
-                   sockets: list[socket.socket] | None = None) -> None:
+                   sockets: list[socket.socket] | None = None) -> int:
     """Serve until SIGINT / SIGTERM, then shut down cleanly (the log flushed, state saved).
 
     ``sockets``: already listening (the CLI binds before it imports this module), else bound here.
-    Raises core.ConfigError for a bad option, before anything is accepted.
+    Nothing is accepted before the core, its log writer included, is ready. Returns the number of
+    exchanges that could not be written to the log (0 when all were). Raises core.ConfigError for
+    a bad option, before anything is accepted, and core.StoppedWhileStarting when SIGINT or
+    SIGTERM arrives while starting.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="[%(asctime)s.%(msecs)03d] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    early: list[int] = []  # a signal while starting stops the process once the start is through
+    previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         c = core_from_options(options)
+        if early:
+            c.shutdown()
+            raise core_mod.StoppedWhileStarting(early[0])
     except BaseException:
         for sock in sockets or ():
             sock.close()
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     server = LeanServer(c, options.get("listen_host", "127.0.0.1"), options.get("listen_port", 8080),
@@ -567,6 +579,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
         loop.run_until_complete(main())
     finally:
         loop.close()
+    return c.unwritten
 
 
 class _SharedLoop:

@@ -68,31 +68,56 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("mitmproxy.proxy.mode_servers").setLevel(logging.WARNING)
 
 
-def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> None:
+def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     """Run until SIGINT / SIGTERM, then shut down cleanly (the log is flushed, state saved).
 
-    Raises mitmproxy's OptionsError for a bad option, before anything listens.
+    Returns the number of exchanges that could not be written to the log (0 when all were).
+    Raises mitmproxy's OptionsError for a bad option, before anything listens, and
+    :class:`StoppedWhileStarting` when a signal arrives before the proxy serves.
     """
+    # A signal during start-up (a log writer starting, a model loading) is remembered here and
+    # acted on as soon as start-up is through: it must stop the proxy, never be swallowed.
+    early: list[int] = []
+
+    def remember(signum, frame) -> None:
+        early.append(signum)
+
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    addon = UcsProxy()
 
     from mitmproxy import options as mitm_options
     from mitmproxy.tools.dump import DumpMaster
 
     from .addon import UcsProxy
+from .core import StoppedWhileStarting
 
     async def _main() -> None:
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
-        master.addons.add(UcsProxy())
-        opts.update(**options)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, master.shutdown)
+        master.addons.add(addon)
+        try:
+            opts.update(**options)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, master.shutdown)
         if hasattr(signal, "SIGPIPE"):
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if early:
+            await master.done()  # closes the log (nothing was served) and saves nothing new
+            raise StoppedWhileStarting(early[0])
+        # From here a signal calls master.shutdown(), which run() honours also before it serves.
         await master.run()
+        if addon.store is not None:  # stopped before it served: run() skipped the done hook
+            await master.done()
 
     _quiet_libraries(verbose)
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return addon.core.unwritten
 
 
 class BackgroundProxy:
@@ -105,6 +130,7 @@ class BackgroundProxy:
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0):
         from .addon import UcsProxy
+from .core import StoppedWhileStarting
 
         self.addon = UcsProxy()
         self._options = dict(options, listen_host=listen_host, listen_port=listen_port)

@@ -1,114 +1,120 @@
-"""The exchange log: one SQLite file, table ``exchanges``, written with sqlite-utils.
+"""The exchange log: one SQLite file, table ``exchanges``, and the store that writes it.
 
-The proxy hands over raw exchanges with :meth:`LogStore.submit` (O(1), never
-blocks); a writer thread decodes and redacts them and commits a batch every
-``flush_interval`` seconds. WAL mode with ``synchronous=NORMAL``: a killed
-process loses at most the last batch and never corrupts the file (only an
-operating-system crash could lose more).
+The proxy hands over raw exchanges with :meth:`LogStore.submit` (O(1), never blocks); a
+writer (:mod:`ucsproxy.logwriter`) decodes and redacts them and commits them at least every
+``flush_interval`` seconds. Every exchange is accounted for: :meth:`LogStore.flush` says
+whether everything submitted so far is in the file, and :meth:`LogStore.close` returns how
+many exchanges could not be written (and says so in the log output). WAL mode with
+``synchronous=NORMAL``: a killed process never corrupts the file.
+
+The table's one definition is :mod:`ucsproxy.logtable` (``COLUMNS``, ``INDEXES``, re-exported
+here): the table is created from it, and an existing table is checked against it when a log
+is opened for writing.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import queue
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from . import identity
-from .exchange import COLUMNS, JSON_COLUMNS, JSON_ENCODER, RawExchange, build_row, iso_utc
-from .redact import Redactor
+from .logwriter import RETRY_DELAY, STOP_GRACE, Committer, describe_error, frames_of, insert_rows, stop_frame
+from .logtable import (COLUMNS, INDEXES, TABLE, LogError, _create_indexes, _migrate,  # noqa: F401 (the log's one definition)
+                       connect_for_writing)
 
 if TYPE_CHECKING:
     import sqlite_utils
+
+    from .exchange import RawExchange
+    from .redact import Redactor
 
 # sqlite_utils is imported where a log is written or opened with it, not by `ucsproxy log`
 # (reading takes a plain sqlite3 connection: see open_log_connection), whose start-up it would double.
 
 log = logging.getLogger("ucsproxy.store")
 
-TABLE = "exchanges"
-WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
-#: The indexes of ``exchanges``: name -> indexed column. The mailbox index compares
-#: case-insensitively (NOCASE), as ``log --mailbox`` does, so that query is served by it.
-#: A log made before it had a plain ``idx_exchanges_mailbox``: opening it adds this one.
-INDEXES = {
-    "idx_exchanges_operation": "operation",
-    "idx_exchanges_mailbox_nocase": "mailbox COLLATE NOCASE",
-    "idx_exchanges_response_code": "response_code",
-    "idx_exchanges_started_at": "started_at",
-}
 ERROR_CONDITION = ("(response_class in ('Error', 'Fault') or http_status >= 400 or error is not null "
                    "or http_status is null)")
+#: How long one write waits for another process's lock, in the caller's process (imports,
+#: the thread writer); the writer process waits less per attempt and tries again.
+BUSY_TIMEOUT = 5.0
+#: How long the proxy waits for a starting writer process to say it is ready.
+READY_TIMEOUT = 60.0
 
 
-def open_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating if needed) a log file with the ``exchanges`` table and its indexes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def open_db(path: str | Path, busy_timeout: float = BUSY_TIMEOUT) -> sqlite_utils.Database:
+    """Open (creating if needed) a log file for writing, with the ``exchanges`` table and its indexes.
+
+    An existing table made by an older ucsproxy gets the columns it lacks; a table that does not
+    fit (other columns, other types) is refused with :class:`LogError`, before anything is written.
+    """
     import sqlite_utils
 
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    db.execute("PRAGMA synchronous=NORMAL")
-    table = db[TABLE]
-    if not table.exists():
-        table.create(COLUMNS, pk="id")
-    else:  # a log from an older ucsproxy gains the columns added since
-        for name, kind in COLUMNS.items():
-            if name not in table.columns_dict:
-                table.add_column(name, kind)
-    _migrate(db)
-    return db
-
-
-def _create_indexes(db: Any, columns: set[str] | None = None) -> None:
-    """The indexes of INDEXES (only those on ``columns``, when given)."""
-    for name, column in INDEXES.items():
-        if columns is None or column.split()[0] in columns:
-            db.execute(f"create index if not exists [{name}] on [{TABLE}] ({column})")
+    return sqlite_utils.Database(connect_for_writing(path, busy_timeout))
 
 
 class LogStore:
     """The log file, with a writer that builds and commits rows off the caller's thread.
 
-    ``writer="process"`` (the proxy's choice) decodes and writes in a child
-    process, so the work never holds the proxy's GIL; ``writer="thread"`` does
-    it on a thread of this process (no process start-up: for short-lived tools).
-    Either way :meth:`submit` only queues, and a batch is committed at least
-    every ``flush_interval`` seconds (at most 0.2).
+    ``writer="process"`` (the proxy's choice) decodes and writes in a child process
+    (:mod:`ucsproxy.logwriter`), so the work never holds the proxy's GIL; the constructor
+    returns once that process is ready. ``writer="thread"`` does it on a thread of this
+    process (no process start-up: for short-lived tools). Either way :meth:`submit` only
+    queues, a batch is handed over at least every ``flush_interval`` seconds (at most 0.2),
+    and a write that fails (a locked file, a full disk) is kept and tried again until it
+    succeeds or the store is closed.
+
+    Accounting, for any front that logs through it: ``submitted``, ``written`` (committed),
+    ``problem`` (the current write failure, or None), :meth:`flush` (True when everything
+    submitted so far is written) and :meth:`close`, which returns the number of exchanges
+    that could not be written (also in ``unwritten``). Raises :class:`LogError` when the file
+    cannot be used.
     """
 
     def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = 0.1,
-                 writer: str = "thread", redactor: Redactor | None = None):
+                 writer: str = "thread", ready_timeout: float = READY_TIMEOUT, redactor: Redactor | None = None):
+        if writer not in ("process", "thread"):
+            raise ValueError(f"writer must be 'process' or 'thread', not {writer!r}")
         self.path = Path(path)
         self.keep_secrets = keep_secrets
+        from .redact import Redactor
+
         #: What is removed from every row before it is stored (ucsproxy.redact).
         self.redactor = redactor or Redactor.from_options(keep_secrets)
         self.flush_interval = min(flush_interval, 0.2)
-        self.db = open_db(self.path)
+        self.db = open_db(self.path)  # refuses a file it cannot log to, before anything is handed over
         _load_decoders()
         self._queue: queue.SimpleQueue[RawExchange | None] = queue.SimpleQueue()
-        self._submitted = 0
+        self.submitted = 0
         self._submit_lock = threading.Lock()
-        self._written = 0
+        self.written = 0
+        self.unwritten = 0
+        self.problem: str | None = None
+        self._problem_told = (None, 0.0)
         # One connection, possibly two writers (the thread sink and insert_rows):
         # without this their transactions could interleave and commit each other's half.
         self._write_lock = threading.Lock()
         self._progress = threading.Condition()
         self._closed = False
         self._wake = threading.Event()
-        if writer == "process":
-            self._sink: _Sink = _ProcessSink(self)
-        elif writer == "thread":
-            self._sink = _ThreadSink(self)
-        else:
-            raise ValueError(f"writer must be 'process' or 'thread', not {writer!r}")
+        try:
+            self._sink: _ThreadSink | _ProcessSink = (
+                _ProcessSink(self, ready_timeout) if writer == "process" else _ThreadSink(self))
+        except BaseException:
+            self.db.conn.close()
+            raise
 
     def submit(self, raw: RawExchange) -> None:
         """Queue one exchange for the log. Thread-safe, never blocks."""
@@ -117,17 +123,24 @@ class LogStore:
         # Uncontended on the proxy's single event loop; keeps flush()'s count exact
         # if another thread submits too.
         with self._submit_lock:
-            self._submitted += 1
+            self.submitted += 1
             self._queue.put(raw)
 
     def insert_rows(self, rows: list[dict[str, Any]], redacted: bool = False) -> None:
         """Write already built rows (imports), in one transaction, on the caller's thread.
 
-        Rows not built by build_row with this store's redactor (``redacted``) pass it here."""
+        Rows not built by build_row with this store's redactor (``redacted``) pass it here.
+        Raises :class:`LogError` when they could not be written (nothing is written then)."""
         if not redacted:
+            from .exchange import JSON_COLUMNS, JSON_ENCODER
+
             rows = [self.redactor.row(dict(row), JSON_COLUMNS, JSON_ENCODER.encode) for row in rows]
         with self._write_lock:
-            write_rows(self.db, rows)
+            try:
+                insert_rows(self.db.conn, rows)
+            except sqlite3.Error as e:
+                raise LogError(f"could not write {len(rows)} exchange(s) to {self.path}: "
+                               f"{describe_error(e)}") from e
 
     def _batches(self) -> Iterator[tuple[list[RawExchange], bool]]:
         """Batches of queued exchanges, one per flush interval; the flag says the queue was closed.
@@ -151,37 +164,72 @@ class LogStore:
                 batch.append(item)
             yield batch, stop
 
-    def _done(self, count: int) -> None:
-        with self._progress:
-            self._written += count
-            self._progress.notify_all()
+    @property
+    def handed_over(self) -> int:
+        """Exchanges the writer holds (a writer process has them even if this process is killed now)."""
+        return getattr(self._sink, "handed_over", self.written)
 
     @property
-    def written(self) -> int:
-        """Rows committed so far (all of them once :meth:`close` returned)."""
-        return self._written
+    def writer_pid(self) -> int | None:
+        """The writer process's pid (None for the thread writer)."""
+        sink = self._sink
+        return sink.writer.pid if isinstance(sink, _ProcessSink) else None
+
+    # -- what the writers report -------------------------------------------
+
+    def _done(self, count: int) -> None:
+        with self._progress:
+            self.written += count
+            self._progress.notify_all()
+
+    def _failing(self, problem: str, waiting: int) -> None:
+        """A write failed; the rows are kept. Said at once, then again every 10 s while it lasts."""
+        self.problem = problem
+        told, at = self._problem_told
+        now = time.monotonic()
+        if problem != told or now - at >= 10:
+            self._problem_told = (problem, now)
+            log.error(f"ucsproxy: could not write {waiting} exchange(s) to the log {self.path}: {problem}; "
+                      "keeping them and trying again")
+        with self._progress:
+            self._progress.notify_all()
+
+    def _recovered(self) -> None:
+        if self.problem is not None:
+            log.warning(f"ucsproxy: the log {self.path} is written again; no exchange was lost")
+        self.problem = None
+        self._problem_told = (None, 0.0)
+
+    # -- the caller's side ---------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is committed."""
-        target = self._submitted
+        """Wait until everything submitted so far is committed. False when it is not, after
+        ``timeout`` seconds, or at once when the writer is gone for good (``problem`` says why)."""
+        target = self.submitted
         self._wake.set()
         deadline = time.monotonic() + timeout
         with self._progress:
-            while self._written < target:
+            while self.written < target:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._sink.alive():
+                if remaining <= 0 or self._sink.broken:
                     return False
                 self._progress.wait(min(remaining, 0.1))
         return True
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Write what is waiting, stop the writer; returns how many exchanges could not be written."""
         if self._closed:
-            return
+            return self.unwritten
         self._closed = True
         self._queue.put(None)
         self._wake.set()
-        self._sink.join(30)
+        self._sink.join()
+        self.unwritten = max(0, self.submitted - self.written)
+        if self.unwritten:
+            why = f": {self.problem}" if self.problem else ""
+            log.error(f"ucsproxy: {self.unwritten} exchange(s) could not be written to the log {self.path}{why}")
         self.db.conn.close()
+        return self.unwritten
 
     def __enter__(self) -> "LogStore":
         return self
@@ -190,158 +238,319 @@ class LogStore:
         self.close()
 
 
-def build_rows(batch: list[RawExchange], redactor: Redactor) -> list[dict[str, Any]]:
-    rows = []
-    for raw in batch:
-        try:
-            rows.append(build_row(raw, redactor=redactor))
-        except Exception as e:  # one odd exchange must not stop the log
-            log.exception("ucsproxy: could not decode an exchange for the log")
-            rows.append(redactor.row({"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
-                                      "path": raw.path, "http_status": raw.http_status, "error": f"log: {e}"},
-                                     JSON_COLUMNS, json.dumps))
-    return rows
-
-
-_INSERTED = tuple(name for name in COLUMNS if name != "id")
-_INSERT_SQL = f"insert into {TABLE} ({', '.join(_INSERTED)}) values ({', '.join('?' for _ in _INSERTED)})"
-
-
 def _load_decoders() -> None:
     """Import the codec (lxml) a writer decodes with before the first batch, not during it."""
     from . import codec  # noqa: F401
 
 
 def write_rows(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
-    try:
-        with db.conn:
-            if all(row.keys() <= COLUMNS.keys() for row in rows):
-                # The usual rows, as build_row makes them: one prepared statement for all
-                # (sqlite-utils' insert_all re-checks every value of every row).
-                db.conn.executemany(_INSERT_SQL, [tuple(map(row.get, _INSERTED)) for row in rows])
-            else:
-                db[TABLE].insert_all(rows, batch_size=500)
-    except Exception:
-        log.exception("ucsproxy: could not write %d exchange(s)", len(rows))
+    """Insert rows in one transaction (benchmarks, tools). Raises sqlite3.Error when nothing was written."""
+    insert_rows(db.conn, rows)
 
 
-class _Sink:
-    def alive(self) -> bool:
-        raise NotImplementedError
+class _ThreadSink:
+    """Builds and commits rows on a thread of this process."""
 
-    def join(self, timeout: float) -> None:
-        raise NotImplementedError
-
-
-class _ThreadSink(_Sink):
     def __init__(self, store: LogStore):
         self.store = store
+        self.broken: str | None = None
         self.thread = threading.Thread(target=self._run, name="ucsproxy-log", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        for batch, _ in self.store._batches():
+        store = self.store
+        committer = Committer(store.db.conn, store.redactor, lock=store._write_lock)
+        seq = 0
+        for batch, stop in store._batches():
             if batch:
-                rows = build_rows(batch, self.store.redactor)
-                with self.store._write_lock:
-                    write_rows(self.store.db, rows)
-                self.store._done(len(batch))
+                seq += 1
+                committer.add(seq, batch)
+            last_success = time.monotonic()
+            while committer.pending:
+                try:
+                    _, count = committer.commit()
+                except Exception as e:
+                    store._failing(describe_error(e), committer.waiting)
+                    if not stop:
+                        break  # try again at the next hand-over
+                    if time.monotonic() - last_success > STOP_GRACE:
+                        return  # the rest is counted as unwritten by close()
+                    time.sleep(RETRY_DELAY)
+                    continue
+                last_success = time.monotonic()
+                store._done(count)
+                if not committer.pending:
+                    store._recovered()
 
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def join(self, timeout: float) -> None:
-        self.thread.join(timeout)
+    def join(self) -> None:
+        self.thread.join()
 
 
-class _ProcessSink(_Sink):
-    """Ships raw exchanges to a writer process; it builds the rows and commits them."""
+def _encoded(redactor: Redactor) -> str:
+    """The store's redaction rules, for the writer process's command line."""
+    import base64
+    import pickle
 
-    def __init__(self, store: LogStore):
-        import multiprocessing
+    return base64.b64encode(pickle.dumps(redactor)).decode("ascii")
 
+
+class _WriterProcess:
+    """One writer process (:func:`ucsproxy.logwriter.main`) and the thread reading what it says."""
+
+    def __init__(self, sink: "_ProcessSink"):
+        self.sink = sink
+        store = sink.store
+        data_r, data_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        try:
+            import fcntl
+
+            fcntl.fcntl(data_w, fcntl.F_SETPIPE_SZ, 1 << 20)  # absorb bursts (Linux; best effort)
+        except (ImportError, AttributeError, OSError):
+            pass
+        root = str(Path(__file__).resolve().parent.parent)
+        code = (f"import sys; sys.path.insert(0, {root!r}); from ucsproxy.logwriter import main; "
+                "sys.exit(main())")
+        # Its own session: a Ctrl-C in the terminal or a signal to the proxy's process group never
+        # reaches it. One sent in the instant between fork and setsid waits, blocked, until the
+        # writer ignores it (the child inherits this thread's signal mask; logwriter.main unblocks).
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(store.path), _encoded(store.redactor), sink.session,
+                 str(data_r), str(ack_w)],
+                pass_fds=(data_r, ack_w), stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            for fd in (data_r, data_w, ack_r, ack_w):
+                os.close(fd)
+            raise LogError(f"cannot start the log writer: {e}") from e
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(data_r)
+        os.close(ack_w)
+        self.pid = self.proc.pid
+        self._data: int | None = data_w
+        self._acks = io.open(ack_r, "rb")
+        self.ready = threading.Event()
+        self.ended = threading.Event()
+        self.committed = 0
+        self.failed: str | None = None
+        self.bye = False
+        self.last_heard = time.monotonic()
+        self.thread = threading.Thread(target=self._listen, name="ucsproxy-log-acks", daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        store = self.sink.store
+        try:
+            for line in self._acks:
+                self.last_heard = time.monotonic()
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if "ack" in message:
+                    self.sink._ack(int(message["ack"]))
+                elif "problem" in message:
+                    store._failing(str(message["problem"]), int(message.get("waiting", 0)))
+                elif "recovered" in message:
+                    store._recovered()
+                elif "lost" in message:
+                    store.problem = str(message.get("why") or store.problem)
+                elif "ready" in message:
+                    self.committed = int(message.get("committed") or 0)
+                    self.ready.set()
+                elif "failed" in message:
+                    self.failed = str(message["failed"])
+                elif "bye" in message:
+                    self.bye = True
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._acks.close()
+            self.ended.set()
+            self.ready.set()
+            with store._progress:
+                store._progress.notify_all()
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self.ready.wait(timeout):
+            self.kill()
+            raise LogError(f"the log writer did not start within {timeout:.0f} s")
+        if self.failed is not None or self.ended.is_set():
+            self.kill()
+            raise LogError(self.failed or f"the log writer {self.how_it_ended()} while starting")
+
+    def send(self, data: bytes) -> None:
+        if self._data is None:
+            raise BrokenPipeError("closed")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._data, view):]
+
+    def close_input(self) -> None:
+        if self._data is not None:
+            os.close(self._data)
+            self._data = None
+
+    def kill(self) -> None:
+        self.close_input()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.thread.join(5)
+
+    def how_it_ended(self) -> str:
+        rc = self.proc.poll()
+        if rc is None:
+            return "stopped answering"
+        if rc < 0:
+            try:
+                return f"was killed ({signal.Signals(-rc).name})"
+            except ValueError:
+                return f"was killed (signal {-rc})"
+        return f"exited with status {rc}"
+
+
+class _ProcessSink:
+    """Hands exchanges to a writer process in numbered frames and keeps each frame until the
+    writer acknowledges it: a writer that dies is restarted and given every frame it had not
+    acknowledged (it skips those its predecessor committed)."""
+
+    #: Give up after this many restarts in a row without an acknowledgement in between.
+    MAX_RESTARTS = 3
+    #: While stopping, how long a writer may stay silent before it is counted as hung (seconds).
+    SILENT_TIMEOUT = 60.0
+
+    def __init__(self, store: LogStore, ready_timeout: float):
         self.store = store
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_writer_process, name="ucsproxy-log-writer", daemon=True,
-                                   args=(str(store.path), store.redactor, child))
-        self.process.start()
-        child.close()
-        self.sender = threading.Thread(target=self._send, name="ucsproxy-log-sender", daemon=True)
-        self.sender.start()
-        self.acks = threading.Thread(target=self._receive_acks, name="ucsproxy-log-acks", daemon=True)
-        self.acks.start()
+        self.ready_timeout = ready_timeout
+        self.session = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._unacked: dict[int, tuple[int, bytes]] = {}  # seq -> (exchanges, frame), in order
+        self._seq = 0
+        self._restarts = 0
+        self.restarted = 0
+        self.generation = 0
+        self.broken: str | None = None
+        self.handed_over = 0
+        self.writer = _WriterProcess(self)
+        self.writer.wait_ready(ready_timeout)
+        self.thread = threading.Thread(target=self._run, name="ucsproxy-log-sender", daemon=True)
+        self.thread.start()
 
-    def _send(self) -> None:
+    def _ack(self, seq: int) -> None:
+        with self._lock:
+            done = [s for s in self._unacked if s <= seq]
+            count = sum(self._unacked.pop(s)[0] for s in done)
+            if done:
+                self._restarts = 0
+        if count:
+            self.store._done(count)
+
+    def _run(self) -> None:
         try:
             for batch, stop in self.store._batches():
                 if batch:
-                    self.conn.send(batch)
+                    self._hand_over(batch)
+                elif self.writer.ended.is_set() and not self.broken:
+                    self._recover()
                 if stop:
-                    self.conn.send(None)
-        except (OSError, EOFError, ValueError):
-            log.error("ucsproxy: the log writer went away; exchanges are no longer logged")
+                    break
+            self._finish()
+        except Exception as e:  # never silently: the store counts what is not written
+            log.exception("ucsproxy: the log hand-over failed")
+            self._break(describe_error(e))
 
-    def _receive_acks(self) -> None:
-        try:
-            while True:
-                self.store._done(self.conn.recv())
-        except (OSError, EOFError, ValueError):
-            with self.store._progress:
-                self.store._progress.notify_all()
-
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def join(self, timeout: float) -> None:
-        self.sender.join(timeout)
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.terminate()
-        self.acks.join(1)
-        self.conn.close()
-
-
-def _writer_process(path: str, redactor: Redactor, conn) -> None:
-    """Child process: receive batches, build rows, commit. Exits when the parent closes the pipe."""
-    import signal
-
-    # Stop only when the parent says so (or dies): a Ctrl-C or SIGTERM sent to the
-    # whole process group must not cut the last batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Traffic first: on a busy machine the log catches up in the proxy's idle time.
-    try:
-        os.nice(WRITER_NICENESS)
-    except (AttributeError, OSError):
-        pass
-    db = open_db(path)
-    _load_decoders()
-    try:
-        stop = False
-        while not stop:
-            batch: list[RawExchange] = []
+    def _hand_over(self, batch: list[RawExchange]) -> None:
+        if self.broken:
+            return  # counted as unwritten when the store closes
+        with self._lock:
+            frames = frames_of(batch, self._seq + 1)
+            self._seq += len(frames)
+            for seq, count, data in frames:
+                self._unacked[seq] = (count, data)
+        generation = self.generation
+        for _, count, data in frames:
+            if self.broken or self.generation != generation:
+                return  # a restarted writer was given every unacknowledged frame, these included
             try:
-                item = conn.recv()
-                # Gather what else is already waiting, so one transaction covers it.
-                while True:
-                    if item is None:
-                        stop = True
-                        break
-                    batch.extend(item)
-                    if not conn.poll(0):
-                        break
-                    item = conn.recv()
-            except (EOFError, OSError):
-                stop = True  # the parent is gone: what was received is written below
-            if batch:
-                write_rows(db, build_rows(batch, redactor))
-                try:
-                    conn.send(len(batch))
-                except (OSError, EOFError):
-                    pass
-    finally:
-        db.conn.close()
+                self.writer.send(data)
+                self.handed_over += count
+            except OSError:
+                self._recover()
+
+    def _recover(self) -> None:
+        """Restart a dead writer and give it every frame not acknowledged yet."""
+        while not self.broken:
+            old = self.writer
+            old.kill()
+            how = old.how_it_ended()
+            if self._restarts >= self.MAX_RESTARTS:
+                self._break(f"the log writer {how} {self._restarts + 1} times in a row")
+                return
+            self._restarts += 1
+            with self._lock:
+                waiting = sum(count for count, _ in self._unacked.values())
+            log.error(f"ucsproxy: the log writer (pid {old.pid}) {how}; restarting it and re-sending the "
+                      f"{waiting} exchange(s) it had not acknowledged")
+            try:
+                new = _WriterProcess(self)
+                new.wait_ready(self.ready_timeout)
+            except LogError as e:
+                self._break(str(e))
+                return
+            self.writer = new
+            self.generation += 1
+            self.restarted += 1
+            self._ack(new.committed)
+            with self._lock:
+                frames = list(self._unacked.values())
+            try:
+                for _, data in frames:
+                    new.send(data)
+            except OSError:
+                continue
+            log.warning(f"ucsproxy: the log writer is running again (pid {new.pid}); "
+                        f"{sum(c for c, _ in frames)} exchange(s) re-sent")
+            return
+
+    def _break(self, why: str) -> None:
+        if self.broken:
+            return
+        self.broken = why
+        self.store.problem = why
+        log.error(f"ucsproxy: {why}; exchanges are no longer written to the log {self.store.path}")
+        with self.store._progress:
+            self.store._progress.notify_all()
+
+    def _finish(self) -> None:
+        """Ask the writer to write what it has and stop; restart it if it dies before it has."""
+        while not self.broken:
+            writer = self.writer
+            try:
+                writer.send(stop_frame())
+            except OSError:
+                self._recover()
+                continue
+            while not writer.ended.wait(0.2):
+                if time.monotonic() - writer.last_heard > self.SILENT_TIMEOUT:
+                    self._break(f"the log writer (pid {writer.pid}) stopped answering")
+                    break
+            with self._lock:
+                left = bool(self._unacked)
+            if writer.bye or not left or self.broken:
+                break
+            self._recover()
+        self.writer.close_input()
+        try:
+            self.writer.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.writer.kill()
+
+    def join(self) -> None:
+        self.thread.join()
 
 
 # ---------------------------------------------------------------------------
@@ -358,25 +567,6 @@ def open_log(path: str | Path, add_indexes: bool = False) -> sqlite_utils.Databa
     import sqlite_utils
 
     return sqlite_utils.Database(open_log_connection(path, add_indexes=add_indexes))
-
-
-def _migrate(db: Any) -> None:
-    """Bring a log made by an older ucsproxy to this layout, keeping every row.
-
-    Older logs named a Basic / NTLM user ``domain\\user``; ucsproxy.identity names
-    that mailbox ``user``, so those values are renamed once, when the NOCASE mailbox
-    index is added. Indexes are made for the columns the table has. ``db``: a
-    sqlite_utils Database or a sqlite3 connection."""
-    conn = getattr(db, "conn", db)
-    have = {row[0] for row in conn.execute("select name from sqlite_master where type = 'index'")}
-    if have.issuperset(INDEXES):
-        return
-    columns = {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
-    with conn:
-        if "idx_exchanges_mailbox_nocase" not in have and "mailbox" in columns:
-            conn.execute(f"update [{TABLE}] set mailbox = lower(trim(substr(mailbox, instr(mailbox, '\\') + 1))) "
-                         "where instr(mailbox, '\\') > 0")
-        _create_indexes(conn, columns)
 
 
 def _migrate_readable(conn: sqlite3.Connection) -> None:

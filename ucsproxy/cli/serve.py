@@ -8,6 +8,8 @@ run on mitmproxy.
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import click
@@ -91,31 +93,39 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         ucs_console=not quiet,
         ucs_marks=False,  # no flow list to show them in
     )
-    if front == "lean":
-        from ..listeners import bind_listeners
-
-        try:  # listen at once; clients wait in the backlog while the core loads
-            sockets = bind_listeners(listen_host, listen_port)
-        except OSError as e:
-            raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {e}") from e
-        from ..core import ConfigError
-        from ..front import run_foreground as run_lean
-
-        try:
-            run_lean(options, verbose=verbose, sockets=sockets)
-        except ConfigError as e:
-            raise click.ClickException(str(e)) from e
-        except OSError as e:
-            raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {e}") from e
-        return
-    from mitmproxy.exceptions import OptionsError
-
-    from ..runner import run_foreground
+    from ..core import StoppedWhileStarting
 
     try:
-        run_foreground(options, verbose=verbose)
-    except OptionsError as e:
-        raise click.ClickException(str(e)) from e
+        if front == "lean":
+            from ..listeners import bind_listeners
+
+            try:  # listen at once; clients wait in the backlog while the core (and its log writer) loads
+                sockets = bind_listeners(listen_host, listen_port)
+            except OSError as e:
+                raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {e}") from e
+            from ..core import ConfigError
+            from ..front import run_foreground as run_lean
+
+            try:
+                unwritten = run_lean(options, verbose=verbose, sockets=sockets)
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from e
+            except OSError as e:
+                raise click.ClickException(f"cannot listen on {listen_host}:{listen_port}: {e}") from e
+        else:
+            from mitmproxy.exceptions import OptionsError
+
+            from ..runner import run_foreground
+
+            try:
+                unwritten = run_foreground(options, verbose=verbose)
+            except OptionsError as e:
+                raise click.ClickException(str(e)) from e
+    except StoppedWhileStarting as e:
+        click.echo(f"ucsproxy: {e}; nothing was served", err=True)
+        sys.exit(128 + e.signum)
+    if unwritten:
+        raise click.ClickException(f"{unwritten} exchange(s) could not be written to the log {db}")
 
 
 @main.command(cls=ServingCommand)

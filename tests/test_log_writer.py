@@ -1,0 +1,136 @@
+"""The log store's accounting and the log table's one definition: write errors surface, tables are
+checked and brought up to date, a re-sent frame is never written twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import count_rows
+from ucsproxy.exchange import RawExchange, build_row
+from ucsproxy.logwriter import committed_mark, frames_of, stop_frame
+from ucsproxy.store import COLUMNS, LogError, LogStore
+
+FIXTURES = Path(__file__).parent / "fixtures" / "spec"
+
+
+def raw(i: int = 0) -> RawExchange:
+    return RawExchange("record", 1700000000.0 + i, 1.0, None, None, "POST", "/EWS/Exchange.asmx", 200, [],
+                       FIXTURES.joinpath("AddImGroup.page.request.xml").read_bytes(), [],
+                       FIXTURES.joinpath("AddImGroup.page.response.xml").read_bytes())
+
+
+def test_every_row_build_row_makes_fits_the_one_table_definition():
+    row = build_row(raw())
+    assert set(row) <= set(COLUMNS)
+    assert set(COLUMNS) - set(row) == {"id"}
+
+
+def test_a_table_of_an_older_layout_gets_the_missing_columns_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.execute("create table exchanges (id integer primary key, started_at text, method text, path text)")
+    con.execute("insert into exchanges (started_at, method, path) values ('2020-01-01T00:00:00.000Z', 'POST', '/x')")
+    con.commit()
+    con.close()
+    with LogStore(path) as store:
+        store.submit(raw())
+        assert store.flush()
+    con = sqlite3.connect(path)
+    names = [r[1] for r in con.execute("pragma table_info(exchanges)")]
+    assert set(names) == set(COLUMNS)
+    assert [r[0] for r in con.execute("select operation from exchanges order by id")] == [None, "AddImGroup"]
+
+
+@pytest.mark.parametrize("ddl,why", [
+    ("create table exchanges (x text)", "it has no INTEGER PRIMARY KEY column 'id'"),
+    ("create table exchanges (id integer primary key, started_at text, http_status text)",
+     "its column 'http_status' is TEXT, not INTEGER"),
+    ("create table exchanges (id integer primary key, started_at text, note text not null)",
+     "its column 'note' is NOT NULL without a default"),
+])
+def test_a_table_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, ddl, why):
+    path = tmp_path / "other.db"
+    con = sqlite3.connect(path)
+    con.execute(ddl)
+    con.commit()
+    con.close()
+    with pytest.raises(LogError) as refused:
+        LogStore(path)
+    assert why in str(refused.value) and "not a ucsproxy log" in str(refused.value)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_failing_write_is_reported_by_flush_and_counted_by_close(tmp_path, writer, caplog):
+    path = tmp_path / "gone.db"
+    store = LogStore(path, writer=writer)
+    store.submit(raw(1))
+    assert store.flush()
+    con = sqlite3.connect(path)
+    con.execute("alter table exchanges rename to something_else")  # every write fails from now on
+    con.commit()
+    con.close()
+    store.submit(raw(2))
+    store.submit(raw(3))
+    assert store.flush(timeout=3) is False
+    assert "no such table: exchanges" in store.problem
+    assert store.close() == 2
+    assert store.unwritten == 2 and store.written == 1
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "could not write" in messages and "keeping them and trying again" in messages
+    assert "2 exchange(s) could not be written to the log" in messages
+
+
+def test_insert_rows_raises_when_nothing_was_written(tmp_path):
+    path = tmp_path / "import.db"
+    store = LogStore(path)
+    con = sqlite3.connect(path)
+    con.execute("alter table exchanges rename to something_else")
+    con.commit()
+    con.close()
+    with pytest.raises(LogError, match="could not write 1 exchange"):
+        store.insert_rows([build_row(raw())])
+    store.close()
+
+
+def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
+    """The writer process, driven through its pipes: the session's mark says frames up to 2 are
+    in the file (their writer died before acknowledging them); re-sent, they are skipped."""
+    path = tmp_path / "marked.db"
+    LogStore(path).close()
+    con = sqlite3.connect(path)
+    committed_mark(con, "session-1")
+    con.execute("insert or replace into ucsproxy_writer (session, seq) values ('session-1', 2)")
+    con.commit()
+    con.close()
+    data_r, data_w = os.pipe()
+    ack_r, ack_w = os.pipe()
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
+                             "from ucsproxy.logwriter import main; sys.exit(main())",
+                             str(path), "0", "session-1", str(data_r), str(ack_w)], pass_fds=(data_r, ack_w))
+    os.close(data_r)
+    os.close(ack_w)
+    frames = []
+    for seq in (1, 2, 3):
+        frames += frames_of([raw(seq)], seq)
+    with os.fdopen(data_w, "wb") as out:
+        for _, _, frame in frames:
+            out.write(frame)
+        out.write(stop_frame())
+    with os.fdopen(ack_r, "rb") as acks:
+        said = [json.loads(line) for line in acks]
+    assert proc.wait(30) == 0
+    assert said[0]["ready"] == proc.pid and said[0]["committed"] == 2
+    assert {"ack": 3, "count": 1} in said and said[-1] == {"bye": True}
+    assert count_rows(path) == 1
+    con = sqlite3.connect(path)
+    assert con.execute("select started_at from exchanges").fetchone()[0].startswith("2023-11-14T22:13:23")
+    assert con.execute("select count(*) from ucsproxy_writer").fetchone()[0] == 0
+

@@ -1,0 +1,377 @@
+"""The log writer: builds rows from raw exchanges and commits them, keeping what it could not write.
+
+Two ways to run it, one behaviour (:class:`Committer`):
+
+- on a thread of the caller's process (``LogStore(writer="thread")``, for short-lived tools);
+- in a child process (``LogStore(writer="process")``, the proxy's choice), so decoding never
+  holds the proxy's GIL.
+
+The writer process is started in its own session (``setsid``): a Ctrl-C in the terminal or a
+signal to the proxy's process group never reaches it, from its first instruction. It stops
+when the proxy says so or when the proxy is gone (end of its input), after writing everything
+it has received.
+
+Protocol (proxy -> writer, on a pipe): frames of ``kind (1 byte) | seq (8) | count (4) | length
+(4) | payload``; kind ``B`` carries ``count`` pickled :class:`RawExchange` objects numbered
+``seq``, kind ``S`` asks the writer to finish and stop. A frame is at most about
+:data:`FRAME_BYTES` (one exchange larger than that travels alone), so a proxy killed while
+sending cuts at most one frame short. Writer -> proxy, on a second pipe, one JSON object per line:
+
+- ``{"ready": pid, "committed": seq}``: reading, the file is open; ``committed`` is the last
+  frame an earlier writer of this session committed (none: 0);
+- ``{"ack": seq, "count": n}``: every frame up to ``seq`` is committed (``n`` exchanges in this step);
+- ``{"problem": text, "waiting": n}``: a write failed; the rows are kept and retried;
+- ``{"recovered": n}``: the waiting rows are written after all;
+- ``{"lost": n, "why": text}``: rows given up (only while stopping, after :data:`STOP_GRACE`);
+- ``{"failed": text}``: could not start (the file cannot be opened, its table does not fit);
+- ``{"bye": true}``: stopped after its last ack.
+
+A frame committed by a writer that died before acknowledging it is not written twice when the
+proxy re-sends it to the next writer: each commit records the session's last frame number in
+the table ``ucsproxy_writer`` in the same transaction (the row is removed at a clean stop).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .logtable import MARK_TABLE, TABLE, LogError, connect_for_writing  # noqa: F401 (LogError for callers)
+
+if TYPE_CHECKING:  # the writer process imports the decoder after it has said it is ready
+    from .exchange import RawExchange
+
+log = logging.getLogger("ucsproxy.store")
+
+HEADER = struct.Struct("!cQII")
+BATCH, STOP = b"B", b"S"
+#: A hand-over is cut into frames of about this many bytes.
+FRAME_BYTES = 256 * 1024
+#: Rows per transaction at most, so acknowledgements keep flowing through a backlog.
+ROWS_PER_COMMIT = 1000
+#: After a failed write, try again this often (seconds).
+RETRY_DELAY = 0.5
+#: Once told to stop (or when the proxy is gone), how long failing writes are still retried
+#: (seconds without a successful commit) before the writer gives up and reports what it lost.
+STOP_GRACE = 3.0
+ORPHAN_GRACE = 30.0
+#: How long one attempt waits for another process's write lock (seconds).
+WRITER_BUSY_TIMEOUT = 1.0
+WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
+
+
+def frames_of(batch: list[RawExchange], first_seq: int) -> list[tuple[int, int, bytes]]:
+    """Cut a hand-over into frames ``(seq, count, bytes)`` of about FRAME_BYTES each."""
+    frames: list[tuple[int, int, bytes]] = []
+    part: list[RawExchange] = []
+    size = 0
+
+    def close_part() -> None:
+        payload = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+        seq = first_seq + len(frames)
+        frames.append((seq, len(part), HEADER.pack(BATCH, seq, len(part), len(payload)) + payload))
+
+    for raw in batch:
+        weight = 512 + len(raw.request_body or b"") + len(raw.response_body or b"")
+        if part and size + weight > FRAME_BYTES:
+            close_part()
+            part, size = [], 0
+        part.append(raw)
+        size += weight
+    if part:
+        close_part()
+    return frames
+
+
+def stop_frame() -> bytes:
+    return HEADER.pack(STOP, 0, 0, 0)
+
+
+def build_rows(batch: Iterable[RawExchange], redactor) -> list[dict[str, Any]]:
+    """Rows of the exchanges, redacted by ``redactor`` (ucsproxy.redact.Redactor)."""
+    from .exchange import JSON_COLUMNS, build_row
+
+    rows = []
+    for raw in batch:
+        try:
+            rows.append(build_row(raw, redactor=redactor))
+        except Exception as e:  # one odd exchange must not stop the log: it is logged with why
+            log.exception("ucsproxy: could not decode an exchange for the log")
+            rows.append(redactor.row(stub_row(raw, f"log: {e}"), JSON_COLUMNS, json.dumps))
+    return rows
+
+
+def stub_row(raw: RawExchange, error: str) -> dict[str, Any]:
+    from .exchange import iso_utc
+
+    return {"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
+            "path": raw.path, "http_status": raw.http_status, "error": error}
+
+
+def describe_error(e: BaseException) -> str:
+    return f"{e}" if isinstance(e, sqlite3.Error) else f"{type(e).__name__}: {e}"
+
+
+class Committer:
+    """Rows waiting to be committed, in hand-over order; what fails stays and is tried again.
+
+    ``add`` takes a numbered group of exchanges; ``commit`` writes the oldest groups in one
+    transaction and returns the number of exchanges written, or raises the write error (the
+    rows stay waiting). Nothing is ever acknowledged that is not in the file.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, redactor, session: str | None = None,
+                 lock: threading.Lock | None = None):
+        self.conn = conn
+        self.redactor = redactor
+        self.session = session
+        self.lock = lock or threading.Lock()
+        self.pending: deque[list] = deque()  # [seq, count, raws or None, rows or None]
+        self.waiting = 0
+
+    def add(self, seq: int, raws: list[RawExchange]) -> None:
+        self.pending.append([seq, len(raws), raws, None])
+        self.waiting += len(raws)
+
+    def commit(self) -> tuple[int, int]:
+        """Write the oldest waiting groups. Returns (last seq written, exchanges written)."""
+        take, count = [], 0
+        for group in self.pending:
+            if take and count + group[1] > ROWS_PER_COMMIT:
+                break
+            take.append(group)
+            count += group[1]
+        if not take:
+            return 0, 0
+        rows: list[dict[str, Any]] = []
+        for group in take:
+            if group[3] is None:  # built once, kept built while the write is retried
+                group[3] = build_rows(group[2], self.redactor)
+                group[2] = None
+            rows.extend(group[3])
+        last = take[-1][0]
+        with self.lock:
+            insert_rows(self.conn, rows, mark=(self.session, last) if self.session is not None else None)
+        for _ in take:
+            self.pending.popleft()
+        self.waiting -= count
+        return last, count
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
+                mark: tuple[str, int] | None = None) -> None:
+    """Insert rows (in order) and the writer's mark in one transaction, or nothing.
+
+    Raises sqlite3.OperationalError (locked, busy, disk full, read-only, the table changed)
+    with nothing written. A value SQLite refuses in one row is not the file's fault: that
+    row is stored as a stub whose ``error`` says why, and the rest are written.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        start = 0
+        while start < len(rows):
+            keys = list(rows[start])
+            end = start + 1
+            while end < len(rows) and list(rows[end]) == keys:
+                end += 1
+            sql = (f"insert into [{TABLE}] ({', '.join(f'[{k}]' for k in keys)}) "
+                   f"values ({', '.join('?' for _ in keys)})")
+            conn.execute("savepoint run")
+            try:
+                conn.executemany(sql, [tuple(row[k] for k in keys) for row in rows[start:end]])
+            except sqlite3.OperationalError:
+                raise
+            except Exception:
+                # undo the run's first rows and redo it row by row, storing what cannot be bound as a stub
+                conn.execute("rollback to run")
+                for row in rows[start:end]:
+                    _insert_one(conn, TABLE, row)
+            conn.execute("release run")
+            start = end
+        if mark is not None:
+            conn.execute(f"insert or replace into {MARK_TABLE} (session, seq) values (?, ?)", mark)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    conn.execute("savepoint one_row")
+    try:
+        conn.execute(f"insert into [{table}] ({', '.join(f'[{k}]' for k in row)}) "
+                     f"values ({', '.join('?' for _ in row)})", tuple(row.values()))
+    except sqlite3.OperationalError:
+        raise
+    except Exception as e:
+        conn.execute("rollback to one_row")
+        keep = {k: row.get(k) for k in ("started_at", "mode", "method", "path", "http_status")}
+        keep["error"] = f"log: this exchange could not be stored as logged: {describe_error(e)}"
+        conn.execute(f"insert into [{table}] ({', '.join(f'[{k}]' for k in keep)}) "
+                     f"values ({', '.join('?' for _ in keep)})", tuple(keep.values()))
+    conn.execute("release one_row")
+
+
+def committed_mark(conn: sqlite3.Connection, session: str) -> int:
+    conn.execute(f"create table if not exists {MARK_TABLE} (session text primary key, seq integer)")
+    conn.commit()
+    row = conn.execute(f"select seq from {MARK_TABLE} where session = ?", (session,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def clear_mark(conn: sqlite3.Connection, session: str) -> None:
+    with conn:
+        conn.execute(f"delete from {MARK_TABLE} where session = ?", (session,))
+
+
+# ---------------------------------------------------------------------------
+# The writer process
+
+
+class _FrameReader(threading.Thread):
+    """Drains the proxy's pipe into memory as fast as it comes (at normal priority): the proxy's
+    hand-overs never wait on the writer's decoding, and what has left the proxy survives it."""
+
+    def __init__(self, fd: int):
+        super().__init__(name="ucsproxy-log-reader", daemon=True)
+        self.stream = io.open(fd, "rb", buffering=1 << 20)
+        self.frames: deque[tuple[int, int, bytes]] = deque()
+        self.cond = threading.Condition()
+        self.stop = False
+        self.eof = False
+        self.cut = 0  # exchanges of a frame the proxy's death cut short
+
+    def run(self) -> None:
+        try:
+            while True:
+                head = self.stream.read(HEADER.size)
+                if len(head) < HEADER.size:
+                    break
+                kind, seq, count, length = HEADER.unpack(head)
+                if kind == STOP:
+                    with self.cond:
+                        self.stop = True
+                        self.cond.notify()
+                    continue
+                payload = self.stream.read(length) if length else b""
+                if len(payload) < length:
+                    self.cut += count
+                    break
+                with self.cond:
+                    self.frames.append((seq, count, payload))
+                    self.cond.notify()
+        except (OSError, ValueError):
+            pass
+        with self.cond:
+            self.eof = True
+            self.cond.notify()
+
+    def take(self, timeout: float | None) -> list[tuple[int, int, bytes]]:
+        with self.cond:
+            if not self.frames and not self.stop and not self.eof:
+                self.cond.wait(timeout)
+            out = list(self.frames)
+            self.frames.clear()
+            return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the writer process: ``PATH REDACTOR SESSION DATA_FD ACK_FD`` (REDACTOR: the
+    store's ucsproxy.redact.Redactor, pickled and base64-encoded)."""
+    # Its own session keeps a terminal's Ctrl-C and signals to the proxy's group away. The proxy
+    # starts it with SIGINT and SIGTERM blocked; one that came before setsid is pending: ignoring
+    # discards it. The writer stops when the proxy says so or is gone, never on a signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    path, rules, session, data_fd, ack_fd = (argv or sys.argv[1:])[:5]
+    out = io.open(int(ack_fd), "wb", buffering=0)
+    out_lock = threading.Lock()
+
+    def say(**message: Any) -> None:
+        line = json.dumps(message).encode() + b"\n"
+        try:
+            with out_lock:
+                out.write(line)
+        except OSError:
+            pass  # the proxy is gone; the rows still get written
+
+    try:
+        db = connect_for_writing(path, WRITER_BUSY_TIMEOUT)
+        committed = committed_mark(db, session)
+    except Exception as e:
+        say(failed=describe_error(e))
+        return 1
+    reader = _FrameReader(int(data_fd))
+    reader.start()
+    # Traffic first: on a busy machine the log catches up in the proxy's idle time. On Linux
+    # the nice value is per thread: the reader started above keeps the normal priority.
+    try:
+        os.nice(WRITER_NICENESS)
+    except (AttributeError, OSError):
+        pass
+    say(ready=os.getpid(), committed=committed)
+    from . import codec  # noqa: F401  (lxml: loaded now, while nothing waits, not in the first batch)
+    import base64
+
+    committer = Committer(db, pickle.loads(base64.b64decode(rules)), session)
+    problem: str | None = None
+    told_at = 0.0
+    last_success = time.monotonic()
+    while True:
+        frames = reader.take(None if not committer.pending else RETRY_DELAY if problem else 0)
+        for seq, count, payload in frames:
+            if seq <= committed:
+                continue  # an earlier writer of this session committed it
+            committer.add(seq, pickle.loads(payload))
+        ending = reader.stop or reader.eof
+        if not committer.pending:
+            if ending and not reader.frames:
+                break
+            continue
+        try:
+            last, count = committer.commit()
+        except Exception as e:
+            now = time.monotonic()
+            text = describe_error(e)
+            if text != problem or now - told_at > 10:
+                say(problem=text, waiting=committer.waiting)
+                problem, told_at = text, now
+            grace = STOP_GRACE if reader.stop else ORPHAN_GRACE
+            if ending and now - last_success > grace:
+                say(lost=committer.waiting, why=text)
+                if not reader.stop:
+                    print(f"ucsproxy log writer: {committer.waiting} exchange(s) could not be written to "
+                          f"{path}: {text}", file=sys.stderr, flush=True)
+                break
+            if not frames:
+                time.sleep(RETRY_DELAY if not ending else min(RETRY_DELAY, 0.2))
+            continue
+        committed = max(committed, last)
+        last_success = time.monotonic()
+        say(ack=last, count=count)
+        if problem is not None and not committer.pending:
+            say(recovered=True)
+            problem = None
+    if reader.cut:
+        print(f"ucsproxy log writer: {reader.cut} exchange(s) were cut short when the proxy died",
+              file=sys.stderr, flush=True)
+    try:
+        if not committer.pending:
+            clear_mark(db, session)
+    except sqlite3.Error:
+        pass
+    db.close()
+    say(bye=True)
+    return 0
