@@ -50,6 +50,9 @@ ERROR_CONDITION = ("(response_class in ('Error', 'Fault') or http_status >= 400 
 #: How long one write waits for another process's lock, in the caller's process (imports,
 #: the thread writer); the writer process waits less per attempt and tries again.
 BUSY_TIMEOUT = 5.0
+#: The proxy hands exchanges to the writer this often (seconds): twice per 100 ms, so that even
+#: a hand-over late by a busy machine leaves at most the last 100 ms of exchanges unhanded.
+HAND_OVER_INTERVAL = 0.05
 #: How long the proxy waits for a starting writer process to say it is ready.
 READY_TIMEOUT = 60.0
 
@@ -83,7 +86,7 @@ class LogStore:
     cannot be used.
     """
 
-    def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = 0.1,
+    def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = HAND_OVER_INTERVAL,
                  writer: str = "thread", ready_timeout: float = READY_TIMEOUT, redactor: Redactor | None = None):
         if writer not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', not {writer!r}")
@@ -149,8 +152,12 @@ class LogStore:
         on a busy proxy that keeps it from taking the GIL a thousand times a second.
         """
         stop = False
+        due = time.monotonic()
         while not stop:
-            self._wake.wait(self.flush_interval)
+            # On a fixed schedule (not "interval after the last hand-over was done"): how late a
+            # hand-over can be is the interval plus only this thread's scheduling delay.
+            due = max(due + self.flush_interval, time.monotonic() - self.flush_interval)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
             batch: list[RawExchange] = []
             while True:
