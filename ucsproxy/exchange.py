@@ -81,7 +81,8 @@ def logged_answer(response: EwsResponse) -> LoggedAnswer:
     return LoggedAnswer(response.operation, response.response_class, response.response_code, result)
 
 
-# The log table's columns are defined in one place: ucsproxy.logtable.COLUMNS.
+# The log table's columns are defined in one place, ucsproxy.logtable (re-exported for older imports).
+from .logtable import COLUMNS  # noqa: E402,F401
 
 
 def iso_utc(ts: float) -> str:
