@@ -93,7 +93,7 @@ def run(exchanges: list[RawExchange], tmp: Path) -> tuple[float, float]:
     """(rows per second, writer CPU µs per row) for one LogStore writing ``exchanges``."""
     db = tmp / f"bench-{time.monotonic_ns()}.db"
     store = LogStore(db, writer="process")
-    pid = store._sink.process.pid
+    pid = store.writer_pid
     # The writer process starts before the clock does (its start-up is not throughput).
     store.submit(exchanges[0])
     store.flush(120)
