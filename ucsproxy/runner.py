@@ -82,14 +82,14 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     def remember(signum, frame) -> None:
         early.append(signum)
 
-    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
-    addon = UcsProxy()
-
     from mitmproxy import options as mitm_options
     from mitmproxy.tools.dump import DumpMaster
 
     from .addon import UcsProxy
-from .core import StoppedWhileStarting
+    from .core import StoppedWhileStarting
+
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    addon = UcsProxy()
 
     async def _main() -> None:
         opts = mitm_options.Options()
@@ -130,7 +130,6 @@ class BackgroundProxy:
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0):
         from .addon import UcsProxy
-from .core import StoppedWhileStarting
 
         self.addon = UcsProxy()
         self._options = dict(options, listen_host=listen_host, listen_port=listen_port)
