@@ -9,7 +9,6 @@ run on mitmproxy.
 from __future__ import annotations
 
 import sys
-
 from typing import Any
 
 import click
