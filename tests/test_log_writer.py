@@ -105,7 +105,7 @@ def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
     path = tmp_path / "marked.db"
     LogStore(path).close()
     con = sqlite3.connect(path)
-    committed_mark(con, "session-1")
+    assert committed_mark(con, "session-1") == 0
     con.execute("insert or replace into ucsproxy_writer (session, seq) values ('session-1', 2)")
     con.commit()
     con.close()

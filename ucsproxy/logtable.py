@@ -69,16 +69,22 @@ def _describe(e: BaseException) -> str:
     return f"{e}" if isinstance(e, sqlite3.Error) else f"{type(e).__name__}: {e}"
 
 
+#: How long opening a log waits for another process's lock (seconds); writes then wait ``busy_timeout``.
+OPEN_TIMEOUT = 30.0
+
+
 def connect_for_writing(path: str | Path, busy_timeout: float) -> sqlite3.Connection:
     """Open (creating if needed) a log file: WAL, ``synchronous=NORMAL``, the table and its indexes.
 
     An existing table made by an older ucsproxy gets the columns it lacks; a table that does not
     fit (other columns, other types) is refused with :class:`LogError` naming what is wrong.
+    Opening waits up to OPEN_TIMEOUT for a lock another process holds; each write on the
+    returned connection waits ``busy_timeout`` seconds.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=OPEN_TIMEOUT)
     except (OSError, sqlite3.Error) as e:
         raise LogError(f"cannot open the log {path}: {_describe(e)}") from e
     try:
@@ -86,8 +92,10 @@ def connect_for_writing(path: str | Path, busy_timeout: float) -> sqlite3.Connec
             conn.execute("pragma journal_mode=wal")
         conn.execute("pragma synchronous=NORMAL")
         fit_table(conn, path)
+        conn.execute(f"create table if not exists {MARK_TABLE} (session text primary key, seq integer)")
         conn.commit()
         _migrate(conn)
+        conn.execute(f"pragma busy_timeout = {int(busy_timeout * 1000)}")
     except LogError:
         conn.close()
         raise

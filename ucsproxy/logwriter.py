@@ -224,8 +224,6 @@ def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> No
 
 
 def committed_mark(conn: sqlite3.Connection, session: str) -> int:
-    conn.execute(f"create table if not exists {MARK_TABLE} (session text primary key, seq integer)")
-    conn.commit()
     row = conn.execute(f"select seq from {MARK_TABLE} where session = ?", (session,)).fetchone()
     return int(row[0]) if row else 0
 
