@@ -15,7 +15,8 @@ import pytest
 from conftest import count_rows
 from ucsproxy.exchange import RawExchange, build_row
 from ucsproxy.logwriter import committed_mark, frames_of, stop_frame
-from ucsproxy.store import COLUMNS, LogError, LogStore
+from ucsproxy.redact import Redactor
+from ucsproxy.store import COLUMNS, LogError, LogStore, _encoded
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spec"
 
@@ -114,7 +115,8 @@ def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
     root = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
                              "from ucsproxy.logwriter import main; sys.exit(main())",
-                             str(path), "0", "session-1", str(data_r), str(ack_w)], pass_fds=(data_r, ack_w))
+                             str(path), _encoded(Redactor.from_options()), "session-1", str(data_r), str(ack_w)],
+                            pass_fds=(data_r, ack_w))
     os.close(data_r)
     os.close(ack_w)
     frames = []

@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             pass  # the proxy is gone; the rows still get written
 
     try:
+        import base64
+
+        redactor = pickle.loads(base64.b64decode(rules))  # the store's ucsproxy.redact.Redactor
         db = connect_for_writing(path, WRITER_BUSY_TIMEOUT)
         committed = committed_mark(db, session)
     except Exception as e:
@@ -321,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     say(ready=os.getpid(), committed=committed)
     from . import codec  # noqa: F401  (lxml: loaded now, while nothing waits, not in the first batch)
-    import base64
-
-    committer = Committer(db, pickle.loads(base64.b64decode(rules)), session)
+    committer = Committer(db, redactor, session)
     problem: str | None = None
     told_at = 0.0
     last_success = time.monotonic()
