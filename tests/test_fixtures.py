@@ -194,7 +194,8 @@ def test_spec_examples_regenerate_byte_for_byte(tmp_path):
     out = tmp_path / "spec-examples"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_spec_examples.py"), "--spec", str(SPEC_DIR),
                     "--out", str(out)], check=True, capture_output=True)
-    committed = sorted(p.name for p in SPEC_EXAMPLES.iterdir())
+    # The recording's README.md is written by hand (it says why 0008 differs from the page); the rest is generated.
+    committed = sorted(p.name for p in SPEC_EXAMPLES.iterdir() if p.name != "README.md")
     assert sorted(p.name for p in out.iterdir()) == committed
     for name in committed:
         assert (out / name).read_bytes() == (SPEC_EXAMPLES / name).read_bytes(), name
