@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -28,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import BIN, ROOT, free_port, wait_port  # noqa: E402
 
 REQUEST = b"""<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
@@ -67,23 +67,6 @@ async def main():
         await server.serve_forever()
 asyncio.run(main())
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def spec_response() -> bytes:
@@ -181,7 +164,7 @@ def main() -> None:
     procs = []
     try:
         procs.append(subprocess.Popen([sys.executable, "-c", UPSTREAM_CODE, str(up), str(body_file)]))
-        wait_port(up)
+        wait_port(up, 30)
         procs.append(subprocess.Popen(
             [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(plain),
              "--mode", f"reverse:http://127.0.0.1:{up}"], stdout=subprocess.DEVNULL))
@@ -194,7 +177,7 @@ def main() -> None:
              "--listen-host", "127.0.0.1", "--listen-port", str(nolog), "--db", ""],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
         for port in (plain, rec, nolog):
-            wait_port(port)
+            wait_port(port, 30)
         # Warm up all three (imports, caches, first connections).
         for port in (plain, rec, nolog):
             asyncio.run(drive(port, 200, 4))
