@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import random
 import resource
-import sqlite3
 import statistics
 import subprocess
 import sys

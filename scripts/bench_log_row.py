@@ -30,7 +30,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,11 +52,11 @@ def raw_exchanges(directory: Path) -> list[tuple[str, RawExchange]]:
     out = []
     for order, row in enumerate(read_fixture_dir(directory), 1):
         def headers(key: str) -> list[tuple[str, str]] | None:
-            value = row.get(key)
+            value = row.get(key)  # noqa: B023 (called before the loop moves on)
             return None if value is None else [tuple(h) for h in json.loads(value)]
 
         def body(key: str) -> bytes | None:
-            value = row.get(key)
+            value = row.get(key)  # noqa: B023 (called before the loop moves on)
             return None if value is None else value.encode("utf-8")
 
         started = datetime.fromisoformat(row["started_at"].replace("Z", "+00:00")).timestamp()

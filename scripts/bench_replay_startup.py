@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import subprocess
 import sys
 import tempfile
 import time

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -97,7 +97,7 @@ class Procs:
                 p.kill()
                 p.wait()
 
-    def __enter__(self) -> "Procs":
+    def __enter__(self) -> Procs:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -128,7 +128,7 @@ class Connection:
         self.auth = BASIC if mailbox == USER else None
 
     @classmethod
-    async def open(cls, port: int) -> "Connection":
+    async def open(cls, port: int) -> Connection:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2 ** 24)
         return cls(reader, writer)
 
@@ -164,7 +164,7 @@ class Run:
 
 
 async def _drive(port: int, count: int, concurrency: int,
-                 step: Callable[[Connection], "asyncio.Future[None]"]) -> Run:
+                 step: Callable[[Connection], asyncio.Future[None]]) -> Run:
     run = Run(0.0)
 
     async def one_client(n: int) -> None:

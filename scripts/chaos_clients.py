@@ -199,7 +199,7 @@ class GaveUp(Exception):
     pass
 
 
-def run_all(url: str, clients=CLIENTS) -> dict[str, "Client"]:
+def run_all(url: str, clients=CLIENTS) -> dict[str, Client]:
     """Every client's session, all at once on threads; the clients, with their calls and outcomes."""
     from concurrent.futures import ThreadPoolExecutor
 

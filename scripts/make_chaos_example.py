@@ -58,7 +58,7 @@ def main() -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("ucsproxy mock did not start")
+                    raise SystemExit("ucsproxy mock did not start") from None
                 time.sleep(0.05)
         sessions = run_all(f"http://127.0.0.1:{port}/EWS/Exchange.asmx")
     finally:

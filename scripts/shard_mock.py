@@ -152,7 +152,7 @@ def run(shards: int, mailboxes: list[str], calls: int, work: Path) -> float:
             ucsproxy(procs, "mock", p, "--seed", "1", "--db", str(db))
         procs.start(["haproxy", "-db", "-f", str(cfg)], port)
         total, elapsed = asyncio.run(drive(port, mailboxes, calls))
-        for p, db in zip(ports, dbs):
+        for p in ports:
             wait_port(p)
     rate = total / elapsed
     print(f"N={shards}: {total} calls of {len(mailboxes)} mailboxes in {elapsed:.2f} s = {rate:.0f} req/s "

@@ -27,8 +27,9 @@ settings.load_profile("ucsproxy")
 _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="ucsproxy-hypothesis-")
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 
-# Directories a test run may write to: virtual environments, byte code, the package's build metadata.
-_TREE_SKIPS = (".git", "__pycache__", ".pytest_cache")
+# Directories a test run may write to: virtual environments, byte code, the package's build metadata,
+# and the lint tools' caches (a ruff or mypy run beside the suite rewrites them).
+_TREE_SKIPS = (".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache")
 
 
 def tree_snapshot(root: Path = ROOT) -> dict[str, tuple[int, int]]:
@@ -138,7 +139,7 @@ class Process:
             wait_for_port(port, self.proc)
         except Exception:
             self.stop()
-            raise RuntimeError(f"{args} did not start:\n{self.output()}")
+            raise RuntimeError(f"{args} did not start:\n{self.output()}") from None
 
     @property
     def url(self) -> str:

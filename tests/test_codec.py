@@ -296,8 +296,8 @@ def test_fault_round_trip_and_shape():
     root = etree.fromstring(wire)
     code = root.find(".//faultcode")
     assert code.text == "a:ErrorSchemaValidation" and code.nsmap["a"] == P.NS_TYPES
-    assert root.find(".//detail/{%s}ResponseCode" % P.NS_ERRORS).text == "ErrorSchemaValidation"
-    assert root.find(".//detail/{%s}MessageXml/{%s}LineNumber" % (P.NS_TYPES, P.NS_TYPES)).text == "3"
+    assert root.find(f".//detail/{{{P.NS_ERRORS}}}ResponseCode").text == "ErrorSchemaValidation"
+    assert root.find(f".//detail/{{{P.NS_TYPES}}}MessageXml/{{{P.NS_TYPES}}}LineNumber").text == "3"
 
 
 def test_what_exchange_clients_see():

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import BIN, ROOT, start_ucsproxy

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 from lxml import etree
@@ -28,7 +27,7 @@ def raw_post(port: int, body: bytes, timeout: float = 10) -> bytes:
         while True:
             try:
                 data = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not data:
                 break
@@ -109,7 +108,7 @@ def test_request_delay_before_the_server_response_delay_after(tmp_path):
     try:
         c = EwsClient(rec.url)
         c.set_im_list_migration_completed(True)  # warm up both connections
-        sent = datetime.now(timezone.utc)
+        sent = datetime.now(UTC)
         t0 = time.monotonic()
         assert c.get_im_item_list().response_code == "NoError"
         total = time.monotonic() - t0

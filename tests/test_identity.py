@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 
-from conftest import ROOT, start_ucsproxy
+from conftest import start_ucsproxy
 from ews_client import EwsClient, envelope
 from ucsproxy import identity
 from ucsproxy.records import EwsRequest, GetImItemList, Impersonation, SoapHeaders
@@ -118,7 +118,7 @@ def test_replay_answers_the_recorded_mailbox_by_any_of_its_names(tmp_path):
 
 
 def test_the_mailbox_query_is_served_by_the_nocase_index(tmp_path):
-    from ucsproxy.store import iter_exchanges, open_db, open_log
+    from ucsproxy.store import iter_exchanges, open_db
 
     db = open_db(tmp_path / "log.db")
     db["exchanges"].insert_all([{"mailbox": "kim@contoso.com", "operation": "GetImItemList"},

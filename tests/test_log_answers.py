@@ -52,7 +52,7 @@ def test_mock_rows_from_records_are_the_rows_decoding_gives(monkeypatch):
         shipped = pickle.loads(pickle.dumps(from_records))
         assert isinstance(shipped.decoded_response, LoggedAnswer)
         calls = []
-        monkeypatch.setattr(codec, "decode_response", lambda *a, **k: calls.append(a))
+        monkeypatch.setattr(codec, "decode_response", lambda *a, **k: calls.append(a))  # noqa: B023 (called before the loop moves on)
         assert build_row(from_records) == decoded_row
         assert build_row(shipped) == decoded_row
         assert calls == [], "the mock's own answer was decoded again"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, count_rows, start_mitmdump, start_ucsproxy, wait_for
-from ews_client import NS, EwsClient, envelope, groups, personas
+from ews_client import EwsClient, envelope, groups, personas
 
 
 @pytest.fixture(scope="module")

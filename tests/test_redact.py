@@ -98,8 +98,6 @@ def test_bearer_in_any_letter_case_is_redacted():
 
 import json  # noqa: E402
 import sqlite3  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
 from ucsproxy.verdicts import (SEVERITY, Thresholds, judge, parse_fail_on, request_identity, tally,
                                worst_first)
 
-T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 ALICE = "alice@contoso.com"
 
 

@@ -26,7 +26,7 @@ from mitmproxy import command, ctx, exceptions, http
 from . import contentview, core, faults
 from .annotate import annotate_flow
 from .shadow import ShadowModel
-from .core import MATCH_MODES, MODES, XML_HEADERS, UcsCore
+from .core import MATCH_MODES, MODES, UcsCore
 from .exchange import RawExchange
 from .records import EwsRequest, SoapFault, UcsResponse
 
@@ -67,7 +67,8 @@ class UcsProxy:
         loader.add_option("ucs_redact_patterns", Sequence[str], [],
                           "Regular expressions whose matches are never logged, in bodies and decoded columns (repeatable).")
         loader.add_option("ucs_state", str, "", "Mock: JSON file to load the model's mailboxes from and save them to on exit.")
-        loader.add_option("ucs_seed", Optional[int], None, "Mock: seed that makes ids and change keys deterministic.")
+        loader.add_option("ucs_seed", Optional[int], None,  # noqa: UP045 (mitmproxy's typecheck)
+                          "Mock: seed that makes ids and change keys deterministic.")
         loader.add_option("ucs_item_list", str, "", "Mock: a recorded GetImItemList response body to seed the mailbox from.")
         loader.add_option("ucs_mailbox", str, "", "Mock: mailbox the --ucs_item_list seeds (default: the model's default mailbox).")
         loader.add_option("ucs_replay", str, "", "Replay: the recording to serve (a SQLite log or a fixture directory).")
@@ -295,7 +296,7 @@ class UcsProxy:
 
 # Per-flow objects that must not go into flow.metadata: mitmproxy saves metadata with the
 # flow (``-w``, mitmweb's save), and decoded records or fault decisions cannot be saved.
-_SCRATCH: "weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_SCRATCH: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _scratch(flow: http.HTTPFlow) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from . import codec
 from .exchange import header, is_ews_path, key_arguments, request_user
@@ -125,7 +126,7 @@ class ExchangeSummary:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ExchangeSummary":
+    def from_json(cls, data: dict[str, Any]) -> ExchangeSummary:
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -23,7 +23,8 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
@@ -121,7 +122,7 @@ def _pox_error(code: int, message: str) -> bytes:
         f'<Error Time="{stamp}" Id="{zlib.crc32(b"ucsproxy")}">'
         f"<ErrorCode>{code}</ErrorCode><Message>{escape(message)}</Message><DebugData />"
         "</Error></Response></Autodiscover>"
-    ).encode("utf-8")
+    ).encode()
 
 
 def read_pox_request(body: bytes | None) -> tuple[str, str | None] | str:
@@ -169,7 +170,7 @@ def pox_answer(body: bytes | None, settings: Settings) -> bytes:
         "<MicrosoftOnline>False</MicrosoftOnline>"
         f"{protocol('EXCH')}{protocol('EXPR')}"
         "</Account></Response></Autodiscover>"
-    ).encode("utf-8")
+    ).encode()
 
 
 # -- SOAP --------------------------------------------------------------------
@@ -253,7 +254,7 @@ def _soap_envelope(response: str) -> bytes:
         f'<s:Body><GetUserSettingsResponseMessage xmlns="{NS_SOAP_AUTODISCOVER}">'
         f'<Response xmlns:i="{NS_XSI}">{response}</Response>'
         "</GetUserSettingsResponseMessage></s:Body></s:Envelope>"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _user_response(mailbox: str, names: tuple[str, ...], settings: Settings) -> str:

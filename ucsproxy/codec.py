@@ -14,7 +14,8 @@ import codecs
 import re
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from lxml import etree
 
@@ -1246,7 +1247,7 @@ def _envelope_head(server_version: ServerVersionInfo | None) -> bytes:
             ("Version", sv.version)) if value is not None)
         head = (f'{_DECLARATION}<s:Envelope xmlns:s="{S}"><s:Header><h:ServerVersionInfo xmlns:h="{T}" '
                 f'xmlns="{T}" xmlns:xsd="{P.NS_XSD}" xmlns:xsi="{P.NS_XSI}"{attrs}/></s:Header>'
-                f'<s:Body xmlns:xsi="{P.NS_XSI}" xmlns:xsd="{P.NS_XSD}">').encode("utf-8")
+                f'<s:Body xmlns:xsi="{P.NS_XSI}" xmlns:xsd="{P.NS_XSD}">').encode()
         if len(_ENVELOPE_HEAD) < 64:
             _ENVELOPE_HEAD[sv] = head
     return head
@@ -1268,7 +1269,7 @@ def encode_response(response: UcsResponse, server_version: ServerVersionInfo | N
     if response.message_xml is not None:
         _w_message_xml(out, response.message_xml)
     payload = response.payload
-    tail = f"</{element}>".encode("utf-8")
+    tail = f"</{element}>".encode()
     if isinstance(payload, ImItemList):
         return b"".join((_envelope_head(server_version), "".join(out).encode("utf-8"), _item_list_bytes(payload),
                          tail, _ENVELOPE_TAIL))

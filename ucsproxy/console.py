@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import TextIO
 
 from .annotate import ExchangeSummary
@@ -67,7 +67,7 @@ def notes(s: ExchangeSummary) -> list[tuple[str, str]]:
 
 def format_line(s: ExchangeSummary, color: bool = False) -> str:
     """time, mailbox, operation, key argument, ResponseCode, ms (and notes), one line."""
-    moment = datetime.fromtimestamp(s.started_at, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    moment = datetime.fromtimestamp(s.started_at, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
     result = s.result
     if s.http_status is not None and s.http_status != 200 and s.response_code:
         result += f" (HTTP {s.http_status})"

@@ -15,7 +15,8 @@ end adapt it to each mitmproxy version's contentview API.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from . import codec
 from .annotate import METADATA_KEY, ShortIds
@@ -74,7 +75,7 @@ def _ids_in(value: Any) -> Iterable[str]:
         yield value.id
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
-            if f.name == "id" and isinstance(getattr(value, "id"), str):
+            if f.name == "id" and isinstance(value.id, str):
                 yield value.id  # a PersonaAttribution's own id
             yield from _ids_in(getattr(value, f.name))
     elif isinstance(value, (tuple, list)):

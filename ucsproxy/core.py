@@ -425,7 +425,7 @@ class UcsCore:
         release = self._release_held
         try:
             await asyncio.wait_for(release.wait(), float(decision.params.get("max_ms", 120_000)) / 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def poll_faults(self) -> None:

@@ -27,7 +27,8 @@ import time
 import tomllib
 from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 from . import identity

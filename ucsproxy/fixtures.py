@@ -19,7 +19,8 @@ import re
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from lxml import etree

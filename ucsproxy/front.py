@@ -75,7 +75,7 @@ class _Request:
 class _Connection(asyncio.Protocol):
     """One client connection: parse, answer in order, log."""
 
-    def __init__(self, server: "LeanServer"):
+    def __init__(self, server: LeanServer):
         self.server = server
         self.core = server.core
         self.transport: asyncio.Transport | None = None
@@ -430,7 +430,7 @@ class LeanServer:
             except BlockingIOError:
                 pass
             readable = loop.create_future()
-            loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+            loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))  # noqa: B023 (called before the loop moves on)
             try:
                 await readable
             finally:

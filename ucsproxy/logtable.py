@@ -137,7 +137,7 @@ def fit_table(conn: sqlite3.Connection, path: Path | str) -> None:
     for name, kind in COLUMNS.items():
         if name in have and name != "id" and _affinity(have[name][0]) != _AFFINITY[kind]:
             problems.append(f"its column '{name}' is {have[name][0] or 'untyped'}, not {_AFFINITY[kind]}")
-    for name, (declared, notnull, default, pk) in have.items():
+    for name, (_declared, notnull, default, pk) in have.items():
         if name not in COLUMNS and notnull and default is None and not pk:
             problems.append(f"its column '{name}' is NOT NULL without a default")
     if problems:

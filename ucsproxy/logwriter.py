@@ -33,7 +33,6 @@ the table ``ucsproxy_writer`` in the same transaction (the row is removed at a c
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -45,7 +44,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 from .logtable import MARK_TABLE, TABLE, LogError, connect_for_writing  # noqa: F401 (LogError for callers)
 
@@ -243,7 +243,7 @@ class _FrameReader(threading.Thread):
 
     def __init__(self, fd: int):
         super().__init__(name="ucsproxy-log-reader", daemon=True)
-        self.stream = io.open(fd, "rb", buffering=1 << 20)
+        self.stream = open(fd, "rb", buffering=1 << 20)
         self.frames: deque[tuple[int, int, bytes]] = deque()
         self.cond = threading.Condition()
         self.stop = False
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     path, rules, session, data_fd, ack_fd = (argv or sys.argv[1:])[:5]
-    out = io.open(int(ack_fd), "wb", buffering=0)
+    out = open(int(ack_fd), "wb", buffering=0)
     out_lock = threading.Lock()
 
     def say(**message: Any) -> None:
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     last_success = time.monotonic()
     while True:
         frames = reader.take(None if not committer.pending else RETRY_DELAY if problem else 0)
-        for seq, count, payload in frames:
+        for seq, _count, payload in frames:
             if seq <= committed:
                 continue  # an earlier writer of this session committed it
             committer.add(seq, pickle.loads(payload))

@@ -23,9 +23,10 @@ import struct
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from . import protocol as P
 from .identity import DEFAULT_MAILBOX  # one constant, shared with the mailbox rule
@@ -62,7 +63,7 @@ DISTRIBUTION_GROUP_TYPE = P.GROUP_DISTRIBUTION
 #: Choice: with a seed (and no clock given), CreationTime counts up from here, one
 #: second per contact, so seeded runs reproduce byte for byte; without a seed it is
 #: the real UTC time. Ids and change keys never depend on the clock.
-SEEDED_EPOCH = datetime(2012, 11, 7, 0, 0, 0, tzinfo=timezone.utc)
+SEEDED_EPOCH = datetime(2012, 11, 7, 0, 0, 0, tzinfo=UTC)
 
 #: The attribution Exchange shows for contacts Lync added (GetImItems page).
 QUICK_CONTACTS_SOURCE = "Lync Contacts"
@@ -290,7 +291,7 @@ def _changes_state(method: Callable) -> Callable:
     """Marks a Mailbox method that may change what the mailbox lists: the cached
     GetImItemList answer is dropped whatever the method does (also when it raises)."""
 
-    def changing(self: "Mailbox", *args: Any, **kwargs: Any) -> Any:
+    def changing(self: Mailbox, *args: Any, **kwargs: Any) -> Any:
         self._generation += 1
         try:
             return method(self, *args, **kwargs)
@@ -330,7 +331,7 @@ class Mailbox:
         for display_name, group_type in DEFAULT_GROUPS:
             self._new_group(display_name, group_type)
 
-    def copy(self) -> "Mailbox":
+    def copy(self) -> Mailbox:
         """An independent copy (records are immutable and shared; the mutable parts are copied)."""
         twin = copy.copy(self)
         twin.ids = copy.copy(self.ids)
@@ -358,11 +359,11 @@ class Mailbox:
     def _creation_time(self) -> str:
         self._created += 1
         if self.clock is not None:
-            moment = self.clock().astimezone(timezone.utc)
+            moment = self.clock().astimezone(UTC)
         elif self.seed is not None:
             moment = SEEDED_EPOCH + timedelta(seconds=self._created)
         else:
-            moment = datetime.now(timezone.utc)
+            moment = datetime.now(UTC)
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     # -- lookups -------------------------------------------------------------
@@ -768,7 +769,7 @@ class Mailbox:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Mailbox":
+    def from_json(cls, data: dict[str, Any]) -> Mailbox:
         mb = cls(data["name"], data.get("seed"), data.get("max_contacts", MAX_CONTACTS),
                  data.get("max_groups", MAX_GROUPS))
         mb.ids.guid = base64.b64decode(data["guid"], validate=True)
@@ -935,7 +936,7 @@ class UcsModel:
             }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], clock: Callable[[], datetime] | None = None) -> "UcsModel":
+    def from_json(cls, data: dict[str, Any], clock: Callable[[], datetime] | None = None) -> UcsModel:
         """Rebuild a model from :meth:`to_json` data; anything malformed raises ValueError."""
         if not isinstance(data, dict) or data.get("format") != "ucsproxy-model/1":
             raise ValueError("not a ucsproxy model state file (format ucsproxy-model/1)")
@@ -954,7 +955,7 @@ class UcsModel:
         save_state(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "UcsModel":
+    def load(cls, path: str | Path) -> UcsModel:
         return load_state(path)
 
 

@@ -8,7 +8,7 @@ second time, from wherever it lies, is noticed before any row is doubled.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def check_repeat(db_path: str | Path, fingerprint: str, source: str | Path, agai
 def record_import(db_path: str | Path, fingerprint: str, source: str | Path, exchanges: int, max_id_before: int
                   ) -> None:
     """Note an import that added ``exchanges`` rows after id ``max_id_before``."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     db = _open(db_path)
     try:
         last = _max_id(db)

@@ -53,7 +53,7 @@ class UcsEndpoint:
         return self._proxy.core.model
 
     @property
-    def log(self) -> "ExchangeLog":
+    def log(self) -> ExchangeLog:
         return ExchangeLog(self)
 
     def verdicts(self, kind: str | None = None, **thresholds) -> list:

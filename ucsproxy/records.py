@@ -96,7 +96,7 @@ class PersonaAttribution:
     folder_id: ItemId | None = None
 
 
-AttributedScalar = Union[str, EmailAddress, PhoneNumber, ExtendedProperty]
+AttributedScalar = str | EmailAddress | PhoneNumber | ExtendedProperty
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ class SetImListMigrationCompleted:
     im_list_migration_completed: bool
 
 
-UcsRequest = Union[
+UcsRequest = Union[  # noqa: UP007 (twelve members read better one a line)
     AddDistributionGroupToImList,
     AddImContactToGroup,
     AddImGroup,
@@ -333,7 +333,7 @@ class MessageXml:
     values: tuple[tuple[str, str], ...] = ()
 
 
-Payload = Union[ImGroup, ImItemList, Persona]
+Payload = ImGroup | ImItemList | Persona
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class Redactor:
 
     @classmethod
     def from_options(cls, keep_secrets: bool = False, headers: Iterable[str] = (),
-                     patterns: Iterable[str] = ()) -> "Redactor":
+                     patterns: Iterable[str] = ()) -> Redactor:
         """Rules from the command line / ``ucs_*`` options. A bad regex raises ValueError saying which."""
         compiled = []
         for pattern in patterns:

@@ -27,7 +27,8 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from . import codec, identity
 from . import protocol as P
@@ -182,7 +183,7 @@ class ReplayIndex:
         return self._skipped
 
     @classmethod
-    def from_source(cls, source: str | Path, match: str = "strict") -> "ReplayIndex":
+    def from_source(cls, source: str | Path, match: str = "strict") -> ReplayIndex:
         index = cls(match)
         index.add_rows(load_rows(source, columns=cls.COLUMNS))
         return index

@@ -11,9 +11,10 @@ import html
 import io
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from .verdicts import (GOOD, SEVERITY, Request, Thresholds, Verdict, judge, mailbox_key, tally, to_requests,
                        worst_first)
@@ -183,7 +184,7 @@ def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: 
     shown = sorted({v.action for v in verdicts})
     handles += [Line2D([], [], marker=ACTION_MARKERS.get(a, "o"), ls="", color="#888", markeredgecolor="black",
                        label=a) for a in shown]
-    handles += [Patch(color=c, alpha=0.5, label=l) for c, l in
+    handles += [Patch(color=c, alpha=0.5, label=text) for c, text in
                 ((GOOD_COLOUR, "good verdict / back-off window"), (WARN_COLOUR, "doubtful"), (BAD_COLOUR, "bad"))]
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), frameon=False)
     return _titled(_svg(fig), titles), hidden
@@ -269,7 +270,7 @@ def html_page(rows: list[dict[str, Any]], verdicts: list[Verdict], title: str,
         raise ValueError("the log holds no exchanges to report on")
     t0, t1 = requests[0].at_ms, max(r.end_ms for r in requests)
     bad = [v for v in verdicts if not v.good]
-    started = datetime.fromtimestamp(t0 / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    started = datetime.fromtimestamp(t0 / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     esc = html.escape
     timeline, hidden = _timeline_svg(Figure, requests, verdicts, t0)
     parts = [
@@ -301,7 +302,8 @@ def html_page(rows: list[dict[str, Any]], verdicts: list[Verdict], title: str,
                          + " ".join(_badge(k, n) for k, n in counts.items()) + "</td></tr>")
         parts.append("</table></div>")
     parts.append("</div><h2>Verdicts, worst first</h2><table><tr><th>id</th><th>time</th><th>mailbox</th>"
-                 "<th>operation</th><th>fault</th><th>verdict</th><th title='from the end of the faulted answer to the next request of its mailbox'>next ms</th><th>detail</th></tr>")
+                 "<th>operation</th><th>fault</th><th>verdict</th>"
+                 "<th title='from the end of the faulted answer to the next request of its mailbox'>next ms</th><th>detail</th></tr>")
     for v in worst_first(verdicts):
         parts.append(
             f"<tr><td class=n>{v.id}</td><td>{esc((v.started_at or '')[11:23])}</td><td>{esc(v.mailbox or '-')}</td>"

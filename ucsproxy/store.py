@@ -14,7 +14,6 @@ is opened for writing.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,7 +26,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
 from . import identity
 from .logwriter import RETRY_DELAY, STOP_GRACE, Committer, describe_error, frames_of, insert_rows, stop_frame
@@ -238,7 +238,7 @@ class LogStore:
         self.db.conn.close()
         return self.unwritten
 
-    def __enter__(self) -> "LogStore":
+    def __enter__(self) -> LogStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -304,7 +304,7 @@ def _encoded(redactor: Redactor) -> str:
 class _WriterProcess:
     """One writer process (:func:`ucsproxy.logwriter.main`) and the thread reading what it says."""
 
-    def __init__(self, sink: "_ProcessSink"):
+    def __init__(self, sink: _ProcessSink):
         self.sink = sink
         store = sink.store
         data_r, data_w = os.pipe()
@@ -338,7 +338,7 @@ class _WriterProcess:
         os.close(ack_w)
         self.pid = self.proc.pid
         self._data: int | None = data_w
-        self._acks = io.open(ack_r, "rb")
+        self._acks = open(ack_r, "rb")
         self.ready = threading.Event()
         self.ended = threading.Event()
         self.committed = 0

@@ -25,7 +25,7 @@ LEAF_DAYS = 365
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _create_ca(confdir: Path):

@@ -60,7 +60,7 @@ def import_command(source, db, keep_secrets, progress, again, redact_headers, re
     try:
         redactor = Redactor.from_options(keep_secrets, redact_headers, redact_patterns)
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'")
+        raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'") from None
     show = sys.stderr.isatty() if progress is None else progress
     try:
         count = import_source(source, db, keep_secrets=keep_secrets, progress=show, again=again, redactor=redactor)

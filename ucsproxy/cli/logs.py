@@ -28,7 +28,7 @@ def _open(db_path: str):
         database = open_log_connection(db_path, add_indexes=True)
         has_table = _has_table(database)
     except FileNotFoundError:
-        raise click.ClickException(f"no log at {db_path} (record, mock or replay with --db {db_path} first)")
+        raise click.ClickException(f"no log at {db_path} (record, mock or replay with --db {db_path} first)") from None
     except sqlite3.DatabaseError as e:
         raise click.ClickException(f"{db_path} is not a ucsproxy log (not a SQLite file: {e})") from e
     if not has_table:

@@ -34,15 +34,15 @@ def report_command(source, as_json, html_path, fail_on, kind, storm_retries, sto
     try:
         names = parse_fail_on(fail_on)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--fail-on")
+        raise click.BadParameter(str(e), param_hint="--fail-on") from None
     try:
         thresholds = Thresholds(storm_retries=storm_retries, storm_window_ms=storm_window_ms)
     except ValueError as e:
-        raise click.UsageError(str(e))
+        raise click.UsageError(str(e)) from None
     try:
         rows = load_rows(source)
     except (OSError, ValueError) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None
     verdicts = judge(rows, thresholds, kind=kind)
     if as_json:
         text = json_lines(verdicts)
@@ -54,9 +54,9 @@ def report_command(source, as_json, html_path, fail_on, kind, storm_retries, sto
         try:
             write_html(html_path, rows, verdicts, title=str(source), thresholds=thresholds)
         except MissingExtra as e:
-            raise click.ClickException(str(e))
+            raise click.ClickException(str(e)) from None
         except ValueError as e:
-            raise click.ClickException(str(e))
+            raise click.ClickException(str(e)) from None
         click.echo(f"wrote {html_path}", err=True)
     hits = failing(verdicts, names)
     if hits:

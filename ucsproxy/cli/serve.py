@@ -57,7 +57,7 @@ def check_redaction(redact_headers, redact_patterns) -> None:
     try:
         Redactor.from_options(False, redact_headers, redact_patterns)
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'")
+        raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'") from None
 
 
 FRONT_HELP = ("lean: ucsproxy's own asyncio HTTP/1.1 server (fast start, fast answers); "
