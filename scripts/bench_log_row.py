@@ -6,13 +6,13 @@
 
 Loads every exchange of the fixture directories as the raw exchange the proxy
 hands to the log writer (bodies as bytes, headers as recorded), then times, per
-exchange, what :func:`ucsproxy.exchange.build_row` does:
+exchange, what :func:`ucsproxy.logrow.build_row` does:
 
 - ``dec_req``   codec.decode_request
 - ``dec_resp``  codec.decode_response (with the request's operation, as build_row passes it)
 - ``jsonable``  records.to_jsonable of the ``args`` and ``result`` values
-- ``dumps``     the JSON text of ``args``, ``result`` and both header lists (exchange._json)
-- ``bodies``    the bodies as text (exchange._body_text) and redact_text over them
+- ``dumps``     the JSON text of ``args``, ``result`` and both header lists (logrow._json)
+- ``bodies``    the bodies as text (logrow._body_text) and redact_text over them
 - ``row``       build_row as a whole (the sum above plus headers, mailbox, small things)
 
 and the SQLite insert of all rows in one transaction (store.write_rows, as the
@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ucsproxy import codec  # noqa: E402
-from ucsproxy.exchange import RawExchange, _body_text, _json, build_row, header  # noqa: E402
-from ucsproxy.fixtures import read_fixture_dir  # noqa: E402
+from ucsproxy.logrow import RawExchange, _body_text, _json, build_row, header  # noqa: E402
+from ucsproxy.recordingfiles import read_fixture_dir  # noqa: E402
 from ucsproxy.records import EwsRequest, EwsResponse, to_jsonable  # noqa: E402
 from ucsproxy.redact import redact_text  # noqa: E402
 from ucsproxy.store import open_db, write_rows  # noqa: E402

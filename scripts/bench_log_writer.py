@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import BASIC, ROOT, cpu_seconds  # noqa: E402
 from ucsproxy import codec  # noqa: E402
 from ucsproxy import records as R  # noqa: E402
-from ucsproxy.exchange import RawExchange  # noqa: E402
+from ucsproxy.logrow import RawExchange  # noqa: E402
 from ucsproxy.model import UcsModel  # noqa: E402
 from ucsproxy.service import UcsService  # noqa: E402
 from ucsproxy.store import LogStore  # noqa: E402

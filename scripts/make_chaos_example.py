@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from chaos_clients import fault_rules, run_all  # noqa: E402
 
-from ucsproxy.fixtures import export_rows  # noqa: E402
+from ucsproxy.recordingfiles import export_rows  # noqa: E402
 from ucsproxy.store import iter_exchanges, open_log  # noqa: E402
 
 FAULTS = ROOT / "examples" / "faults" / "chaos-clients.toml"

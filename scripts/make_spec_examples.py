@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ucsproxy.exchange import RawExchange, build_row  # noqa: E402
-from ucsproxy.fixtures import export_rows  # noqa: E402
+from ucsproxy.logrow import RawExchange, build_row  # noqa: E402
+from ucsproxy.recordingfiles import export_rows  # noqa: E402
 
 EPOCH = 1352246400.0  # 2012-11-07T00:00:00Z, the GetImItems page's CreationTime day
 

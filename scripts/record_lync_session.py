@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from ucs_session import run_session  # noqa: E402
 
-from ucsproxy.fixtures import export_rows  # noqa: E402
+from ucsproxy.recordingfiles import export_rows  # noqa: E402
 from ucsproxy.store import iter_exchanges, open_log  # noqa: E402
 
 USER = "kim.akers@contoso.com"

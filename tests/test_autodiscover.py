@@ -15,7 +15,7 @@ from mitmproxy.test import taddons, tflow
 
 from ucsproxy import autodiscover
 from ucsproxy.addon import UcsProxy
-from ucsproxy.exchange import RawExchange, build_row
+from ucsproxy.logrow import RawExchange, build_row
 
 from conftest import start_ucsproxy
 from ews_client import EwsClient, groups

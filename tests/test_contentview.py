@@ -283,7 +283,7 @@ def test_injected_faults_stand_out_and_are_shown_in_the_view():
 def test_replayed_answers_are_replays_and_a_miss_stands_out(tmp_path):
     from ucsproxy.store import LogStore
 
-    from ucsproxy.exchange import RawExchange
+    from ucsproxy.logrow import RawExchange
 
     db = tmp_path / "rec.db"
     with LogStore(db) as store:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from ucsproxy.cli import main as cli
-from ucsproxy.exchange import COLUMNS, RawExchange
+from ucsproxy.logrow import COLUMNS, RawExchange
 from ucsproxy.store import ERROR_CONDITION, LogStore
 
 from conftest import ROOT

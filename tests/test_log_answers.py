@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from record_strategies import item_lists, responses
-from ucsproxy import codec, core, exchange
-from ucsproxy.exchange import LoggedAnswer, RawExchange, build_row, payload_json
+from ucsproxy import codec, core, logrow
+from ucsproxy.logrow import LoggedAnswer, RawExchange, build_row, payload_json
 from ucsproxy.model import UcsModel
 from ucsproxy import records as R
 from ucsproxy.records import EwsRequest, GetImItemList, SoapHeaders, to_jsonable
@@ -71,7 +71,7 @@ def test_an_altered_answer_is_decoded_as_sent():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(item_lists, responses.map(lambda r: r.payload)))
 def test_payload_json_is_the_json_of_to_jsonable(payload):
-    expected = exchange._json(to_jsonable(payload))
+    expected = logrow._json(to_jsonable(payload))
     assert payload_json(payload) == expected
     assert payload_json(payload) == expected  # again, from the cache
 
@@ -82,7 +82,7 @@ def test_an_answer_sent_again_is_decoded_once(tmp_path, monkeypatch):
         m.add_new_im_contact_to_group(MB, f"sip:u{n}@contoso.com", f"U{n}")
     request = EwsRequest("GetImItemList", SoapHeaders("Exchange2013"), GetImItemList())
     answer = core.encode_answer(request, UcsService(m).handle(request, user=MB))
-    assert len(answer.body) > exchange.ANSWER_CACHE_MIN_BYTES
+    assert len(answer.body) > logrow.ANSWER_CACHE_MIN_BYTES
     first = build_row(raw(request, answer))
     decoded = []
     real = codec.decode_response
@@ -97,12 +97,12 @@ def test_an_answer_sent_again_is_decoded_once(tmp_path, monkeypatch):
 def test_the_addon_hands_the_answer_records_to_the_log():
     from mitmproxy.test import tflow
 
-    from ucsproxy.addon import _scratch, raw_exchange_from_flow
+    from ucsproxy.flowfacts import raw_exchange_from_flow, scratch
 
     request, answer = next(iter(mock_answers()))
     flow = tflow.tflow(resp=True)
     flow.response.content = answer.body
-    _scratch(flow)["ucs_answer"] = answer  # what the addon keeps beside the flow
+    scratch(flow)["ucs_answer"] = answer  # what the addon keeps beside the flow
     assert raw_exchange_from_flow(flow, "mock").decoded_response is answer.decoded
     flow.response.content = answer.body[:100]  # a truncate fault cut it: the log reads what was sent
     assert raw_exchange_from_flow(flow, "mock").decoded_response is None

@@ -1,7 +1,7 @@
 """The log's JSON columns: the text build_row stores is what ``json.dumps(..., sort_keys=True)``
 gives, so an export/import round trip (which writes sorted keys) reproduces it exactly.
 
-exchange._json does not sort: records.to_jsonable gives its dict keys in sorted order. These
+logrow._json does not sort: records.to_jsonable gives its dict keys in sorted order. These
 tests hold that together.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ucsproxy import codec
-from ucsproxy.exchange import RawExchange, build_row
-from ucsproxy.fixtures import read_fixture_dir
+from ucsproxy.logrow import RawExchange, build_row
+from ucsproxy.recordingfiles import read_fixture_dir
 from ucsproxy.records import DecodeError, ImItemList, UcsResponse, to_jsonable
 
 from test_codec import ALL_REQUESTS, GROUP, PERSONA

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import count_rows
-from ucsproxy.exchange import RawExchange, build_row
+from ucsproxy.logrow import RawExchange, build_row
 from ucsproxy.logwriter import committed_mark, frames_of, stop_frame
 from ucsproxy.redact import Redactor
 from ucsproxy.store import COLUMNS, LogError, LogStore, _encoded

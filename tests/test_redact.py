@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from ucsproxy.exchange import RawExchange
+from ucsproxy.logrow import RawExchange
 from ucsproxy.redact import redact_headers, redact_text
 from ucsproxy.store import LogStore, get_exchange, open_log
 
@@ -105,7 +105,7 @@ from click.testing import CliRunner  # noqa: E402
 from conftest import ROOT, start_ucsproxy  # noqa: E402
 from ews_client import EwsClient  # noqa: E402
 from ucsproxy.cli import main as cli  # noqa: E402
-from ucsproxy.exchange import JSON_COLUMNS, build_row  # noqa: E402
+from ucsproxy.logrow import JSON_COLUMNS, build_row  # noqa: E402
 from ucsproxy.redact import Redactor  # noqa: E402
 
 TOKEN = "opaque-access-token-0123456789abcdef"

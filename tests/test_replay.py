@@ -12,7 +12,7 @@ from conftest import ROOT, start_mitmdump, start_ucsproxy
 from ews_client import EwsClient, envelope, groups
 from ucsproxy import codec
 from ucsproxy.cli import main as cli
-from ucsproxy.fixtures import body_for_file, body_from_file, read_fixture_dir
+from ucsproxy.recordingfiles import body_for_file, body_from_file, read_fixture_dir
 from ucsproxy.records import (AddImGroup, EwsRequest, GetImItemList, ItemId, RemoveImGroup, SetImGroup,
                               SoapHeaders)
 from ucsproxy.replay import NoMatch, RecordedAnswer, ReplayIndex, build_stateful_model

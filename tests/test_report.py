@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import ROOT
 from ucsproxy.cli import main
-from ucsproxy.fixtures import import_source
+from ucsproxy.recordingfiles import import_source
 from ucsproxy.verdicts import SEVERITY
 
 CHAOS = ROOT / "recordings" / "chaos-clients"

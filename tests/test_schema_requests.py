@@ -15,7 +15,8 @@ from mitmproxy.test import taddons, tflow
 
 from ucsproxy import codec, schema
 from ucsproxy import protocol as P
-from ucsproxy.addon import UcsProxy, decoded_request_of
+from ucsproxy.addon import UcsProxy
+from ucsproxy.flowfacts import decoded_request_of
 from ucsproxy.records import DecodeError, EwsRequest, SoapHeaders
 
 from ews_client import NS, envelope

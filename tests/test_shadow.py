@@ -13,7 +13,7 @@ from test_console_process import console_lines, wait_for
 
 from ucsproxy import codec
 from ucsproxy.cli import main
-from ucsproxy.exchange import RawExchange
+from ucsproxy.logrow import RawExchange
 from ucsproxy.model import UcsModel
 from ucsproxy.records import AddImGroup, AddNewImContactToGroup, EwsRequest, GetImItemList, ItemId, SoapHeaders
 from ucsproxy.service import UcsService

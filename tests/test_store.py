@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from conftest import count_rows, wait_for
 from ucsproxy.cli import main as cli
-from ucsproxy.exchange import RawExchange, build_row, request_user
+from ucsproxy.logrow import RawExchange, build_row, request_user
 from ucsproxy.redact import redact_header
 from ucsproxy.store import LogStore, open_log, query_exchanges
 
@@ -140,7 +140,7 @@ def test_schema_and_indexes_open_with_sqlite_utils(tmp_path):
 WRITER = textwrap.dedent("""
     import signal, sys, time
     from ucsproxy.store import LogStore
-    from ucsproxy.exchange import RawExchange
+    from ucsproxy.logrow import RawExchange
     store = LogStore(sys.argv[1], writer=sys.argv[3])
     signal.signal(signal.SIGTERM, lambda *a: (store.close(), sys.exit(0)))
     body = b"<y>" + b"z" * 13000 + b"</y>"  # as big as a real item list: 500 of them fill many pipe buffers

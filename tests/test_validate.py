@@ -11,7 +11,7 @@ from mitmproxy import io
 from mitmproxy.test import tflow
 
 from ucsproxy.cli import main
-from ucsproxy.fixtures import read_fixture_dir
+from ucsproxy.recordingfiles import read_fixture_dir
 from ucsproxy.store import LogStore
 
 from ews_client import envelope

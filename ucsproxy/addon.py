@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import weakref
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -27,17 +25,12 @@ from . import contentview, core, faults
 from .annotate import annotate_flow
 from .shadow import ShadowModel
 from .core import MATCH_MODES, MODES, UcsCore
-from .exchange import RawExchange
+from .flowfacts import raw_exchange_from_flow, scratch as _scratch
 from .records import EwsRequest, SoapFault, UcsResponse
 
 log = logging.getLogger("ucsproxy")
 
 DEFAULT_DB = "recordings/ucsproxy.db"
-
-
-def is_ews_endpoint(request: http.Request) -> bool:
-    """True for the EWS endpoint path, compared case-insensitively as IIS does."""
-    return core.is_ews_endpoint(request.path)
 
 
 class UcsProxy:
@@ -294,23 +287,6 @@ class UcsProxy:
         return self.core.fault_summaries()
 
 
-# Per-flow objects that must not go into flow.metadata: mitmproxy saves metadata with the
-# flow (``-w``, mitmweb's save), and decoded records or fault decisions cannot be saved.
-_SCRATCH: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def _scratch(flow: http.HTTPFlow) -> dict[str, Any]:
-    try:
-        return _SCRATCH[flow]
-    except KeyError:
-        return _SCRATCH.setdefault(flow, {})
-
-
-def decoded_request_of(flow: http.HTTPFlow):
-    """The EwsRequest (or DecodeError) the addon decoded this flow's request to, if it did."""
-    return _scratch(flow).get("ucs_request")
-
-
 def _pairs(headers: http.Headers) -> list[tuple[str, str]]:
     return list(headers.items(multi=True))
 
@@ -339,35 +315,3 @@ def _no_body_for_head(flow: http.HTTPFlow) -> None:
 
 def _operation_of(flow: http.HTTPFlow) -> str | None:
     return core.operation_named(_scratch(flow).get("ucs_request"))
-
-
-def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
-    """The raw facts of a finished flow, for the log (no decoding here: that is the writer thread's job)."""
-    req, resp = flow.request, flow.response
-    decision = _scratch(flow).get("ucs_fault")
-    started = req.timestamp_start
-    ended = (resp.timestamp_end if resp is not None else None) or time.time()
-    client = flow.client_conn.peername
-    server = flow.server_conn.address if mode == "record" else None
-    error = flow.error.msg if flow.error else None
-    decoded_request = _scratch(flow).get("ucs_request")
-    answer = _scratch(flow).get("ucs_answer")
-    response_body = resp.get_content(strict=False) if resp is not None else None
-    return RawExchange(
-        mode=mode,
-        started_at=started,
-        duration_ms=round((ended - started) * 1000, 3) if started else None,
-        client=f"{client[0]}:{client[1]}" if client else None,
-        server=f"{server[0]}:{server[1]}" if server else None,
-        method=req.method,
-        path=req.path,
-        http_status=resp.status_code if resp is not None else None,
-        request_headers=[(k, v) for k, v in req.headers.items(multi=True)],
-        request_body=req.get_content(strict=False),
-        response_headers=[(k, v) for k, v in resp.headers.items(multi=True)] if resp is not None else None,
-        response_body=response_body,
-        fault=decision.describe() if decision is not None else None,
-        error=error,
-        decoded_request=decoded_request,
-        decoded_response=answer.logged(response_body) if answer is not None else None,
-    )

@@ -20,7 +20,8 @@ from typing import Any
 from collections.abc import Iterable
 
 from . import codec
-from .exchange import header, is_ews_path, key_arguments, request_user
+from .logrow import header, key_arguments, request_user
+from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, to_jsonable
 
 #: ``flow.metadata`` key of the summary (plain JSON data, so a saved flow file keeps it).
@@ -94,7 +95,7 @@ class ExchangeSummary:
 
     @property
     def is_ews(self) -> bool:
-        return self.operation is not None or (self.method == "POST" and is_ews_path(self.path))
+        return self.operation is not None or is_ews_request(self.method, self.path)
 
     @property
     def result(self) -> str:
@@ -162,7 +163,7 @@ def summarize(*, started_at: float, duration_ms: float | None, method: str, path
     """The summary of one exchange from its raw facts (any front can call this)."""
     s = ExchangeSummary(started_at=started_at, duration_ms=duration_ms, method=method, path=path,
                         http_status=http_status, error=error, replay=replay)
-    ews = method == "POST" and is_ews_path(path)
+    ews = is_ews_request(method, path)
     if ews and decoded_request is None and request_body is not None:
         decoded_request = codec.decode_request(request_body, header(request_headers, "SOAPAction"),
                                                header(request_headers, "Content-Type"))

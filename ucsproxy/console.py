@@ -149,7 +149,7 @@ class Reporter:
         return self.marks or self.console.enabled or self.shadow is not None
 
     def exchange_done(self, raw, replay: tuple[str, str | None] | None = None) -> ExchangeSummary | None:
-        """Summarize a finished :class:`~ucsproxy.exchange.RawExchange`; None when nobody asks."""
+        """Summarize a finished :class:`~ucsproxy.logrow.RawExchange`; None when nobody asks."""
         if not self.active:
             return None
         from .annotate import summarize_raw

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from . import autodiscover, codec, faults, identity, schema
 from .console import Reporter
-from .exchange import RawExchange, header
+from .protocol import is_ews_endpoint
+from .logrow import RawExchange, header
 from .model import DEFAULT_MAILBOX, UcsModel
 from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
 from .service import UcsService
@@ -82,11 +83,6 @@ class Altered:
     #: Content-Length to promise instead of the body's length (truncate with keep_length), then hang up.
     promised_length: int | None = None
     drop_headers: tuple[str, ...] = field(default=())
-
-
-def is_ews_endpoint(path: str) -> bool:
-    """True for the EWS endpoint path, compared case-insensitively as IIS does."""
-    return path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
 
 
 def operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:

@@ -34,7 +34,7 @@ import httptools
 
 from . import core as core_mod
 from .core import ALTERING_ACTIONS, RENDERED_ACTIONS, Answer, UcsCore
-from .exchange import RawExchange
+from .logrow import RawExchange
 
 log = logging.getLogger("ucsproxy")
 

@@ -3,7 +3,7 @@
 :data:`COLUMNS` and :data:`INDEXES` are the only place the ``exchanges`` table is described
 (``ucsproxy.store`` re-exports them). A column added here is created in new logs, added to an
 existing log made before it (the rows are kept), and checked for by :func:`connect_for_writing`;
-every row :func:`ucsproxy.exchange.build_row` makes must use only these names.
+every row :func:`ucsproxy.logrow.build_row` makes must use only these names.
 
 Plain ``sqlite3`` on purpose: the log writer process opens the file with this before it says
 it is ready, so nothing slower is imported on that path.

@@ -50,7 +50,7 @@ from collections.abc import Iterable
 from .logtable import MARK_TABLE, TABLE, LogError, connect_for_writing  # noqa: F401 (LogError for callers)
 
 if TYPE_CHECKING:  # the writer process imports the decoder after it has said it is ready
-    from .exchange import RawExchange
+    from .logrow import RawExchange
 
 log = logging.getLogger("ucsproxy.store")
 
@@ -100,7 +100,7 @@ def stop_frame() -> bytes:
 
 def build_rows(batch: Iterable[RawExchange], redactor) -> list[dict[str, Any]]:
     """Rows of the exchanges, redacted by ``redactor`` (ucsproxy.redact.Redactor)."""
-    from .exchange import JSON_COLUMNS, build_row
+    from .logrow import JSON_COLUMNS, build_row
 
     rows = []
     for raw in batch:
@@ -113,7 +113,7 @@ def build_rows(batch: Iterable[RawExchange], redactor) -> list[dict[str, Any]]:
 
 
 def stub_row(raw: RawExchange, error: str) -> dict[str, Any]:
-    from .exchange import iso_utc
+    from .logrow import iso_utc
 
     return {"started_at": iso_utc(raw.started_at), "mode": raw.mode, "method": raw.method,
             "path": raw.path, "http_status": raw.http_status, "error": error}

@@ -16,6 +16,25 @@ NS_XSD = "http://www.w3.org/2001/XMLSchema"
 
 SOAP_ACTION_PREFIX = NS_MESSAGES + "/"
 
+#: Where Exchange serves EWS; IIS compares paths case-insensitively.
+EWS_PATH = "/EWS/Exchange.asmx"
+
+
+def is_ews_endpoint(path: str) -> bool:
+    """True for the EWS endpoint path (a query string and a final slash allowed), in any letter case."""
+    return path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
+
+
+def is_ews_request(method: str, path: str, body: bytes | None = None) -> bool:
+    """An EWS request in observed traffic: a POST under ``/EWS/``, or, when ``body`` is given,
+    a body that names EWS's messages namespace (a capture of a client whose path was rewritten).
+
+    The endpoint ucsproxy serves is narrower: :func:`is_ews_endpoint`.
+    """
+    if method.upper() == "POST" and "/ews/" in path.lower():
+        return True
+    return body is not None and b"schemas.microsoft.com/exchange/services/2006/messages" in body[:4096]
+
 #: The twelve operations of [MS-OXWSCOS], in the order of its section 3.1.4.
 UCS_OPERATIONS: tuple[str, ...] = (
     "AddDistributionGroupToImList",

@@ -83,7 +83,7 @@ def load_rows(source: str | Path, columns: tuple[str, ...] | None = None) -> lis
     ``columns``: read only these from a SQLite log (a fixture directory gives whole rows)."""
     source = Path(source)
     if source.is_dir():
-        from .fixtures import read_fixture_dir
+        from .recordingfiles import read_fixture_dir
 
         return read_fixture_dir(source)
     import sqlite3

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import codec
 from . import protocol as P
-from .exchange import header, request_user
+from .logrow import header, request_user
 from .records import EwsRequest, EwsResponse, ImGroup, ImItemList, Persona, SoapFault, UcsResponse
 
 log = logging.getLogger("ucsproxy")

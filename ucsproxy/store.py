@@ -37,7 +37,7 @@ from .logtable import (COLUMNS, INDEXES, TABLE, LogError, _create_indexes, _migr
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from .exchange import RawExchange
+    from .logrow import RawExchange
     from .redact import Redactor
 
 # sqlite_utils is imported where a log is written or opened with it, not by `ucsproxy log`
@@ -135,7 +135,7 @@ class LogStore:
         Rows not built by build_row with this store's redactor (``redacted``) pass it here.
         Raises :class:`LogError` when they could not be written (nothing is written then)."""
         if not redacted:
-            from .exchange import JSON_COLUMNS, JSON_ENCODER
+            from .logrow import JSON_COLUMNS, JSON_ENCODER
 
             rows = [self.redactor.row(dict(row), JSON_COLUMNS, JSON_ENCODER.encode) for row in rows]
         with self._write_lock:

@@ -116,11 +116,11 @@ def check_source(source: str | Path) -> Iterator[Checked]:
 
     A source that is none of these raises ValueError (or FileNotFoundError) naming it.
     """
-    from . import fixtures, replay
+    from . import recordingfiles, replay
 
     source = Path(source)
     if source.is_dir():
-        rows = fixtures.read_fixture_dir(source)
+        rows = recordingfiles.read_fixture_dir(source)
         yield from _from_rows(rows, (f"{n:04d}" for n in range(1, len(rows) + 1)))
         return
     if not source.is_file():
@@ -131,10 +131,10 @@ def check_source(source: str | Path) -> Iterator[Checked]:
         rows = replay.load_rows(source)
         yield from _from_rows(rows, (f"#{row.get('id', n)}" for n, row in enumerate(rows, 1)))
         return
-    if source.suffix.lower() == ".har" or fixtures._looks_like_json(source):
-        _, raws = fixtures.har_exchanges(source)
+    if source.suffix.lower() == ".har" or recordingfiles.looks_like_json(source):
+        _, raws = recordingfiles.har_exchanges(source)
     else:
-        _, raws = fixtures.mitm_exchanges(source)
+        _, raws = recordingfiles.mitm_exchanges(source)
     for n, raw in enumerate(raws, 1):
         yield check_exchange(f"entry {n}", raw.request_body, raw.response_body,
                              request_headers=raw.request_headers, response_headers=raw.response_headers)

@@ -1,7 +1,7 @@
 """The ``ucsproxy`` command line: a thin layer over the package's modules.
 
 Each submodule adds its commands to :data:`main`:
-``serve`` (mock, record, replay), ``logs`` (log, show), ``state``, ``fixtures`` (export, import), ``report`` and
+``serve`` (mock, record, replay), ``logs`` (log, show), ``state``, ``recordingfiles`` (export, import), ``report`` and
 ``faultrules`` (faults check).
 """
 
@@ -18,4 +18,4 @@ def main() -> None:
     """Decode, log, mock, replay and fault-inject Exchange Unified Contact Store traffic."""
 
 
-from . import faultrules, fixtures, logs, report, serve, state, validate  # noqa: E402,F401  (register commands)
+from . import faultrules, logs, recordingfiles, report, serve, state, validate  # noqa: E402,F401  (register commands)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .memo import IdentityCache
 from .identity import clean_name, request_mailbox, signed_in_user
+from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, ImItemList, Persona, to_jsonable
 from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor
 
@@ -175,10 +176,6 @@ def _decode_error(e: DecodeError) -> dict:
     return {"decode_error": to_jsonable(e)}
 
 
-def is_ews_path(path: str) -> bool:
-    return "/ews/" in path.lower()
-
-
 # Answers decoded lately, by body: an answer sent again byte for byte (a mailbox read
 # again unchanged, a replayed answer, an upstream answering alike) is not decoded again.
 # Small bodies decode faster than they hash; the cache keeps at most ANSWER_CACHE_BYTES.
@@ -224,7 +221,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
 
     soap_action = header(raw.request_headers, "SOAPAction")
     request = raw.decoded_request
-    ews_post = raw.method == "POST" and is_ews_path(raw.path)
+    ews_post = is_ews_request(raw.method, raw.path)
     if request is None and ews_post and raw.request_body is not None:
         request = codec.decode_request(raw.request_body, None, header(raw.request_headers, "Content-Type"))
     operation = mailbox = version = args = None

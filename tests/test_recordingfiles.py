@@ -13,7 +13,7 @@ from conftest import ROOT
 from ews_client import envelope
 from ucsproxy import codec
 from ucsproxy.cli import main as cli
-from ucsproxy.fixtures import export_rows, read_fixture_dir
+from ucsproxy.recordingfiles import export_rows, read_fixture_dir
 from ucsproxy.records import AddImGroup, DecodeError, EwsRequest, SoapHeaders
 from ucsproxy.replay import NoMatch, RecordedAnswer, ReplayIndex, no_match_body
 from ucsproxy.store import open_log, query_exchanges

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ucsproxy import codec
-from ucsproxy.exchange import MAX_STORED_BODY, RawExchange, build_row, key_arguments, request_user
+from ucsproxy.logrow import MAX_STORED_BODY, RawExchange, build_row, key_arguments, request_user
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spec"
 ADD_IM_GROUP = FIXTURES.joinpath("AddImGroup.page.request.xml").read_bytes()

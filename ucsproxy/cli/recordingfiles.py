@@ -20,7 +20,7 @@ def export_command(db, directory, operations, mailboxes, overwrite):
     """Write the exchanges of DB to DIRECTORY as text fixtures (one request/response pair per exchange)."""
     import os
 
-    from ..fixtures import export_rows
+    from ..recordingfiles import export_rows
     from ..store import iter_exchanges, open_log
 
     if not overwrite and os.path.isdir(directory) and os.listdir(directory):
@@ -54,7 +54,7 @@ def import_command(source, db, keep_secrets, progress, again, redact_headers, re
     From HAR and flow files only EWS exchanges are kept, with credentials redacted. A source
     already imported into DB (the same content, wherever it lies) is refused unless --again.
     """
-    from ..fixtures import import_source
+    from ..recordingfiles import import_source
     from ..redact import Redactor
 
     try:

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
-from .exchange import RawExchange, build_row, is_ews_path
+from .logrow import RawExchange, build_row
+from .protocol import is_ews_request
 
 FORMAT = "ucsproxy-recording/1"
 META_COLUMNS = ("started_at", "duration_ms", "mode", "client", "server", "method", "path", "http_status",
@@ -181,12 +182,6 @@ def read_fixture_dir(directory: str | Path) -> list[dict[str, Any]]:
 # Other tools' captures
 
 
-def _is_ews(method: str, path: str, body: bytes | None) -> bool:
-    if method.upper() == "POST" and is_ews_path(path):
-        return True
-    return bool(body) and b"schemas.microsoft.com/exchange/services/2006/messages" in body[:4096]
-
-
 def _timestamp(value: Any) -> float:
     if not isinstance(value, str) or not value:
         return 0.0
@@ -226,7 +221,7 @@ def _har_exchange(entry: Any) -> RawExchange | None:
     method = req.get("method") if isinstance(req.get("method"), str) else ""
     post = req.get("postData") if isinstance(req.get("postData"), dict) else {}
     body = post["text"].encode("utf-8") if isinstance(post.get("text"), str) else None
-    if not _is_ews(method, path, body):
+    if not is_ews_request(method, path, body):
         return None
     status = resp.get("status")
     # HAR writes status 0 for a request that got no answer (reset, timeout).
@@ -272,7 +267,7 @@ def mitm_exchanges(path: str | Path) -> tuple[int | None, Iterator[RawExchange]]
     """EWS exchanges of a mitmproxy flow file (``mitmdump -w``)."""
     from mitmproxy import exceptions, http, io
 
-    from .addon import raw_exchange_from_flow
+    from .flowfacts import raw_exchange_from_flow
 
     def gen() -> Iterator[RawExchange]:
         with open(path, "rb") as f:
@@ -281,7 +276,7 @@ def mitm_exchanges(path: str | Path) -> tuple[int | None, Iterator[RawExchange]]
                     if not isinstance(flow, http.HTTPFlow):
                         continue
                     req = flow.request
-                    if not _is_ews(req.method, req.path, req.get_content(strict=False)):
+                    if not is_ews_request(req.method, req.path, req.get_content(strict=False)):
                         continue
                     # Metadata the proxy keeps in memory as objects comes back from a file as plain data
                     # (or from anyone who wrote the file): the import decodes afresh instead.
@@ -296,7 +291,7 @@ def mitm_exchanges(path: str | Path) -> tuple[int | None, Iterator[RawExchange]]
     return None, gen()
 
 
-def _looks_like_json(path: Path) -> bool:
+def looks_like_json(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1] == b"{"
@@ -334,7 +329,7 @@ def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, 
         finally:
             store.close()
         return len(rows)
-    if source.suffix.lower() == ".har" or _looks_like_json(source):
+    if source.suffix.lower() == ".har" or looks_like_json(source):
         total, raws = har_exchanges(source)
     else:
         total, raws = mitm_exchanges(source)
