@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import contentview, core, faults
+from . import contentview, control, core, faults
 from .annotate import annotate_flow
 from .shadow import ShadowModel
 from .core import MATCH_MODES, MODES, UcsCore
@@ -78,6 +78,10 @@ class UcsProxy:
         loader.add_option("ucs_console", bool, False, "Print one line per EWS exchange and a summary at exit.")
         loader.add_option("ucs_marks", bool, True, "Mark EWS flows with their operation and result (comment, marker).")
         loader.add_option("ucs_shadow", bool, False, "Record: compare every answer with a model of each mailbox.")
+        loader.add_option("ucs_control", bool, True, "The /_ucsproxy/ control API (open on a loopback listen "
+                          "address, elsewhere only with ucs_control_token); false refuses every call with 404.")
+        loader.add_option("ucs_control_token", str, "", "Bearer token every control API call must carry "
+                          "(default: the UCSPROXY_CONTROL_TOKEN environment variable).")
         contentview.register()
 
     def configure(self, updated: set[str]) -> None:
@@ -99,6 +103,8 @@ class UcsProxy:
                 c.build_replay(opts.ucs_replay, match=opts.ucs_match, stateful=opts.ucs_stateful, seed=opts.ucs_seed)
             if updated & {"ucs_faults", "ucs_fault", "ucs_fault_seed"}:
                 c.build_faults(opts.ucs_faults, opts.ucs_fault, opts.ucs_fault_seed)
+            if updated & {"ucs_control", "ucs_control_token", "listen_host"}:
+                c.configure_control(opts.ucs_control, opts.ucs_control_token or None, [opts.listen_host])
             if updated & {"ucs_db", "ucs_mode", "ucs_replay"}:
                 core.refuse_logging_into_the_replayed(opts.ucs_mode, opts.ucs_db, opts.ucs_replay)
             # The log opens last, once every other option is known good. mitmproxy answers a
@@ -124,9 +130,15 @@ class UcsProxy:
         mode = c.mode
         if mode == "off":
             return None
+        req = flow.request
+        if control.is_control_path(req.path):  # answered here: never forwarded, never logged
+            client = flow.client_conn.peername
+            flow.response = _response(c.control_answer(req.method, req.path, _pairs(req.headers), req.get_content(
+                strict=False), f"{client[0]}:{client[1]}" if client else None))
+            _scratch(flow)["ucs_control"] = True
+            return None
         serving = mode in ("mock", "replay")
         decoded = None
-        req = flow.request
         if serving:
             scheme = "https" if flow.client_conn.tls_established else "http"
             # HTTP/2 has no Host header: its :authority is the host_header (kept: keep_host_header).
@@ -159,6 +171,8 @@ class UcsProxy:
 
     def response(self, flow: http.HTTPFlow):
         _no_body_for_head(flow)
+        if _scratch(flow).get("ucs_control"):
+            return None
         decision = _scratch(flow).get("ucs_fault")
         if decision is not None and not _scratch(flow).get("ucs_fault_applied"):
             return self._response_with_fault(flow, decision)
@@ -189,7 +203,8 @@ class UcsProxy:
 
     def error(self, flow: http.HTTPFlow) -> None:
         # Upstream refused or closed, client went away, or a fault killed the flow.
-        self._log(flow)
+        if not _scratch(flow).get("ucs_control"):
+            self._log(flow)
 
     def _let_held_go(self) -> None:
         self.core.let_held_go()
@@ -254,7 +269,7 @@ class UcsProxy:
     # -- logging -----------------------------------------------------------
 
     def _log(self, flow: http.HTTPFlow) -> None:
-        if not self.core.logging and not self.core.reporter.active:
+        if not self.core.logging and not self.core.reporter.active and self.core.journal is None:
             return
         summary = self.core.log_exchange(raw_exchange_from_flow(flow, self.mode), _scratch(flow).get("ucs_replay"))
         if summary is not None:

@@ -20,6 +20,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from . import autodiscover, codec, faults, identity, schema
@@ -29,6 +30,12 @@ from .logrow import RawExchange, header
 from .model import DEFAULT_MAILBOX, UcsModel
 from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
 from .service import UcsService
+
+if TYPE_CHECKING:
+    from .control import ControlApi
+    from .journal import Journal
+    from .model import Mailbox
+    from .redact import Redactor
 
 log = logging.getLogger("ucsproxy")
 
@@ -171,6 +178,12 @@ class UcsCore:
         self.domains: tuple[str, ...] = ()  # mailbox domains Autodiscover accepts besides the model's
         self.engine: faults.FaultEngine | None = None
         self.watcher: faults.FaultFileWatcher | None = None
+        self.fault_seed = 0  # the seed of rules added later (ucs_fault_seed)
+        #: The mailboxes as they were at the start (mock, stateful replay), for the control API's reset.
+        self.model_start: dict[str, Mailbox] | None = None
+        self.control: ControlApi | None = None  # the /_ucsproxy/ API; None: refused (ucs_control=false)
+        self.journal: Journal | None = None  # the latest exchanges, for the control API
+        self.redactor: Redactor | None = None  # the log's redaction, also of what the journal shows
         self._store_key: tuple | None = None
         self._lazy_store: tuple | None = None
         self._open_lock = threading.Lock()
@@ -205,6 +218,9 @@ class UcsCore:
             raise ConfigError(str(e)) from e
         self.close_store()
         self._store_key = key
+        self.redactor = redactor
+        if self.journal is not None:
+            self.journal.redactor = redactor
         if path and lazy:
             self._lazy_store = (path, keep_secrets, writer, redactor)
         elif path:
@@ -258,6 +274,7 @@ class UcsCore:
             raise ConfigError(f"Cannot build the mock mailbox: {e}") from e
         self.model = model
         self.service = UcsService(model)
+        self.model_start = model.snapshot() if state or item_list else {}
 
     def build_replay(self, source: str, *, match: str = "strict", stateful: bool = False,
                      seed: int | None = None) -> None:
@@ -275,6 +292,7 @@ class UcsCore:
                 self.replay = None
                 self.model = replay.build_stateful_model(source, seed=seed)
                 self.service = UcsService(self.model)
+                self.model_start = self.model.snapshot()
             else:
                 self.replay = replay.ReplayIndex.from_source(source, match=match)
                 self.model = self.service = None
@@ -282,6 +300,7 @@ class UcsCore:
             raise ConfigError(f"Cannot load the recording {source}: {e}") from e
 
     def build_faults(self, faults_file: str, specs, seed: int) -> None:
+        self.fault_seed = seed
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
@@ -311,6 +330,12 @@ class UcsCore:
         rule = faults.parse_fault_spec(spec, len(self.engine.rules()) + 1)
         return self.engine.add(rule, seed=seed)
 
+    def add_fault_rule(self, rule: faults.FaultRule, seed: int) -> faults.FaultRule:
+        """Add a parsed rule after the others (its name made unique); the rule as added."""
+        if self.engine is None:
+            self.engine = faults.FaultEngine(faults.FaultConfig(seed=seed, rules=()))
+        return self.engine.add(rule, seed=seed)
+
     def clear_faults(self) -> None:
         if self.engine is not None:
             self.engine.clear()
@@ -320,6 +345,28 @@ class UcsCore:
         if self.engine is None:
             return []
         return [rule.summary() for rule in self.engine.rules()]
+
+    def configure_control(self, enabled: bool, token: str | None, listen_hosts: Sequence[str]) -> None:
+        """The control API (``ucs_control``, ``ucs_control_token``; None: UCSPROXY_CONTROL_TOKEN) and its
+        request journal, for a proxy listening on ``listen_hosts``."""
+        from .control import ControlApi
+        from .journal import Journal
+
+        self.control = ControlApi(self, enabled=enabled, token=token or None, listen_hosts=listen_hosts)
+        if self.control.usable:
+            if self.journal is None:
+                self.journal = Journal(redactor=self.redactor)
+        else:
+            self.journal = None
+
+    def control_answer(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None,
+                       client: str | None = None) -> Answer:
+        """The answer to a ``/_ucsproxy/`` request (refused with 404 when the API is off)."""
+        from .control import ControlApi
+
+        if self.control is None:
+            self.control = ControlApi(self, enabled=False)
+        return self.control.handle(method, path, headers, body, client)
 
     def let_held_go(self) -> None:
         """End every connection a timeout fault holds (as its timeout would) and start afresh."""
@@ -459,6 +506,8 @@ class UcsCore:
                 summary = self.reporter.exchange_done(raw, replay)
         except Exception as e:  # reporting must never break traffic either
             log.error(f"ucsproxy: could not report an exchange: {e}")
+        if self.journal is not None:
+            self.journal.add(raw, replay)
         try:
             store = self.store or self.log_store()
             if store is not None:

@@ -33,6 +33,7 @@ from typing import Any
 import httptools
 
 from . import core as core_mod
+from .control import is_control_path
 from .core import ALTERING_ACTIONS, RENDERED_ACTIONS, Answer, UcsCore
 from .logrow import RawExchange
 
@@ -230,6 +231,10 @@ class _Connection(asyncio.Protocol):
         c = self.core
         path = _text(b"".join(req.url))
         body = b"".join(req.body)
+        if is_control_path(path):  # the control API: answered here, never logged
+            self._send(req, path, body, None, c.control_answer(req.method, path, req.headers, body, self.client),
+                       logged=False)
+            return
         found = c.answer_autodiscover(req.method, path, req.headers, body, self.scheme, self.listen)
         if found is not None:
             self._send(req, path, body, None, found)
@@ -291,7 +296,8 @@ class _Connection(asyncio.Protocol):
             self._write(_CONTINUE)  # the request now at the head of the line may send its body
             req.expect_continue = False
 
-    def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer, decision=None) -> None:
+    def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer, decision=None,
+              logged: bool = True) -> None:
         if self.closing:
             return
         content = answer.body
@@ -329,14 +335,15 @@ class _Connection(asyncio.Protocol):
         self.transport.write(b"".join(head) + content)
         if close:
             self.close()
-        self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+        if logged:
+            self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
 
     def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None,
              answer: Answer | None = None) -> None:
         c = self.core
         if self.server.verbose:
             log.info(f"{self.client} {req.method} {path} -> {sent[0] if sent else error}")
-        if not c.logging and not c.reporter.active:
+        if not c.logging and not c.reporter.active and c.journal is None:
             return
         c.log_exchange(RawExchange(
             mode=c.mode,
@@ -492,6 +499,8 @@ def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_
         c.build_replay(options.get("ucs_replay", ""), match=options.get("ucs_match", "strict"),
                        stateful=bool(options.get("ucs_stateful")), seed=options.get("ucs_seed"))
         c.build_faults(options.get("ucs_faults", ""), options.get("ucs_fault", ()), options.get("ucs_fault_seed", 0))
+        c.configure_control(options.get("ucs_control", True), options.get("ucs_control_token") or None,
+                            [options.get("listen_host", "127.0.0.1")])
         core_mod.refuse_logging_into_the_replayed(c.mode, options.get("ucs_db", ""), options.get("ucs_replay", ""))
         c.open_store(options.get("ucs_db", ""), bool(options.get("ucs_keep_secrets")), writer=writer, lazy=lazy_log,
                      redact_headers=options.get("ucs_redact_headers", ()),
@@ -612,7 +621,7 @@ class BackgroundLean:
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0):
         self._options = options
-        self.core = core_from_options(options, writer="thread", lazy_log=True)
+        self.core = core_from_options(dict(options, listen_host=listen_host), writer="thread", lazy_log=True)
         self._loop = _SharedLoop.get()
         self.server = LeanServer(self.core, listen_host, listen_port)
         try:

@@ -866,6 +866,25 @@ class UcsModel:
         with self._lock:
             return sorted(self._mailboxes)
 
+    def has_mailbox(self, name: str) -> bool:
+        with self._lock:
+            return name.strip().casefold() in self._mailboxes
+
+    def drop_mailbox(self, name: str) -> bool:
+        """Forget a mailbox (its next request starts a new one); False when there was none."""
+        with self._lock:
+            return self._mailboxes.pop(name.strip().casefold(), None) is not None
+
+    def snapshot(self) -> dict[str, Mailbox]:
+        """Independent copies of every mailbox, for :meth:`restore`."""
+        with self._lock:
+            return {key: mb.copy() for key, mb in self._mailboxes.items()}
+
+    def restore(self, snapshot: dict[str, Mailbox]) -> None:
+        """Every mailbox as in ``snapshot`` (copied again: the snapshot stays as it was); others go."""
+        with self._lock:
+            self._mailboxes = {key: mb.copy() for key, mb in snapshot.items()}
+
     def _call(self, name: str | None, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return getattr(self.mailbox(name), method)(*args, **kwargs)

@@ -248,6 +248,19 @@ class ReplayIndex:
             self._args[(op, mailbox)].append(args)
         self._size += 1
 
+    def rewind(self, mailbox: str | None = None) -> int:
+        """Serve every recorded sequence from its first answer again: to every asking mailbox, or to
+        ``mailbox`` only. Returns how many sequences that mailbox (or anyone) had started."""
+        asker = None if mailbox is None else _mailbox_key(mailbox)
+        started = 0
+        for slot in (*self._exact.values(), *self._loose.values()):
+            if asker is None:
+                started += bool(slot.cursors)
+                slot.cursors.clear()
+            elif slot.cursors.pop(asker, None) is not None:
+                started += 1
+        return started
+
     def lookup(self, request: EwsRequest | DecodeError, mailbox: str | None) -> RecordedAnswer | NoMatch:
         if isinstance(request, DecodeError):
             return NoMatch(request.operation, f"the request could not be decoded: {request.message}")

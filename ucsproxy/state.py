@@ -90,6 +90,20 @@ def state_json(rows: list[tuple[int, dict[str, Any]]], mailbox: str, at: int | N
     }
 
 
+def model_state_json(model: Any, mailbox: str) -> dict[str, Any]:
+    """A live mailbox of a model (the mock's, stateful replay's) in the same shape as :func:`state_json`
+    (``at``, ``based_on`` null and ``changes`` empty: it is the state now, not a recording's)."""
+    return {
+        "format": FORMAT,
+        "mailbox": mailbox,
+        "at": None,
+        "based_on": None,
+        "changes": [],
+        "im_list_migration_completed": model.im_list_migration_completed(mailbox),
+        **_lists(model.get_im_item_list(mailbox)),
+    }
+
+
 def _migration_flag(row: dict[str, Any], default: bool) -> bool:
     import json
 

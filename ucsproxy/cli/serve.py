@@ -31,6 +31,11 @@ def _common_options(f):
             click.option("--fault", "fault_specs", multiple=True, metavar="SPEC",
                          help="One-line fault rule OPERATION:ACTION[:key=value,...] (repeatable)."),
             click.option("--fault-seed", default=0, show_default=True, type=int, help="Seed for --fault rules."),
+            click.option("--no-control", is_flag=True,
+                         help="Refuse the /_ucsproxy/ control API (every call gets 404)."),
+            click.option("--control-token", envvar="UCSPROXY_CONTROL_TOKEN", default="", metavar="TOKEN",
+                         show_envvar=True, help="Every control API call must send 'Authorization: Bearer TOKEN'; "
+                         "needed for the API on a non-loopback --listen-host."),
             click.option("-v", "--verbose", is_flag=True, help="Also print every flow (mitmproxy's dumper)."),
             click.option("-q", "--quiet", is_flag=True, help="No line per EWS exchange, no summary at exit."),
         ]
@@ -71,7 +76,7 @@ def _front_option(f):
 
 def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port, db, keep_secrets, faults_file,
            fault_specs, fault_seed, verbose, quiet, front: str = "mitmproxy", redact_headers=(),
-           redact_patterns=()) -> None:
+           redact_patterns=(), no_control: bool = False, control_token: str = "") -> None:
     from .banner import check_port_free
     from .faultrules import load_rules
 
@@ -89,6 +94,8 @@ def _serve(mode: str, mode_options: dict[str, Any], *, listen_host, listen_port,
         ucs_faults=faults_file or "",
         ucs_fault=list(fault_specs),
         ucs_fault_seed=fault_seed,
+        ucs_control=not no_control,
+        ucs_control_token=control_token,
         ucs_console=not quiet,
         ucs_marks=False,  # no flow list to show them in
     )
