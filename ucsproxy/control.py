@@ -43,7 +43,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -84,7 +84,7 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         pass
     try:  # a host name: loopback only when every address it names is
-        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         return False
     return bool(found) and all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in found)
@@ -201,7 +201,7 @@ class ControlApi:
         except ControlError as e:
             return error_answer(e.status, e.message, e.headers)
         except Exception as e:  # a bug must not take the server down: this caller gets a 500
-            log.exception(f"ucsproxy: the control call {method} {path} failed: {e}")
+            log.exception(f"ucsproxy: the control call {method} {path} failed")
             return error_answer(500, f"internal error ({type(e).__name__}: {e}); see the ucsproxy output")
 
     def _admit(self, headers: list[tuple[str, str]], client: str | None) -> None:
@@ -419,8 +419,9 @@ def _rules_text(call: _Call) -> str:
         data = call.json()
         if isinstance(data, str):
             return data
-        if isinstance(data, dict) and len(data) == 1 and isinstance(data.get("rule", data.get("toml")), str):
-            return data.get("rule", data.get("toml"))
+        value = data.get("rule", data.get("toml")) if isinstance(data, dict) and len(data) == 1 else None
+        if isinstance(value, str):
+            return value
         raise ControlError(400, 'as JSON, send {"rule": "OPERATION:ACTION[:key=value,...]"} or {"toml": "..."}')
     text = call.text()
     if not text.strip():
@@ -443,8 +444,7 @@ def add_rules(ucs_core: UcsCore, text: str) -> list[faults.FaultRule]:
     seed = ucs_core.fault_seed
     try:
         if _is_one_line(text):
-            index = len(ucs_core.engine.rules()) + 1 if ucs_core.engine is not None else 1
-            rules = [dataclasses.replace(faults.parse_fault_spec(text.strip(), index), source=RULE_SOURCE)]
+            rules = [dataclasses.replace(faults.parse_fault_spec(text.strip(), 1), source=RULE_SOURCE)]
         else:
             try:
                 data = tomllib.loads(text)
@@ -461,7 +461,13 @@ def add_rules(ucs_core: UcsCore, text: str) -> list[faults.FaultRule]:
         raise ControlError(400, f"the fault rule is not usable: {e.message}") from None
     if not rules:
         raise ControlError(400, "no rule in the body: write [[fault]] tables (or one rule's keys)")
-    return [ucs_core.add_fault_rule(rule, seed) for rule in rules]
+    # Numbered after the rules in force, so an unnamed rule is rule-N with N its place in the list.
+    before = len(ucs_core.engine.rules()) if ucs_core.engine is not None else 0
+    numbered = []
+    for place, rule in enumerate(rules, before + 1):
+        name = f"rule-{place}" if rule.name == f"rule-{rule.index}" else rule.name
+        numbered.append(dataclasses.replace(rule, index=place, name=name))
+    return [ucs_core.add_fault_rule(rule, seed) for rule in numbered]
 
 
 # ---------------------------------------------------------------------------
@@ -494,6 +500,12 @@ def _text(entry: dict[str, Any], key: str, where: str, required: bool = False) -
         return None
     if not isinstance(value, str) or (required and not value.strip()):
         raise _bad(f"{where}.{key} must be {'non-empty ' if required else ''}text, not {json.dumps(value)}")
+    return value
+
+
+def _required(entry: dict[str, Any], key: str, where: str) -> str:
+    value = _text(entry, key, where, required=True)
+    assert value is not None
     return value
 
 
@@ -536,8 +548,14 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
     contact's ``groups`` (group ids or display names). Default groups the data leaves out
     stay as the mailbox had them, empty.
     """
-    from .model import DEFAULT_GROUP_TYPES, SEEDED_EPOCH, Mailbox, counts_toward_group_limit, \
-        is_smtp_address, same_display_name
+    from .model import (
+        DEFAULT_GROUP_TYPES,
+        SEEDED_EPOCH,
+        Mailbox,
+        counts_toward_group_limit,
+        is_smtp_address,
+        same_display_name,
+    )
     from .state import FORMAT
 
     data = _keys(data, _TOP_KEYS, "the body")
@@ -563,8 +581,7 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
     for i, entry in enumerate(contacts_in):
         where = f"contacts[{i}]"
         entry = _keys(entry, _CONTACT_KEYS, where)
-        im_address = _text(entry, "im_address", where, required=True)
-        assert im_address is not None
+        im_address = _required(entry, "im_address", where)
         item_id = _ident(entry, "id", where, taken) or ids.contact()
         persona_id = (entry.get("persona_id") if entry.get("persona_id") == item_id else
                       _ident(entry, "persona_id", where, taken)) or ids.persona()
@@ -578,11 +595,11 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
             created += 1
             version, change_key, recorded = 1, None, None
             if model.clock is not None:
-                moment = model.clock().astimezone(timezone.utc)
+                moment = model.clock().astimezone(UTC)
             elif model.seed is not None:
                 moment = SEEDED_EPOCH + timedelta(seconds=created)
             else:
-                moment = datetime.now(timezone.utc)
+                moment = datetime.now(UTC)
             creation_time = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         contacts.append({"item_id": item_id, "version": version, "persona_id": persona_id, "im_address": im_address,
                          "display_name": display_name, "creation_time": creation_time, "change_key": change_key,
@@ -599,8 +616,7 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
     for i, entry in enumerate(groups_in):
         where = f"groups[{i}]"
         entry = _keys(entry, _GROUP_KEYS, where)
-        display_name = _text(entry, "display_name", where, required=True)
-        assert display_name is not None
+        display_name = _required(entry, "display_name", where)
         group_type = _group_type(entry.get("group_type"), where)
         smtp = _text(entry, "smtp_address", where)
         if group_type.endswith(".DG") and not (smtp and is_smtp_address(smtp)):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .exchange import RawExchange
@@ -85,7 +85,7 @@ class Journal:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def rows(self, *, operation: str | None = None, mailbox: str | None = None, since: int | float | None = None,
+    def rows(self, *, operation: str | None = None, mailbox: str | None = None, since: float | None = None,
              since_time: datetime | None = None, bodies: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
         """Rows of the kept exchanges, oldest first, as the log has them plus ``id`` (the journal's number)
         and ``replay`` (how replay served it). ``since``: only ids after it; ``since_time``: only exchanges
@@ -144,6 +144,6 @@ def parse_since(text: str) -> tuple[int | None, datetime | None]:
         raise ValueError(f"since={text!r} is neither an exchange id (an integer) nor a time "
                          f"(ISO 8601, e.g. 2026-12-01T16:40:00Z)") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return None, moment
 
