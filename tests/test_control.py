@@ -12,7 +12,7 @@ import pytest
 
 from ucsproxy import control, journal
 from ucsproxy.core import UcsCore
-from ucsproxy.exchange import RawExchange
+from ucsproxy.logrow import RawExchange
 from ucsproxy.front import core_from_options
 from ucsproxy.model import UcsModel
 from ucsproxy.records import ItemId

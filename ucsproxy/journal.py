@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .exchange import RawExchange
+from .logrow import RawExchange
 
 #: Entries kept (the oldest goes first).
 MAX_ENTRIES = 1000
@@ -115,7 +115,7 @@ class Journal:
         if entry.row is None:
             import json
 
-            from .exchange import JSON_COLUMNS, build_row
+            from .logrow import JSON_COLUMNS, build_row
 
             assert entry.raw is not None
             row = build_row(entry.raw, redactor=self.redactor)
