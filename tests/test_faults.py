@@ -416,7 +416,7 @@ backoff_ms = 30000
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["*", "GetImItemList", "uniform", "request", "E1",
                                                     "ErrorServerBusy", "errorserverbusy"]))
-KEYS = sorted(set(faults.SELECTOR_KEYS) | {k for spec in faults.ACTIONS.values() for k in spec} | {"bogus"})
+KEYS = sorted(set(faults.SELECTOR_KEYS) | {k for spec in faults.ACTIONS.values() for k in spec.params} | {"bogus"})
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                        st.dictionaries(st.sampled_from(KEYS + ["X-A"]), inner,
                                                                        max_size=3)), max_leaves=6)
@@ -441,7 +441,7 @@ def test_any_table_is_a_rule_or_a_fault_file_error(action, table):
             continue
         json.loads(d.describe())
         assert 0 <= d.delay_ms <= faults.MAX_MS
-        if d.action in ("ews-error", "soap-fault", "server-busy", "http-status"):
+        if d.spec is not None and d.spec.kind is faults.Kind.ANSWER:
             status, headers, body = faults.render_error_body(d, operation)
             assert 100 <= status <= 599 and isinstance(body, bytes)
 
@@ -596,7 +596,7 @@ def test_an_edit_is_parsed_on_the_watchers_thread_not_the_callers(tmp_path, monk
         threads.append(threading.current_thread().name)
         return real(text, source)
 
-    monkeypatch.setattr(faults, "parse_fault_text", recording)
+    monkeypatch.setattr(faults.watch, "parse_fault_text", recording)
     _rewrite(path, '[[fault]]\noperation = "w"\naction = "reset"\n', 1)
     assert poll(w) == (True, None)
     assert threads == ["ucsproxy-faults-watcher"]
@@ -784,3 +784,24 @@ def test_example_files_parse_and_fire_as_documented():
     chaos = faults.FaultEngine(files["chaos.toml"])
     seen = {d.action for _ in range(2000) if (d := chaos.decide("GetImItems", "user@contoso.com"))}
     assert {"ews-error", "soap-fault", "http-status", "stale-changekey", None} <= seen
+
+
+# ---------------------------------------------------------------------------
+# The action registry
+
+
+def test_the_readme_action_table_is_the_registrys():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert faults.actions.markdown_table() in readme, "regenerate it: python -m ucsproxy.faults.actions"
+
+
+def test_every_action_has_one_way_to_act():
+    for spec in faults.ACTIONS.values():
+        effects = {"render": spec.render, "alter": spec.alter, "on_connection": spec.on_connection,
+                   "link": spec.down or spec.up or spec.close_after}
+        given = {k for k, v in effects.items() if v is not None}
+        expected = {faults.Kind.ANSWER: {"render"}, faults.Kind.ALTER: {"alter"},
+                    faults.Kind.CONNECTION: {"on_connection"}, faults.Kind.LINK: {"link"},
+                    faults.Kind.DELAY: set()}[spec.kind]
+        assert given == expected, spec.name
+        assert spec.terminal == (spec.kind in (faults.Kind.ANSWER, faults.Kind.ALTER, faults.Kind.CONNECTION))

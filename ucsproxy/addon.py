@@ -233,27 +233,23 @@ class UcsProxy:
 
     async def _apply_fault_before_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> bool:
         """Apply actions that replace the answer. True when the flow is settled."""
-        action = decision.action
-        if action in core.RENDERED_ACTIONS:
+        spec = decision.spec
+        if spec is not None and spec.kind is faults.Kind.ANSWER:
             flow.response = _response(core.rendered_answer(decision, _operation_of(flow)))
             _scratch(flow)["ucs_fault_applied"] = True
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
             return True
-        if action == "reset":
-            flow.kill()
-            return True
-        if action == "timeout":
-            await self.core.hold(decision)
-            if flow.killable:
-                flow.kill()
+        if spec is not None and spec.on_connection is not None:
+            await spec.on_connection(_FlowLink(flow, self.core), decision.args())
             return True
         return False
 
     def _apply_fault_to_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
         """Actions that alter a real (or mock) answer: truncate, malformed, stale-changekey."""
         resp = flow.response
-        if resp is None or decision.action not in core.ALTERING_ACTIONS:
+        spec = decision.spec
+        if resp is None or spec is None or spec.alter is None:
             return
         altered = core.alter_body(resp.get_content(strict=False) or b"", decision, len(resp.raw_content or b""))
         assert altered is not None
@@ -300,6 +296,25 @@ class UcsProxy:
     def faults_list(self) -> Sequence[str]:
         """The active fault rules, one per line."""
         return self.core.fault_summaries()
+
+
+class _FlowLink:
+    """A flow's connection as a fault's ``connection`` action sees it (mitmproxy kills a flow
+    with a reset where it can; a close is a kill too)."""
+
+    def __init__(self, flow: http.HTTPFlow, ucs_core: UcsCore):
+        self.flow, self.core = flow, ucs_core
+
+    def reset(self) -> None:
+        if self.flow.killable:
+            self.flow.kill()
+
+    def close(self) -> None:
+        if self.flow.killable:
+            self.flow.kill()
+
+    async def hold(self, ms: float) -> None:
+        await self.core.hold(ms)
 
 
 def _pairs(headers: http.Headers) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -45,10 +45,6 @@ XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "priv
 NOT_FOUND_BODY = b"ucsproxy: only POST /EWS/Exchange.asmx is served here.\n"
 NOT_POST_BODY = b"ucsproxy: EWS takes SOAP requests by POST.\n"
 
-#: Fault actions answered with a rendered error instead of the real answer.
-RENDERED_ACTIONS = ("ews-error", "soap-fault", "server-busy", "http-status")
-#: Fault actions that alter a real (or mock) answer on its way out.
-ALTERING_ACTIONS = ("truncate", "malformed", "stale-changekey")
 
 
 class ConfigError(Exception):
@@ -80,16 +76,6 @@ class Answer:
         if self.decoded is None or sent_body is None:
             return None
         return self.decoded if sent_body is self.body or sent_body == self.body else None
-
-
-@dataclass
-class Altered:
-    """An answer's body after a fault altered it, and what the front must change around it."""
-
-    body: bytes
-    #: Content-Length to promise instead of the body's length (truncate with keep_length), then hang up.
-    promised_length: int | None = None
-    drop_headers: tuple[str, ...] = field(default=())
 
 
 def operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
@@ -130,27 +116,22 @@ def encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> Answe
 
 
 def rendered_answer(decision: faults.FaultDecision, operation: str | None) -> Answer:
-    """The answer of an ews-error, soap-fault, server-busy or http-status fault."""
+    """The answer of a fault whose action renders one (kind ``answer``: ews-error, http-status, ...)."""
     status, headers, body = faults.render_error_body(decision, operation)
     return Answer(status, list(headers.items()), body)
 
 
-def alter_body(body: bytes, decision: faults.FaultDecision, sent_length: int | None = None) -> Altered | None:
-    """The body an altering fault (truncate, malformed, stale-changekey) sends instead; None for other actions.
+def alter_body(body: bytes, decision: faults.FaultDecision,
+               sent_length: int | None = None) -> faults.Altered | None:
+    """The body an altering fault (kind ``alter``: truncate, malformed, ...) sends instead; None for other actions.
 
     ``sent_length`` is how many bytes the unaltered answer had on the wire (a compressed
     body is shorter than ``body``): truncate with keep_length promises that many.
     """
-    action = decision.action
-    if action == "stale-changekey":
-        return Altered(faults.stale_changekeys(body))
-    if action == "malformed":
-        return Altered(faults.malform_body(body, decision.describe()))
-    if action == "truncate":
-        cut = faults.truncate_body(body, decision.params)
-        promised = max(len(body) if sent_length is None else sent_length, len(cut) + 1) if decision.params.get("keep_length") else None
-        return Altered(cut, promised, ("Content-Encoding",))
-    return None
+    spec = decision.spec
+    if spec is None or spec.alter is None:
+        return None
+    return spec.alter(body, decision.args(), decision, sent_length)
 
 
 def read_item_list(path: str):
@@ -463,11 +444,12 @@ class UcsCore:
             return Answer(status, list(answer_headers), body)
         return Answer(found.status, list(found.headers), found.body)
 
-    async def hold(self, decision: faults.FaultDecision) -> None:
-        """A timeout fault: wait until max_ms, or until the rules change (cleared, reloaded) or ucsproxy stops."""
+    async def hold(self, ms: float) -> None:
+        """Hold a connection (a timeout fault): wait ``ms``, or until the rules change (cleared,
+        reloaded) or ucsproxy stops."""
         release = self._release_held
         try:
-            await asyncio.wait_for(release.wait(), float(decision.params.get("max_ms", 120_000)) / 1000)
+            await asyncio.wait_for(release.wait(), ms / 1000)
         except TimeoutError:
             pass
 

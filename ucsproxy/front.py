@@ -34,7 +34,8 @@ import httptools
 
 from . import core as core_mod
 from .control import is_control_path
-from .core import ALTERING_ACTIONS, RENDERED_ACTIONS, Answer, UcsCore
+from .core import Answer, UcsCore
+from .faults import FaultDecision, Kind
 from .logrow import RawExchange
 
 log = logging.getLogger("ucsproxy")
@@ -162,6 +163,10 @@ class _Connection(asyncio.Protocol):
             pass
         self.transport.abort()
 
+    async def hold(self, ms: float) -> None:
+        """Keep the connection silent for ``ms`` (or until the rules change or ucsproxy stops)."""
+        await self.core.hold(ms)
+
     def _write(self, data: bytes) -> None:
         if not self.closing and self.transport is not None:
             self.transport.write(data)
@@ -249,25 +254,21 @@ class _Connection(asyncio.Protocol):
         answer = c.answer(req.method, path, req.headers, decoded)
         self._send(req, path, body, decoded, answer)
 
-    async def _serve_with_fault(self, req: _Request, path: str, body: bytes, decoded, decision) -> None:
+    async def _serve_with_fault(self, req: _Request, path: str, body: bytes, decoded,
+                                decision: FaultDecision) -> None:
         c = self.core
-        action = decision.action
+        spec = decision.spec
         try:
             if decision.request_delay_ms:
                 await asyncio.sleep(decision.request_delay_ms / 1000)
-            if action in RENDERED_ACTIONS:
+            if spec is not None and spec.kind is Kind.ANSWER:
                 answer = core_mod.rendered_answer(decision, core_mod.operation_named(decoded))
                 if decision.response_delay_ms:
                     await asyncio.sleep(decision.response_delay_ms / 1000)
                 self._send(req, path, body, decoded, answer, decision)
                 return
-            if action == "reset":
-                self.reset()
-                self._log(req, path, body, decoded, None, decision, KILLED)
-                return
-            if action == "timeout":
-                await c.hold(decision)
-                self.close()
+            if spec is not None and spec.on_connection is not None:
+                await spec.on_connection(self, decision.args())
                 self._log(req, path, body, decoded, None, decision, KILLED)
                 return
             answer = c.answer(req.method, path, req.headers, decoded)
@@ -304,8 +305,8 @@ class _Connection(asyncio.Protocol):
         headers = answer.headers
         length = len(content)
         close = not req.keep_alive
-        if decision is not None and decision.action in ALTERING_ACTIONS:
-            altered = core_mod.alter_body(content, decision)
+        altered = core_mod.alter_body(content, decision) if decision is not None else None
+        if altered is not None:
             if altered.drop_headers:
                 drop = {h.lower() for h in altered.drop_headers}
                 headers = [(k, v) for k, v in headers if k.lower() not in drop]

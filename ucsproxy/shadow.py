@@ -27,12 +27,11 @@ from typing import Any
 from . import codec
 from . import protocol as P
 from .logrow import header, request_user
+from .faults.actions import ACTIONS
 from .records import EwsRequest, EwsResponse, ImGroup, ImItemList, Persona, SoapFault, UcsResponse
 
 log = logging.getLogger("ucsproxy")
 
-#: Fault actions whose answer Exchange never gave (the request did not reach it).
-_ANSWERING_FAULTS = frozenset({"ews-error", "soap-fault", "server-busy", "http-status", "reset", "timeout"})
 MAX_TEXT = 300
 #: Operations whose answer carries what they made: the model adopts it with Exchange's ids.
 _ADOPTING = frozenset({"AddImGroup", "AddDistributionGroupToImList", "AddNewImContactToGroup", "GetImItems"})
@@ -149,7 +148,7 @@ class ShadowModel:
                                            header(raw.request_headers, "Content-Type"))
         if not isinstance(request, EwsRequest) or request.operation not in P.UCS_OPERATIONS:
             return None
-        if fault in _ANSWERING_FAULTS:
+        if fault in ACTIONS and ACTIONS[fault].kind.stands_in:
             return None  # Exchange never saw it
         mailbox = mailbox_for(request, request_user(raw.request_headers))
         response = raw.decoded_response if isinstance(raw.decoded_response, EwsResponse) else None

@@ -2,7 +2,7 @@
 
 The serving commands check their rules with :func:`load_rules` too, so a rule
 refused here is refused at start with the same sentence, and the other way round.
-Their ``--help`` lists the fault actions from ``ucsproxy.faults.ACTIONS``.
+Their ``--help`` lists the fault actions from the registry, ``ucsproxy.faults.ACTIONS``.
 """
 
 from __future__ import annotations
@@ -29,19 +29,14 @@ def load_rules(faults_file: str | None, fault_specs=()) -> tuple:
 
 
 def fault_actions_text() -> str:
-    """One line per fault action with its parameters, from the fault engine's own table."""
-    from .. import faults
+    """One line per fault action with its parameters, from the action registry."""
+    from ..faults import actions
 
-    lines = []
-    for action, keys in faults.ACTIONS.items():
-        required = faults.REQUIRED.get(action, ())
-        names = [f"{k}" + ("" if k in required else "?") for k in keys]
-        lines.append(f"{action}" + (f" ({', '.join(names)})" if names else ""))
-    return "\n".join(lines)
+    return actions.help_text()
 
 
 class ServingCommand(click.Command):
-    """A serving command whose --help ends with the fault actions (read from faults.py when asked)."""
+    """A serving command whose --help ends with the fault actions (read from the registry when asked)."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
