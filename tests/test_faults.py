@@ -792,7 +792,7 @@ def test_example_files_parse_and_fire_as_documented():
 
 def test_the_readme_action_table_is_the_registrys():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert faults.actions.markdown_table() in readme, "regenerate it: python -m ucsproxy.faults.actions"
+    assert faults.actions.markdown_table() in readme, "regenerate it: python -m ucsproxy.faults"
 
 
 def test_every_action_has_one_way_to_act():

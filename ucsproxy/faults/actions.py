@@ -76,6 +76,8 @@ class Param:
     required: bool = False
     #: What to give, for the sentence refusing a rule without this (required) key.
     hint: str = ""
+    #: How the README's table shows the key when its name and default do not say enough.
+    doc: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class Action:
     def doc_params(self) -> str:
         if self.params_doc is not None:
             return self.params_doc
-        return ", ".join(f"`{k}`" + (f" ({_toml(p.default)})" if p.default is not None else "")
+        return ", ".join(p.doc or f"`{k}`" + (f" ({_toml(p.default)})" if p.default is not None else "")
                          for k, p in self.params.items())
 
 
@@ -202,7 +204,8 @@ def _stale(body: bytes, args: dict[str, Any], decision: FaultDecision, sent_leng
 
 # A code is checked against Exchange's ResponseCodeType by the parser, which can suggest one.
 _CODE = Param(str, required=True, hint="an EWS ResponseCode such as ErrorServerBusy")
-_DIRECTION = Param(str, one_of("down", "up", "both"), "down")
+_DIRECTION = Param(str, one_of("down", "up", "both"), "down",
+                   doc="`direction` (`down`: the answer, default; `up`: the request; `both`)")
 
 DELAY_KEYS: dict[str, Param] = {
     "ms": Param(NUMBER, MS),
@@ -268,7 +271,3 @@ def help_text() -> str:
     """One line per action for ``--help``: its keys, '?' after an optional one."""
     return "\n".join(a.name + (f" ({', '.join(k + ('' if p.required else '?') for k, p in a.params.items())})"
                                if a.params else "") for a in ACTIONS.values())
-
-
-if __name__ == "__main__":  # python -m ucsproxy.faults.actions: the README's table
-    print(markdown_table())
