@@ -131,7 +131,7 @@ def alter_body(body: bytes, decision: faults.FaultDecision,
     spec = decision.spec
     if spec is None or spec.alter is None:
         return None
-    return spec.alter(body, decision.args(), decision, sent_length)
+    return spec.alter(body, decision.args(), decision.describe(), sent_length)
 
 
 def read_item_list(path: str):

@@ -15,7 +15,7 @@ lean front) apply a decision, by the kind of its action.
 from __future__ import annotations
 
 from ..hints import near_miss
-from .actions import ACTIONS, DELAY_KEYS, Action, Altered, Kind, Link, Param, action_of
+from .actions import ACTIONS, DELAY_KEYS, Action, Altered, Kind, Link, Param
 from .bodies import (
     Rendered,
     malform_body,
@@ -24,8 +24,8 @@ from .bodies import (
     truncate_body,
 )
 from .checks import MAX_BACKOFF_MS, MAX_MS, MAX_SIGMA, MAX_TEXT
-from .engine import FaultDecision, FaultEngine
-from .link import LinkPlan, Piece, Shaping
+from .engine import FaultDecision, FaultEngine, LinkPlan
+from .link import Piece, Shaping
 from .rules import (
     SELECTOR_KEYS,
     DelaySpec,
@@ -42,7 +42,7 @@ from .watch import FaultFileWatcher
 __all__ = [
     "ACTIONS", "DELAY_KEYS", "MAX_BACKOFF_MS", "MAX_MS", "MAX_SIGMA", "MAX_TEXT", "SELECTOR_KEYS", "Action",
     "Altered", "DelaySpec", "FaultConfig", "FaultDecision", "FaultEngine", "FaultFileError", "FaultFileWatcher",
-    "FaultRule", "Kind", "Link", "LinkPlan", "Param", "Piece", "Rendered", "Shaping", "action_of", "build_rule",
+    "FaultRule", "Kind", "Link", "LinkPlan", "Param", "Piece", "Rendered", "Shaping", "build_rule",
     "malform_body", "near_miss", "parse_fault_file", "parse_fault_spec", "parse_fault_text", "render_error_body",
     "stale_changekey", "stale_changekeys", "truncate_body",
 ]

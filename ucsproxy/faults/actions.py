@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from . import bodies, link
 from .checks import (
@@ -43,9 +43,6 @@ from .checks import (
     one_of,
     text_ok,
 )
-
-if TYPE_CHECKING:
-    from .engine import FaultDecision
 
 
 class Kind(enum.Enum):
@@ -119,8 +116,8 @@ class Action:
     validate: Validate | None = None
     #: answer: (args, operation or None) -> (status, headers, body)
     render: Callable[[dict[str, Any], str | None], bodies.Rendered] | None = None
-    #: alter: (body, args, decision, bytes the unaltered body had on the wire) -> Altered
-    alter: Callable[[bytes, dict[str, Any], FaultDecision, int | None], Altered] | None = None
+    #: alter: (body, args, the decision as the log shows it, bytes the unaltered body had on the wire) -> Altered
+    alter: Callable[[bytes, dict[str, Any], str, int | None], Altered] | None = None
     #: connection: (the front's link, args) -> awaited by the front
     on_connection: Callable[[Link, dict[str, Any]], Awaitable[None]] | None = None
     #: link: the answer's pieces (down) and the request's hold (up), see ucsproxy.faults.link
@@ -183,7 +180,7 @@ async def _timeout(conn: Link, args: dict[str, Any]) -> None:
     conn.close()
 
 
-def _truncate(body: bytes, args: dict[str, Any], decision: FaultDecision, sent_length: int | None) -> Altered:
+def _truncate(body: bytes, args: dict[str, Any], described: str, sent_length: int | None) -> Altered:
     cut = bodies.truncate_body(body, args)
     promised = None
     if args["keep_length"]:
@@ -191,11 +188,11 @@ def _truncate(body: bytes, args: dict[str, Any], decision: FaultDecision, sent_l
     return Altered(cut, promised, ("Content-Encoding",))
 
 
-def _malformed(body: bytes, args: dict[str, Any], decision: FaultDecision, sent_length: int | None) -> Altered:
-    return Altered(bodies.malform_body(body, decision.describe()))
+def _malformed(body: bytes, args: dict[str, Any], described: str, sent_length: int | None) -> Altered:
+    return Altered(bodies.malform_body(body, described))
 
 
-def _stale(body: bytes, args: dict[str, Any], decision: FaultDecision, sent_length: int | None) -> Altered:
+def _stale(body: bytes, args: dict[str, Any], described: str, sent_length: int | None) -> Altered:
     return Altered(bodies.stale_changekeys(body))
 
 
@@ -251,13 +248,6 @@ _ALL: tuple[Action, ...] = (
 
 #: Every action by name, in the order the README and --help list them.
 ACTIONS: dict[str, Action] = {a.name: a for a in _ALL}
-
-
-def action_of(decision: FaultDecision | None) -> Action | None:
-    """The registry entry of the terminal action a decision applies (None: delays / link shaping only)."""
-    if decision is None or decision.action is None:
-        return None
-    return ACTIONS[decision.action]
 
 
 def markdown_table() -> str:

@@ -17,8 +17,47 @@ from dataclasses import replace as _replace
 from typing import Any
 
 from .actions import ACTIONS, Action, Kind
-from .link import LinkPlan, Shaping
+from .link import Piece, Shaping
 from .rules import FaultConfig, FaultRule
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    """What the fired link-shaping rules of one call ask of the front."""
+
+    steps: tuple[Shaping, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    @property
+    def close_after_ms(self) -> float | None:
+        """slow-close: the connection closes (it says ``Connection: close``) this long after the
+        answer's last byte; None when no rule asks for it."""
+        closes = [close(s.args) for s in self.steps if (close := ACTIONS[s.action].close_after) is not None]
+        return sum(closes) if closes else None
+
+    def hold_request_ms(self, request_bytes: int, took_ms: float) -> float:
+        """How long to hold a request of ``request_bytes`` that took ``took_ms`` to arrive."""
+        total = 0.0
+        for step in self.steps:
+            up = ACTIONS[step.action].up
+            if up is not None:
+                total += up(step.args, step.rng("up"), request_bytes, took_ms)
+        return total
+
+    def pieces(self, head: bytes, body: bytes) -> list[Piece]:
+        """The answer (``head``: status line and headers) as pieces with their pauses."""
+        pieces = [Piece(head)] + ([Piece(body, body=True)] if body else [])
+        for step in self.steps:
+            down = ACTIONS[step.action].down
+            if down is not None:
+                pieces = down(pieces, step.args, step.rng("down"))
+        return [p for p in pieces if p.data or p.wait_ms]
+
+    def answer_ms(self, head: bytes, body: bytes) -> float:
+        """How long writing the answer takes by :meth:`pieces` (what a front that cannot pace waits)."""
+        return sum(p.wait_ms for p in self.pieces(head, body))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A link-shaping rule (``bandwidth``, ``slow-body``, ``slicer``, ``slow-close``,
 ``latency``) does not change what is answered, only when its bytes get there.
 The engine records each fired one as a :class:`Shaping` step (with a seed drawn
-from the rule's own generator, so runs reproduce); a front asks :class:`LinkPlan`
+from the rule's own generator, so runs reproduce); a front asks the decision's
+:class:`~ucsproxy.faults.engine.LinkPlan`
 
 - how long to hold a request before serving it (the ``up`` direction: the
   request has to be read whole before a rule can be chosen, so the front reads
@@ -52,51 +53,6 @@ class Shaping:
 Down = Callable[[list[Piece], dict[str, Any], random.Random], list[Piece]]
 #: ``up`` effect: (args, generator, request bytes, ms the request took to arrive) -> ms to hold it.
 Up = Callable[[dict[str, Any], random.Random, int, float], float]
-
-
-@dataclass(frozen=True)
-class LinkPlan:
-    """What the fired link-shaping rules of one call ask of the front."""
-
-    steps: tuple[Shaping, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.steps)
-
-    @property
-    def close_after_ms(self) -> float | None:
-        """slow-close: the connection closes (it says ``Connection: close``) this long after the
-        answer's last byte; None when no rule asks for it."""
-        from .actions import ACTIONS
-
-        closes = [close(s.args) for s in self.steps if (close := ACTIONS[s.action].close_after) is not None]
-        return sum(closes) if closes else None
-
-    def hold_request_ms(self, request_bytes: int, took_ms: float) -> float:
-        """How long to hold a request of ``request_bytes`` that took ``took_ms`` to arrive."""
-        from .actions import ACTIONS
-
-        total = 0.0
-        for step in self.steps:
-            up = ACTIONS[step.action].up
-            if up is not None:
-                total += up(step.args, step.rng("up"), request_bytes, took_ms)
-        return total
-
-    def pieces(self, head: bytes, body: bytes) -> list[Piece]:
-        """The answer (``head``: status line and headers) as pieces with their pauses."""
-        from .actions import ACTIONS
-
-        pieces = [Piece(head)] + ([Piece(body, body=True)] if body else [])
-        for step in self.steps:
-            down = ACTIONS[step.action].down
-            if down is not None:
-                pieces = down(pieces, step.args, step.rng("down"))
-        return [p for p in pieces if p.data or p.wait_ms]
-
-    def answer_ms(self, head: bytes, body: bytes) -> float:
-        """How long writing the answer takes by :meth:`pieces` (what a front that cannot pace waits)."""
-        return sum(p.wait_ms for p in self.pieces(head, body))
 
 
 # ---------------------------------------------------------------------------
