@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import strategies as st
 
 from ucsproxy.records import (
@@ -33,7 +35,7 @@ uris = st.builds(ExtendedFieldURI, text, opt, opt, opt, opt, st.none() | st.inte
 ext_props = st.builds(ExtendedProperty, uris, opt, st.lists(text, max_size=2).map(tuple))
 emails = st.builds(EmailAddress, opt, opt, opt, opt)
 phones = st.builds(PhoneNumber, text, opt)
-small = dict(max_size=2)
+small: dict[str, Any] = dict(max_size=2)
 
 
 def tuples(strategy):

@@ -24,7 +24,7 @@ from conftest import BIN, ROOT, Process, free_port
 LYNC = ROOT / "recordings" / "lync-session"
 
 
-def run(*args: str):
+def run(*args: object):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from ucsproxy.annotate import ExchangeSummary, flow_comment, flow_marker
 from ucsproxy.console import Console, format_line
@@ -14,7 +15,7 @@ class Tty(io.StringIO):
 
 
 def summary(**kw) -> ExchangeSummary:
-    base = dict(started_at=0.0, duration_ms=1.25, method="POST", path="/EWS/Exchange.asmx", operation="AddImGroup",
+    base: dict[str, Any] = dict(started_at=0.0, duration_ms=1.25, method="POST", path="/EWS/Exchange.asmx", operation="AddImGroup",
                 mailbox="kim@contoso.com", arguments="DisplayName=Friends", http_status=200,
                 response_class="Success", response_code="NoError")
     base.update(kw)

@@ -434,9 +434,9 @@ def test_any_table_is_a_rule_or_a_fault_file_error(action, table):
     except faults.FaultFileError as e:
         assert e.message.startswith("fault #1: ")
         return
-    e = faults.FaultEngine(faults.FaultConfig(seed=1, rules=(r,)))
+    engine = faults.FaultEngine(faults.FaultConfig(seed=1, rules=(r,)))
     for operation in ("GetImItemList", "FindItem"):
-        d = e.decide(operation, "a@b.c")
+        d = engine.decide(operation, "a@b.c")
         if d is None:
             continue
         json.loads(d.describe())

@@ -32,6 +32,7 @@ from ucsproxy.records import (
     AddImGroup,
     AddNewImContactToGroup,
     EwsRequest,
+    EwsResponse,
     ExtendedFieldURI,
     GetImItemList,
     GetImItems,
@@ -236,6 +237,8 @@ def test_seed_from_recorded_list_keeps_recorded_ids():
 
     recorded = codec.decode_response(open("tests/fixtures/spec/GetImItemList.page.response.xml", "rb").read())
     model = UcsModel(seed=1)
+    assert isinstance(recorded, EwsResponse) and recorded.message is not None
+    assert isinstance(recorded.message.payload, ImItemList)
     model.seed_mailbox("kim@contoso.com", recorded.message.payload)
     items = model.get_im_item_list("kim@contoso.com")
     assert [g.exchange_store_id.id for g in items.groups] == \

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -90,16 +91,18 @@ def service():
     return UcsService(UcsModel(seed=2013))
 
 
-def ask(service: UcsService, req: EwsRequest, user: str | None = None, **changes) -> UcsResponse | SoapFault:
+def ask(service: UcsService, req: EwsRequest | DecodeError, user: str | None = None, **changes) -> UcsResponse | SoapFault:
     """Send a page's request, its body's fields (ids, names) replaced by ``changes``."""
+    assert isinstance(req, EwsRequest) and req.body is not None, req
     body = dataclasses.replace(req.body, **changes) if changes else req.body
     return service.handle(dataclasses.replace(req, body=body), user=user)
 
 
-def assert_answers_like_page(answer: UcsResponse, page_name: str, operation: str | None = None) -> UcsResponse:
+def assert_answers_like_page(answer: UcsResponse | SoapFault, page_name: str, operation: str | None = None) -> UcsResponse:
     """The answer, and the answer after the wire, carry the page's class, code, text and link key.
 
     ``operation``: the answer is another operation's (the page's error carried over)."""
+    assert isinstance(answer, UcsResponse), answer
     expected = response(page_name).message
     wire = codec.decode_response(codec.encode_response(answer))
     assert isinstance(wire, EwsResponse) and wire.message is not None, wire
@@ -112,6 +115,13 @@ def assert_answers_like_page(answer: UcsResponse, page_name: str, operation: str
     return wire.message
 
 
+def page_item_list() -> ImItemList:
+    """The GetImItemList page's contact list."""
+    payload = response("GetImItemList.response.xml").message.payload
+    assert isinstance(payload, ImItemList), payload
+    return payload
+
+
 def listing(service: UcsService, user: str | None = None) -> ImItemList:
     return service.model.get_im_item_list(user or DEFAULT_MAILBOX)
 
@@ -120,8 +130,11 @@ def group_named(service: UcsService, name: str, user: str | None = None) -> ImGr
     return next(g for g in listing(service, user).groups if g.display_name == name)
 
 
-def contact_of(persona: Persona) -> ItemId:
-    return persona.attributions[0].source_id
+def contact_of(persona: object) -> ItemId:
+    assert isinstance(persona, Persona), persona
+    source = persona.attributions[0].source_id
+    assert source is not None
+    return source
 
 
 # ---------------------------------------------------------------------------
@@ -149,17 +162,17 @@ def test_every_fixture_decodes(name):
         assert decoded.headers.request_server_version == "Exchange2013"
         assert decoded.body is not None
     else:
-        decoded = codec.decode_response(page(name))
-        assert isinstance(decoded, EwsResponse), decoded
+        answer = codec.decode_response(page(name))
+        assert isinstance(answer, EwsResponse), answer
         if name.endswith(".fault.xml"):
-            assert decoded.fault is not None
+            assert answer.fault is not None
         else:
-            assert decoded.operation == name.split(".")[0]
-            assert decoded.message is not None and decoded.server_version is not None
-            assert decoded.server_version.version == "Exchange2013"
+            assert answer.operation == name.split(".")[0]
+            assert answer.message is not None and answer.server_version is not None
+            assert answer.server_version.version == "Exchange2013"
 
 
-REQUEST_VALUES = {
+REQUEST_VALUES: dict[str, Any] = {
     "AddImContactToGroup": AddImContactToGroup(ItemId("AAMkAGQ1MjJjMTBkLTc4Y2AA=", "EQAAABYAAABtF8oI7i"),
                                                ItemId("AAMkAGQ1MjJjMTBkzzAAAQKAAA=", "EgAAAA==")),
     "AddImGroup": AddImGroup("MyCustomGroup"),
@@ -285,7 +298,9 @@ def test_add_im_group_page_fault_position_and_code():
 def test_add_im_group_page_fault_wording():
     # libxml2 says "xmlParseEntityRef: no name"; the fault is worded as Exchange's .NET parser words it.
     body = page("AddImGroup.request.xml").replace(b"MyCustomGroup", b"~!@#$%^&")
-    assert codec.schema_validation_fault(codec.decode_request(body)) == response("AddImGroup.fault.xml").fault
+    refused = codec.decode_request(body)
+    assert isinstance(refused, DecodeError), refused
+    assert codec.schema_validation_fault(refused) == response("AddImGroup.fault.xml").fault
 
 
 def test_add_im_contact_to_group_page(service):
@@ -337,7 +352,8 @@ def test_get_im_item_list_page(service):
     wire = assert_answers_like_page(ask(service, request("GetImItemList.request.xml")), "GetImItemList.response.xml")
     expected = response("GetImItemList.response.xml").message.payload
 
-    def shape(items: ImItemList):
+    def shape(items: object):
+        assert isinstance(items, ImItemList), items
         return ([(g.display_name, g.group_type, len(g.member_correlation_key)) for g in items.groups],
                 [p.im_address for p in items.personas])
     assert shape(wire.payload) == shape(expected)
@@ -498,7 +514,7 @@ def test_set_im_list_migration_completed_has_no_page_examples(service):
 # The pages' id errors, carried over to every operation that takes ids (README choices)
 
 
-def _every_id_operation(group: ItemId, contact: ItemId, bad: ItemId) -> dict[str, object]:
+def _every_id_operation(group: ItemId, contact: ItemId, bad: ItemId) -> dict[str, Any]:
     """Each id-taking operation with ``bad`` in one id slot; the other ids are good."""
     return {
         "AddImContactToGroup(ContactId)": AddImContactToGroup(bad, group),
@@ -520,7 +536,9 @@ def _arrange(service: UcsService) -> tuple[ItemId, ItemId]:
 
 
 def _send(service: UcsService, body) -> UcsResponse:
-    return service.handle(EwsRequest(body.OPERATION, request("GetImItemList.request.xml").headers, body))
+    answer = service.handle(EwsRequest(body.OPERATION, request("GetImItemList.request.xml").headers, body))
+    assert isinstance(answer, UcsResponse), answer
+    return answer
 
 
 def test_a_malformed_id_is_malformed_in_every_operation(service):
@@ -552,8 +570,9 @@ def test_ids_a_mailbox_holds_are_never_malformed_nor_foreign():
     # Seeded from the GetImItemList page's answer, the page's shortened ids are the mailbox's
     # own (README: recorded ids keep working), whatever they look like.
     service = UcsService(UcsModel(seed=1))
-    service.model.seed_mailbox(DEFAULT_MAILBOX, response("GetImItemList.response.xml").message.payload)
+    service.model.seed_mailbox(DEFAULT_MAILBOX, page_item_list())
     custom = next(g for g in listing(service).groups if g.display_name == "MyCustomGroup2").exchange_store_id
+    assert custom is not None
     assert custom.id == "AAMkAGQ1MjJjKAAA="
     answer = _send(service, SetImGroup(custom, "Renamed"))
     assert (answer.response_class, answer.response_code) == ("Success", "NoError")

@@ -18,7 +18,7 @@ from ucsproxy.verdicts import SEVERITY
 CHAOS = ROOT / "recordings" / "chaos-clients"
 
 
-def run(*args: str):
+def run(*args: object):
     return CliRunner().invoke(main, ["report", *map(str, args)], catch_exceptions=False)
 
 

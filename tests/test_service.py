@@ -93,8 +93,9 @@ def test_each_operation_returns_the_payload_its_schema_names(service):
     persona = call(service, AddNewImContactToGroup("sip:kim@contoso.com", "Kim", group.exchange_store_id)).payload
     assert isinstance(persona, Persona)
     contact = persona.attributions[0].source_id
+    assert contact is not None and group.exchange_store_id is not None
     dg = call(service, AddDistributionGroupToImList("eng@contoso.com", "Engineering")).payload
-    assert isinstance(dg, ImGroup) and dg.smtp_address == "eng@contoso.com"
+    assert isinstance(dg, ImGroup) and dg.smtp_address == "eng@contoso.com" and dg.exchange_store_id is not None
     assert isinstance(call(service, GetImItemList()).payload, ImItemList)
     assert isinstance(call(service, GetImItems(contact_ids=(contact,))).payload, ImItemList)
     for body in (AddImContactToGroup(contact), RemoveImContactFromGroup(contact, group.exchange_store_id),

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -29,6 +30,7 @@ SESSION_OPERATIONS = [
 
 def _load_script():
     spec = importlib.util.spec_from_file_location("ucs_session", SCRIPT)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their module up in sys.modules while the class is built.
     sys.modules[spec.name] = module
@@ -73,9 +75,7 @@ def exchange():
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/EWS/Exchange.asmx"
-    server.handler = handler
-    yield server
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}/EWS/Exchange.asmx", handler=handler)
     server.shutdown()
     server.server_close()
 

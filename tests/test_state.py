@@ -15,7 +15,7 @@ SESSION = ROOT / "recordings" / "lync-session"
 BOX = "kim.akers@contoso.com"
 
 
-def run(*args: str):
+def run(*args: object):
     result = CliRunner().invoke(main, ["state", *map(str, args)])
     return result
 

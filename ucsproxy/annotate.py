@@ -183,10 +183,12 @@ def summarize(*, started_at: float, duration_ms: float | None, method: str, path
         s.replay = "no-match"
     if isinstance(fault, str):
         try:
-            fault = json.loads(fault)
+            parsed = json.loads(fault)
         except ValueError:
-            fault = {"action": fault}
-    s.fault = fault or None
+            parsed = {"action": fault}
+        s.fault = parsed or None
+    else:
+        s.fault = fault or None
     return s
 
 
@@ -209,7 +211,8 @@ def flow_comment(s: ExchangeSummary) -> str:
     text = f"{s.operation or 'EWS'} -> {s.result}"
     notes = []
     if s.injected:
-        notes.append(f"injected {s.fault.get('action')} ({s.fault.get('rule') or 'rule'})")
+        fault = s.fault or {}
+        notes.append(f"injected {fault.get('action')} ({fault.get('rule') or 'rule'})")
     if s.replay == "no-match":
         notes.append("replay: no match")
     elif s.replay == "fall-through":

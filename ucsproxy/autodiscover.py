@@ -313,15 +313,15 @@ def log_fields(path: str, request_body: bytes | None, response_body: bytes | Non
 def _log_fields(kind: str, request_body: bytes | None, response_body: bytes | None) -> dict[str, Any]:
     fields: dict[str, Any] = {"operation": "Autodiscover" if kind == "pox" else "GetUserSettings"}
     if kind == "pox":
-        read = read_pox_request(request_body)
-        if not isinstance(read, str):
-            fields["mailbox"] = read[0]
-            fields["args"] = {"email_address": read[0], "acceptable_response_schema": read[1]}
+        pox = read_pox_request(request_body)
+        if not isinstance(pox, str):
+            fields["mailbox"] = pox[0]
+            fields["args"] = {"email_address": pox[0], "acceptable_response_schema": pox[1]}
     else:
-        read = read_soap_request(request_body)
-        if not isinstance(read, str):
-            fields["mailbox"] = read.mailboxes[0]
-            fields["args"] = {"mailboxes": list(read.mailboxes), "settings": list(read.settings)}
+        soap = read_soap_request(request_body)
+        if not isinstance(soap, str):
+            fields["mailbox"] = soap.mailboxes[0]
+            fields["args"] = {"mailboxes": list(soap.mailboxes), "settings": list(soap.settings)}
     root = codec._parse(response_body) if response_body else None
     if root is None or isinstance(root, DecodeError):
         return fields

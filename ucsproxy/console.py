@@ -51,7 +51,8 @@ def notes(s: ExchangeSummary) -> list[tuple[str, str]]:
     """(style, text) of what else happened: injected fault, replay miss or fall-through, divergence."""
     out: list[tuple[str, str]] = []
     if s.injected:
-        out.append(("injected", f"[fault {s.fault.get('action')} {s.fault.get('rule') or ''}]".replace(" ]", "]")))
+        fault = s.fault or {}
+        out.append(("injected", f"[fault {fault.get('action')} {fault.get('rule') or ''}]".replace(" ]", "]")))
     elif s.fault and s.fault.get("delay_ms"):
         out.append(("injected", f"[delay {s.fault.get('delay_ms'):g} ms]"))
     if s.replay == "no-match":

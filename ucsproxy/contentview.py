@@ -75,8 +75,9 @@ def _ids_in(value: Any) -> Iterable[str]:
         yield value.id
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
-            if f.name == "id" and isinstance(value.id, str):
-                yield value.id  # a PersonaAttribution's own id
+            own = getattr(value, f.name)
+            if f.name == "id" and isinstance(own, str):
+                yield own  # a PersonaAttribution's own id
             yield from _ids_in(getattr(value, f.name))
     elif isinstance(value, (tuple, list)):
         for v in value:
@@ -404,7 +405,7 @@ def register() -> None:
     if _cv is None:
         return
     if NEW_API:
-        registry = _cv.registry
+        registry = _cv.registry  # type: ignore[attr-defined]
         if registry.get(NAME.lower()) is not VIEW:
             _cv.add(VIEW)
     elif _cv.get(NAME) is None:

@@ -96,9 +96,9 @@ def record_import(db_path: str | Path, fingerprint: str, source: str | Path, exc
         last = _max_id(db)
         with db.conn:
             if not db[IMPORTS].exists():
-                db[IMPORTS].create(IMPORT_COLUMNS)
-                db[IMPORTS].create_index(["fingerprint"], if_not_exists=True)
-            db[IMPORTS].insert({"fingerprint": fingerprint, "source": str(source), "imported_at": now,
+                db.table(IMPORTS).create(IMPORT_COLUMNS)
+                db.table(IMPORTS).create_index(["fingerprint"], if_not_exists=True)
+            db.table(IMPORTS).insert({"fingerprint": fingerprint, "source": str(source), "imported_at": now,
                                 "exchanges": exchanges,
                                 "first_id": max_id_before + 1 if exchanges else None,
                                 "last_id": last if exchanges else None})

@@ -26,6 +26,7 @@ class UcsEndpoint:
     def __init__(self, options: dict[str, Any], db: Path, front: str = "lean"):
         self.db_path = db
         self.front = front
+        self._proxy: Any  # a BackgroundLean or a BackgroundProxy
         if front == "lean":
             from .front import BackgroundLean
 

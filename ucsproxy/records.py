@@ -480,7 +480,7 @@ def from_jsonable(cls: Any, data: Any) -> Any:
         raw = data["value"]
         value = raw if kind == "str" else from_jsonable(_SCALAR_KINDS[kind], raw)
         return AttributedValue(value=value, attributions=tuple(data.get("attributions", ())))
-    if dataclasses.is_dataclass(cls):
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):

@@ -232,7 +232,7 @@ class Redactor:
         active = self.active
         for name, value in row.items():
             if isinstance(value, list):
-                pairs = self.headers_of(value) if active else value
+                pairs = (self.headers_of(value) or []) if active else value
                 row[name] = encode([list(p) for p in pairs])
             elif not active or not isinstance(value, str):
                 continue

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 
 from . import codec, identity
 from . import protocol as P
-from .records import DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_jsonable
+from .records import AddNewImContactToGroup, DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_jsonable
 
 MATCH_MODES = ("strict", "operation", "sequence")
 ANY_MAILBOX = "*"
@@ -202,7 +202,7 @@ class ReplayIndex:
             self._skipped += 1
             return
         try:
-            status = int(status)
+            status = int(status)  # type: ignore[arg-type]  # None: TypeError, skipped below
         except (TypeError, ValueError):
             self._skipped += 1
             return
@@ -390,14 +390,14 @@ def build_stateful_model(source: str | Path | list[dict[str, Any]], seed: int | 
 
 
 def _apply_recorded(model, service, mailbox: str, request: EwsRequest, response: EwsResponse, first: bool) -> None:
-    payload = response.message.payload
+    payload = response.message.payload if response.message is not None else None
     op = request.operation
     if op == "GetImItemList":
         if first and payload is not None:
             model.seed_mailbox(mailbox, payload)
     elif op in ("AddImGroup", "AddDistributionGroupToImList") and isinstance(payload, ImGroup):
         model.adopt_group(mailbox, payload)
-    elif op == "AddNewImContactToGroup" and isinstance(payload, Persona):
+    elif isinstance(request.body, AddNewImContactToGroup) and isinstance(payload, Persona):
         group = request.body.group_id.id if request.body.group_id else \
             model.mailbox(mailbox).default_group_id(P.GROUP_OTHER_CONTACTS)
         model.adopt_persona(mailbox, payload, [group])

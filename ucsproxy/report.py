@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .verdicts import (GOOD, SEVERITY, Request, Thresholds, Verdict, judge, mailbox_key, tally, to_requests,
                        worst_first)
@@ -42,7 +42,7 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in counts.items())
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -71,11 +71,11 @@ def summary_text(verdicts: list[Verdict], worst: int = 15) -> str:
     if cases:
         out.append("")
         out.append("WORST CASES" + (f" ({worst} of {len(bad)})" if len(bad) > worst else ""))
-        rows = [("ID", "MAILBOX", "OPERATION", "FAULT", "VERDICT", "NEXT MS", "DETAIL")]
+        cells: list[tuple[str, ...]] = [("ID", "MAILBOX", "OPERATION", "FAULT", "VERDICT", "NEXT MS", "DETAIL")]
         for v in cases:
-            rows.append((str(v.id), v.mailbox or "-", v.operation or "-", v.action, v.verdict,
-                         _fmt_ms(v.next_request_after_ms), v.detail))
-        out.extend(_table(rows))
+            cells.append((str(v.id), v.mailbox or "-", v.operation or "-", v.action, v.verdict,
+                          _fmt_ms(v.next_request_after_ms), v.detail))
+        out.extend(_table(cells))
     return "\n".join(out)
 
 
@@ -165,13 +165,13 @@ def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: 
             ax.scatter([(r.at_ms - t0) / 1000 for r in pts], [y[r.operation or "(not EWS)"] for r in pts],
                        marker="|", s=120, color=colour, label=label, linewidths=1.4)
         for r in rs:
-            v = judged.get(r.id)
-            if v is None:
+            found = judged.get(r.id)
+            if found is None:
                 continue
             x = (r.at_ms - t0) / 1000
-            ax.scatter([x], [y[r.operation or "(not EWS)"]], marker=ACTION_MARKERS.get(v.action, "o"), s=60,
-                       color=_colour(v.verdict), edgecolors="black", linewidths=0.5, zorder=3, gid=f"ucs-v{v.id}")
-            titles[f"ucs-v{v.id}"] = f"#{v.id} {v.operation} {v.action}: {v.verdict}. {v.detail}"
+            ax.scatter([x], [y[r.operation or "(not EWS)"]], marker=ACTION_MARKERS.get(found.action, "o"), s=60,
+                       color=_colour(found.verdict), edgecolors="black", linewidths=0.5, zorder=3, gid=f"ucs-v{found.id}")
+            titles[f"ucs-v{found.id}"] = f"#{found.id} {found.operation} {found.action}: {found.verdict}. {found.detail}"
         ax.set_yticks(range(len(ops)), ops)
         ax.set_ylim(-0.7, len(ops) - 0.3)
         ax.set_title(mailbox, loc="left", fontsize=9, fontweight="bold")
@@ -179,7 +179,7 @@ def _timeline_svg(Figure, requests: list[Request], verdicts: list[Verdict], t0: 
     axes[-1].set_xlabel("seconds since the first request")
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-    handles = [Line2D([], [], marker="|", ls="", color="#5d6d7e", markersize=10, label="request"),
+    handles: list[Any] = [Line2D([], [], marker="|", ls="", color="#5d6d7e", markersize=10, label="request"),
                Line2D([], [], marker="|", ls="", color="#e67e22", markersize=10, label="error answer")]
     shown = sorted({v.action for v in verdicts})
     handles += [Line2D([], [], marker=ACTION_MARKERS.get(a, "o"), ls="", color="#888", markeredgecolor="black",

@@ -325,8 +325,8 @@ def _dotnet_wording(message: str, el: etree._Element | None) -> str:
                   "maxLength": "The actual length is greater than the MaxLength value.",
                   "enumeration": "The Enumeration constraint failed.",
                   "pattern": "The Pattern constraint failed."}.get(facet.group(1), f"The {facet.group(1)} constraint failed.")
-        value = facet.group(2) if facet.group(2) is not None else (el.text or "" if el is not None else "")
-        return f"{what} is invalid - The value '{value}' is invalid - {reason}"
+        shown = facet.group(2) if facet.group(2) is not None else (el.text or "" if el is not None else "")
+        return f"{what} is invalid - The value '{shown}' is invalid - {reason}"
     if rest.startswith("No matching global declaration"):
         return f"The {_qualified(ns, name)} element is not declared."
     return rest

@@ -28,7 +28,7 @@ from . import codec
 from . import protocol as P
 from .logrow import header, request_user
 from .faults.actions import ACTIONS
-from .records import EwsRequest, EwsResponse, ImGroup, ImItemList, Persona, SoapFault, UcsResponse
+from .records import DecodeError, EwsRequest, EwsResponse, ImGroup, ImItemList, Persona, SoapFault, UcsResponse
 
 log = logging.getLogger("ucsproxy")
 
@@ -151,7 +151,8 @@ class ShadowModel:
         if fault in ACTIONS and ACTIONS[fault].kind.stands_in:
             return None  # Exchange never saw it
         mailbox = mailbox_for(request, request_user(raw.request_headers))
-        response = raw.decoded_response if isinstance(raw.decoded_response, EwsResponse) else None
+        response: EwsResponse | DecodeError | None = (
+            raw.decoded_response if isinstance(raw.decoded_response, EwsResponse) else None)
         if response is None:
             response = codec.decode_response(raw.response_body or b"", request.operation,
                                              header(raw.response_headers, "Content-Type"))

@@ -139,10 +139,10 @@ def _lists(items) -> dict[str, Any]:
         ident = g.exchange_store_id.id if g.exchange_store_id else None
         members = []
         for m in g.member_correlation_key:
-            entry = by_item.get(m.id)
-            members.append(entry["id"] if entry else m.id)
-            if entry is not None and ident not in entry["groups"]:
-                entry["groups"].append(ident)
+            member = by_item.get(m.id)
+            members.append(member["id"] if member else m.id)
+            if member is not None and ident not in member["groups"]:
+                member["groups"].append(ident)
         groups.append({"id": ident, "display_name": g.display_name, "group_type": g.group_type,
                        "smtp_address": g.smtp_address, "members": members})
     return {"groups": groups, "contacts": contacts}

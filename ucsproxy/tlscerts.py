@@ -17,6 +17,7 @@ import os
 import ssl
 import tempfile
 import threading
+from typing import Any
 from pathlib import Path
 
 DEFAULT_CONFDIR = "~/.mitmproxy"
@@ -99,7 +100,7 @@ class TlsCertificates:
     def __init__(self, confdir: str | os.PathLike = DEFAULT_CONFDIR, names: tuple[str, ...] = ()):
         self.confdir = Path(os.path.expanduser(str(confdir)))
         self.names = tuple(dict.fromkeys(n for n in (*names, "localhost", "127.0.0.1", "::1") if n))
-        self._ca = None
+        self._ca: tuple[Any, Any] | None = None  # (private key, CA certificate), loaded on first use
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._lock = threading.Lock()
 
@@ -121,12 +122,15 @@ class TlsCertificates:
                 found = self._contexts[names[0]] = self._make_context(names)
             return found
 
+    def _load(self) -> tuple[Any, Any]:
+        if self._ca is None:
+            self._ca = _load_ca(self.confdir)
+        return self._ca
+
     def _make_context(self, names: tuple[str, ...]) -> ssl.SSLContext:
         from cryptography.hazmat.primitives import serialization
 
-        if self._ca is None:
-            self._ca = _load_ca(self.confdir)
-        key, ca_cert = self._ca
+        key, ca_cert = self._load()
         leaf = self._leaf(names)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.set_alpn_protocols(["http/1.1"])
@@ -148,7 +152,7 @@ class TlsCertificates:
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-        key, ca_cert = self._ca
+        key, ca_cert = self._load()
         alt: list[x509.GeneralName] = []
         for n in names:
             try:

@@ -294,9 +294,10 @@ class Stream:
     def first_write_to(self, items: Iterable[str], index: int) -> int | None:
         """Position of the first write after ``index`` that names one of ``items``."""
         self.touched(index)
+        assert self._writes is not None  # touched() indexed them
         best = None
         for ident in items:
-            positions = self._writes.get(ident, ())
+            positions = self._writes.get(ident, [])
             k = bisect_right(positions, index)
             if k < len(positions) and (best is None or positions[k] < best):
                 best = positions[k]
@@ -319,13 +320,14 @@ def judge_one(stream: Stream | list[Request], index: int, t: Thresholds = Thresh
     requests = stream.requests
     r = requests[index]
     action = r.action
-    params = r.fault.get("params") or {}
+    fault = r.fault or {}
+    params = fault.get("params") or {}
     # A timeout's end is the client's own: it stops waiting whenever it decides to.
     waited_from = r.at_ms if action == "timeout" else r.end_ms
     nxt = requests[index + 1] if index + 1 < len(requests) else None
     base = dict(
         id=r.id, mailbox=r.mailbox, operation=r.operation, action=action, started_at=r.started_at,
-        code=_fault_code(r, params), rule=r.fault.get("rule"), source=r.fault.get("source"),
+        code=_fault_code(r, params), rule=fault.get("rule"), source=fault.get("source"),
         next_request_after_ms=_ms(nxt.at_ms - waited_from) if nxt else None,
         next_request_id=nxt.id if nxt else None,
     )
