@@ -9,6 +9,7 @@ version; its fixture is the two halves joined.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -193,16 +194,18 @@ def test_get_im_items_examples():
 def test_every_example_round_trips(name):
     data = fixture(name)
     if ".request." in name:
-        decoded = codec.decode_request(data)
-        again = codec.decode_request(codec.encode_request(decoded))
+        asked = codec.decode_request(data)
+        assert isinstance(asked, EwsRequest), asked
+        assert codec.decode_request(codec.encode_request(asked)) == asked
     else:
-        decoded = codec.decode_response(data)
-        if decoded.fault is not None:
-            again = codec.decode_response(codec.encode_fault(decoded.fault))
-            assert again.fault == decoded.fault
+        answered = codec.decode_response(data)
+        assert isinstance(answered, EwsResponse), answered
+        if answered.fault is not None:
+            again = codec.decode_response(codec.encode_fault(answered.fault))
+            assert again.fault == answered.fault
             return
-        again = codec.decode_response(codec.encode_response(decoded.message, decoded.server_version))
-    assert again == decoded
+        assert answered.message is not None
+        assert codec.decode_response(codec.encode_response(answered.message, answered.server_version)) == answered
 
 
 # -- all twelve operations, both directions -----------------------------------
@@ -211,7 +214,7 @@ GID = ItemId("AAMkAGQ1MjJjMTBkzzAAAQKAAA=", "EgAAAA==")
 CID = ItemId("AAMkAGQ1MjJjMTBkLTc4Y2AA=", "EQAAABYAAABtF8oI7i")
 URI = ExtendedFieldURI("String", distinguished_property_set_id="PublicStrings", property_name="Note")
 
-ALL_REQUESTS = [
+ALL_REQUESTS: list[Any] = [
     AddDistributionGroupToImList(smtp_address="sales@contoso.com", display_name="Sales"),
     AddImContactToGroup(contact_id=CID, group_id=GID),
     AddImContactToGroup(contact_id=CID),
@@ -403,6 +406,7 @@ def test_schema_validation_fault_is_worded_like_the_add_im_group_page():
 def test_parse_errors_become_schema_validation_faults_with_position():
     decoded = codec.decode_request(b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">\n'
                                    b'<soap:Body><x>&amp</x></soap:Body></soap:Envelope>')
+    assert isinstance(decoded, DecodeError)
     assert (decoded.kind, decoded.line, decoded.column) == ("not-xml", 2, 19)
     fault = codec.schema_validation_fault(decoded)
     assert fault.message_xml.line_number == 2 and fault.message_xml.line_position == 19

@@ -5,6 +5,7 @@ that carries it to the writer process."""
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,7 +36,7 @@ def mock_answers():
     group = m.add_im_group(MB, "Team & <friends>").exchange_store_id
     for n in range(40):
         m.add_new_im_contact_to_group(MB, f"sip:u{n}@contoso.com", f"User {n} Ñ", group)
-    bodies = [R.GetImItemList(), R.GetImItemList(), R.AddImGroup("Team & <friends>"), R.AddImGroup("New"),
+    bodies: list[Any] = [R.GetImItemList(), R.GetImItemList(), R.AddImGroup("Team & <friends>"), R.AddImGroup("New"),
               R.RemoveImGroup(R.ItemId("AAMkAGQ1MjJjMTBkzzAAAQKAAA=")), R.GetImItems(group_ids=(group,)),
               R.AddNewImContactToGroup("sip:new@contoso.com", "New <one>"), R.GetImItemList()]
     for body in bodies:
@@ -86,7 +87,11 @@ def test_an_answer_sent_again_is_decoded_once(tmp_path, monkeypatch):
     first = build_row(raw(request, answer))
     decoded = []
     real = codec.decode_response
-    monkeypatch.setattr(codec, "decode_response", lambda *a, **k: decoded.append(1) or real(*a, **k))
+
+    def counting(*a, **k):
+        decoded.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(codec, "decode_response", counting)
     assert build_row(raw(request, core.Answer(200, answer.headers, bytes(bytearray(answer.body))))) == first
     assert decoded == []
     other = answer.body.replace(b"U1<", b"V1<")

@@ -80,7 +80,7 @@ def test_a_failing_write_is_reported_by_flush_and_counted_by_close(tmp_path, wri
     store.submit(raw(2))
     store.submit(raw(3))
     assert store.flush(timeout=3) is False
-    assert "no such table: exchanges" in store.problem
+    assert "no such table: exchanges" in (store.problem or "")
     assert store.close() == 2
     assert store.unwritten == 2 and store.written == 1
     messages = " ".join(r.getMessage() for r in caplog.records)

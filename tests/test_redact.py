@@ -54,12 +54,13 @@ def test_no_credential_in_the_database_or_its_wal(tmp_path):
         assert leaked(file_bytes(path)) == []  # while the WAL still holds the rows
     assert leaked(file_bytes(path)) == []  # after the checkpoint on close
     row = get_exchange(open_log(path), 2)
+    assert row is not None
     assert '["Authorization", "NTLM <redacted>"]' in row["request_headers"]
     assert '["WWW-Authenticate", "Negotiate"]' in row["response_headers"]
     assert "X-BackEndCookie=<redacted>; path=/EWS; secure; HttpOnly" in row["response_headers"]
     assert "Bearer <redacted>" in row["request_body"] and "MyCustomGroup" in row["request_body"]
     # The signed-in user is who the exchange is about, not a secret.
-    assert get_exchange(open_log(path), 1)["mailbox"] == "kim@contoso.com"
+    assert (get_exchange(open_log(path), 1) or {}).get("mailbox") == "kim@contoso.com"
 
 
 def test_keep_secrets_keeps_every_credential(tmp_path):

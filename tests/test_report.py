@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 import sys
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -131,7 +132,7 @@ def test_html_marks_have_hover_texts_and_a_big_run_draws_the_worst_mailboxes(cha
     assert len(titles) == len(shipped_faults())
     assert any("retry-storm. 7 retries" in text for _, text in titles)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in range(MAX_TIMELINES + 3):  # one too-early mailbox among honoured ones
         box = f"user{n:02d}@contoso.com"
         minute = f"2026-12-01T12:{n:02d}:00"

@@ -109,7 +109,7 @@ def test_no_secret_in_the_file_unless_kept(tmp_path):
 def test_writer_survives_a_poison_exchange(tmp_path):
     with LogStore(tmp_path / "p.db") as store:
         poison = raw(b"<x/>", b"<y/>")
-        poison.request_headers = None  # breaks build_row
+        poison.request_headers = None  # type: ignore[assignment]  # breaks build_row
         store.submit(poison)
         store.submit(raw(FIXTURES.joinpath("GetImItemList.page.request.xml").read_bytes(), None, status=None,
                          error="client reset"))
