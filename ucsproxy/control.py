@@ -67,6 +67,8 @@ RULE_SOURCE = "control API"
 
 def is_control_path(path: str) -> bool:
     """True for ``/_ucsproxy`` and everything under it (any letter case, as IIS compares paths)."""
+    if not path.startswith("/_"):  # the common case, decided cheaply: this runs for every request
+        return False
     head = path[:len(PREFIX) + 1].lower()
     return head == PREFIX or head in (PREFIX + "/", PREFIX + "?")
 
