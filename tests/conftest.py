@@ -197,6 +197,60 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, path: str
         conn.close()
 
 
+class Endpoint:
+    """A ucsproxy served inside the test process, on real sockets on 127.0.0.1: the lean front on a
+    background loop, or mitmproxy (with the ucsproxy addon) on a thread of its own.
+
+    For tests whose subject is what the server does (answers, faults, the log, the record proxy),
+    not what a process does (signals, exit status, stdout, the CLI): it starts in milliseconds
+    instead of the seconds a ``python -m ucsproxy`` process needs. Only one mitmproxy-front
+    endpoint may run at a time (mitmproxy keeps its master in a module global); lean ones are free.
+    ``options`` are the mode's option set (``ucsproxy.runner.mock_options()`` and its siblings);
+    ``db`` is the log file (None: no log). Same attributes as :class:`Process`: ``url``, ``port``, ``db``.
+    """
+
+    def __init__(self, options: dict, front: str = "lean", db: Path | None = None):
+        options = dict(options, ucs_db=str(db) if db else "")
+        if front == "lean":
+            from ucsproxy.front import BackgroundLean
+
+            self.server = BackgroundLean(options)
+        elif front == "mitmproxy":
+            from ucsproxy.runner import BackgroundProxy
+
+            self.server = BackgroundProxy(options)
+        else:
+            raise ValueError(front)
+        self.front, self.db = front, db
+        self.port = self.server.address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stopped = False
+
+    @property
+    def core(self):
+        return self.server.core
+
+    def stop(self) -> None:
+        """Stop serving; every exchange is in the log once this returns."""
+        if not self._stopped:
+            self._stopped = True
+            self.server.stop()
+
+    def __enter__(self) -> "Endpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def mock_endpoint(front: str = "lean", db: Path | None = None, **options) -> Endpoint:
+    """A mock in this process; ``options`` are ucs_* options on top of ``mock_options()`` (``seed=`` goes there)."""
+    from ucsproxy.runner import mock_options
+
+    seed = options.pop("seed", None)
+    return Endpoint(dict(mock_options(seed=seed), **options), front, db)
+
+
 #: The serving fronts of `ucsproxy mock` and `replay` (without --fallthrough): every process test of those runs on both.
 FRONTS = ("lean", "mitmproxy")
 

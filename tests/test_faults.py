@@ -568,7 +568,8 @@ def test_watcher_ignores_a_touch_and_survives_a_deleted_file(tmp_path):
 def test_a_save_that_truncates_then_writes_is_never_seen_half_done(tmp_path):
     path = tmp_path / "f.toml"
     path.write_text(TWO_RULES)
-    w = faults.FaultFileWatcher(path, interval=0.01, settle=0.3)
+    # settle is ten times the pause: a busy machine may stretch the pause, but not by 0.9 s.
+    w = faults.FaultFileWatcher(path, interval=0.01, settle=1.0)
     seen = []
     for n in range(5):  # each save: truncate, a pause shorter than the settle time, then write
         with open(path, "w") as f:

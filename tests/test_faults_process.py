@@ -1,19 +1,23 @@
-"""Every fault action as a client sees it, through real ucsproxy processes on 127.0.0.1."""
+"""Every fault action as a client sees it, through real sockets on 127.0.0.1: the mock, replay and
+record servers run in the test process (both fronts); a fault rule refused at start is the CLI's
+business and goes through the CLI."""
 
 from __future__ import annotations
 
 import json
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import datetime, UTC
 
 import pytest
 from lxml import etree
 
-from conftest import ROOT, count_rows, start_ucsproxy, wait_for
+from click.testing import CliRunner
+
+from conftest import ROOT, Endpoint, count_rows, mock_endpoint, wait_for
+from ucsproxy.cli import main as cli
+from ucsproxy.runner import record_options, replay_options
 from ews_client import EwsClient, envelope
 
 
@@ -45,14 +49,26 @@ def logged_faults(db, count: int) -> list[dict]:
             for r in rows]
 
 
+def fault_options(*fault_args: str) -> dict:
+    """The ucs_* options of the serving commands' ``--fault SPEC`` / ``--faults FILE`` arguments."""
+    options: dict = {"ucs_fault": []}
+    for flag, value in zip(fault_args[::2], fault_args[1::2]):
+        if flag == "--fault":
+            options["ucs_fault"].append(value)
+        else:
+            assert flag == "--faults", flag
+            options["ucs_faults"] = str(value)
+    return options
+
+
 @pytest.fixture
 def mock_with(tmp_path, front):
+    """start(*fault_args): what `ucsproxy mock --front FRONT --seed 1 --db DB *fault_args` serves, in this process."""
     started = []
 
     def start(*fault_args: str):
         db = tmp_path / f"faults-{len(started)}.db"
-        proc = start_ucsproxy(tmp_path, "mock", "--front", front, "--seed", "1", "--db", str(db), *fault_args)
-        proc.db = db
+        proc = mock_endpoint(front, db, seed=1, **fault_options(*fault_args))
         started.append(proc)
         return proc
 
@@ -101,10 +117,10 @@ def test_delay_before_the_answer(mock_with):
 def test_request_delay_before_the_server_response_delay_after(tmp_path):
     """A request-phase delay holds the call back from the server; a response-phase one holds the answer."""
     upstream_db = tmp_path / "upstream.db"
-    upstream = start_ucsproxy(tmp_path, "mock", "--db", str(upstream_db), name="upstream")
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", "",
-                         "--fault", "GetImItemList:delay:ms=500,phase=request",
-                         "--fault", "GetImItemList:delay:ms=500,phase=response")
+    upstream = mock_endpoint(db=upstream_db)
+    rec = Endpoint(dict(record_options(upstream.url), **fault_options(
+        "--fault", "GetImItemList:delay:ms=500,phase=request",
+        "--fault", "GetImItemList:delay:ms=500,phase=response")), "mitmproxy")
     try:
         c = EwsClient(rec.url)
         c.set_im_list_migration_completed(True)  # warm up both connections
@@ -192,7 +208,8 @@ def test_same_seed_same_faults_across_runs(tmp_path, mock_with):
     assert 3 <= runs[0].count("ErrorInternalServerTransientError") <= 20
 
 
-def test_rules_reload_when_the_file_changes(tmp_path, mock_with):
+def test_rules_reload_when_the_file_changes(tmp_path, mock_with, caplog):
+    caplog.set_level("INFO", logger="ucsproxy")
     rules = tmp_path / "live.toml"
     rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "ews-error"\ncode = "ErrorServerBusy"\n')
     proc = mock_with("--faults", str(rules))
@@ -207,37 +224,35 @@ def test_rules_reload_when_the_file_changes(tmp_path, mock_with):
     assert code == "ErrorAccessDenied"
     rules.write_text('[[fault]]\noperation = "GetImItemList"\naction = "no-such-action"\n')
     deadline = time.monotonic() + 30
-    while "kept the previous fault rules" not in proc.output() and time.monotonic() < deadline:
+    while "kept the previous fault rules" not in caplog.text and time.monotonic() < deadline:
         assert c.get_im_item_list().response_code == "ErrorAccessDenied", "a broken edit keeps the old rules"
         time.sleep(0.05)
     assert c.get_im_item_list().response_code == "ErrorAccessDenied", "a broken edit keeps the old rules"
-    assert "kept the previous fault rules" in proc.output() and "no-such-action" in proc.output()
+    assert "kept the previous fault rules" in caplog.text and "no-such-action" in caplog.text
 
 
 def test_a_broken_file_is_refused_at_start(tmp_path, front):
     rules = tmp_path / "broken.toml"
     rules.write_text('seed = 1\n\n[[fault]]\noperation = "x"\naction = "reset"\nprobablity = 0.5\n')
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--faults", str(rules),
-                          "--listen-port", "0",
-                          "--db", ""], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode != 0
-    assert f"{rules}:6" in out.stderr and "unknown key 'probablity'" in out.stderr
+    out = CliRunner().invoke(cli, ["mock", "--front", front, "--faults", str(rules), "--listen-port", "0",
+                                   "--db", ""])
+    assert out.exit_code != 0
+    assert f"{rules}:6" in out.output and "unknown key 'probablity'" in out.output
 
 
 def test_a_rule_with_an_unknown_response_code_is_refused_at_start(front):
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--listen-port", "0", "--db", "",
-                          "--fault", "AddImGroup:ews-error:code=errorimgrouplimitreached"],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode != 0
-    assert "unknown ResponseCode 'errorimgrouplimitreached': did you mean 'ErrorImGroupLimitReached'?" in out.stderr
+    out = CliRunner().invoke(cli, ["mock", "--front", front, "--listen-port", "0", "--db", "",
+                                   "--fault", "AddImGroup:ews-error:code=errorimgrouplimitreached"])
+    assert out.exit_code != 0
+    assert "unknown ResponseCode 'errorimgrouplimitreached': did you mean 'ErrorImGroupLimitReached'?" in out.output
 
 
 def test_faults_in_record_mode_in_front_of_a_real_server(tmp_path):
-    upstream = start_ucsproxy(tmp_path, "mock", "--db", "", name="upstream")
+    upstream = mock_endpoint()
     db = tmp_path / "rec.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", str(db),
-                         "--fault", "AddImGroup:ews-error:code=ErrorImGroupLimitReached",
-                         "--fault", "GetImItemList:stale-changekey")
+    rec = Endpoint(dict(record_options(upstream.url), **fault_options(
+        "--fault", "AddImGroup:ews-error:code=ErrorImGroupLimitReached",
+        "--fault", "GetImItemList:stale-changekey")), "mitmproxy", db)
     try:
         c = EwsClient(rec.url, user="rec@contoso.com")
         assert c.add_im_group("Never").response_code == "ErrorImGroupLimitReached"
@@ -325,8 +340,8 @@ def test_clearing_the_rules_lets_held_connections_go(in_process):
 def test_faults_in_replay_mode(tmp_path, front):
     recording = ROOT / "recordings" / "spec-examples"
     db = tmp_path / "replay.db"
-    proc = start_ucsproxy(tmp_path, "replay", str(recording), "--front", front, "--db", str(db),
-                          "--fault", "GetImItems:server-busy:backoff_ms=100,nth=1")
+    proc = Endpoint(dict(replay_options(str(recording)),
+                         **fault_options("--fault", "GetImItems:server-busy:backoff_ms=100,nth=1")), front, db)
     try:
         c = EwsClient(proc.url)
         request = (recording / "0010-GetImItems.request.xml").read_bytes()

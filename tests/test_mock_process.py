@@ -1,4 +1,6 @@
-"""`ucsproxy mock` as a real process on 127.0.0.1, driven like Lync drives Exchange."""
+"""`ucsproxy mock` as a real process on 127.0.0.1 (one per front, shared by the module), driven like
+Lync drives Exchange; what depends on options only (seeds, a seeded item list, a loaded state) is
+served in the test process, and a refused option goes through the CLI in process."""
 
 from __future__ import annotations
 
@@ -6,14 +8,14 @@ import json
 import signal
 import sqlite3
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from conftest import ROOT, count_rows, start_mitmdump, start_ucsproxy, wait_for
+from conftest import ROOT, count_rows, mock_endpoint, start_mitmdump, start_ucsproxy, wait_for
 from ews_client import EwsClient, envelope, groups, personas
+from ucsproxy.cli import main as cli
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +194,13 @@ def test_every_exchange_is_logged(mock):
 
 
 def test_state_is_saved_on_sigterm_and_loaded_again(tmp_path, front):
+    """A real process saves its state on SIGTERM; the state is loaded again by a mock in this process."""
     state = tmp_path / "state.json"
     first = start_ucsproxy(tmp_path, "mock", "--front", front, "--state", str(state), "--db", "", "--seed", "1")
     assert EwsClient(first.url).add_im_group("Survivor").response_code == "NoError"
     assert first.stop(signal.SIGTERM) == 0
     assert state.exists()
-    second = start_ucsproxy(tmp_path, "mock", "--front", front, "--state", str(state), "--db", "")
+    second = mock_endpoint(front, ucs_state=str(state))
     try:
         assert "Survivor" in groups(EwsClient(second.url).get_im_item_list())
     finally:
@@ -207,7 +210,7 @@ def test_state_is_saved_on_sigterm_and_loaded_again(tmp_path, front):
 def test_seeded_from_a_recorded_item_list(tmp_path, front):
     # The GetImItemList page's response, as printed (https namespaces).
     item_list = Path(__file__).parent / "fixtures" / "spec" / "GetImItemList.page.response.xml"
-    proc = start_ucsproxy(tmp_path, "mock", "--front", front, "--item-list", str(item_list), "--db", "")
+    proc = mock_endpoint(front, ucs_item_list=str(item_list))
     try:
         listing = EwsClient(proc.url).get_im_item_list()
         assert "MyCustomGroup2" in groups(listing)
@@ -220,7 +223,7 @@ def test_seeded_from_a_recorded_item_list(tmp_path, front):
 def test_same_seed_same_ids(tmp_path, front):
     ids = []
     for _ in range(2):
-        proc = start_ucsproxy(tmp_path, "mock", "--front", front, "--seed", "42", "--db", "")
+        proc = mock_endpoint(front, seed=42)
         try:
             ids.append(EwsClient(proc.url).add_im_group("Seeded").text("//m:ImGroup/t:ExchangeStoreId/@Id"))
         finally:
@@ -229,6 +232,7 @@ def test_same_seed_same_ids(tmp_path, front):
 
 
 def test_mitmdump_script_entry_point(tmp_path):
+    """`mitmdump -s addons/ucsproxy.py` as a real process: the addon as mitmproxy's own tools load it."""
     proc = start_mitmdump(
         tmp_path, "-s", str(ROOT / "addons" / "ucsproxy.py"), "--mode", "reverse:http://127.0.0.1:9",
         "--set", "connection_strategy=lazy", "--set", "ucs_mode=mock", "--set", f"ucs_db={tmp_path / 'm.db'}",
@@ -240,8 +244,7 @@ def test_mitmdump_script_entry_point(tmp_path):
 
 
 def test_broken_option_is_refused_with_a_message(tmp_path, front):
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "replay", str(tmp_path), "--front", front,
-                          "--listen-port", "0",
-                          "--match", "strict", "--db", ""], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode != 0
-    assert out.stderr.strip()
+    out = CliRunner().invoke(cli, ["replay", str(tmp_path), "--front", front, "--listen-port", "0",
+                                   "--match", "strict", "--db", ""])
+    assert out.exit_code != 0
+    assert out.output.strip()

@@ -1,4 +1,9 @@
-"""`ucsproxy record` as a real process between a client and a real upstream on 127.0.0.1."""
+"""`ucsproxy record` between a client and a real upstream on 127.0.0.1.
+
+The record proxy (mitmproxy with the ucsproxy addon) and the upstream mock run in the test
+process on real sockets: what is tested is what the proxy passes and logs. Only SIGTERM is a
+process's business: that test starts a real `ucsproxy record`.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,21 @@ import time
 
 import pytest
 
-from conftest import start_ucsproxy
+from conftest import Endpoint, mock_endpoint, start_ucsproxy
+from ucsproxy.runner import record_options
 from ews_client import EwsClient, envelope
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """The real `ucsproxy mock` stands in for Exchange."""
-    tmp = tmp_path_factory.mktemp("upstream")
-    proc = start_ucsproxy(tmp, "mock", "--seed", "3", "--db", "", name="upstream")
-    yield proc
-    proc.stop()
+def upstream():
+    """The mock (lean front, in this process) stands in for Exchange."""
+    with mock_endpoint(seed=3) as server:
+        yield server
+
+
+def recorder(upstream: str | None, db, **options) -> Endpoint:
+    """What `ucsproxy record --upstream URL --db DB` serves, in this process."""
+    return Endpoint(record_options(upstream, **options), "mitmproxy", db)
 
 
 class _Odd(http.server.BaseHTTPRequestHandler):
@@ -101,7 +110,7 @@ def wait_rows(db, n, timeout=5.0):
 
 def test_client_sees_exactly_what_the_server_sent(tmp_path, upstream):
     db = tmp_path / "rec.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", str(db))
+    rec = recorder(upstream.url, db)
     try:
         direct = EwsClient(upstream.url, user="cmp@contoso.com")
         proxied = EwsClient(rec.url, user="cmp@contoso.com")
@@ -115,7 +124,7 @@ def test_client_sees_exactly_what_the_server_sent(tmp_path, upstream):
         fault = EwsClient(rec.url, version=None).get_im_item_list()
         assert fault.status == 500
     finally:
-        assert rec.stop(signal.SIGTERM) == 0
+        rec.stop()  # (exit status 0 on SIGTERM: test_sigterm_loses_nothing)
     logged = rows(db)
     assert [r["operation"] for r in logged] == ["AddImGroup", "GetImItemList", "AddImGroup", "GetImItemList"]
     assert [r["response_code"] for r in logged] == ["NoError", "NoError", "ErrorImGroupDisplayNameAlreadyExists",
@@ -131,7 +140,7 @@ def test_client_sees_exactly_what_the_server_sent(tmp_path, upstream):
 
 def test_no_secret_reaches_the_file(tmp_path, upstream, odd_upstream):
     db = tmp_path / "secrets.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", odd_upstream, "--db", str(db))
+    rec = recorder(odd_upstream, db)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", rec.port, timeout=10)
         # Auth schemes are case-insensitive: a "BeArEr" token is a token too.
@@ -155,7 +164,7 @@ def test_no_secret_reaches_the_file(tmp_path, upstream, odd_upstream):
 
 def test_compression_chunking_and_odd_headers_pass_untouched(tmp_path, odd_upstream):
     db = tmp_path / "odd.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", odd_upstream, "--db", str(db))
+    rec = recorder(odd_upstream, db)
     try:
         for path in ("/gzip/EWS/Exchange.asmx", "/chunked/EWS/Exchange.asmx"):
             answers = []
@@ -182,7 +191,7 @@ def test_compression_chunking_and_odd_headers_pass_untouched(tmp_path, odd_upstr
 
 def test_upstream_errors_are_logged_and_seen_by_the_client(tmp_path, odd_upstream):
     db = tmp_path / "err.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", odd_upstream, "--db", str(db))
+    rec = recorder(odd_upstream, db)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", rec.port, timeout=10)
         conn.request("POST", "/close/EWS/Exchange.asmx", body=envelope("<m:GetImItemList/>"))
@@ -202,6 +211,7 @@ def test_upstream_errors_are_logged_and_seen_by_the_client(tmp_path, odd_upstrea
 
 
 def test_sigterm_loses_nothing(tmp_path, upstream):
+    """A real process: SIGTERM stops it with exit status 0 once every exchange is written."""
     db = tmp_path / "term.db"
     rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", str(db))
     c = EwsClient(rec.url, user="term@contoso.com")
@@ -214,7 +224,7 @@ def test_sigterm_loses_nothing(tmp_path, upstream):
 
 def test_regular_proxy_mode(tmp_path, upstream):
     db = tmp_path / "regular.db"
-    rec = start_ucsproxy(tmp_path, "record", "--mode", "regular", "--db", str(db))
+    rec = recorder(None, db, proxy_mode="regular")
     try:
         conn = http.client.HTTPConnection("127.0.0.1", rec.port, timeout=10)
         conn.request("POST", f"{upstream.url}/EWS/Exchange.asmx", body=envelope("<m:GetImItemList/>"),
@@ -230,7 +240,7 @@ def test_tls_to_the_upstream(tmp_path, upstream):
     """The mock also speaks TLS on its port: record in front of it over https."""
     db = tmp_path / "tls.db"
     https_upstream = upstream.url.replace("http://", "https://")
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", https_upstream, "--insecure", "--db", str(db))
+    rec = recorder(https_upstream, db, insecure=True)
     try:
         direct = EwsClient(https_upstream, user="tls@contoso.com").get_im_item_list()
         through = EwsClient(rec.url, user="tls@contoso.com").get_im_item_list()

@@ -8,7 +8,7 @@ import sqlite3
 
 from click.testing import CliRunner
 
-from conftest import ROOT, start_mitmdump, start_ucsproxy
+from conftest import ROOT, Endpoint, mock_endpoint, start_mitmdump
 from ews_client import EwsClient, envelope, groups
 from ucsproxy import codec
 from ucsproxy.cli import main as cli
@@ -16,6 +16,7 @@ from ucsproxy.recordingfiles import body_for_file, body_from_file, read_fixture_
 from ucsproxy.records import (AddImGroup, EwsRequest, GetImItemList, ItemId, RemoveImGroup, SetImGroup,
                               SoapHeaders)
 from ucsproxy.replay import NoMatch, RecordedAnswer, ReplayIndex, build_stateful_model
+from ucsproxy.runner import record_options, replay_options
 from ucsproxy.service import UcsService
 from ucsproxy.store import LogStore, open_log, query_exchanges
 
@@ -165,7 +166,8 @@ def test_har_import_keeps_only_ews_and_redacts(tmp_path):
 
 
 def test_mitm_flow_file_import_from_a_real_mitmdump(tmp_path):
-    upstream = start_ucsproxy(tmp_path, "mock", "--db", "", name="upstream")
+    """A real `mitmdump -w` process writes the flow file (the upstream mock runs in this process)."""
+    upstream = mock_endpoint()
     flows = tmp_path / "capture.mitm"
     dump = start_mitmdump(tmp_path, "--mode", f"reverse:{upstream.url}", "-w", str(flows))
     try:
@@ -184,10 +186,11 @@ def test_mitm_flow_file_import_from_a_real_mitmdump(tmp_path):
     assert rows[0]["mailbox"] == "flow@contoso.com" and "Basic <redacted>" in rows[0]["request_headers"]
 
 
-def test_record_export_import_replay_through_real_processes(tmp_path, front):
-    upstream = start_ucsproxy(tmp_path, "mock", "--seed", "9", "--db", "", name="upstream")
+def test_record_export_import_replay_through_real_sockets(tmp_path, front):
+    """Record, export, import and replay on either front, each server in this process on 127.0.0.1."""
+    upstream = mock_endpoint(seed=9)
     db = tmp_path / "rec.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", upstream.url, "--db", str(db))
+    rec = Endpoint(record_options(upstream.url), "mitmproxy", db)
     answers = []
     try:
         c = EwsClient(rec.url, user="loop@contoso.com")
@@ -203,8 +206,7 @@ def test_record_export_import_replay_through_real_processes(tmp_path, front):
     imported = tmp_path / "imported.db"
     assert CliRunner().invoke(cli, ["import", str(fixtures), str(imported)]).exit_code == 0
     for source in (fixtures, imported):
-        replay = start_ucsproxy(tmp_path, "replay", str(source), "--front", front,
-                                "--db", str(tmp_path / f"replayed-{source.name}.db"))
+        replay = Endpoint(replay_options(str(source)), front, tmp_path / f"replayed-{source.name}.db")
         try:
             c = EwsClient(replay.url, user="loop@contoso.com")
             again = [c.get_im_item_list(), c.add_im_group("Loop"), c.add_im_group("Loop"), c.get_im_item_list()]
@@ -221,8 +223,8 @@ def test_record_export_import_replay_through_real_processes(tmp_path, front):
     assert logged[0] == ("replay", "GetImItemList", "NoError") and logged[-1][2] == "ErrorInvalidRequest"
 
 
-def test_stateful_replay_process_accepts_new_changes(tmp_path, front):
-    replay = start_ucsproxy(tmp_path, "replay", str(LYNC_SESSION), "--front", front, "--stateful", "--db", "")
+def test_stateful_replay_accepts_new_changes(tmp_path, front):
+    replay = Endpoint(replay_options(str(LYNC_SESSION), stateful=True), front)
     try:
         c = EwsClient(replay.url, user="kim.akers@contoso.com")
         before = groups(c.get_im_item_list())
@@ -237,8 +239,8 @@ def test_stateful_replay_process_accepts_new_changes(tmp_path, front):
 
 
 def test_replay_fallthrough_to_an_upstream(tmp_path):
-    upstream = start_ucsproxy(tmp_path, "mock", "--db", "", name="upstream")
-    replay = start_ucsproxy(tmp_path, "replay", str(SPEC_EXAMPLES), "--fallthrough", upstream.url, "--db", "")
+    upstream = mock_endpoint()
+    replay = Endpoint(replay_options(str(SPEC_EXAMPLES), fallthrough=upstream.url), "mitmproxy")
     try:
         c = EwsClient(replay.url, user="fall@contoso.com")
         answer = c.add_im_group("Goes upstream")
