@@ -17,7 +17,7 @@ from ucsproxy import autodiscover
 from ucsproxy.addon import UcsProxy
 from ucsproxy.logrow import RawExchange, build_row
 
-from conftest import start_ucsproxy
+from conftest import mock_endpoint, start_ucsproxy
 from ews_client import EwsClient, groups
 
 POX_NS = {"r": autodiscover.NS_POX_RESPONSE, "o": autodiscover.NS_POX_OUTLOOK}
@@ -195,11 +195,10 @@ def test_recorded_autodiscover_exchanges_are_decoded_for_the_log():
 
 
 @pytest.fixture(scope="module")
-def mock(tmp_path_factory, front):
-    tmp = tmp_path_factory.mktemp("autodiscover")
-    proc = start_ucsproxy(tmp, "mock", "--front", front, "--seed", "4", "--db", "")
-    yield proc
-    proc.stop()
+def mock(front):
+    """The mock on either front, in this process (real sockets, plain HTTP and TLS on one port)."""
+    with mock_endpoint(front, seed=4) as server:
+        yield server
 
 
 def _post(port: int, path: str, body: bytes, host: str, tls: bool = False) -> bytes:
@@ -235,6 +234,7 @@ def test_a_client_discovers_the_mock_then_runs_a_ucs_session_through_the_discove
 
 
 def test_record_mode_passes_autodiscover_through_and_logs_it_decoded(tmp_path, mock):
+    """A real `ucsproxy record` process (SIGTERM ends it with status 0) in front of the mock."""
     db = tmp_path / "rec.db"
     rec = start_ucsproxy(tmp_path, "record", "--upstream", mock.url, "--db", str(db))
     try:

@@ -1,5 +1,5 @@
 """One mailbox identity: ucsproxy.identity decides, and the mock, the log, fault rules, replay and
-``ucsproxy log --mailbox`` all agree (through a real mock process)."""
+``ucsproxy log --mailbox`` all agree (the mock served in the test process on real sockets)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import base64
 import json
 import sqlite3
 import struct
-import subprocess
-import sys
 
-from conftest import start_ucsproxy
+from click.testing import CliRunner
+
+from conftest import mock_endpoint
+from ucsproxy.cli import main as cli
 from ews_client import EwsClient, envelope
 from ucsproxy import identity
 from ucsproxy.records import EwsRequest, GetImItemList, Impersonation, SoapHeaders
@@ -66,7 +67,7 @@ def test_the_mock_the_log_a_fault_rule_and_ucsproxy_log_agree(tmp_path):
     rules.write_text('[[fault]]\noperation = "SetImListMigrationCompleted"\nmailbox = "kim"\n'
                      'action = "ews-error"\ncode = "ErrorAccessDenied"\n')
     db = tmp_path / "log.db"
-    proc = start_ucsproxy(tmp_path, "mock", "--seed", "1", "--db", str(db), "--faults", str(rules))
+    proc = mock_endpoint(db=db, seed=1, ucs_faults=str(rules))  # in this process, on real sockets
     migrate = "<m:ImListMigrationCompleted>true</m:ImListMigrationCompleted>"
     try:
         as_domain_user = EwsClient(proc.url, user="CONTOSO\\Kim")
@@ -83,21 +84,19 @@ def test_the_mock_the_log_a_fault_rule_and_ucsproxy_log_agree(tmp_path):
         nobody = EwsClient(proc.url).get_im_item_list()
         assert b"Kim's" not in nobody.body
     finally:
-        assert proc.stop() == 0, proc.output()
+        proc.stop()  # every exchange is in the log once this returns
     con = sqlite3.connect(db)
     mailboxes = [r[0] for r in con.execute("select mailbox from exchanges order by id")]
     con.close()
     assert mailboxes == ["kim", "kim", "bob", "kim", "kim", "kim", identity.DEFAULT_MAILBOX]
     assert token not in db.read_bytes().decode("latin-1")
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "log", str(db), "--mailbox", "KIM", "--json"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    out = CliRunner().invoke(cli, ["log", str(db), "--mailbox", "KIM", "--json"])
+    assert out.exit_code == 0, out.output
     found = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(r["operation"], r["response_code"]) for r in found] == [
         ("AddImGroup", "NoError"), ("SetImListMigrationCompleted", "ErrorAccessDenied")] + [("GetImItemList", "NoError")] * 3
     assert found[1]["fault"]["rule"] == "rule-1"
-    by_domain_name = subprocess.run([sys.executable, "-m", "ucsproxy", "log", str(db), "--mailbox", "CONTOSO\\kim"],
-                                    capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    by_domain_name = CliRunner().invoke(cli, ["log", str(db), "--mailbox", "CONTOSO\\kim"])
     assert by_domain_name.stdout.count("\n") == 1 + 5, by_domain_name.stdout
 
 
@@ -148,9 +147,8 @@ def test_a_log_of_an_older_layout_gets_the_index_and_keeps_its_rows(tmp_path):
                     [("contoso\\kim", "AddImGroup"), ("kim", "GetImItemList"), ("bob", "GetImItemList")])
     con.commit()
     con.close()
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "log", str(path), "--mailbox", "Kim", "--json"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    out = CliRunner().invoke(cli, ["log", str(path), "--mailbox", "Kim", "--json"])
+    assert out.exit_code == 0, out.output
     # The old layout's "contoso\\kim" is the mailbox kim too: opening the log renamed it in place.
     assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == [1, 2]
     con = sqlite3.connect(path)

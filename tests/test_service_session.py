@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT, free_port, start_ucsproxy
+from conftest import ROOT, free_port, mock_endpoint
 from ucsproxy import codec
 from ucsproxy.model import UcsModel
 from ucsproxy.records import EwsRequest, SoapFault
@@ -125,7 +125,8 @@ def _run_script(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_script_against_the_real_mock(tmp_path):
-    with start_ucsproxy(tmp_path, "mock", "--seed", "3", "--db", str(tmp_path / "log.db")) as mock:
+    """The script as a real process (its output and exit status) against the mock in this process."""
+    with mock_endpoint(seed=3, db=tmp_path / "log.db") as mock:
         url = f"{mock.url}/EWS/Exchange.asmx"
         done = _run_script("--url", url, "--user", "alice@contoso.com", "--repeat", "2")
         assert done.returncode == 0, done.stdout + done.stderr

@@ -7,7 +7,7 @@ import signal
 import sqlite3
 
 from click.testing import CliRunner
-from conftest import start_ucsproxy
+from conftest import mock_endpoint, start_ucsproxy
 from ews_client import EwsClient
 from test_console_process import console_lines, wait_for
 
@@ -86,9 +86,9 @@ def test_answers_a_fault_rule_made_are_not_compared():
 
 
 def test_record_shadow_in_front_of_a_different_upstream(tmp_path):
-    """A real record --shadow process in front of a mock whose fault rule refuses the second AddImGroup."""
-    upstream = start_ucsproxy(tmp_path, "mock", "--db", "", "-q",
-                              "--fault", "AddImGroup:ews-error:code=ErrorImGroupLimitReached,nth=2", name="upstream")
+    """A real record --shadow process (its console lines and exit summary) in front of a mock (in this
+    process) whose fault rule refuses the second AddImGroup."""
+    upstream = mock_endpoint(ucs_fault=["AddImGroup:ews-error:code=ErrorImGroupLimitReached,nth=2"])
     db = tmp_path / "shadow.db"
     proxy = start_ucsproxy(tmp_path, "record", "--shadow", "--upstream", upstream.url, "--db", str(db), name="record")
     client = EwsClient(proxy.url, user=BOX)
