@@ -1,5 +1,6 @@
-"""Runtime edges, through real processes: a replay never logs into its own recording, and a
-start that fails leaves no log behind."""
+"""Runtime edges: a replay never logs into its own recording, and a start that fails leaves no log
+behind (the CLI, in process); the pytest plugin does not hang after a fixture fails to start (a real
+pytest process); a faults file is watched (the mock in this process, on real sockets)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import ROOT
+from ucsproxy.cli import main as cli
 
 
-def ucsproxy(*args: str, cwd, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ucsproxy", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+def ucsproxy(*args: str, cwd, monkeypatch):
+    """`ucsproxy ARGS` run in ``cwd`` through click's runner, in this process."""
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(cli, list(args))
 
 
 def count(db) -> int:
@@ -26,22 +30,24 @@ def count(db) -> int:
 
 
 @pytest.mark.parametrize("db_args", [[], ["--db", "recordings/../recordings/ucsproxy.db"], ["--db", "link.db"]])
-def test_replay_refuses_to_log_into_the_recording_it_serves(tmp_path, db_args):
+def test_replay_refuses_to_log_into_the_recording_it_serves(tmp_path, db_args, monkeypatch):
     recording = tmp_path / "recordings" / "ucsproxy.db"
-    imported = ucsproxy("import", str(ROOT / "recordings" / "lync-session"), str(recording), cwd=tmp_path)
-    assert imported.returncode == 0, imported.stderr
+    imported = ucsproxy("import", str(ROOT / "recordings" / "lync-session"), str(recording), cwd=tmp_path,
+                        monkeypatch=monkeypatch)
+    assert imported.exit_code == 0, imported.output
     (tmp_path / "link.db").symlink_to(recording)
     before = count(recording)
-    out = ucsproxy("replay", "recordings/ucsproxy.db", "--listen-port", "0", *db_args, cwd=tmp_path)
-    assert out.returncode != 0
-    assert "Refusing to log into" in out.stderr and "it is the recording being replayed" in out.stderr, out.stderr
+    out = ucsproxy("replay", "recordings/ucsproxy.db", "--listen-port", "0", *db_args, cwd=tmp_path,
+                   monkeypatch=monkeypatch)
+    assert out.exit_code != 0
+    assert "Refusing to log into" in out.stderr and "it is the recording being replayed" in out.stderr, out.output
     assert count(recording) == before
 
 
-def test_a_start_that_fails_creates_no_default_log(tmp_path):
+def test_a_start_that_fails_creates_no_default_log(tmp_path, monkeypatch):
     out = ucsproxy("mock", "--listen-port", "0", "--db", str(tmp_path / "mine.db"),
-                   "--fault", "AddImGroup:ews-error:code=NoSuchCode", cwd=tmp_path)
-    assert out.returncode != 0 and "unknown ResponseCode 'NoSuchCode'" in out.stderr
+                   "--fault", "AddImGroup:ews-error:code=NoSuchCode", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert out.exit_code != 0 and "unknown ResponseCode 'NoSuchCode'" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -56,13 +62,13 @@ import pytest
 BEFORE = {}
 
 
-@pytest.fixture
-def ucs_front():
-    return os.environ["UCS_TEST_FRONT"]
+@pytest.fixture(params=["lean", "mitmproxy"])
+def ucs_front(request):
+    return request.param
 
 
 def test_a_replay_that_cannot_start_fails(ucs_replay):
-    BEFORE["threads"] = {t.ident for t in threading.enumerate()}
+    BEFORE.setdefault("threads", {t.ident for t in threading.enumerate()})  # before the first front's try
     ucs_replay("no-such-recording.db")
 
 
@@ -87,17 +93,16 @@ def test_the_ini_rules_apply(ucs_mock):
 '''
 
 
-@pytest.mark.parametrize("front", ["mitmproxy", "lean"])
-def test_the_plugin_does_not_hang_after_a_fixture_fails_to_start(tmp_path, front):
-    import os
-
+def test_the_plugin_does_not_hang_after_a_fixture_fails_to_start(tmp_path):
+    """A real pytest process (it must end: no thread or server left behind), both fronts in one run."""
     (tmp_path / "pytest.ini").write_text("[pytest]\nucs_redact_headers = X-Ticket\n"
                                          "ucs_redact_patterns = case-\\d{4}\n")
     (tmp_path / "test_plugin_edges.py").write_text(PLUGIN_TESTS)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_plugin_edges.py"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env=dict(os.environ, UCS_TEST_FRONT=front))
-    assert "1 failed, 2 passed" in out.stdout, out.stdout + out.stderr
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "2 failed, 3 passed" in out.stdout, out.stdout + out.stderr
+    assert "test_a_replay_that_cannot_start_fails[lean]" in out.stdout
+    assert "test_a_replay_that_cannot_start_fails[mitmproxy]" in out.stdout
     assert "Recording not found: no-such-recording.db" in out.stdout
 
 
@@ -117,19 +122,22 @@ BUSY = '[[fault]]\noperation = "GetImItemList"\naction = "ews-error"\ncode = "Er
 HOLD = '[[fault]]\noperation = "GetImItems"\naction = "timeout"\nmax_ms = 60000\n'
 
 
-def test_a_faults_file_with_no_rules_at_start_is_watched(tmp_path):
-    from conftest import start_ucsproxy
+def test_a_faults_file_with_no_rules_at_start_is_watched(tmp_path, caplog):
+    import logging
+
+    from conftest import mock_endpoint
     from ews_client import EwsClient
 
     rules = tmp_path / "rules.toml"
     rules.write_text("# no rules yet\n")
-    proc = start_ucsproxy(tmp_path, "mock", "--db", "", "--faults", str(rules))
+    caplog.set_level(logging.INFO, logger="ucsproxy")
+    proc = mock_endpoint(ucs_faults=str(rules))
     try:
         c = EwsClient(proc.url)
         assert c.get_im_item_list().response_code == "NoError"
         rules.write_text(BUSY)
         assert answer_until(lambda: c.get_im_item_list().response_code == "ErrorServerBusy")
-        assert "reloaded 1 fault rule(s)" in proc.output()
+        assert "reloaded 1 fault rule(s)" in caplog.text
     finally:
         proc.stop()
 
