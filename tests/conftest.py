@@ -236,7 +236,7 @@ class Endpoint:
             self._stopped = True
             self.server.stop()
 
-    def __enter__(self) -> "Endpoint":
+    def __enter__(self) -> Endpoint:
         return self
 
     def __exit__(self, *exc) -> None:
