@@ -57,6 +57,15 @@ def tree_changes(before: dict, after: dict) -> list[str]:
     return changes
 
 
+def pytest_configure(config):
+    # mitmproxy's CA, made once before any test (or xdist worker) starts: two processes that both
+    # find none at the same moment would each make their own, and a client could trust the other one.
+    if not hasattr(config, "workerinput"):
+        from ucsproxy.tlscerts import ensure_ca
+
+        ensure_ca()
+
+
 def pytest_sessionstart(session):
     session.config._ucs_tree = tree_snapshot()
 
