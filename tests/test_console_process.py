@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import BIN, ROOT, start_ucsproxy
+from conftest import BIN, ROOT, mock_endpoint, start_ucsproxy
 from ews_client import EwsClient
 
 LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3})  (\S+)  (\w+) +(.*?)  (\S+)(?: \(HTTP \d+\))?  ([\d.]+) ms(.*)$")
@@ -81,7 +81,7 @@ def test_quiet_prints_no_exchange_lines(tmp_path):
 
 def test_replay_shows_a_miss_and_a_fall_through(tmp_path):
     recording = ROOT / "recordings" / "lync-session"
-    upstream = start_ucsproxy(tmp_path, "mock", "--db", "", name="upstream")
+    upstream = mock_endpoint()  # in this process: the replays' console lines are what is read
     strict = start_ucsproxy(tmp_path, "replay", str(recording), "--db", "", name="replay")
     falling = start_ucsproxy(tmp_path, "replay", str(recording), "--db", "", "--fallthrough", upstream.url,
                              name="fallthrough")
@@ -95,8 +95,9 @@ def test_replay_shows_a_miss_and_a_fall_through(tmp_path):
         miss = wait_for(lambda: console_lines(strict.output()), what="the replay's line")[0]
         through = wait_for(lambda: console_lines(falling.output()), what="the fall-through line")[0]
     finally:
-        for proc in (strict, falling, upstream):
+        for proc in (strict, falling):
             proc.stop(signal.SIGINT)
+        upstream.stop()
     assert miss[5] == "ErrorInvalidRequest"
     assert "[replay: no match: no recorded AddImGroup for mailbox kim.akers@contoso.com" in miss[7]
     assert through[5] == "NoError" and "[replay: no match, fall-through to the upstream]" in through[7]

@@ -26,7 +26,8 @@ import h2.events
 import pytest
 from lxml import etree
 
-from conftest import ROOT, start_mitmdump, start_ucsproxy
+from conftest import ROOT, Endpoint, start_mitmdump, start_ucsproxy
+from ucsproxy.runner import replay_options
 
 S = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -578,7 +579,7 @@ def test_replay_of_the_recording_keeps_repeated_headers(recorder, tmp_path):
                 "replay@contoso.com</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>").encode()
     _through(recorder.port, [("/ntlm" + EWS, {})], body)
     assert logged(recorder.db, "mailbox = 'replay@contoso.com'")
-    replayer = start_ucsproxy(tmp_path, "replay", str(recorder.db), "--match", "sequence", "--db", "")
+    replayer = Endpoint(replay_options(str(recorder.db), match="sequence"))  # in this process
     try:
         ((status, lines, _, _),) = _through(replayer.port, [(EWS, {})], body)
     finally:
