@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
-import sqlite3
 import ssl
 import time
 
@@ -17,7 +15,7 @@ from ucsproxy import autodiscover
 from ucsproxy.addon import UcsProxy
 from ucsproxy.logrow import RawExchange, build_row
 
-from conftest import mock_endpoint, start_ucsproxy
+from conftest import mock_endpoint
 from ews_client import EwsClient, groups
 
 POX_NS = {"r": autodiscover.NS_POX_RESPONSE, "o": autodiscover.NS_POX_OUTLOOK}
@@ -231,26 +229,3 @@ def test_a_client_discovers_the_mock_then_runs_a_ucs_session_through_the_discove
     values, _, _ = user_settings(_post(mock.port, "/autodiscover/autodiscover.svc",
                                        soap_request(["kim@contoso.com"], ["InternalEwsUrl"]), host, tls=True))
     assert values["InternalEwsUrl"] == f"https://{host}/EWS/Exchange.asmx", "over TLS the URL says https"
-
-
-def test_record_mode_passes_autodiscover_through_and_logs_it_decoded(tmp_path, mock):
-    """A real `ucsproxy record` process (SIGTERM ends it with status 0) in front of the mock."""
-    db = tmp_path / "rec.db"
-    rec = start_ucsproxy(tmp_path, "record", "--upstream", mock.url, "--db", str(db))
-    try:
-        host = f"127.0.0.1:{mock.port}"  # what a reverse proxy tells the upstream it is
-        pox = _post(rec.port, "/Autodiscover/Autodiscover.xml", pox_request("kim@contoso.com"), host)
-        assert pox == _post(mock.port, "/Autodiscover/Autodiscover.xml", pox_request("kim@contoso.com"), host)
-        soap = _post(rec.port, "/autodiscover/autodiscover.svc", soap_request(["kim@contoso.com"], ["UserDN"]), host)
-        assert user_settings(soap)[0]["UserDN"].endswith("/cn=kim")
-    finally:
-        assert rec.stop(signal.SIGTERM) == 0
-    con = sqlite3.connect(db)
-    try:
-        logged = con.execute("select operation, mailbox, response_code, args, result from exchanges order by id").fetchall()
-    finally:
-        con.close()
-    assert [(op, mailbox, code) for op, mailbox, code, _, _ in logged] == [
-        ("Autodiscover", "kim@contoso.com", "NoError"), ("GetUserSettings", "kim@contoso.com", "NoError")]
-    assert json.loads(logged[0][4])["protocols"]["EXCH"]["EwsUrl"].endswith("/EWS/Exchange.asmx")
-    assert json.loads(logged[1][3])["settings"] == ["UserDN"]

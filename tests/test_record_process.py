@@ -249,3 +249,29 @@ def test_tls_to_the_upstream(tmp_path, upstream):
         rec.stop()
     (row,) = rows(db)
     assert row["operation"] == "GetImItemList" and row["server"].startswith("127.0.0.1:")
+
+
+def test_record_mode_passes_autodiscover_through_and_logs_it_decoded(tmp_path, upstream):
+    """Autodiscover (POX and SOAP) through the record proxy, byte for byte, logged decoded.
+    (Moved from test_autodiscover.py, where it ran a record process in front of either front.)"""
+    from test_autodiscover import _post, pox_request, soap_request, user_settings
+
+    db = tmp_path / "rec.db"
+    rec = recorder(upstream.url, db)
+    try:
+        host = f"127.0.0.1:{upstream.port}"  # what a reverse proxy tells the upstream it is
+        pox = _post(rec.port, "/Autodiscover/Autodiscover.xml", pox_request("kim@contoso.com"), host)
+        assert pox == _post(upstream.port, "/Autodiscover/Autodiscover.xml", pox_request("kim@contoso.com"), host)
+        soap = _post(rec.port, "/autodiscover/autodiscover.svc", soap_request(["kim@contoso.com"], ["UserDN"]), host)
+        assert user_settings(soap)[0]["UserDN"].endswith("/cn=kim")
+    finally:
+        rec.stop()  # (exit status 0 on SIGTERM: test_sigterm_loses_nothing)
+    con = sqlite3.connect(db)
+    try:
+        logged = con.execute("select operation, mailbox, response_code, args, result from exchanges order by id").fetchall()
+    finally:
+        con.close()
+    assert [(op, mailbox, code) for op, mailbox, code, _, _ in logged] == [
+        ("Autodiscover", "kim@contoso.com", "NoError"), ("GetUserSettings", "kim@contoso.com", "NoError")]
+    assert json.loads(logged[0][4])["protocols"]["EXCH"]["EwsUrl"].endswith("/EWS/Exchange.asmx")
+    assert json.loads(logged[1][3])["settings"] == ["UserDN"]
