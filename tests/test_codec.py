@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from conftest import decoded_request, decoded_response
-from ucsproxy import codec
+from ucsproxy import answers, codec
 from ucsproxy import protocol as P
 from ucsproxy.records import (
     AddDistributionGroupToImList,
@@ -277,8 +277,8 @@ ALL_RESPONSES = [
     UcsResponse("GetImItems", payload=ImItemList()),
     *[UcsResponse(op) for op in P.UCS_OPERATIONS if op not in ("AddImGroup", "AddDistributionGroupToImList",
                                                              "AddNewImContactToGroup", "GetImItemList", "GetImItems")],
-    codec.error_response("AddImGroup", "ErrorImGroupDisplayNameAlreadyExists"),
-    codec.error_response("GetImItemList", "ErrorServerBusy",
+    answers.ews_error("AddImGroup", "ErrorImGroupDisplayNameAlreadyExists"),
+    answers.ews_error("GetImItemList", "ErrorServerBusy",
                          message_xml=MessageXml(values=(("BackOffMilliseconds", "30000"),))),
 ]
 
@@ -293,7 +293,7 @@ def test_response_round_trip(resp):
 
 
 def test_fault_round_trip_and_shape():
-    fault = codec.schema_validation_fault(DecodeError("not-xml", "Unexpected end of file.", 3, 14))
+    fault = answers.schema_fault(DecodeError("not-xml", "Unexpected end of file.", 3, 14))
     wire = codec.encode_fault(fault)
     assert codec.decode_response(wire).fault == fault
     root = etree.fromstring(wire)
@@ -323,7 +323,7 @@ def test_what_exchange_clients_see():
                      "BusinessPhoneNumbers", "Emails2", "ImAddresses", "ExtendedProperties"]
     # ArrayOfEmailAddressesType names its items Address in Exchange's schema.
     assert [etree.QName(c).localname for c in persona.find(f"{{{T}}}EmailAddresses")] == ["Address"]
-    error = etree.fromstring(codec.encode_response(codec.error_response("AddImGroup", "ErrorImGroupLimitReached")))
+    error = etree.fromstring(codec.encode_response(answers.ews_error("AddImGroup", "ErrorImGroupLimitReached")))
     message = error.find(f".//{{{M}}}AddImGroupResponse")
     assert [etree.QName(c).localname for c in message] == ["MessageText", "ResponseCode", "DescriptiveLinkKey"]
 
@@ -393,13 +393,13 @@ def test_hostile_requests_give_typed_errors(name):
     assert decoded.kind == kind
     assert decoded.message
     assert "root:" not in decoded.message
-    fault = codec.schema_validation_fault(decoded)
+    fault = answers.schema_fault(decoded)
     assert codec.decode_response(codec.encode_fault(fault)).fault.response_code == "ErrorSchemaValidation"
 
 
 def test_schema_validation_fault_is_worded_like_the_add_im_group_page():
     page = response("AddImGroup.page.fault.xml").fault
-    ours = codec.schema_validation_fault(DecodeError("not-xml", "An error occurred while parsing EntityName.", 11, 33))
+    ours = answers.schema_fault(DecodeError("not-xml", "An error occurred while parsing EntityName.", 11, 33))
     assert ours == page
 
 
@@ -408,7 +408,7 @@ def test_parse_errors_become_schema_validation_faults_with_position():
                                    b'<soap:Body><x>&amp</x></soap:Body></soap:Envelope>')
     assert isinstance(decoded, DecodeError)
     assert (decoded.kind, decoded.line, decoded.column) == ("not-xml", 2, 19)
-    fault = codec.schema_validation_fault(decoded)
+    fault = answers.schema_fault(decoded)
     assert fault.message_xml.line_number == 2 and fault.message_xml.line_position == 19
     assert fault.faultstring.endswith(". Line 2, position 19.")
     assert fault.faultstring.count("line") == 0  # lxml's own "line N, column M" is not repeated

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ucsproxy import codec, faults, model, operations, replay
+from ucsproxy import answers, codec, faults, model, operations
 from ucsproxy import schema as ucs_schema
 from ucsproxy import protocol as P
 from ucsproxy.addon import UcsProxy
@@ -197,10 +197,10 @@ def test_a_full_persona_is_schema_valid(schema):
 
 
 def test_error_responses_are_schema_valid(schema):
-    busy = codec.error_response("GetImItemList", "ErrorServerBusy",
+    busy = answers.ews_error("GetImItemList", "ErrorServerBusy",
                                 message_xml=MessageXml(values=(("BackOffMilliseconds", "30000"),)))
     _assert_valid(schema, codec.encode_response(busy))
-    _assert_valid(schema, codec.encode_response(codec.error_response("SetImGroup", "ErrorInvalidImGroupId")))
+    _assert_valid(schema, codec.encode_response(answers.ews_error("SetImGroup", "ErrorInvalidImGroupId")))
 
 
 def test_the_schema_catches_a_wrong_order(schema):
@@ -216,9 +216,9 @@ def test_the_schema_catches_a_wrong_order(schema):
 
 def test_the_schema_catches_a_code_exchange_does_not_have(schema):
     # ResponseCode is a closed enumeration: a made-up code, or a real one in the wrong case, fails.
-    shapes = (lambda code: codec.encode_response(codec.error_response("AddImGroup", code, "x")),
+    shapes = (lambda code: codec.encode_response(answers.ews_error("AddImGroup", code, "x")),
               lambda code: codec.encode_unsupported("FindItem", code, "x"),
-              lambda code: codec.encode_fault(codec.fault(code, "x")))
+              lambda code: codec.encode_fault(answers.soap_fault(code, "x")))
     for shape in shapes:
         assert set(_assert_answer_valid(schema, shape("ErrorServerBusy"))) == {"ErrorServerBusy"}
         for code in ("ErrorInvalidRequestServerVersion", "errorservERBUSY", "Error", ""):
@@ -237,7 +237,7 @@ def test_every_code_ucsproxy_names_is_a_response_code():
     assert len(errors) > 6
     assert {cls.code for cls in errors} <= P.RESPONSE_CODES
     assert model.DEFAULT_GROUP_EDIT_ERROR.code in P.RESPONSE_CODES
-    assert replay.NO_MATCH_CODE in P.RESPONSE_CODES
+    assert answers.NO_MATCH_CODE in P.RESPONSE_CODES
     # And every code written out anywhere in the package.
     import re
 
@@ -307,17 +307,17 @@ def test_every_error_the_mock_and_replay_give_is_schema_valid(schema):
         _mock_answer(service, operation="FindItem"),                                    # not UCS
         _mock_answer(service, AddImGroup("x"), version=None),                           # ErrorIncorrectSchemaVersion
         _mock_answer(service, AddImGroup("x"), version="Exchange1999"),                 # ErrorInvalidServerVersion
-        codec.encode_fault(codec.schema_validation_fault(codec.decode_request(b"<not-soap/>"))),
-        codec.encode_fault(codec.schema_validation_fault(codec.decode_request(b"<a><b></a>"))),
+        codec.encode_fault(answers.schema_fault(codec.decode_request(b"<not-soap/>"))),
+        codec.encode_fault(answers.schema_fault(codec.decode_request(b"<a><b></a>"))),
     ]
     wires += [_mock_answer(service, AddImGroup(name)) for name in ("Team", "team", "Other")]  # taken, limit
     wires += [_mock_answer(service, AddNewImContactToGroup(f"sip:{n}@contoso.com", n, None)) for n in "ab"]
     for operation in ("GetImItems", "FindItem", None):
-        wires.append(replay.no_match_body(replay.NoMatch(operation, "nothing recorded"))[2])
+        wires.append(answers.replay_no_match(operation, "nothing recorded").body)
     codes = set()
     for wire in wires:
         codes.update(_assert_answer_valid(schema, wire))
     model_codes = {cls.code for cls in model.UcsError.__subclasses__()}
     assert model_codes <= codes, f"a model error no request above provokes: {model_codes - codes}"
     assert {"ErrorInternalServerError", "ErrorInvalidOperation", "ErrorIncorrectSchemaVersion",
-            "ErrorInvalidServerVersion", "ErrorSchemaValidation", replay.NO_MATCH_CODE} <= codes
+            "ErrorInvalidServerVersion", "ErrorSchemaValidation", answers.NO_MATCH_CODE} <= codes

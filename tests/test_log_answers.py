@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from record_strategies import item_lists, responses
-from ucsproxy import codec, core, logrow
+from ucsproxy import answers, codec, core, logrow
 from ucsproxy.logrow import LoggedAnswer, RawExchange, build_row, payload_json
 from ucsproxy.model import UcsModel
 from ucsproxy import records as R
@@ -41,7 +41,7 @@ def mock_answers():
               R.AddNewImContactToGroup("sip:new@contoso.com", "New <one>"), R.GetImItemList()]
     for body in bodies:
         request = EwsRequest(body.OPERATION, SoapHeaders("Exchange2013"), body)
-        yield request, core.encode_answer(request, service.handle(request, user=MB))
+        yield request, answers.service_answer(service.handle(request, user=MB), request.is_ucs)
 
 
 def test_mock_rows_from_records_are_the_rows_decoding_gives(monkeypatch):
@@ -82,7 +82,7 @@ def test_an_answer_sent_again_is_decoded_once(tmp_path, monkeypatch):
     for n in range(60):
         m.add_new_im_contact_to_group(MB, f"sip:u{n}@contoso.com", f"U{n}")
     request = EwsRequest("GetImItemList", SoapHeaders("Exchange2013"), GetImItemList())
-    answer = core.encode_answer(request, UcsService(m).handle(request, user=MB))
+    answer = answers.service_answer(UcsService(m).handle(request, user=MB), request.is_ucs)
     assert len(answer.body) > logrow.ANSWER_CACHE_MIN_BYTES
     first = build_row(raw(request, answer))
     decoded = []

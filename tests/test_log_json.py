@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ucsproxy import codec
+from ucsproxy import answers
 from ucsproxy.logrow import RawExchange, build_row
 from ucsproxy.recordingfiles import read_fixture_dir
 from ucsproxy.records import DecodeError, ImItemList, UcsResponse, to_jsonable
@@ -61,8 +61,8 @@ def test_rebuilt_rows_store_the_recorded_json_text(name):
 
 @pytest.mark.parametrize("value", [
     PERSONA, GROUP, ImItemList((GROUP,), (PERSONA,)), *ALL_REQUESTS,
-    codec.error_response("GetImItemList", "ErrorServerBusy"),
-    codec.schema_validation_fault(DecodeError("not-xml", "Unexpected end of file.", 3, 14)),
+    answers.ews_error("GetImItemList", "ErrorServerBusy"),
+    answers.schema_fault(DecodeError("not-xml", "Unexpected end of file.", 3, 14)),
     UcsResponse("GetImItems", payload=ImItemList()),
 ], ids=lambda v: type(v).__name__)
 def test_to_jsonable_gives_sorted_keys(value):

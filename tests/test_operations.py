@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ucsproxy import codec, core, faults, model, operations, replay, schema
+from ucsproxy import answers, codec, core, faults, model, operations, schema
 from ucsproxy import protocol as P
 from ucsproxy.records import EwsRequest, SoapHeaders
 from ucsproxy.service import UcsService
@@ -24,7 +24,7 @@ OPERATIONS = sorted(operations.SHAPES)
 def mock_answer(operation: str) -> core.Answer:
     service = UcsService(model.UcsModel(seed=1))
     request = EwsRequest(operation, SoapHeaders(request_server_version="Exchange2013"), None)
-    return core.encode_answer(request, service.handle(request, user="kim@contoso.com"))
+    return answers.service_answer(service.handle(request, user="kim@contoso.com"), request.is_ucs)
 
 
 def body_element(wire: bytes) -> etree._Element:
@@ -82,7 +82,7 @@ def test_fault_answers_take_the_shape_too(spec):
 
 def test_replay_no_match_takes_the_shape_too():
     for operation in ("FindPeople", "GetPersona", "ResolveNames"):
-        _, _, body = replay.no_match_body(replay.NoMatch(operation, "nothing recorded"))
+        body = answers.replay_no_match(operation, "nothing recorded").body
         assert schema.answer_violations(body) == []
 
 

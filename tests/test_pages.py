@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from conftest import decoded_request, decoded_response
-from ucsproxy import codec
+from ucsproxy import answers, codec
 from ucsproxy import protocol as P
 from ucsproxy.model import DEFAULT_MAILBOX, UcsModel
 from ucsproxy.records import (
@@ -289,7 +289,7 @@ def test_add_im_group_page_fault_position_and_code():
     body = page("AddImGroup.request.xml").replace(b"MyCustomGroup", b"~!@#$%^&")
     decoded = codec.decode_request(body)
     assert isinstance(decoded, DecodeError)
-    ours, expected = codec.schema_validation_fault(decoded), response("AddImGroup.fault.xml").fault
+    ours, expected = answers.schema_fault(decoded), response("AddImGroup.fault.xml").fault
     assert (ours.faultcode, ours.response_code, ours.message, ours.fault_namespace, ours.lang) == (
         expected.faultcode, expected.response_code, expected.message, expected.fault_namespace, expected.lang)
     assert (ours.message_xml.line_number, ours.message_xml.line_position) == (11, 33)
@@ -300,7 +300,7 @@ def test_add_im_group_page_fault_wording():
     body = page("AddImGroup.request.xml").replace(b"MyCustomGroup", b"~!@#$%^&")
     refused = codec.decode_request(body)
     assert isinstance(refused, DecodeError), refused
-    assert codec.schema_validation_fault(refused) == response("AddImGroup.fault.xml").fault
+    assert answers.schema_fault(refused) == response("AddImGroup.fault.xml").fault
 
 
 def test_add_im_contact_to_group_page(service):
@@ -431,7 +431,7 @@ def test_add_distribution_group_page_request_breaks_the_spec(service):
     # request as printed fails schema validation, as it would against Exchange's schema.
     decoded = codec.decode_request(page("AddDistributionGroupToImList.request.xml"))
     assert isinstance(decoded, DecodeError) and "DisplayName" in decoded.message
-    fault = codec.schema_validation_fault(decoded)
+    fault = answers.schema_fault(decoded)
     assert fault.faultcode == fault.response_code == "ErrorSchemaValidation"
 
 

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 
 from conftest import ROOT
 from ews_client import envelope
-from ucsproxy import codec
+from ucsproxy import answers, codec
 from ucsproxy.cli import main as cli
 from ucsproxy.recordingfiles import export_rows, read_fixture_dir
 from ucsproxy.records import AddImGroup, DecodeError, EwsRequest, SoapHeaders
-from ucsproxy.replay import NoMatch, RecordedAnswer, ReplayIndex, no_match_body
+from ucsproxy.answers import replay_no_match
+from ucsproxy.replay import NoMatch, RecordedAnswer, ReplayIndex
 from ucsproxy.store import open_log, query_exchanges
 
 SPEC_EXAMPLES = ROOT / "recordings" / "spec-examples"
@@ -128,7 +129,7 @@ def _request(body) -> EwsRequest:
 
 
 def test_replayed_headers_leave_out_the_recorded_transfer(tmp_path):
-    response = codec.encode_response(codec.error_response("AddImGroup", "ErrorServerBusy"))
+    response = codec.encode_response(answers.ews_error("AddImGroup", "ErrorServerBusy"))
     headers = [["Content-Type", "text/xml; charset=utf-8"], ["Content-Encoding", "gzip"], ["Content-Length", "12"],
                ["Transfer-Encoding", "chunked"], ["Connection", "keep-alive"], ["X-BackEndHttpStatus", "200"]]
     index = ReplayIndex()
@@ -159,7 +160,8 @@ def test_no_match_answers_name_the_operation_and_the_reason():
     nothing = index.lookup(_request(AddImGroup("Friends")), "alice@contoso.com")
     assert isinstance(nothing, NoMatch)
     assert "DisplayName='Friends'" in nothing.reason and "differ in DisplayName" in nothing.reason
-    status, headers, body = no_match_body(nothing)
+    answer = replay_no_match(nothing.operation, nothing.reason)
+    status, headers, body = answer.status, answer.headers, answer.body
     answer = codec.decode_response(body, "AddImGroup")
     assert status == 200 and ("X-Ucsproxy-Replay", "no-match") in headers
     assert answer.message.response_class == "Error" and answer.response_code == "ErrorInvalidRequest"
@@ -167,7 +169,7 @@ def test_no_match_answers_name_the_operation_and_the_reason():
     assert "Friends" in (answer.message.message_text or "")
     never = index.lookup(EwsRequest("GetFolder"), "alice@contoso.com")
     assert never == NoMatch("GetFolder", "no GetFolder exchange was recorded")
-    status, _, body = no_match_body(never)
+    body = replay_no_match(never.operation, never.reason).body
     assert b"GetFolder" in body and b"no GetFolder exchange was recorded" in body
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import ROOT, Endpoint, mock_endpoint, start_mitmdump
 from ews_client import EwsClient, envelope, groups
-from ucsproxy import codec
+from ucsproxy import answers, codec
 from ucsproxy.cli import main as cli
 from ucsproxy.recordingfiles import body_for_file, body_from_file, read_fixture_dir
 from ucsproxy.records import (AddImGroup, EwsRequest, GetImItemList, ItemId, RemoveImGroup, SetImGroup,
@@ -29,7 +29,7 @@ def rows_without_id(path) -> list[dict]:
 
 
 def test_body_forms_are_exact():
-    compact = codec.encode_response(codec.error_response("AddImGroup", "ErrorServerBusy")).decode()
+    compact = codec.encode_response(answers.ews_error("AddImGroup", "ErrorServerBusy")).decode()
     text, form = body_for_file(compact)
     assert form == "pretty" and text.count("\n") > 5
     assert body_from_file(text, form) == compact
@@ -139,7 +139,7 @@ HAR_SOAP = envelope("<m:GetImItemList/>").decode()
 
 
 def test_har_import_keeps_only_ews_and_redacts(tmp_path):
-    response = codec.encode_response(codec.error_response("GetImItemList", "ErrorServerBusy"))
+    response = codec.encode_response(answers.ews_error("GetImItemList", "ErrorServerBusy"))
     har = {"log": {"version": "1.2", "entries": [
         {"startedDateTime": "2026-11-24T10:00:00.000Z", "time": 42.5,
          "request": {"method": "POST", "url": "https://mail.contoso.com/EWS/Exchange.asmx",

@@ -33,7 +33,8 @@ from ucsproxy.records import (
     SoapHeaders,
     UcsResponse,
 )
-from ucsproxy.service import UcsService, version_fault
+from ucsproxy.answers import version_fault
+from ucsproxy.service import UcsService
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spec"
 HEADERS = SoapHeaders(request_server_version="Exchange2013")

@@ -11,7 +11,7 @@ from conftest import mock_endpoint, start_ucsproxy
 from ews_client import EwsClient
 from test_console_process import console_lines, wait_for
 
-from ucsproxy import codec
+from ucsproxy import answers, codec
 from ucsproxy.cli import main
 from ucsproxy.logrow import RawExchange
 from ucsproxy.model import UcsModel
@@ -60,7 +60,7 @@ def test_agreeing_traffic_never_diverges_and_the_model_keeps_exchanges_ids():
 def test_an_error_the_model_would_not_give_diverges_once_then_the_model_follows_exchange():
     up, shadow = Upstream(), ShadowModel()
     shadow.observe(up.exchange(GetImItemList()))
-    refused = up.exchange(AddImGroup("Busy"), answer=codec.error_response("AddImGroup", "ErrorImGroupLimitReached"))
+    refused = up.exchange(AddImGroup("Busy"), answer=answers.ews_error("AddImGroup", "ErrorImGroupLimitReached"))
     assert shadow.observe(refused) == "Exchange said ErrorImGroupLimitReached, the model said NoError"
     assert refused.divergence == "Exchange said ErrorImGroupLimitReached, the model said NoError"
     # The model did not keep the group Exchange refused: the retry agrees.
@@ -80,7 +80,7 @@ def test_a_group_the_model_does_not_know_diverges_and_the_list_reseeds_it():
 def test_answers_a_fault_rule_made_are_not_compared():
     up, shadow = Upstream(), ShadowModel()
     shadow.observe(up.exchange(GetImItemList()))
-    injected = up.exchange(AddImGroup("X"), answer=codec.error_response("AddImGroup", "ErrorServerBusy"),
+    injected = up.exchange(AddImGroup("X"), answer=answers.ews_error("AddImGroup", "ErrorServerBusy"),
                            fault=json.dumps({"action": "server-busy", "rule": "rule-1"}))
     assert shadow.observe(injected) is None and shadow.compared == 0
 
@@ -141,7 +141,7 @@ def test_the_addon_marks_a_diverged_flow_and_its_view_says_how(tmp_path, monkeyp
     with taddons.context(addon) as tctx:
         tctx.configure(addon, ucs_mode="record", ucs_db="", ucs_shadow=True)
         through(GetImItemList())
-        flow = through(AddImGroup("Busy"), codec.error_response("AddImGroup", "ErrorImGroupLimitReached"))
+        flow = through(AddImGroup("Busy"), answers.ews_error("AddImGroup", "ErrorImGroupLimitReached"))
     assert flow.marked == ":mag:"
     assert flow.comment == ("AddImGroup -> ErrorImGroupLimitReached "
                             "[diverged: Exchange said ErrorImGroupLimitReached, the model said NoError]")

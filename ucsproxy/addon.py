@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import contentview, control, core, faults
+from . import answers, contentview, control, core, faults
 from .annotate import annotate_flow
 from .shadow import ShadowModel
 from .core import MATCH_MODES, MODES, UcsCore
@@ -227,7 +227,7 @@ class UcsProxy:
 
     @staticmethod
     def _encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> http.Response:
-        return _response(core.encode_answer(request, answer))
+        return _response(answers.service_answer(answer, request.is_ucs))
 
     # -- faults ------------------------------------------------------------
 

@@ -1390,66 +1390,6 @@ def encode_request(request: EwsRequest) -> bytes:
     return _to_bytes(env)
 
 
-# ---------------------------------------------------------------------------
-# Errors as Exchange phrases them
-
-
-def error_response(operation: str, code: str, message_text: str | None = None,
-                   message_xml: MessageXml | None = None) -> UcsResponse:
-    """A ResponseClass="Error" message for ``operation`` (sent with HTTP 200)."""
-    return UcsResponse(
-        operation=operation, response_class=P.ERROR, response_code=code,
-        message_text=message_text if message_text is not None else P.message_text(code),
-        descriptive_link_key=0, message_xml=message_xml,
-    )
-
-
-# libxml2's wording of common well-formedness errors -> .NET's XmlException wording, which
-# is what Exchange puts in its ErrorSchemaValidation faults. The log keeps libxml2's.
-_DOTNET_WORDING: tuple[tuple[re.Pattern, str], ...] = (
-    (re.compile(r"^xmlParseEntityRef: no name$"), "An error occurred while parsing EntityName."),
-    (re.compile(r"^Entity '([^']*)' not defined$"), r"Reference to undeclared entity '\1'."),
-    (re.compile(r"^Opening and ending tag mismatch: (\S+) line \d+ and (\S+)$"),
-     r"The '\1' start tag does not match the end tag of '\2'."),
-    (re.compile(r"^Premature end of data in tag .*$"), "Unexpected end of file has occurred."),
-    (re.compile(r"^Start tag expected, '<' not found$"), "Data at the root level is invalid."),
-    (re.compile(r"^Extra content at the end of the document$"), "There are multiple root elements."),
-)
-
-
-def _exchange_wording(message: str) -> str:
-    for pattern, replacement in _DOTNET_WORDING:
-        if pattern.match(message):
-            return pattern.sub(replacement, message)
-    return message
-
-
-def schema_validation_fault(error: DecodeError) -> SoapFault:
-    """The ErrorSchemaValidation fault Exchange answers a request it cannot read with."""
-    violation = error.message.rstrip()
-    if error.kind == "not-xml":
-        violation = _exchange_wording(violation)
-    if error.line is not None:
-        # Exchange's wording: "An error occurred while parsing EntityName. Line 11, position 33."
-        where = f"Line {error.line}" + (f", position {error.column}" if error.column is not None else "")
-        violation = f"{violation.rstrip('.')}. {where}."
-    return SoapFault(
-        faultcode="ErrorSchemaValidation",
-        faultstring=f"The request failed schema validation: {violation}",
-        response_code="ErrorSchemaValidation",
-        message=P.message_text("ErrorSchemaValidation"),
-        message_xml=MessageXml(line_number=error.line, line_position=error.column, violation=violation),
-        fault_namespace=T,
-    )
-
-
-def fault(code: str, message: str | None = None, message_xml: MessageXml | None = None) -> SoapFault:
-    """A fault with an EWS ResponseCode, worded like Exchange's (faultstring = detail Message)."""
-    text = message if message is not None else P.message_text(code)
-    return SoapFault(faultcode=code, faultstring=text, response_code=code, message=text,
-                     message_xml=message_xml, fault_namespace=T)
-
-
 def pretty(body: bytes | str | None) -> str:
     """Indented XML for people; other text comes back as it is. Never raises."""
     if body is None:

@@ -18,17 +18,17 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from pathlib import Path
 
-from . import autodiscover, codec, faults, identity, schema
+from . import answers, autodiscover, codec, faults, identity, schema
+from .answers import Answer
 from .console import Reporter
 from .protocol import is_ews_endpoint
 from .logrow import RawExchange, header
 from .model import DEFAULT_MAILBOX, UcsModel
-from .records import DecodeError, EwsRequest, EwsResponse, ServerVersionInfo, SoapFault, UcsResponse
+from .records import DecodeError, EwsRequest
 from .service import UcsService
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ log = logging.getLogger("ucsproxy")
 
 MODES = ("record", "mock", "replay", "off")
 MATCH_MODES = ("strict", "operation", "sequence")
-XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}
-NOT_FOUND_BODY = b"ucsproxy: only POST /EWS/Exchange.asmx is served here.\n"
-NOT_POST_BODY = b"ucsproxy: EWS takes SOAP requests by POST.\n"
-
 
 
 class ConfigError(Exception):
@@ -60,22 +56,6 @@ class StoppedWhileStarting(Exception):
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name} while starting")
 
-
-@dataclass
-class Answer:
-    """An answer the core made: status, header pairs in order (a repeated name stays repeated), body."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    #: The records ``body`` was encoded from, for the log (which then need not decode it again).
-    decoded: EwsResponse | None = None
-
-    def logged(self, sent_body: bytes | None) -> EwsResponse | None:
-        """``decoded`` when ``sent_body`` is this answer's body (no fault altered it on the way)."""
-        if self.decoded is None or sent_body is None:
-            return None
-        return self.decoded if sent_body is self.body or sent_body == self.body else None
 
 
 def operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
@@ -102,17 +82,6 @@ def refuse_logging_into_the_replayed(mode: str, db: str, source: str) -> None:
     if same or db_path.resolve() == source_path.resolve():
         raise ConfigError(f"Refusing to log into {db}: it is the recording being replayed. "
                           f"Log elsewhere (--db other.db) or not at all (--db '').")
-
-
-def encode_answer(request: EwsRequest, answer: UcsResponse | SoapFault) -> Answer:
-    """The service's answer as the bytes the mock sends."""
-    if isinstance(answer, SoapFault):
-        return Answer(500, list(XML_HEADERS.items()), codec.encode_fault(answer))
-    if not request.is_ucs:
-        body = codec.encode_unsupported(answer.operation, answer.response_code, answer.message_text or "")
-        return Answer(200, list(XML_HEADERS.items()), body)
-    return Answer(200, list(XML_HEADERS.items()), codec.encode_response(answer),
-                  decoded=EwsResponse(answer.operation, ServerVersionInfo(), message=answer))
 
 
 def rendered_answer(decision: faults.FaultDecision, operation: str | None) -> Answer:
@@ -399,17 +368,16 @@ class UcsCore:
     def answer(self, method: str, path: str, headers: list[tuple[str, str]], decoded) -> Answer | None:
         """The mock's or the recording's answer; None when a fall-through upstream should answer."""
         if not is_ews_endpoint(path):
-            return Answer(404, [("Content-Type", "text/plain")], NOT_FOUND_BODY)
+            return answers.not_found()
         if method != "POST":
-            return Answer(405, [("Content-Type", "text/plain"), ("Allow", "POST")], NOT_POST_BODY)
+            return answers.not_post()
         if isinstance(decoded, DecodeError):
-            fault = codec.schema_validation_fault(decoded)
-            return Answer(500, list(XML_HEADERS.items()), codec.encode_fault(fault))
+            return answers.schema_fault_answer(decoded)
         assert decoded is not None
         if self.replay is not None:
             return self._answer_from_recording(decoded, headers)
         assert self.service is not None
-        return encode_answer(decoded, self.service.handle(decoded, user=self.mailbox(decoded, headers)))
+        return answers.service_answer(self.service.handle(decoded, user=self.mailbox(decoded, headers)), decoded.is_ucs)
 
     def answer_autodiscover(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None,
                             scheme: str, listen: str) -> Answer | None:
@@ -423,8 +391,7 @@ class UcsCore:
         if kind is None:
             return None
         if method != "POST":
-            return Answer(405, [("Content-Type", "text/plain"), ("Allow", "POST")],
-                          b"ucsproxy: Autodiscover takes requests by POST.\n")
+            return answers.not_post(b"ucsproxy: Autodiscover takes requests by POST.\n")
         domains = {DEFAULT_MAILBOX.rsplit("@", 1)[1], *(d.lower().lstrip("@") for d in self.domains)}
         if self.model is not None:
             domains.update(m.rsplit("@", 1)[1] for m in self.model.mailboxes() if "@" in m)
@@ -440,8 +407,7 @@ class UcsCore:
         if isinstance(found, replay.NoMatch):
             if self.fallthrough:
                 return None  # the reverse-proxy upstream answers
-            status, answer_headers, body = replay.no_match_body(found)
-            return Answer(status, list(answer_headers), body)
+            return answers.replay_no_match(found.operation, found.reason)
         return Answer(found.status, list(found.headers), found.body)
 
     async def hold(self, ms: float) -> None:

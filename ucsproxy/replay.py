@@ -330,21 +330,6 @@ def _describe_args(args: str) -> str:
     return ", ".join(f"{_wire_name(k)}={_short(v)}" for k, v in sorted(fields.items()))
 
 
-NO_MATCH_CODE = "ErrorInvalidRequest"
-
-
-def no_match_body(no_match: NoMatch) -> tuple[int, list[tuple[str, str]], bytes]:
-    """The EWS error a client gets when nothing recorded matches its request."""
-    op = no_match.operation or "Unknown"
-    text = f"ucsproxy replay: no recorded answer matches this {op} request: {no_match.reason}."
-    headers = [("Content-Type", "text/xml; charset=utf-8"), ("X-Ucsproxy-Replay", "no-match")]
-    if op in P.UCS_OPERATIONS:
-        body = codec.encode_response(codec.error_response(op, NO_MATCH_CODE, text))
-    else:
-        body = codec.encode_unsupported(op, NO_MATCH_CODE, text)
-    return 200, headers, body
-
-
 # ---------------------------------------------------------------------------
 # --stateful: a recording becomes live mailboxes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from . import identity
+from . import answers, identity
 from . import protocol as P
 from .model import DEFAULT_MAILBOX, UcsError, UcsModel
 from .records import (
@@ -21,7 +21,6 @@ from .records import (
     EwsRequest,
     GetImItemList,
     GetImItems,
-    MessageXml,
     RemoveContactFromImList,
     RemoveDistributionGroupFromImList,
     RemoveImContactFromGroup,
@@ -36,34 +35,11 @@ from .records import (
 log = logging.getLogger(__name__)
 
 
-def version_fault(version: str | None) -> SoapFault | None:
-    """The fault Exchange answers a UCS request with when its RequestServerVersion won't do.
-
-    Missing or pre-2013: ErrorIncorrectSchemaVersion, as the GetImItemList page shows.
-    A value that names no version at all: ErrorInvalidServerVersion.
-    """
-    if P.supports_ucs(version):
-        return None
-    code = "ErrorIncorrectSchemaVersion" if (version is None or version in P.SERVER_VERSIONS) \
-        else "ErrorInvalidServerVersion"
-    text = P.message_text(code)
-    return SoapFault(faultcode=code, faultstring=text, response_code=code, message=text, fault_namespace=P.NS_TYPES)
-
-
 def mailbox_for(request: EwsRequest, user: str | None) -> str:
     """Whose list a request works on: the impersonated mailbox, else ``user`` (what
     :func:`ucsproxy.identity.request_mailbox` found in the HTTP headers, or a recorded
     mailbox column), else the default mailbox. The rules are :mod:`ucsproxy.identity`'s."""
     return identity.impersonated(request) or identity.clean_name(user) or DEFAULT_MAILBOX
-
-
-def error_response(operation: str, code: str, values: tuple[tuple[str, str], ...] = ()) -> UcsResponse:
-    """The Error message Exchange answers a failed UCS operation with.
-
-    ``values`` become the MessageXml's ``<t:Value Name=...>`` elements (the
-    AddNewImContactToGroup page's ErrorNonExistentMailbox names its MailboxGuid)."""
-    return UcsResponse(operation, P.ERROR, code, message_text=P.message_text(code), descriptive_link_key=0,
-                       message_xml=MessageXml(values=tuple(values)) if values else None)
 
 
 class UcsService:
@@ -82,22 +58,20 @@ class UcsService:
     def handle(self, request: EwsRequest, user: str | None = None) -> UcsResponse | SoapFault:
         op = request.operation
         if request.body is None:
-            return UcsResponse(op, P.ERROR, "ErrorInvalidOperation",
-                               message_text=f"The operation {op} is not supported by the ucsproxy mock.",
-                               descriptive_link_key=0)
-        fault = version_fault(request.headers.request_server_version)
+            return answers.unsupported_operation(op)
+        fault = answers.version_fault(request.headers.request_server_version)
         if fault is not None:
             return fault
         mailbox = self.mailbox_for(request, user)
         try:
             payload = self._dispatch(mailbox, request.body)
         except UcsError as e:
-            return error_response(op, e.code, e.values)
+            return answers.ews_error(op, e.code, message_xml=answers.values_xml(e.values))
         except Exception:
             # A request built by hand (not by the codec) can hold values no rule expects;
             # the client gets what Exchange sends for its own bugs, the mock keeps serving.
             log.exception("UCS model failed on %s for %s", op, mailbox)
-            return error_response(op, "ErrorInternalServerError")
+            return answers.ews_error(op, "ErrorInternalServerError")
         return UcsResponse(op, P.SUCCESS, "NoError", payload=payload)
 
     def _dispatch(self, mailbox: str, body):

@@ -13,13 +13,11 @@ import hashlib
 import re
 from typing import Any
 
-from .. import protocol as P
-from ..records import MessageXml, SoapFault
+from .. import answers
 
 #: Status, headers and body of an answer a rule made.
 Rendered = tuple[int, dict[str, str], bytes]
 
-_XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
 NO_BODY_STATUSES = frozenset({204, 205, 304})
 
 
@@ -27,34 +25,22 @@ NO_BODY_STATUSES = frozenset({204, 205, 304})
 # Answers a rule renders instead of the real one
 
 
+def _rendered(answer: answers.Answer) -> Rendered:
+    return answer.status, dict(answer.headers), answer.body
+
+
 def ews_error(args: dict[str, Any], operation: str | None) -> Rendered:
     """An EWS error message; without an operation to answer for (the request could not be
     read) it goes out as a SOAP fault, as Exchange does."""
-    from .. import codec  # here: `ucsproxy log` imports the faults package without lxml
-
-    code, message = args["code"], args.get("message")
-    if operation is None:
-        return 500, dict(_XML_HEADERS), codec.encode_fault(codec.fault(code, message))
-    return 200, dict(_XML_HEADERS), _error_message(operation, code, message)
+    return _rendered(answers.injected_ews_error(operation, args["code"], args.get("message")))
 
 
 def server_busy(args: dict[str, Any], operation: str | None) -> Rendered:
-    from .. import codec
-
-    backoff = MessageXml(values=(("BackOffMilliseconds", str(int(args["backoff_ms"]))),))
-    if args["as_fault"] or operation is None:
-        return 500, dict(_XML_HEADERS), codec.encode_fault(codec.fault("ErrorServerBusy", message_xml=backoff))
-    return 200, dict(_XML_HEADERS), _error_message(operation, "ErrorServerBusy", None, backoff)
+    return _rendered(answers.injected_server_busy(operation, int(args["backoff_ms"]), as_fault=bool(args["as_fault"])))
 
 
 def soap_fault(args: dict[str, Any], operation: str | None) -> Rendered:
-    from .. import codec
-
-    code = args["code"]
-    message = args.get("message") or P.message_text(code)
-    body = codec.encode_fault(SoapFault(faultcode=code, faultstring=message, response_code=code,
-                                        message=message, fault_namespace=P.NS_TYPES))
-    return int(args["status"]), dict(_XML_HEADERS), body
+    return _rendered(answers.injected_soap_fault(args["code"], args.get("message"), int(args["status"])))
 
 
 def http_status(args: dict[str, Any], operation: str | None) -> Rendered:
@@ -68,14 +54,6 @@ def http_status(args: dict[str, Any], operation: str | None) -> Rendered:
     if not any(k.lower() == "content-type" for k in headers):
         headers["Content-Type"] = "text/plain; charset=utf-8"
     return status, headers, body.encode("utf-8")
-
-
-def _error_message(operation: str, code: str, message: str | None, mx: MessageXml | None = None) -> bytes:
-    from .. import codec
-
-    if operation in P.UCS_OPERATIONS:
-        return codec.encode_response(codec.error_response(operation, code, message, mx))
-    return codec.encode_unsupported(operation, code, message if message is not None else P.message_text(code), mx)
 
 
 # ---------------------------------------------------------------------------
