@@ -236,7 +236,7 @@ def test_every_code_ucsproxy_names_is_a_response_code():
         stack += cls.__subclasses__()
     assert len(errors) > 6
     assert {cls.code for cls in errors} <= P.RESPONSE_CODES
-    assert model.DEFAULT_GROUP_EDIT_ERROR.code in P.RESPONSE_CODES
+    assert model.Policy().default_group_edit_error.code in P.RESPONSE_CODES
     assert answers.NO_MATCH_CODE in P.RESPONSE_CODES
     # And every code written out anywhere in the package.
     import re

@@ -15,8 +15,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from ucsproxy import protocol as P
 from ucsproxy.model import (
     DEFAULT_MAILBOX,
-    EXISTING_CONTACT_JOINS_GROUP,
     MAX_GROUPS,
+    Policy,
     SEEDED_EPOCH,
     ImContactLimitReached,
     ImGroupDisplayNameAlreadyExists,
@@ -306,7 +306,7 @@ def _favorites(service, user=None) -> ItemId:
 
 
 def test_existing_contact_is_returned_and_not_moved(service):
-    assert EXISTING_CONTACT_JOINS_GROUP is False
+    assert Policy().existing_contact_joins_group is False
     first = call(service, AddNewImContactToGroup("sip:a@contoso.com", "A")).payload
     again = call(service, AddNewImContactToGroup("SIP:A@contoso.com", "Other A", _favorites(service))).payload
     assert again == first
