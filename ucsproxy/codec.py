@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from lxml import etree
 
-from . import operations
+from . import operations, safexml
 from . import protocol as P
 from .memo import IdentityCache
 from .records import (
@@ -72,28 +72,9 @@ class _Invalid(Exception):
 # Parsing untrusted bytes
 
 
-def _parser(encoding: str | None = None) -> etree.XMLParser:
-    # DTDs are refused before parsing; these settings are the second wall.
-    return etree.XMLParser(
-        encoding=encoding, resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-        huge_tree=False, remove_blank_text=False,
-    )
-
-
-_PARSERS = threading.local()
-
-
-def _thread_parser() -> etree.XMLParser:
-    """This thread's parser for bodies read in their own declared encoding. lxml parsers can
-    be reused, one parse at a time: this saves a parser context per body."""
-    parser = getattr(_PARSERS, "parser", None)
-    if parser is None:
-        parser = _PARSERS.parser = _parser()
-    return parser
-
-
-_DOCTYPE_MARKERS = (b"<!DOCTYPE", b"<!doctype", "<!DOCTYPE".encode("utf-16-le"), "<!DOCTYPE".encode("utf-16-be"),
-                    b"<!ENTITY", "<!ENTITY".encode("utf-16-le"), "<!ENTITY".encode("utf-16-be"))
+# DTDs are refused before parsing; the parser's settings are the second wall (ucsproxy.safexml).
+_parser = safexml.parser
+_thread_parser = safexml.thread_parser
 
 
 _DTD_REFUSED = "DTDs and entity declarations are not allowed in EWS requests."
@@ -188,8 +169,7 @@ def _parse(body: Any, content_type: str | None = None) -> etree._Element | Decod
         return DecodeError("not-soap", "The body is JSON, not a SOAP envelope.")
     if head.startswith((b"<!doctype html", b"<html")):
         return DecodeError("not-soap", "The body is an HTML page, not a SOAP envelope.")
-    # Every marker holds a "!": one memchr over the body clears the usual message of all seven.
-    if b"!" in body and any(marker in body for marker in _DOCTYPE_MARKERS):
+    if safexml.declares_dtd(body):
         return DecodeError("forbidden-dtd", _DTD_REFUSED)
     try:
         root = etree.fromstring(body, _thread_parser())
@@ -206,8 +186,7 @@ def _parse(body: Any, content_type: str | None = None) -> etree._Element | Decod
         return DecodeError("not-xml", f"The body cannot be parsed as XML: {e}")
     if root is None:
         return DecodeError("not-xml", "The body holds no XML element.")
-    docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None:
+    if safexml.has_dtd(root):
         return DecodeError("forbidden-dtd", "DTDs are not allowed in EWS requests.")
     return root
 
@@ -219,7 +198,7 @@ def _parse_as(body: bytes, encodings: list[str]) -> etree._Element | DecodeError
             text = body.decode(encoding)
         except (LookupError, UnicodeDecodeError):
             continue
-        if "<!DOCTYPE" in text or "<!doctype" in text or "<!ENTITY" in text:
+        if safexml.declares_dtd_text(text):
             return DecodeError("forbidden-dtd", _DTD_REFUSED)
         for name in _libxml_names(encoding):
             try:
@@ -1400,8 +1379,7 @@ def pretty(body: bytes | str | None) -> str:
     if isinstance(root, DecodeError):
         return text
     try:
-        clean = etree.fromstring(etree.tostring(root), etree.XMLParser(remove_blank_text=True, resolve_entities=False,
-                                                                       no_network=True, load_dtd=False))
+        clean = etree.fromstring(etree.tostring(root), safexml.parser(remove_blank_text=True))
         return etree.tostring(clean, pretty_print=True, encoding="unicode")
     except Exception:
         return text

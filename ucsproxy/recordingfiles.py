@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 
 from .logrow import RawExchange, build_row
+from . import safexml
 from .protocol import is_ews_request
 
 FORMAT = "ucsproxy-recording/1"
@@ -41,10 +42,6 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def _safe_parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_blank_text=True)
-
-
 def _split_declaration(text: str) -> tuple[str, str]:
     m = _DECLARATION.match(text)
     return (m.group(1), text[m.end():]) if m else ("", text)
@@ -52,11 +49,8 @@ def _split_declaration(text: str) -> tuple[str, str]:
 
 def _pretty(text: str) -> str | None:
     declaration, rest = _split_declaration(text)
-    if "<!DOCTYPE" in rest or "<!ENTITY" in rest:
-        return None
-    try:
-        root = etree.fromstring(rest.encode("utf-8"), _safe_parser())
-    except Exception:
+    root = safexml.fromstring(rest.encode("utf-8"), remove_blank_text=True)
+    if root is None:
         return None
     body = etree.tostring(root, pretty_print=True, encoding="unicode")
     return (declaration + "\n" if declaration else "") + body
@@ -65,7 +59,7 @@ def _pretty(text: str) -> str | None:
 def _compact(text: str) -> str | None:
     declaration, rest = _split_declaration(text)
     try:
-        root = etree.fromstring(rest.strip().encode("utf-8"), _safe_parser())
+        root = etree.fromstring(rest.strip().encode("utf-8"), safexml.parser(remove_blank_text=True))
     except Exception:
         return None
     return declaration + etree.tostring(root, encoding="unicode")
