@@ -89,6 +89,12 @@ def test_a_cycle_would_be_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_every_module_says_its_job_first():
+    silent = [str(path.relative_to(PACKAGE.parent)) for path in sorted(PACKAGE.rglob("*.py"))
+              if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))]
+    assert silent == []
+
+
 def test_an_ews_request_in_observed_traffic():
     assert protocol.is_ews_request("POST", "/EWS/Exchange.asmx")
     assert protocol.is_ews_request("post", "/ews/exchange.asmx?x=1")

@@ -21,6 +21,7 @@ from .records import (
     EwsRequest,
     GetImItemList,
     GetImItems,
+    Payload,
     RemoveContactFromImList,
     RemoveDistributionGroupFromImList,
     RemoveImContactFromGroup,
@@ -29,6 +30,7 @@ from .records import (
     SetImGroup,
     SetImListMigrationCompleted,
     SoapFault,
+    UcsRequest,
     UcsResponse,
 )
 
@@ -48,7 +50,7 @@ class UcsService:
     Holds no state of its own; every mailbox lives in ``model``.
     """
 
-    def __init__(self, model: UcsModel, server_version: ServerVersionInfo | None = None):
+    def __init__(self, model: UcsModel, server_version: ServerVersionInfo | None = None) -> None:
         self.model = model
         self.server_version = server_version or ServerVersionInfo()
 
@@ -74,7 +76,7 @@ class UcsService:
             return answers.ews_error(op, "ErrorInternalServerError")
         return UcsResponse(op, P.SUCCESS, "NoError", payload=payload)
 
-    def _dispatch(self, mailbox: str, body):
+    def _dispatch(self, mailbox: str, body: UcsRequest) -> Payload | None:
         m = self.model
         match body:
             case AddImGroup(display_name=name):
@@ -82,21 +84,28 @@ class UcsService:
             case AddNewImContactToGroup(im_address=address, display_name=name, group_id=group):
                 return m.add_new_im_contact_to_group(mailbox, address, name, group)
             case AddImContactToGroup(contact_id=contact, group_id=group):
-                return m.add_im_contact_to_group(mailbox, contact, group)
+                m.add_im_contact_to_group(mailbox, contact, group)
+                return None
             case RemoveImContactFromGroup(contact_id=contact, group_id=group):
-                return m.remove_im_contact_from_group(mailbox, contact, group)
+                m.remove_im_contact_from_group(mailbox, contact, group)
+                return None
             case RemoveContactFromImList(contact_id=contact):
-                return m.remove_contact_from_im_list(mailbox, contact)
+                m.remove_contact_from_im_list(mailbox, contact)
+                return None
             case RemoveImGroup(group_id=group):
-                return m.remove_im_group(mailbox, group)
+                m.remove_im_group(mailbox, group)
+                return None
             case SetImGroup(group_id=group, new_display_name=name):
-                return m.set_im_group(mailbox, group, name)
+                m.set_im_group(mailbox, group, name)
+                return None
             case AddDistributionGroupToImList(smtp_address=smtp, display_name=name):
                 return m.add_distribution_group_to_im_list(mailbox, smtp, name)
             case RemoveDistributionGroupFromImList(group_id=group):
-                return m.remove_distribution_group_from_im_list(mailbox, group)
+                m.remove_distribution_group_from_im_list(mailbox, group)
+                return None
             case SetImListMigrationCompleted(im_list_migration_completed=flag):
-                return m.set_im_list_migration_completed(mailbox, flag)
+                m.set_im_list_migration_completed(mailbox, flag)
+                return None
             case GetImItemList(extended_properties=extended):
                 return m.get_im_item_list(mailbox, extended)
             case GetImItems(contact_ids=contacts, group_ids=groups, extended_properties=extended):

@@ -142,7 +142,7 @@ class Mailbox:
 
     # -- ids ---------------------------------------------------------------
 
-    def _fresh(self, make) -> str:
+    def _fresh(self, make: Callable[[], str]) -> str:
         while True:
             value = make()
             if value not in self._taken:
@@ -549,7 +549,7 @@ def _lookup_extended(uri: ExtendedFieldURI, display_name: str,
 
 
 def _same_property(a: ExtendedFieldURI, b: ExtendedFieldURI) -> bool:
-    def key(u: ExtendedFieldURI):
+    def key(u: ExtendedFieldURI) -> tuple[str, str, str, str, int | None]:
         return ((u.property_tag or "").lower(), (u.distinguished_property_set_id or "").lower(),
                 (u.property_set_id or "").lower(), u.property_name or "", u.property_id)
     return key(a) == key(b)
