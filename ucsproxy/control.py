@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import faults
-from .core import Answer
+from .answers import Answer
 
 if TYPE_CHECKING:
     from .core import UcsCore
@@ -558,6 +558,7 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
         is_smtp_address,
         same_display_name,
     )
+    from .model.persistence import mailbox_from_json, mailbox_to_json
     from .state import FORMAT
 
     data = _keys(data, _TOP_KEYS, "the body")
@@ -571,8 +572,9 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
         raise _bad(f"im_list_migration_completed must be true or false, not {json.dumps(flag)}")
 
     existing = model.mailbox(name) if model.has_mailbox(name) else None
-    base = (existing or Mailbox(name, model.seed, model.max_contacts, model.max_groups, model.clock)).to_json()
-    ids = Mailbox.from_json(base).ids  # new ids continue the mailbox's own sequence
+    base = mailbox_to_json(existing or Mailbox(name, model.seed, model.max_contacts, model.max_groups, model.clock,
+                                               model.policy))
+    ids = mailbox_from_json(base).ids  # new ids continue the mailbox's own sequence
     created = int(base.get("created", 0))
     old_contacts = {c["item_id"]: c for c in base["contacts"]}
     old_groups = {g["id"]: g for g in base["groups"]}
@@ -668,6 +670,4 @@ def mailbox_from_state(model: UcsModel, name: str, data: Any) -> Mailbox:
                      extended_properties=old.get("extended_properties") or [] if old else [])
     state = dict(base, groups=groups, contacts=contacts, counter=ids.counter, created=created,
                  im_list_migration_completed=flag)
-    mailbox = Mailbox.from_json(state)
-    mailbox.clock = model.clock
-    return mailbox
+    return mailbox_from_json(state, model.clock, model.policy)
