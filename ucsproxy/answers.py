@@ -119,7 +119,8 @@ _DOTNET_WORDING: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def _exchange_wording(message: str) -> str:
+def exchange_wording(message: str) -> str:
+    """A libxml2 well-formedness message in the words .NET (and so Exchange) uses for it."""
     for pattern, replacement in _DOTNET_WORDING:
         if pattern.match(message):
             return pattern.sub(replacement, message)
@@ -130,7 +131,7 @@ def schema_fault(error: DecodeError) -> SoapFault:
     """The ErrorSchemaValidation fault Exchange answers a request it cannot read with."""
     violation = error.message.rstrip()
     if error.kind == "not-xml":
-        violation = _exchange_wording(violation)
+        violation = exchange_wording(violation)
     if error.line is not None:
         # Exchange's wording: "An error occurred while parsing EntityName. Line 11, position 33."
         where = f"Line {error.line}" + (f", position {error.column}" if error.column is not None else "")

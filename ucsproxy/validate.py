@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
 
-from . import codec, schema
+from . import answers, codec, schema
 from . import protocol as P
 from .records import DecodeError
 from .schema import Violation
@@ -72,7 +72,7 @@ def _header(headers: Any, name: str) -> str | None:
 
 def _not_xml(error: DecodeError) -> Violation:
     """A body that is not XML or not SOAP, worded as Exchange's parser words it where it can."""
-    message = codec._exchange_wording(error.message) if error.kind == "not-xml" else error.message
+    message = answers.exchange_wording(error.message) if error.kind == "not-xml" else error.message
     return Violation(element="", message=message, schema_message=error.message, line=error.line, column=error.column)
 
 
