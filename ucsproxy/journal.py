@@ -3,7 +3,7 @@
 The control API serves it (``GET /_ucsproxy/exchanges``) so that a test in any
 language can verify what its client sent, with or without a log file. Adding an
 exchange costs a deque append on the serving loop; an entry becomes a row (the
-log's columns, decoded and redacted by the same :func:`~ucsproxy.exchange.build_row`)
+log's columns, decoded and redacted by the same :func:`~ucsproxy.logrow.build_row`)
 only when someone asks for it, and keeps that row.
 
 The journal is bounded twice: by entries (oldest dropped first) and by the bytes of
