@@ -114,6 +114,50 @@ def test_delay_before_the_answer(mock_with):
     assert logged_faults(proc.db, 2)[-1]["fault"]["delay_ms"] == 400
 
 
+def _shaped_exchange(port: int, body: bytes) -> tuple[bytes, int, float, float]:
+    """One keep-alive request on a bare socket: (bytes, reads until the answer was whole, seconds
+    until then, seconds until the server closed, or until a 2 s idle when it kept the connection)."""
+    head = (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        t0 = time.monotonic()
+        s.sendall(head + body)
+        data, reads = b"", 0
+        while b"Envelope>" not in data[-20:]:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data, reads = data + chunk, reads + 1
+        whole = time.monotonic() - t0
+        s.settimeout(2)
+        try:
+            while s.recv(65536):
+                pass
+        except TimeoutError:
+            pass
+        return data, reads, whole, time.monotonic() - t0
+
+
+def test_link_shaping_on_each_front(mock_with, front):
+    """A process because the fault column comes through the log writer and the mitmproxy front's
+    transport is mitmproxy's own: what only a running proxy shows (the lean front's piece-by-piece
+    schedule is tested in-process in test_faults_link.py)."""
+    proc = mock_with("--fault", "GetImItemList:slow-body:chunks=4,over_ms=400",
+                     "--fault", "AddImGroup:slow-close:ms=300")
+    data, reads, whole, _ = _shaped_exchange(proc.port, envelope("<m:GetImItemList/>"))
+    assert b"NoError" in data and whole >= 0.39, "the last piece comes after over_ms on both fronts"
+    if front == "lean":
+        assert reads >= 2, "the lean front writes the pieces as they come due"
+    data, _, whole, closed = _shaped_exchange(
+        proc.port, envelope("<m:AddImGroup><m:DisplayName>L</m:DisplayName></m:AddImGroup>"))
+    assert b"NoError" in data and b"\r\nconnection: close" in data.split(b"\r\n\r\n", 1)[0].lower()
+    assert closed < 1.9, "closed by the server"
+    if front == "lean":
+        assert closed >= 0.3, "slow-close: the close comes after the pause (mitmproxy closes at once)"
+    rows = logged_faults(proc.db, 2)
+    assert [r["fault"]["link"][0]["action"] for r in rows] == ["slow-body", "slow-close"]
+    assert rows[0]["fault"]["link"][0]["params"] == {"chunks": 4, "over_ms": 400} and rows[0]["fault"]["action"] is None
+
+
 def test_request_delay_before_the_server_response_delay_after(tmp_path):
     """A request-phase delay holds the call back from the server; a response-phase one holds the answer."""
     upstream_db = tmp_path / "upstream.db"

@@ -162,8 +162,9 @@ class UcsProxy:
 
     async def _request_with_fault(self, flow: http.HTTPFlow, decoded, decision: faults.FaultDecision,
                                   serving: bool) -> None:
-        if decision.request_delay_ms:
-            await asyncio.sleep(decision.request_delay_ms / 1000)
+        hold = decision.request_delay_ms + _link_hold_ms(flow, decision)
+        if hold:
+            await asyncio.sleep(hold / 1000)
         if await self._apply_fault_before_answer(flow, decision):
             return
         if serving:
@@ -174,15 +175,17 @@ class UcsProxy:
         if _scratch(flow).get("ucs_control"):
             return None
         decision = _scratch(flow).get("ucs_fault")
-        if decision is not None and not _scratch(flow).get("ucs_fault_applied"):
+        if decision is not None and (decision.link or not _scratch(flow).get("ucs_fault_applied")):
             return self._response_with_fault(flow, decision)
         self._log(flow)
         return None
 
     async def _response_with_fault(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
-        if decision.response_delay_ms:
-            await asyncio.sleep(decision.response_delay_ms / 1000)
-        self._apply_fault_to_answer(flow, decision)
+        if not _scratch(flow).get("ucs_fault_applied"):
+            if decision.response_delay_ms:
+                await asyncio.sleep(decision.response_delay_ms / 1000)
+            self._apply_fault_to_answer(flow, decision)
+        await _shape_answer(flow, decision)
         self._log(flow)
 
     def running(self) -> None:
@@ -296,6 +299,33 @@ class UcsProxy:
     def faults_list(self) -> Sequence[str]:
         """The active fault rules, one per line."""
         return self.core.fault_summaries()
+
+
+def _link_hold_ms(flow: http.HTTPFlow, decision: faults.FaultDecision) -> float:
+    """How long up-direction link shaping holds this request (it has been read whole already)."""
+    if not decision.link:
+        return 0.0
+    req = flow.request
+    size = len(req.method) + len(req.path) + 12 + sum(len(k) + len(v) + 4 for k, v in req.headers.items(multi=True))
+    took = ((req.timestamp_end or req.timestamp_start) - req.timestamp_start) * 1000
+    return decision.link.hold_request_ms(size + 2 + len(req.raw_content or b""), took)
+
+
+async def _shape_answer(flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
+    """Down-direction link shaping on mitmproxy, which writes an answer in one piece: hold the answer
+    as long as the shaped link would take to carry it. slow-close: the answer says Connection: close
+    (mitmproxy then closes at once: the delay before the close is the lean front's only)."""
+    resp = flow.response
+    if resp is None or not decision.link:
+        return
+    from mitmproxy.net.http.http1 import assemble_response_head
+
+    if decision.link.close_after_ms is not None:
+        resp.headers["Connection"] = "close"
+    body = b"" if flow.request.method == "HEAD" else (resp.raw_content or b"")
+    wait = decision.link.answer_ms(assemble_response_head(resp), body)
+    if wait:
+        await asyncio.sleep(wait / 1000)
 
 
 class _FlowLink:

@@ -12,7 +12,9 @@ plain HTTP). HTTP/2 stays on the mitmproxy front.
 
 Because this front owns the socket, the transport faults are its own: ``reset``
 sends a TCP reset, ``timeout`` holds the connection and then closes it,
-``truncate`` with ``keep_length`` promises more bytes than it sends and hangs up.
+``truncate`` with ``keep_length`` promises more bytes than it sends and hangs up,
+and link shaping (bandwidth, latency, slow-body, slicer, slow-close) writes an
+answer in the pieces and at the times :class:`~ucsproxy.faults.LinkPlan` says.
 
 Nothing here imports mitmproxy.
 """
@@ -258,25 +260,33 @@ class _Connection(asyncio.Protocol):
                                 decision: FaultDecision) -> None:
         c = self.core
         spec = decision.spec
+        logged = False
         try:
-            if decision.request_delay_ms:
-                await asyncio.sleep(decision.request_delay_ms / 1000)
-            if spec is not None and spec.kind is Kind.ANSWER:
-                answer = core_mod.rendered_answer(decision, core_mod.operation_named(decoded))
-                if decision.response_delay_ms:
-                    await asyncio.sleep(decision.response_delay_ms / 1000)
-                self._send(req, path, body, decoded, answer, decision)
-                return
+            hold = decision.request_delay_ms
+            if decision.link:
+                took = (time.time() - req.started) * 1000
+                hold += decision.link.hold_request_ms(_request_size(req, path, body), took)
+            if hold:
+                await asyncio.sleep(hold / 1000)
             if spec is not None and spec.on_connection is not None:
                 await spec.on_connection(self, decision.args())
+                logged = True
                 self._log(req, path, body, decoded, None, decision, KILLED)
                 return
-            answer = c.answer(req.method, path, req.headers, decoded)
+            if spec is not None and spec.kind is Kind.ANSWER:
+                answer = core_mod.rendered_answer(decision, core_mod.operation_named(decoded))
+            else:
+                answer = c.answer(req.method, path, req.headers, decoded)
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
-            self._send(req, path, body, decoded, answer, decision)
+            if not decision.link:
+                logged = True
+                self._send(req, path, body, decoded, answer, decision)
+                return
+            logged = await self._send_shaped(req, path, body, decoded, answer, decision)
         except asyncio.CancelledError:
-            self._log(req, path, body, decoded, None, decision, CLIENT_GONE)
+            if not logged:
+                self._log(req, path, body, decoded, None, decision, CLIENT_GONE)
             raise
 
     def _fault_done(self, task: asyncio.Task) -> None:
@@ -297,10 +307,44 @@ class _Connection(asyncio.Protocol):
             self._write(_CONTINUE)  # the request now at the head of the line may send its body
             req.expect_continue = False
 
-    def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer, decision=None,
-              logged: bool = True) -> None:
+    def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
+              decision: FaultDecision | None = None, logged: bool = True) -> None:
         if self.closing:
             return
+        head, content, close, sent_headers = self._frame(req, answer, decision)
+        self.transport.write(head + content)
+        if close:
+            self.close()
+        if logged:
+            self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+
+    async def _send_shaped(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
+                           decision: FaultDecision) -> bool:
+        """Write the answer in the pieces the decision's link shaping makes, each after its pause,
+        log it, then (slow-close) keep the connection open before closing it. True once logged."""
+        if self.closing:
+            return False
+        plan = decision.link
+        head, content, close, sent_headers = self._frame(req, answer, decision)
+        for piece in plan.pieces(head, content):
+            if piece.wait_ms:
+                await asyncio.sleep(piece.wait_ms / 1000)
+            if self.closing or self.transport is None:
+                return False  # the client went away (connection_lost cancels this task)
+            self.transport.write(piece.data)
+        self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+        if close:
+            self.closing = True  # nothing more is read or answered on this connection
+            linger = plan.close_after_ms
+            if linger:
+                await asyncio.sleep(linger / 1000)
+            self.close()
+        return True
+
+    def _frame(self, req: _Request, answer: Answer, decision: FaultDecision | None,
+               ) -> tuple[bytes, bytes, bool, list[tuple[str, str]]]:
+        """The answer's head and body as they go on the wire (an altering fault applied), whether
+        the connection closes after it, and the headers sent (for the log)."""
         content = answer.body
         headers = answer.headers
         length = len(content)
@@ -316,6 +360,8 @@ class _Connection(asyncio.Protocol):
                 # Promise the full length, deliver less, then hang up: a short read.
                 length = altered.promised_length
                 close = True
+        if decision is not None and decision.link.close_after_ms is not None:
+            close = True  # slow-close: the answer says so, and the close comes later
         head = [_status_line(answer.status)]
         for k, v in headers:
             if k.lower() not in ("content-length", "connection", "transfer-encoding"):
@@ -333,11 +379,7 @@ class _Connection(asyncio.Protocol):
             sent_headers.append(("Connection", "close"))
         if req.method == "HEAD":
             content = b""  # the headers a GET would get, no body (RFC 9110 9.3.2)
-        self.transport.write(b"".join(head) + content)
-        if close:
-            self.close()
-        if logged:
-            self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+        return b"".join(head), content, close, sent_headers
 
     def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None,
              answer: Answer | None = None) -> None:
@@ -476,6 +518,12 @@ class LeanServer:
             await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.sleep(0)  # let the transports' close callbacks run
         self.core.shutdown(state)
+
+
+def _request_size(req: _Request, path: str, body: bytes) -> int:
+    """About how many bytes a request took on the wire (request line, headers, body)."""
+    return (len(req.method) + len(path) + 12 + sum(len(k) + len(v) + 4 for k, v in req.headers)
+            + 2 + len(body))
 
 
 def _url_host(host: str) -> str:

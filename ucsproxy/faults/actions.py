@@ -244,6 +244,26 @@ _ALL: tuple[Action, ...] = (
            params_doc="`bytes` or `fraction` (0.5), `keep_length`", validate=_bytes_or_fraction, alter=_truncate),
     Action("malformed", Kind.ALTER, "an answer that is not well-formed XML", alter=_malformed),
     Action("stale-changekey", Kind.ALTER, "the right answer with every ChangeKey one step older", alter=_stale),
+    # Link shaping (Toxiproxy's toxics): how the bytes of a request and its answer cross the connection.
+    Action("bandwidth", Kind.LINK, "every byte takes 1/`rate` s: the answer (`down`) arrives paced, "
+           "a request (`up`) is served only once it would have crossed",
+           {"rate": Param(int, in_range(1, None), required=True, hint="bytes per second"), "direction": _DIRECTION},
+           down=link.bandwidth_down, up=link.bandwidth_up),
+    Action("latency", Kind.LINK, "every piece of the answer (`down`), or the request (`up`), arrives `ms` "
+           "+- `jitter_ms` (drawn per piece) later, in order",
+           {"ms": Param(NUMBER, MS, required=True, hint="milliseconds"), "jitter_ms": Param(NUMBER, MS, 0), "direction": _DIRECTION},
+           down=link.latency_down, up=link.latency_up),
+    Action("slow-body", Kind.LINK, "the headers at once, the body in `chunks` pieces, one every "
+           "`over_ms` / `chunks`",
+           {"chunks": Param(int, in_range(1, 10000), 10), "over_ms": Param(NUMBER, MS, required=True, hint="milliseconds")},
+           down=link.slow_body),
+    Action("slicer", Kind.LINK, "the answer in slices of `size` +- `variation` bytes, `gap_ms` apart",
+           {"size": Param(int, in_range(1, None), 64), "variation": Param(int, in_range(0, None), 0),
+            "gap_ms": Param(NUMBER, MS, 10)},
+           down=link.slicer),
+    Action("slow-close", Kind.LINK, "the answer with `Connection: close`, then the connection stays open "
+           "`ms` before it closes", {"ms": Param(NUMBER, MS, required=True, hint="milliseconds")},
+           close_after=lambda args: float(args["ms"])),
 )
 
 #: Every action by name, in the order the README and --help list them.
