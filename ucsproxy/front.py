@@ -273,10 +273,12 @@ class _Connection(asyncio.Protocol):
                 logged = True
                 self._log(req, path, body, decoded, None, decision, KILLED)
                 return
+            answer: Answer | None
             if spec is not None and spec.kind is Kind.ANSWER:
                 answer = core_mod.rendered_answer(decision, core_mod.operation_named(decoded))
             else:
                 answer = c.answer(req.method, path, req.headers, decoded)
+            assert answer is not None, "the lean front never falls through to an upstream"
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
             if not decision.link:
@@ -309,7 +311,7 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
               decision: FaultDecision | None = None, logged: bool = True) -> None:
-        if self.closing:
+        if self.closing or self.transport is None:
             return
         head, content, close, sent_headers = self._frame(req, answer, decision)
         self.transport.write(head + content)
