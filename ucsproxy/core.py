@@ -32,6 +32,7 @@ from .records import DecodeError, EwsRequest
 from .service import UcsService
 
 if TYPE_CHECKING:
+    from .cassette import FixtureAppender
     from .control import ControlApi
     from .journal import Journal
     from .model import Mailbox
@@ -124,6 +125,8 @@ class UcsCore:
         self.service: UcsService | None = None
         self.replay = None  # replay.ReplayIndex, imported lazily
         self.fallthrough = False
+        #: replay --fallthrough --append DIR: where forwarded exchanges are appended (cassette.FixtureAppender).
+        self.append: FixtureAppender | None = None
         self.lenient = False  # True: no schema check of requests (mock, stateful replay)
         self.domains: tuple[str, ...] = ()  # mailbox domains Autodiscover accepts besides the model's
         self.engine: faults.FaultEngine | None = None
@@ -233,8 +236,11 @@ class UcsCore:
             return
         if not source:
             raise ConfigError("ucs_mode=replay needs ucs_replay: a recording (.db file or fixture directory).")
+        from .shipped import not_found_hint, resolve_source
+
+        source = resolve_source(source)  # a shipped recording's name (lync-session) works too
         if not os.path.exists(source):
-            raise ConfigError(f"Recording not found: {source}")
+            raise ConfigError(f"Recording not found: {source}{not_found_hint()}")
         from . import replay
 
         try:
@@ -447,6 +453,9 @@ class UcsCore:
         Returns its :class:`~ucsproxy.annotate.ExchangeSummary`, None when nothing asked for one.
         """
         summary = None
+        if replay is not None and replay[0] == "fall-through":
+            raw.mode = "forwarded"  # the upstream answered it: the log must not show it as replayed
+            self._append_forwarded(raw)
         if raw.mailbox is None and self.service is not None and isinstance(raw.decoded_request, EwsRequest):
             raw.mailbox = self.mailbox(raw.decoded_request, raw.request_headers)
         try:
@@ -463,6 +472,14 @@ class UcsCore:
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")
         return summary
+
+    def _append_forwarded(self, raw: RawExchange) -> None:
+        if self.append is None or raw.http_status is None:
+            return  # nothing to append to, or no answer to keep
+        try:
+            self.append.append(raw, self.redactor)
+        except Exception as e:  # a full disk must not break traffic either
+            log.error(f"ucsproxy: could not append an exchange to {self.append.directory}: {e}")
 
     def replay_note(self, answer: Answer | None) -> tuple[str, str | None] | None:
         """How replay served a request, from the answer :meth:`answer` gave (None: fall-through)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import sys
 from datetime import datetime
@@ -93,31 +94,41 @@ def export_rows(rows: Iterable[dict[str, Any]], directory: str | Path, source: s
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("[0-9][0-9][0-9][0-9]-*.xml"):
         old.unlink()
-    entries = []
-    for order, row in enumerate(rows, 1):
-        stem = _file_stem(order, row.get("operation"))
-        entry: dict[str, Any] = {"order": order}
-        entry.update({k: row.get(k) for k in META_COLUMNS})
-        for key in JSON_COLUMNS:
-            value = row.get(key)
-            entry[key] = json.loads(value) if isinstance(value, str) else value
-        for side in ("request", "response"):
-            body = row.get(f"{side}_body")
-            if body is None:
-                entry[f"{side}_file"] = None
-                continue
-            text, form = body_for_file(body)
-            name = f"{stem}.{side}.xml"
-            (directory / name).write_text(text, encoding="utf-8", newline="")
-            entry[f"{side}_file"] = name
-            entry[f"{side}_body_form"] = form
-        entries.append(entry)
-    meta = {"format": FORMAT, "exchanges": entries}
+    entries = [fixture_entry(directory, order, row) for order, row in enumerate(rows, 1)]
+    meta: dict[str, Any] = {"format": FORMAT, "exchanges": entries}
     if source:
         meta["source"] = source
-    (directory / "recording.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
-                                              encoding="utf-8")
+    write_meta(directory, meta)
     return len(entries)
+
+
+def fixture_entry(directory: Path, order: int, row: dict[str, Any]) -> dict[str, Any]:
+    """Write one row's bodies as ``NNNN-Operation.{request,response}.xml``; its recording.json entry."""
+    stem = _file_stem(order, row.get("operation"))
+    entry: dict[str, Any] = {"order": order}
+    entry.update({k: row.get(k) for k in META_COLUMNS})
+    for key in JSON_COLUMNS:
+        value = row.get(key)
+        entry[key] = json.loads(value) if isinstance(value, str) else value
+    for side in ("request", "response"):
+        body = row.get(f"{side}_body")
+        if body is None:
+            entry[f"{side}_file"] = None
+            continue
+        text, form = body_for_file(body)
+        name = f"{stem}.{side}.xml"
+        (directory / name).write_text(text, encoding="utf-8", newline="")
+        entry[f"{side}_file"] = name
+        entry[f"{side}_body_form"] = form
+    return entry
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """Write recording.json whole: a reader never sees half a file."""
+    path = directory / "recording.json"
+    partial = directory / ".recording.json.partial"
+    partial.write_text(json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _fixture_file(directory: Path, name: Any, where: str) -> Path:

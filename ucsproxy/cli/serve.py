@@ -8,6 +8,7 @@ run on mitmproxy.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -158,6 +159,17 @@ def mock(state, seed, item_list, mailbox, lenient, domains, **common):
                         ucs_lenient=lenient, ucs_domains=list(domains)), **common)
 
 
+def _recording_source(value: str) -> str:
+    """SOURCE: a path, or the name of a recording shipped with ucsproxy (``lync-session``)."""
+    from ..shipped import not_found_hint, resolve_source
+
+    found = resolve_source(value)
+    if not os.path.exists(found):
+        raise click.BadParameter(f"{value!r}: no such file, directory or shipped recording{not_found_hint()}.",
+                                 param_hint="'SOURCE'")
+    return found
+
+
 @main.command(cls=ServingCommand)
 @_common_options
 @click.option("--upstream", help="Exchange base URL, e.g. https://mail.contoso.com (reverse mode).")
@@ -177,7 +189,7 @@ def record(upstream, proxy_mode, insecure, shadow, **common):
 
 @main.command(cls=ServingCommand)
 @_common_options
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", callback=lambda ctx, param, value: _recording_source(value))
 @click.option("--front", type=click.Choice(["lean", "mitmproxy"]), default=None,
               help=FRONT_HELP + "  [default: lean; mitmproxy with --fallthrough]")
 @click.option("--match", type=click.Choice(["strict", "operation", "sequence"]), default="strict",
@@ -190,7 +202,8 @@ def record(upstream, proxy_mode, insecure, shadow, **common):
 @click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
               help="A mailbox domain Autodiscover accepts besides contoso.com and the mock's mailboxes' (repeatable).")
 def replay(source, front, match, stateful, seed, fallthrough, lenient, domains, **common):
-    """Serve recorded answers from SOURCE (a SQLite log or a fixture directory)."""
+    """Serve recorded answers from SOURCE (a SQLite log, a fixture directory, or the name of a recording
+    shipped with ucsproxy, e.g. lync-session)."""
     from ..runner import replay_options
 
     if fallthrough and front == "lean":
