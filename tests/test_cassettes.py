@@ -60,17 +60,23 @@ REAL_HOME = os.environ.get("HOME", "")
 
 
 @pytest.fixture(scope="module")
-def mitmproxy_loaded() -> None:
-    """mitmproxy imported before any pytester run starts: pytester forgets the modules a run imported
-    when it ends, and cryptography's bindings do not survive being imported twice in one process."""
+def imported() -> None:
+    """What a cassette run imports, imported before any pytester run: pytester forgets the modules a
+    run imported when it ends, and some do not survive a second import in one process (cryptography's
+    bindings under mitmproxy, numpy under sqlite_utils: later tests would fail)."""
+    import importlib
+
     from ucsproxy.pytest_plugin import _import_mitmproxy_quietly
 
     _import_mitmproxy_quietly()
-    import mitmproxy.certs  # noqa: F401
+    for name in ("mitmproxy.certs", "sqlite_utils", "ucsproxy.store", "ucsproxy.logwriter", "ucsproxy.runner",
+                 "ucsproxy.addon", "ucsproxy.front", "ucsproxy.recordingfiles", "ucsproxy.cassette",
+                 "ucsproxy.replay", "ucsproxy.verdicts"):
+        importlib.import_module(name)
 
 
 @pytest.fixture
-def project(mitmproxy_loaded: None, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+def project(imported: None, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A plugin user's project, run in this process by pytester. pytester points HOME at a new
     directory, where mitmproxy would make a new CA (a second or more per run): it stays the real one."""
     monkeypatch.setenv("HOME", REAL_HOME)
@@ -285,3 +291,49 @@ def test_ids_match_whatever_their_change_key(ucs_replay) -> None:
     post(endpoint.ews_url, body, {"X-AnchorMailbox": "kim.akers@contoso.com"})
     endpoint.assert_called("RemoveImGroup", group_id=group.exchange_store_id.id, mailbox="kim.akers@contoso.com")
     endpoint.assert_called("RemoveImGroup", group_id={"Id": group.exchange_store_id.id})
+
+
+# ---------------------------------------------------------------------------
+# appending to a fixture directory
+
+
+def test_appender_continues_a_fixture_directory_redacted(tmp_path: Path) -> None:
+    import shutil
+
+    from ucsproxy.cassette import FixtureAppender
+    from ucsproxy.logrow import RawExchange
+    from ucsproxy.recordingfiles import read_fixture_dir
+    from ucsproxy.redact import Redactor
+    from ucsproxy.replay import ReplayIndex
+
+    directory = tmp_path / "session"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "recordings" / "lync-session", directory)
+    before = {p.name: p.read_bytes() for p in directory.iterdir() if p.name != "recording.json"}
+    appender = FixtureAppender(directory, Redactor.from_options(patterns=["case-\\d{4}"]))
+    raw = RawExchange(mode="forwarded", started_at=1_700_000_000.0, duration_ms=3.0, client="127.0.0.1:5",
+                      server="127.0.0.1:6", method="POST", path="/EWS/Exchange.asmx", http_status=200,
+                      request_headers=[("Authorization", "Basic a2ltOnMzY3JldC1wYXNzd29yZA=="),
+                                       ("X-AnchorMailbox", "kim.akers@contoso.com")],
+                      request_body=add_group("Follow-up"),
+                      response_headers=[("Content-Type", "text/xml; charset=utf-8")],
+                      response_body=b"<Answer>case-4711</Answer>")
+    assert appender.append(raw) == 16
+    written = {p.name: p.read_bytes() for p in directory.iterdir() if p.name != "recording.json"}
+    assert {k: v for k, v in written.items() if k in before} == before  # nothing recorded was touched
+    assert sorted(written.keys() - before.keys()) == ["0016-AddImGroup.request.xml", "0016-AddImGroup.response.xml"]
+    text = "".join(p.read_text() for p in directory.iterdir())
+    assert "case-4711" not in text and "a2ltOnMzY3JldC1wYXNzd29yZA" not in text
+    rows = read_fixture_dir(directory)
+    assert len(rows) == 16 and rows[-1]["mode"] == "forwarded" and rows[-1]["mailbox"] == "kim.akers@contoso.com"
+    assert ReplayIndex.from_source(directory).size == 16
+    assert not list(directory.glob(".*"))  # the half-written recording.json never stays behind
+
+
+def test_appender_refuses_a_damaged_directory(tmp_path: Path) -> None:
+    from ucsproxy.cassette import FixtureAppender
+
+    (tmp_path / "recording.json").write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        FixtureAppender(tmp_path)
+    FixtureAppender(tmp_path / "new")  # a missing one is made at the first append
+    assert not (tmp_path / "new").exists()

@@ -255,6 +255,23 @@ class UcsCore:
         except Exception as e:
             raise ConfigError(f"Cannot load the recording {source}: {e}") from e
 
+    def build_append(self, directory: str) -> None:
+        """``replay --fallthrough URL --append DIR``: append every exchange the upstream answers to the fixture
+        directory DIR (made when missing), redacted by the log's rules. '' appends nothing."""
+        if not directory or self.mode != "replay":
+            self.append = None
+            return
+        if not self.fallthrough:
+            raise ConfigError("--append DIR appends what the --fallthrough upstream answers: add --fallthrough URL.")
+        from .cassette import FixtureAppender
+
+        if self.append is not None and os.path.abspath(self.append.directory) == os.path.abspath(directory):
+            return
+        try:
+            self.append = FixtureAppender(directory)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Cannot append to {directory}: {e}") from e
+
     def build_faults(self, faults_file: str, specs, seed: int) -> None:
         self.fault_seed = seed
         if self.watcher is not None:
