@@ -459,7 +459,7 @@ def ucs_cassette_dir(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def ucs_cassette(ucs_cassette_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+def ucs_cassette(ucs_cassette_dir: Path, tmp_path_factory: pytest.TempPathFactory, ucs_front: str,
                  request: pytest.FixtureRequest) -> Iterator[Cassette]:
     """An endpoint backed by this test's cassette: ``<ucs_cassette_dir>/<test name>/`` (a fixture
     directory), or the name / path the ``ucs_cassette`` marker gives. The record mode
@@ -499,7 +499,7 @@ def ucs_cassette(ucs_cassette_dir: Path, tmp_path_factory: pytest.TempPathFactor
         front = "mitmproxy"  # forwarding what does not match: mitmproxy's front
     else:
         options = dict(replay_options(str(path), match=match), **redaction)
-        front = "lean"
+        front = ucs_front  # as ucs_replay: the lean front unless overridden
     cassette = Cassette(path, mode, todo.action, options, db, front)
     request.node.stash[_CASSETTE_KEY] = cassette
     try:
