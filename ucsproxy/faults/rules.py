@@ -113,7 +113,7 @@ class FaultRule:
         params = ",".join(f"{k}={v}" for k, v in self.params.items())
         target = "|".join(self.operations) + (f"@{self.mailbox}" if self.mailbox else "")
         text = f"{self.name}: {target} {self.action}" + (f" {params}" if params else "")
-        if self.delay is not None and self.action != "delay":
+        if self.delay is not None and ACTIONS[self.action].kind is not Kind.DELAY:
             text += f" +delay({self.delay.ms if self.delay.ms is not None else self.delay.distribution})"
         return text + (f" [{' '.join(when)}]" if when else "") + f" ({self.source})"
 
