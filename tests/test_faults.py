@@ -806,3 +806,25 @@ def test_every_action_has_one_way_to_act():
                     faults.Kind.DELAY: set()}[spec.kind]
         assert given == expected, spec.name
         assert spec.terminal == (spec.kind in (faults.Kind.ANSWER, faults.Kind.ALTER, faults.Kind.CONNECTION))
+
+
+def test_a_new_action_is_one_registry_entry(monkeypatch):
+    from ucsproxy import core
+    from ucsproxy.cli.faultrules import fault_actions_text
+
+    teapot = faults.Action(
+        "teapot", faults.Kind.ANSWER, "HTTP 418",
+        {"status": faults.Param(int, None, 418), "note": faults.Param(dict)},
+        render=lambda args, operation: (args["status"], {"X-Note": str(args["note"])}, operation.encode()))
+    monkeypatch.setitem(faults.ACTIONS, "teapot", teapot)
+    rule = faults.parse_fault_spec("GetImItems:teapot:note.a=1,nth=2", 1)
+    assert rule.params == {"note": {"a": "1"}} and rule.nth == (2,)
+    with pytest.raises(faults.FaultFileError, match="unknown key 'volume' for action 'teapot'"):
+        faults.parse_fault_spec("*:teapot:volume=3", 1)
+    e = faults.FaultEngine(faults.FaultConfig(rules=(rule,)))
+    assert e.decide("GetImItems", None) is None
+    d = e.decide("GetImItems", None)
+    answer = core.rendered_answer(d, "GetImItems")
+    assert (answer.status, answer.headers, answer.body) == (418, [("X-Note", "{'a': '1'}")], b"GetImItems")
+    assert "teapot (status?, note?)" in fault_actions_text()
+    assert "| `teapot` | `status` (418), `note` | HTTP 418 |" in faults.actions.markdown_table()
