@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import count_rows
+from conftest import count_rows, wait_for
 from ucsproxy.logrow import RawExchange, build_row
 from ucsproxy.logwriter import committed_mark, frames_of, stop_frame
 from ucsproxy.redact import Redactor
@@ -79,7 +79,8 @@ def test_a_failing_write_is_reported_by_flush_and_counted_by_close(tmp_path, wri
     con.close()
     store.submit(raw(2))
     store.submit(raw(3))
-    assert store.flush(timeout=3) is False
+    wait_for(lambda: store.problem, what="the writer's report of the failed write")
+    assert store.flush(timeout=0.5) is False  # it can never succeed: no longer timeout to wait out
     assert "no such table: exchanges" in (store.problem or "")
     assert store.close() == 2
     assert store.unwritten == 2 and store.written == 1
