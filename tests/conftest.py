@@ -15,14 +15,17 @@ import shutil
 import tempfile
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Tests never write into the working tree: hypothesis keeps no example database, and its
 # caches (by default a .hypothesis/ directory in the current directory) go to a temporary one.
-settings.register_profile("ucsproxy", database=None)
+# No time limits either: on two cores shared with other work an example may take ten times its
+# usual time, and hypothesis's default 200 ms deadline (or its too-slow health check) then fails
+# a test that is right.
+settings.register_profile("ucsproxy", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ucsproxy")
 _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="ucsproxy-hypothesis-")
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)
