@@ -1,16 +1,18 @@
 """Measure what SIGKILL of the proxy costs the log, over many trials, with real processes.
 
-Each trial starts ``ucsproxy mock --db FILE`` on 127.0.0.1, has one keep-alive client send
-GetImItemList calls as fast as it is answered, SIGKILLs the proxy (only the proxy: its log
-writer is left to finish) at a random moment 0.3-1.5 s into the traffic, waits for the writer
-to exit, and compares the rows in the file with the answers the client received.
+Each trial starts ``ucsproxy mock --db FILE`` on 127.0.0.1 (``--front lean``, the default,
+or ``--front mitmproxy``; ``--record``: ``ucsproxy record --db FILE`` in front of a mock that
+logs nothing, mitmproxy's front), has one keep-alive client send GetImItemList calls as fast
+as they are answered, SIGKILLs the proxy (only the proxy: its log writer is left to finish) at
+a random moment 0.3-1.5 s after the first answer, waits for the writer to exit, and compares
+the rows in the file with the answers the client received.
 
 The proxy logs an exchange before it sends the answer, so every answered call was handed to
 the store; the log's promise is that at most the exchanges of the last hand-over interval
-(100 ms) are missing. A trial passes when the oldest missing exchange was answered at most
+(50 ms) are missing. A trial passes when the oldest missing exchange was answered at most
 ``--interval`` seconds before the kill.
 
-    .venv/bin/python scripts/durability_sigkill.py --trials 100
+    .venv/bin/python scripts/durability_sigkill.py --trials 100 [--front mitmproxy | --record]
 """
 
 from __future__ import annotations
@@ -62,13 +64,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def trial(tmp: Path, n: int) -> dict:
+def trial(tmp: Path, n: int, command: list[str]) -> dict:
     port, db = free_port(), tmp / f"kill-{n}.db"
-    proc = subprocess.Popen([sys.executable, "-m", "ucsproxy", "mock", "--seed", "1", "--listen-host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "ucsproxy", *command, "--listen-host", "127.0.0.1",
                              "--listen-port", str(port), "--db", str(db)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     wait_port(port, proc)
-    writers = children(proc.pid)
     answered: list[float] = []
     stop = threading.Event()
 
@@ -84,6 +85,12 @@ def trial(tmp: Path, n: int) -> dict:
 
     thread = threading.Thread(target=client)
     thread.start()
+    deadline = time.monotonic() + 60
+    while not answered and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)  # serving (a lean front listens before its log writer is ready)
+    if not answered:
+        raise RuntimeError("the proxy answered nothing")
+    writers = children(proc.pid)
     time.sleep(random.uniform(0.3, 1.5))
     killed_at = time.monotonic()
     proc.send_signal(signal.SIGKILL)
@@ -97,6 +104,8 @@ def trial(tmp: Path, n: int) -> dict:
     con = sqlite3.connect(db)
     rows = con.execute("select count(*) from exchanges").fetchone()[0]
     con.close()
+    if rows > len(seen) + 1:  # the one in flight may be logged (before its answer was sent)
+        raise RuntimeError(f"{rows} rows for {len(seen)} answers")
     missing = max(0, len(seen) - rows)
     # one client, in order: the rows are the first answers, the missing ones the last
     oldest_missing_age = killed_at - seen[rows] if missing else 0.0
@@ -108,16 +117,33 @@ def trial(tmp: Path, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--interval", type=float, default=0.1, help="the hand-over interval promised (s)")
+    parser.add_argument("--interval", type=float, default=0.05, help="the hand-over interval promised (s)")
+    parser.add_argument("--front", choices=("lean", "mitmproxy"), default="lean", help="the mock's front")
+    parser.add_argument("--record", action="store_true",
+                        help="kill `ucsproxy record` (mitmproxy) in front of a mock instead of the mock")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in range(args.trials):
-            r = trial(Path(tmp), n)
-            results.append(r)
-            verdict = "ok" if r["age"] <= args.interval else "MORE THAN ONE INTERVAL"
-            print(f"trial {n + 1:3d}: {r['answered']:5d} answered, {r['rows']:5d} rows, {r['missing']:3d} missing, "
-                  f"oldest missing answered {r['age'] * 1000:5.1f} ms before the kill  {verdict}", flush=True)
+        upstream = None
+        command = ["mock", "--seed", "1", "--front", args.front]
+        if args.record:
+            up_port = free_port()
+            upstream = subprocess.Popen([sys.executable, "-m", "ucsproxy", "mock", "--seed", "1", "--db", "",
+                                         "--listen-host", "127.0.0.1", "--listen-port", str(up_port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+            wait_port(up_port, upstream)
+            command = ["record", "--upstream", f"http://127.0.0.1:{up_port}"]
+        try:
+            for n in range(args.trials):
+                r = trial(Path(tmp), n, command)
+                results.append(r)
+                verdict = "ok" if r["age"] <= args.interval else "MORE THAN ONE INTERVAL"
+                print(f"trial {n + 1:3d}: {r['answered']:5d} answered, {r['rows']:5d} rows, {r['missing']:3d} missing,"
+                      f" oldest missing answered {r['age'] * 1000:5.1f} ms before the kill  {verdict}", flush=True)
+        finally:
+            if upstream is not None:
+                upstream.kill()
+                upstream.wait()
     within = sum(r["age"] <= args.interval for r in results)
     print(f"\n{within}/{len(results)} trials lost at most the last {args.interval * 1000:.0f} ms of exchanges; "
           f"missing per trial: max {max(r['missing'] for r in results)}, "

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import count_rows, wait_for
 from ucsproxy.logrow import RawExchange, build_row
-from ucsproxy.logwriter import committed_mark, frames_of, stop_frame
+from ucsproxy.logwriter import committed_mark, frame, stop_frame
 from ucsproxy.redact import Redactor
 from ucsproxy.store import COLUMNS, LogError, LogStore, _encoded
 
@@ -120,12 +120,9 @@ def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
                             pass_fds=(data_r, ack_w))
     os.close(data_r)
     os.close(ack_w)
-    frames = []
-    for seq in (1, 2, 3):
-        frames += frames_of([raw(seq)], seq)
     with os.fdopen(data_w, "wb") as out:
-        for _, _, frame in frames:
-            out.write(frame)
+        for seq in (1, 2, 3):
+            out.write(frame(seq, [raw(seq)]))
         out.write(stop_frame())
     with os.fdopen(ack_r, "rb") as acks:
         said = [json.loads(line) for line in acks]

@@ -13,9 +13,12 @@ it has received.
 
 Protocol (proxy -> writer, on a pipe): frames of ``kind (1 byte) | seq (8) | count (4) | length
 (4) | payload``; kind ``B`` carries ``count`` pickled :class:`RawExchange` objects numbered
-``seq``, kind ``S`` asks the writer to finish and stop. A frame is at most about
-:data:`FRAME_BYTES` (one exchange larger than that travels alone), so a proxy killed while
-sending cuts at most one frame short. Writer -> proxy, on a second pipe, one JSON object per line:
+``seq``, kind ``S`` asks the writer to finish and stop. The proxy writes one frame per exchange
+from the thread that submits it (:meth:`ucsproxy.store.LogStore.submit`), so what has been
+submitted is in the pipe, or in this process's reader, whatever the proxy's other threads are
+doing; a proxy killed while writing cuts at most one frame short. A reader thread at normal
+priority drains the pipe into memory at once; the main thread decodes and commits at the lowest.
+Writer -> proxy, on a second pipe, one JSON object per line:
 
 - ``{"ready": pid, "committed": seq}``: reading, the file is open; ``committed`` is the last
   frame an earlier writer of this session committed (none: 0);
@@ -56,8 +59,9 @@ log = logging.getLogger("ucsproxy.store")
 
 HEADER = struct.Struct("!cQII")
 BATCH, STOP = b"B", b"S"
-#: A hand-over is cut into frames of about this many bytes.
-FRAME_BYTES = 256 * 1024
+#: Once frames are waiting, the writer gathers more for at most this long (or ROWS_PER_COMMIT of
+#: them) before it commits: fewer transactions when exchanges arrive one by one (seconds).
+GATHER_TIME = 0.02
 #: Rows per transaction at most, so acknowledgements keep flowing through a backlog.
 ROWS_PER_COMMIT = 1000
 #: After a failed write, try again this often (seconds).
@@ -71,27 +75,19 @@ WRITER_BUSY_TIMEOUT = 1.0
 WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
 
 
-def frames_of(batch: list[RawExchange], first_seq: int) -> list[tuple[int, int, bytes]]:
-    """Cut a hand-over into frames ``(seq, count, bytes)`` of about FRAME_BYTES each."""
-    frames: list[tuple[int, int, bytes]] = []
-    part: list[RawExchange] = []
-    size = 0
+def frame_header(seq: int, count: int, length: int) -> bytes:
+    """The header of frame ``seq``: ``count`` exchanges pickled into ``length`` bytes."""
+    return HEADER.pack(BATCH, seq, count, length)
 
-    def close_part() -> None:
-        payload = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-        seq = first_seq + len(frames)
-        frames.append((seq, len(part), HEADER.pack(BATCH, seq, len(part), len(payload)) + payload))
 
-    for raw in batch:
-        weight = 512 + len(raw.request_body or b"") + len(raw.response_body or b"")
-        if part and size + weight > FRAME_BYTES:
-            close_part()
-            part, size = [], 0
-        part.append(raw)
-        size += weight
-    if part:
-        close_part()
-    return frames
+def frame_payload(raws: list[RawExchange]) -> bytes:
+    return pickle.dumps(raws, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def frame(seq: int, raws: list[RawExchange]) -> bytes:
+    """Frame ``seq`` carrying ``raws``, as one byte string (the proxy sends one exchange per frame)."""
+    payload = frame_payload(raws)
+    return frame_header(seq, len(raws), len(payload)) + payload
 
 
 def stop_frame() -> bytes:
@@ -328,8 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     problem: str | None = None
     told_at = 0.0
     last_success = time.monotonic()
+    since = 0.0  # when the oldest frame waiting to be committed arrived (backlog: long ago)
     while True:
-        frames = reader.take(None if not committer.pending else RETRY_DELAY if problem else 0)
+        if not committer.pending:
+            timeout: float | None = None
+        elif problem:
+            timeout = RETRY_DELAY
+        elif committer.waiting < ROWS_PER_COMMIT:
+            timeout = max(0.0, since + GATHER_TIME - time.monotonic())
+        else:
+            timeout = 0.0
+        frames = reader.take(timeout)
+        if frames and not committer.pending:
+            since = time.monotonic()
         for seq, _count, payload in frames:
             if seq <= committed:
                 continue  # an earlier writer of this session committed it
@@ -339,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             if ending and not reader.frames:
                 break
             continue
+        if (not ending and problem is None and committer.waiting < ROWS_PER_COMMIT
+                and time.monotonic() - since < GATHER_TIME):
+            continue  # gather a few more exchanges into this transaction
         try:
             last, count = committer.commit()
         except Exception as e:
@@ -359,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         committed = max(committed, last)
         last_success = time.monotonic()
+        since = 0.0  # what is still waiting is a backlog: commit it without gathering
         say(ack=last, count=count)
         if problem is not None and not committer.pending:
             say(recovered=True)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import select
 import signal
 import sqlite3
 import subprocess
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Iterator
 
 from . import identity
-from .logwriter import RETRY_DELAY, STOP_GRACE, Committer, describe_error, frames_of, insert_rows, stop_frame
+from .logwriter import (RETRY_DELAY, STOP_GRACE, Committer, describe_error, frame_header, frame_payload, insert_rows,
+                        stop_frame)
 from .logtable import (COLUMNS, INDEXES, TABLE, LogError, _create_indexes, _migrate,  # noqa: F401 (the log's one definition)
                        connect_for_writing)
 
@@ -120,14 +122,24 @@ class LogStore:
             raise
 
     def submit(self, raw: RawExchange) -> None:
-        """Queue one exchange for the log. Thread-safe, never blocks."""
+        """Hand one exchange to the log. Thread-safe, never blocks.
+
+        With a writer process the exchange is pickled and written into the writer's pipe here,
+        on the caller's thread (unless the pipe is full: then it waits, in order, for the next
+        submit or the sender thread): once this returns, the exchange is in the writer's hands
+        even if this process is killed the next instant. An exchange that cannot be pickled
+        raises and is not counted."""
         if self._closed:
             return
         # Uncontended on the proxy's single event loop; keeps flush()'s count exact
         # if another thread submits too.
         with self._submit_lock:
+            sink = self._sink
+            if isinstance(sink, _ProcessSink):
+                sink.submit(raw)
+            else:
+                self._queue.put(raw)
             self.submitted += 1
-            self._queue.put(raw)
 
     def insert_rows(self, rows: list[dict[str, Any]], redacted: bool = False) -> None:
         """Write already built rows (imports), in one transaction, on the caller's thread.
@@ -146,7 +158,8 @@ class LogStore:
                                f"{describe_error(e)}") from e
 
     def _batches(self) -> Iterator[tuple[list[RawExchange], bool]]:
-        """Batches of queued exchanges, one per flush interval; the flag says the queue was closed.
+        """Batches of queued exchanges (the thread writer), one per flush interval; the flag
+        says the queue was closed.
 
         The consumer sleeps between batches instead of waking for every exchange:
         on a busy proxy that keeps it from taking the GIL a thousand times a second.
@@ -228,7 +241,10 @@ class LogStore:
         if self._closed:
             return self.unwritten
         self._closed = True
-        self._queue.put(None)
+        with self._submit_lock:  # a submit under way on another thread is counted before the end
+            self._queue.put(None)
+            if isinstance(self._sink, _ProcessSink):
+                self._sink.close()
         self._wake.set()
         self._sink.join()
         self.unwritten = max(0, self.submitted - self.written)
@@ -389,13 +405,6 @@ class _WriterProcess:
             self.kill()
             raise LogError(self.failed or f"the log writer {self.how_it_ended()} while starting")
 
-    def send(self, data: bytes) -> None:
-        if self._data is None:
-            raise BrokenPipeError("closed")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._data, view):]
-
     def close_input(self) -> None:
         if self._data is not None:
             os.close(self._data)
@@ -423,105 +432,212 @@ class _WriterProcess:
 class _ProcessSink:
     """Hands exchanges to a writer process in numbered frames and keeps each frame until the
     writer acknowledges it: a writer that dies is restarted and given every frame it had not
-    acknowledged (it skips those its predecessor committed)."""
+    acknowledged (it skips those its predecessor committed).
+
+    The thread that submits an exchange writes its frame into the writer's pipe itself, without
+    blocking (:meth:`submit`): handing over never waits for another thread of this process to
+    get the interpreter, which on a busy proxy can take hundreds of milliseconds. What the pipe
+    cannot take at once (the writer is behind by more than the pipe's megabyte, or another
+    thread is writing this instant) waits in order and is written by the next submit, or by the
+    sender thread, which looks every hand-over interval and otherwise only restarts a dead
+    writer and stops it at the end."""
 
     #: Give up after this many restarts in a row without an acknowledgement in between.
     MAX_RESTARTS = 3
     #: While stopping, how long a writer may stay silent before it is counted as hung (seconds).
     SILENT_TIMEOUT = 60.0
+    #: Frames written by one system call at most (writev), when a backlog is written.
+    FRAMES_PER_WRITE = 64
 
     def __init__(self, store: LogStore, ready_timeout: float):
         self.store = store
         self.ready_timeout = ready_timeout
         self.session = uuid.uuid4().hex
-        self._lock = threading.Lock()
-        self._unacked: dict[int, tuple[int, bytes]] = {}  # seq -> (exchanges, frame), in order
-        self._seq = 0
+        self._lock = threading.Lock()  # _unacked, _seq, _next, _offset: held briefly, never across a call out
+        self._pipe = threading.Lock()  # one writer of the pipe at a time; the submitting thread never waits for it
+        self._unacked: dict[int, tuple[int, bytes, bytes]] = {}  # seq -> (exchanges, header, payload), in order
+        self._seq = 0  # the last frame made
+        self._next = 1  # the next frame to write into the current writer's pipe
+        self._offset = 0  # bytes of frame _next already written
+        self._dead = False  # the current writer's pipe refused a write: the sender thread restarts it
+        self._closing = False
+        self._kick = threading.Event()
         self._restarts = 0
         self.restarted = 0
-        self.generation = 0
         self.broken: str | None = None
         self.handed_over = 0
-        self.writer = _WriterProcess(self)
-        self.writer.wait_ready(ready_timeout)
+        self.writer = self._start_writer()
         self.thread = threading.Thread(target=self._run, name="ucsproxy-log-sender", daemon=True)
         self.thread.start()
 
-    def _ack(self, seq: int) -> None:
+    def _start_writer(self) -> "_WriterProcess":
+        writer = _WriterProcess(self)
+        writer.wait_ready(self.ready_timeout)
+        if writer._data is not None:
+            os.set_blocking(writer._data, False)
+        return writer
+
+    # -- the submitting thread ---------------------------------------------------
+
+    def submit(self, raw: RawExchange) -> None:
+        """Make the exchange's frame and write it into the pipe now if the pipe takes it."""
+        payload = frame_payload([raw])  # pickled before it is counted: a failure counts nothing
         with self._lock:
-            done = [s for s in self._unacked if s <= seq]
-            count = sum(self._unacked.pop(s)[0] for s in done)
+            self._seq += 1
+            seq = self._seq
+            self._unacked[seq] = (1, frame_header(seq, 1, len(payload)), payload)
+        if not self._write(wait=False):
+            self._kick.set()
+
+    def _write(self, wait: bool) -> bool:
+        """Write waiting frames, in order, as far as the pipe takes them without blocking. True
+        when nothing is left waiting. ``wait``: wait for another thread's write to end (else give up)."""
+        if not self._pipe.acquire(blocking=wait):
+            return False
+        try:
+            while True:
+                with self._lock:
+                    if self._dead or self.broken:
+                        return False
+                    # Frames _next.._seq are all unacknowledged (acks remove a prefix, and only of
+                    # frames written whole); the first one may be partly written already.
+                    start, offset = self._next, self._offset
+                    items = [self._unacked[seq] for seq in range(start, min(self._seq, start + self.FRAMES_PER_WRITE - 1) + 1)]
+                if not items:
+                    return True
+                parts: list[bytes | memoryview] = []
+                for _, head, payload in items:
+                    if offset < len(head):
+                        parts += (memoryview(head)[offset:], payload)
+                    else:
+                        parts.append(memoryview(payload)[offset - len(head):])
+                    offset = 0
+                fd = self.writer._data
+                try:
+                    if fd is None:
+                        raise BrokenPipeError("closed")
+                    written = os.writev(fd, parts)
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    self._dead = True  # the writer is gone: the sender thread restarts it
+                    self._kick.set()
+                    return False
+                with self._lock:  # how far the written bytes got, frame by frame
+                    seq, offset = start, self._offset
+                    for count, head, payload in items:
+                        size = len(head) + len(payload) - offset
+                        if written < size:
+                            offset += written
+                            break
+                        written -= size
+                        self.handed_over += count
+                        seq, offset = seq + 1, 0
+                    self._next, self._offset = seq, offset
+        finally:
+            self._pipe.release()
+
+    # -- acknowledgements (the writer's listening thread) -----------------------
+
+    def _ack(self, seq: int) -> None:
+        count = 0
+        with self._lock:
+            done = []
+            for s in self._unacked:
+                if s > seq:
+                    break
+                done.append(s)
+            for s in done:
+                count += self._unacked.pop(s)[0]
             if done:
                 self._restarts = 0
         if count:
             self.store._done(count)
 
+    # -- the sender thread ----------------------------------------------------------
+
     def _run(self) -> None:
         try:
-            for batch, stop in self.store._batches():
-                if batch:
-                    self._hand_over(batch)
-                elif self.writer.ended.is_set() and not self.broken:
+            interval = self.store.flush_interval
+            while not self.broken:
+                closing = self._closing
+                if self._dead or self.writer.ended.is_set():
                     self._recover()
-                if stop:
+                    continue
+                with self._lock:
+                    waiting = self._next <= self._seq
+                # Normally the submitting thread has written everything: then this thread leaves
+                # the pipe alone (taking its lock could make a submit leave its frame waiting).
+                if waiting and not self._write(wait=True):
+                    if self._dead or self.broken:
+                        continue
+                    self._wait_writable(interval)  # the pipe is full: the writer is behind
+                    continue
+                if closing:
                     break
+                self._kick.wait(interval)
+                self._kick.clear()
             self._finish()
         except Exception as e:  # never silently: the store counts what is not written
             log.exception("ucsproxy: the log hand-over failed")
             self._break(describe_error(e))
 
-    def _hand_over(self, batch: list[RawExchange]) -> None:
-        if self.broken:
-            return  # counted as unwritten when the store closes
-        with self._lock:
-            frames = frames_of(batch, self._seq + 1)
-            self._seq += len(frames)
-            for seq, count, data in frames:
-                self._unacked[seq] = (count, data)
-        generation = self.generation
-        for _, count, data in frames:
-            if self.broken or self.generation != generation:
-                return  # a restarted writer was given every unacknowledged frame, these included
-            try:
-                self.writer.send(data)
-                self.handed_over += count
-            except OSError:
-                self._recover()
+    def _wait_writable(self, timeout: float) -> None:
+        fd = self.writer._data
+        if fd is None:
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.poll(int(timeout * 1000))
+
+    def close(self) -> None:
+        self._closing = True
+        self._kick.set()
 
     def _recover(self) -> None:
         """Restart a dead writer and give it every frame not acknowledged yet."""
         while not self.broken:
-            old = self.writer
-            old.kill()
-            how = old.how_it_ended()
-            if self._restarts >= self.MAX_RESTARTS:
-                self._break(f"the log writer {how} {self._restarts + 1} times in a row")
-                return
-            self._restarts += 1
-            with self._lock:
-                waiting = sum(count for count, _ in self._unacked.values())
-            log.error(f"ucsproxy: the log writer (pid {old.pid}) {how}; restarting it and re-sending the "
-                      f"{waiting} exchange(s) it had not acknowledged")
-            try:
-                new = _WriterProcess(self)
-                new.wait_ready(self.ready_timeout)
-            except LogError as e:
-                self._break(str(e))
-                return
-            self.writer = new
-            self.generation += 1
-            self.restarted += 1
-            self._ack(new.committed)
-            with self._lock:
-                frames = list(self._unacked.values())
-            try:
-                for _, data in frames:
-                    new.send(data)
-            except OSError:
-                continue
+            with self._pipe:
+                old = self.writer
+                old.kill()
+                how = old.how_it_ended()
+                if self._restarts >= self.MAX_RESTARTS:
+                    self._break(f"the log writer {how} {self._restarts + 1} times in a row")
+                    return
+                self._restarts += 1
+                with self._lock:
+                    waiting = sum(item[0] for item in self._unacked.values())
+                log.error(f"ucsproxy: the log writer (pid {old.pid}) {how}; restarting it and re-sending the "
+                          f"{waiting} exchange(s) it had not acknowledged")
+                try:
+                    new = self._start_writer()
+                except LogError as e:
+                    self._break(str(e))
+                    return
+                self.writer = new
+                self.restarted += 1
+                self._ack(new.committed)
+                with self._lock:
+                    self._next = next(iter(self._unacked), self._seq + 1)
+                    self._offset = 0
+                    self._dead = False
+                    resent = sum(item[0] for item in self._unacked.values())
+            if not self._flush_pipe():
+                continue  # the new writer died too
             log.warning(f"ucsproxy: the log writer is running again (pid {new.pid}); "
-                        f"{sum(c for c, _ in frames)} exchange(s) re-sent")
+                        f"{resent} exchange(s) re-sent")
             return
+
+    def _flush_pipe(self) -> bool:
+        """Write every waiting frame, waiting for the pipe as long as it takes. False: the writer died."""
+        while not self._write(wait=True):
+            if self._dead or self.broken:
+                return False
+            if self.writer.ended.is_set():
+                self._dead = True
+                return False
+            self._wait_writable(0.2)
+        return True
 
     def _break(self, why: str) -> None:
         if self.broken:
@@ -532,13 +648,27 @@ class _ProcessSink:
         with self.store._progress:
             self.store._progress.notify_all()
 
+    def _send_stop(self) -> bool:
+        data = memoryview(stop_frame())
+        with self._pipe:
+            fd = self.writer._data
+            while data:
+                if fd is None:
+                    return False
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    select.select([], [fd], [], 0.2)
+                except OSError:
+                    return False
+        return True
+
     def _finish(self) -> None:
         """Ask the writer to write what it has and stop; restart it if it dies before it has."""
         while not self.broken:
             writer = self.writer
-            try:
-                writer.send(stop_frame())
-            except OSError:
+            if not self._flush_pipe() or not self._send_stop():
+                self._dead = True
                 self._recover()
                 continue
             while not writer.ended.wait(0.2):
@@ -549,8 +679,10 @@ class _ProcessSink:
                 left = bool(self._unacked)
             if writer.bye or not left or self.broken:
                 break
+            self._dead = True
             self._recover()
-        self.writer.close_input()
+        with self._pipe:
+            self.writer.close_input()
         try:
             self.writer.proc.wait(5)
         except subprocess.TimeoutExpired:
