@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import http.client
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,50 @@ def test_group_signal_soon_after_start_loses_no_row(tmp_path, upstream, slow_chi
     assert rec.proc.wait(60) == 0, rec.output()
     assert count_rows(db) == 3, rec.output()
     assert "could not be written" not in rec.output()
+
+
+# -- 2. SIGKILL of the proxy -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy_front", ["lean", "mitmproxy"])
+def test_sigkill_of_a_saturated_proxy_loses_nothing_it_answered(tmp_path, proxy_front):
+    """Real process because SIGKILL is a process's fate. One keep-alive client keeps the proxy
+    busy, the proxy is killed mid-traffic: every exchange whose answer the client got is in the
+    file once the writer (left running) has finished, but the one the lean front was logging
+    just after sending its answer. (scripts/durability_sigkill.py repeats this 100 times.)"""
+    db = tmp_path / "killed.db"
+    proc = start_ucsproxy(tmp_path, "mock", "--front", proxy_front, "--db", str(db))
+    body = (ROOT / "tests" / "fixtures" / "spec" / "GetImItemList.page.request.xml").read_bytes()
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=30)
+        try:
+            while not stop.is_set():
+                conn.request("POST", "/EWS/Exchange.asmx", body, {"Content-Type": "text/xml; charset=utf-8"})
+                conn.getresponse().read()
+                answered.append(1)
+        except (OSError, http.client.HTTPException):
+            pass  # the proxy was killed
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_for(lambda: len(answered) >= 200, timeout=60, what="200 answers")
+        writers = children(proc.proc.pid)
+        assert writers, "no writer process"
+        proc.proc.kill()
+        proc.proc.wait(30)
+        got = len(answered)
+    finally:
+        stop.set()
+        thread.join(30)
+        proc.stop()
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in writers), timeout=60,
+             what="the writer to finish and exit")
+    rows = count_rows(db)
+    assert got - 1 <= rows <= got + 1, (got, rows)  # one may be in flight either way
 
 
 # -- 3. the writer process dies ----------------------------------------------------------------

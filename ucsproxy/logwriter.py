@@ -142,7 +142,8 @@ class Committer:
 
     def commit(self) -> tuple[int, int]:
         """Write the oldest waiting groups. Returns (last seq written, exchanges written)."""
-        take, count = [], 0
+        take: list[list[Any]] = []
+        count = 0
         for group in self.pending:
             if take and count + group[1] > ROWS_PER_COMMIT:
                 break

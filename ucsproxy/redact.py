@@ -161,12 +161,15 @@ class Redactor:
         if not text:
             return text
         if self.builtin or self.headers:
+            # One look for the trigger words (the costly part on a big body): redacting header
+            # lines only removes values, so it never makes a text need the built-in rules
+            # that did not need them before.
             lower = text.lower()
+            triggered = self.builtin and _triggered(lower)
             if self._header_line is not None and ":" in text and (
-                    any(n in lower for n in self.headers) or any(t in lower for t in _TRIGGERS)):
+                    triggered or any(n in lower for n in self.headers)):
                 text = self._header_line.sub(self._header_line_value, text)
-                lower = text.lower()
-            if self.builtin and any(t in lower for t in _TRIGGERS):
+            if triggered:
                 text = _builtin(text)
         for pattern in self.patterns:
             text = pattern.sub(REDACTED, text)
@@ -198,7 +201,7 @@ class Redactor:
         if self.patterns:
             return True  # a pattern may match a string only in its unescaped form: look at each
         lower = text.lower()
-        return (self.builtin and any(t in lower for t in _TRIGGERS)) or any(n in lower for n in self.headers)
+        return (self.builtin and _triggered(lower)) or any(n in lower for n in self.headers)
 
     def value(self, value: Any, key: str | None = None) -> Any:
         """A decoded JSON value with every string redacted; a string under a header's name
@@ -230,17 +233,47 @@ class Redactor:
         text has its strings redacted; any other text as text."""
         json_columns = frozenset(json_columns)
         active = self.active
+        clean_short = False
+        if active and not self.patterns:
+            # The short values and the header lists are looked at together, once: in the usual
+            # row no rule can match them (every credential header's name holds a trigger word),
+            # and then they are stored as they are.
+            # Credential headers (known by name) are redacted one by one in any case.
+            short = [value for name, value in row.items()
+                     if isinstance(value, str) and name not in json_columns and len(value) < _SHORT]
+            for value in row.values():
+                if isinstance(value, list):
+                    short.extend(f"{k}: {v}" for k, v in value if not self._is_header(k))
+            clean_short = bool(short) and not self._may_match("\n".join(short))
         for name, value in row.items():
             if isinstance(value, list):
-                pairs = (self.headers_of(value) or []) if active else value
-                row[name] = encode([list(p) for p in pairs])
+                pairs: list[tuple[str, str]] | None
+                if not active:
+                    pairs = value
+                elif clean_short:
+                    pairs = [(k, self.header(k, v)) if self._is_header(k) else (k, v) for k, v in value]
+                else:
+                    pairs = self.headers_of(value)
+                row[name] = encode([list(p) for p in pairs or ()])
             elif not active or not isinstance(value, str):
                 continue
             elif name in json_columns:
                 row[name] = self.json_text(value, encode)
-            else:
+            elif not (clean_short and len(value) < _SHORT):
                 row[name] = self.text(value)
         return row
+
+
+#: Values shorter than this are looked at together by Redactor.row.
+_SHORT = 2048
+
+
+def _triggered(lower: str) -> bool:
+    """Whether a lower-cased text holds a word any built-in rule needs."""
+    for word in _TRIGGERS:
+        if word in lower:
+            return True
+    return False
 
 
 def _sub(text: str, bearer: re.Pattern) -> str:

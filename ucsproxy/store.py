@@ -52,8 +52,9 @@ ERROR_CONDITION = ("(response_class in ('Error', 'Fault') or http_status >= 400 
 #: How long one write waits for another process's lock, in the caller's process (imports,
 #: the thread writer); the writer process waits less per attempt and tries again.
 BUSY_TIMEOUT = 5.0
-#: The proxy hands exchanges to the writer this often (seconds): twice per 100 ms, so that even
-#: a hand-over late by a busy machine leaves at most the last 100 ms of exchanges unhanded.
+#: The hand-over interval (seconds). A writer process is handed each exchange by submit() itself;
+#: one the pipe could not take at once is written by the sender thread at the latest this much
+#: later. The thread writer takes what was submitted this often.
 HAND_OVER_INTERVAL = 0.05
 #: How long the proxy waits for a starting writer process to say it is ready.
 READY_TIMEOUT = 60.0
@@ -107,7 +108,7 @@ class LogStore:
         self.written = 0
         self.unwritten = 0
         self.problem: str | None = None
-        self._problem_told = (None, 0.0)
+        self._problem_told: tuple[str | None, float] = (None, 0.0)
         # One connection, possibly two writers (the thread sink and insert_rows):
         # without this their transactions could interleave and commit each other's half.
         self._write_lock = threading.Lock()
