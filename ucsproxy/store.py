@@ -471,7 +471,7 @@ class _ProcessSink:
         self.thread = threading.Thread(target=self._run, name="ucsproxy-log-sender", daemon=True)
         self.thread.start()
 
-    def _start_writer(self) -> "_WriterProcess":
+    def _start_writer(self) -> _WriterProcess:
         writer = _WriterProcess(self)
         writer.wait_ready(self.ready_timeout)
         if writer._data is not None:
