@@ -4,7 +4,8 @@
     mitmdump -s addons/ucsproxy.py --mode reverse:http://127.0.0.1:1 \
         --set connection_strategy=lazy --set ucs_mode=mock
 
-All the work is in the ``ucsproxy`` package; this file only hands mitmproxy the addon.
+All the work is in the ``ucsproxy`` package; this file only hands mitmproxy its
+addons, one per concern, in their order (``ucsproxy.addon.default_addons``).
 """
 
 import os
@@ -19,11 +20,11 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 try:
-    from ucsproxy.addon import UcsProxy
+    from ucsproxy.addon import default_addons
 except ModuleNotFoundError as e:
     if e.name != "ucsproxy":
         raise
     sys.path.append(os.path.dirname(_here))
-    from ucsproxy.addon import UcsProxy
+    from ucsproxy.addon import default_addons
 
-addons = [UcsProxy()]
+addons = default_addons()

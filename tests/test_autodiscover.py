@@ -15,6 +15,7 @@ from ucsproxy import autodiscover
 from ucsproxy.addon import UcsProxy
 from ucsproxy.logrow import RawExchange, build_row
 
+from addon_hooks import run_hook
 from conftest import mock_endpoint
 from ews_client import EwsClient, groups
 
@@ -54,7 +55,7 @@ def ask(path: str, body: bytes, *, host: str = "mail.contoso.com", tls: bool = F
         flow.request.method, flow.request.path = method, path
         flow.request.headers["Host"] = host
         flow.request.content = body
-        addon.request(flow)
+        run_hook(addon, "request", flow)
     return flow.response
 
 

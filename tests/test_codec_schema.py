@@ -21,7 +21,6 @@ from lxml import etree
 from ucsproxy import answers, codec, faults, model, operations
 from ucsproxy import schema as ucs_schema
 from ucsproxy import protocol as P
-from ucsproxy.addon import UcsProxy
 from ucsproxy.records import (
     AddDistributionGroupToImList,
     AddImContactToGroup,
@@ -286,7 +285,7 @@ def test_every_fault_answer_for_every_operation_is_schema_valid(schema):
 def _mock_answer(service: UcsService, body=None, operation: str | None = None, version: str | None = "Exchange2013"):
     """What the mock sends for one request: the service's answer, encoded the way the addon does."""
     request = EwsRequest(operation or body.OPERATION, SoapHeaders(request_server_version=version), body)
-    return UcsProxy._encode_answer(request, service.handle(request, user="kim@contoso.com")).content
+    return answers.service_answer(service.handle(request, user="kim@contoso.com"), request.is_ucs).body
 
 
 def test_every_error_the_mock_and_replay_give_is_schema_valid(schema):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from ucsproxy import codec, contentview
 from ucsproxy import protocol as P
 from ucsproxy.addon import UcsProxy
 from ucsproxy.records import AddDistributionGroupToImList, EwsRequest, SetImListMigrationCompleted, SoapHeaders
+
+from addon_hooks import run_hook
 
 PAGES = Path(__file__).parent / "fixtures" / "pages"
 XML = {"Content-Type": "text/xml; charset=utf-8"}
@@ -224,19 +225,14 @@ def test_short_ids_stay_unambiguous():
 # The addon: flow comments, markers, what the view adds from them
 
 
-def run(hook_result):
-    if asyncio.iscoroutine(hook_result):
-        asyncio.run(hook_result)
-
-
 def through(addon: UcsProxy, request_body: bytes, **headers) -> http.HTTPFlow:
     f = ews_flow(request_body)
     for k, v in headers.items():
         f.request.headers[k] = v
-    run(addon.request(f))
+    run_hook(addon, "request", f)
     if f.response is None:  # record mode: the "upstream" answers
         f.response = http.Response.make(200, b"", XML)
-    run(addon.response(f))
+    run_hook(addon, "response", f)
     return f
 
 
@@ -319,8 +315,8 @@ def test_flows_with_the_addon_save_to_a_flow_file_and_keep_their_story():
     addon2 = UcsProxy()
     with taddons.context(addon2) as tctx:
         tctx.configure(addon2, ucs_db="")
-        run(addon2.request(back))
-        run(addon2.response(back))
+        run_hook(addon2, "request", back)
+        run_hook(addon2, "response", back)
     assert back.marked == ":zap:"
     _, text = auto_view(back.response, back)
     assert "BackOffMilliseconds: 250" in text and "Injected fault: server-busy (backoff_ms=250)" in text
@@ -332,9 +328,9 @@ def test_mitmweb_shows_the_comment_column_unless_columns_were_chosen():
     addon = UcsProxy()
     with taddons.context(addon, WebAddon()) as tctx:
         tctx.configure(addon, ucs_db="")
-        addon.running()
+        run_hook(addon, "running")
         columns = list(tctx.options.web_columns)
         assert columns.index("comment") == columns.index("path") + 1
         tctx.options.update(web_columns=["path", "status"])
-        addon.running()
+        run_hook(addon, "running")
         assert list(tctx.options.web_columns) == ["path", "status"]

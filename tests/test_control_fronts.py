@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import pytest
+from addon_hooks import run_hook
 from ews_client import envelope
 from mitmproxy.test import taddons, tflow
 
-from ucsproxy.addon import UcsProxy
+from ucsproxy.addon import Faults, UcsProxy
 
 
 def request(url: str, method: str, path: str, body: bytes | str | None = None,
@@ -75,9 +76,9 @@ def flow_to(addon: UcsProxy, method: str, path: str, body: bytes = b"", headers:
     flow.request.content = body
     for k, v in (headers or {}).items():
         flow.request.headers[k] = v
-    addon.request(flow)
+    run_hook(addon, "request", flow)
     if flow.response is not None:
-        addon.response(flow)
+        run_hook(addon, "response", flow)
     return flow
 
 
@@ -96,10 +97,10 @@ def test_addon_answers_control_calls_itself_and_journals_only_ews(mode):
         ews = tflow.tflow(resp=True)
         ews.request.method, ews.request.path = "POST", "/EWS/Exchange.asmx"
         ews.request.content = envelope("<m:GetImItemList/>")
-        addon.request(ews)
+        run_hook(addon, "request", ews)
         if mode == "record":
             assert ews.response is not None  # tflow's upstream answer, untouched: nothing answered it here
-        addon.response(ews)
+        run_hook(addon, "response", ews)
         flow = flow_to(addon, "GET", "/_ucsproxy/exchanges")
         rows = answer_json(flow)["exchanges"]
         assert [(r["path"], r["mode"]) for r in rows] == [("/EWS/Exchange.asmx", mode)]
@@ -132,9 +133,9 @@ def test_addon_faults_through_the_api_and_the_commands_are_one_engine():
         tctx.configure(addon, ucs_mode="mock", ucs_db="", listen_host="127.0.0.1")
         flow = flow_to(addon, "POST", "/_ucsproxy/faults", b"AddImGroup:server-busy")
         assert flow.response.status_code == 201
-        addon.faults_add("GetImItemList:reset")
-        assert [s.split(":")[0] for s in addon.faults_list()] == ["rule-1", "rule-2"]
+        addon.part(Faults).faults_add("GetImItemList:reset")
+        assert [s.split(":")[0] for s in addon.part(Faults).faults_list()] == ["rule-1", "rule-2"]
         names = [r["name"] for r in answer_json(flow_to(addon, "GET", "/_ucsproxy/faults"))["rules"]]
         assert names == ["rule-1", "rule-2"]
         flow_to(addon, "DELETE", "/_ucsproxy/faults")
-        assert addon.faults_list() == []
+        assert addon.part(Faults).faults_list() == []

@@ -19,6 +19,7 @@ from ucsproxy.addon import UcsProxy
 from ucsproxy.flowfacts import decoded_request_of
 from ucsproxy.records import DecodeError, EwsRequest, SoapHeaders
 
+from addon_hooks import run_hook
 from ews_client import NS, envelope
 from test_codec import ALL_REQUESTS
 
@@ -45,7 +46,7 @@ def answer(body: bytes, *, lenient: bool = False, mode: str = "mock", **options)
         flow.request.path = "/EWS/Exchange.asmx"
         flow.request.headers["Content-Type"] = "text/xml; charset=utf-8"
         flow.request.content = body
-        addon.request(flow)
+        run_hook(addon, "request", flow)
     return flow, addon
 
 

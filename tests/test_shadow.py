@@ -123,7 +123,8 @@ def test_record_shadow_in_front_of_a_different_upstream(tmp_path):
 def test_the_addon_marks_a_diverged_flow_and_its_view_says_how(tmp_path, monkeypatch):
     from mitmproxy import http
     from mitmproxy.test import taddons
-    from test_contentview import auto_view, ews_flow, run
+    from addon_hooks import run_hook
+    from test_contentview import auto_view, ews_flow
 
     from ucsproxy.addon import UcsProxy
 
@@ -134,8 +135,8 @@ def test_the_addon_marks_a_diverged_flow_and_its_view_says_how(tmp_path, monkeyp
         raw = up.exchange(body, answer)
         f = ews_flow(raw.request_body or b"", raw.response_body or b"")
         f.request.headers["Authorization"] = dict(raw.request_headers)["Authorization"]
-        run(addon.request(f))
-        run(addon.response(f))
+        run_hook(addon, "request", f)
+        run_hook(addon, "response", f)
         return f
 
     with taddons.context(addon) as tctx:

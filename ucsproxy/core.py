@@ -28,6 +28,7 @@ from .console import Reporter
 from .protocol import is_ews_endpoint
 from .logrow import RawExchange, header
 from .model import DEFAULT_MAILBOX, UcsModel
+from .options import MATCH_MODES, MODES  # noqa: F401  (declared once, in options.py; re-exported)
 from .records import DecodeError, EwsRequest
 from .service import UcsService
 
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from .redact import Redactor
 
 log = logging.getLogger("ucsproxy")
-
-MODES = ("record", "mock", "replay", "off")
-MATCH_MODES = ("strict", "operation", "sequence")
 
 
 class ConfigError(Exception):
@@ -348,15 +346,27 @@ class UcsCore:
 
     def shutdown(self, state: str = "") -> None:
         """Let held connections go, save the mock's state when asked, close the log."""
+        self.stop_faults()
+        self.save_state(state)
+        self.close_log()
+
+    def stop_faults(self) -> None:
+        """Let held connections go and stop watching the faults file (the first step of a shutdown)."""
         self.let_held_go()
         if self.watcher is not None:
             self.watcher.close()
+
+    def save_state(self, state: str) -> None:
+        """Save the mock's mailboxes to ``state`` (nothing when empty, or not mocking)."""
         if self.model is not None and self.mode == "mock" and state:
             try:
                 self.model.save(state)
                 log.info(f"ucsproxy: saved mock state to {state}")
             except Exception as e:
                 log.error(f"ucsproxy: could not save state to {state}: {e}")
+
+    def close_log(self) -> None:
+        """Close the log (every exchange handed over is written) and print the summary (the last step)."""
         logging_on = self.logging
         self.close_store()
         self.reporter.console.print_summary(self._rows_logged if logging_on else None)

@@ -32,9 +32,9 @@ from collections.abc import Iterable
 
 from . import codec, identity
 from . import protocol as P
+from .options import MATCH_MODES
 from .records import AddNewImContactToGroup, DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_jsonable
 
-MATCH_MODES = ("strict", "operation", "sequence")
 ANY_MAILBOX = "*"
 #: Response headers that describe the recorded transfer, not the answer: bodies are stored decoded,
 #: hop-by-hop headers (RFC 9110 7.6.1) belonged to the recorded connection, and a stale Date misleads.

@@ -1,4 +1,4 @@
-"""Run mitmproxy with the ucsproxy addon: in the foreground (the CLI) or on a
+"""Run mitmproxy with the ucsproxy addons: in the foreground (the CLI) or on a
 background thread (the pytest plugin). Also builds the mitmproxy option sets of
 each mode, so the CLI and the plugin start exactly the same proxy.
 """
@@ -85,16 +85,16 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     from mitmproxy import options as mitm_options
     from mitmproxy.tools.dump import DumpMaster
 
-    from .addon import UcsProxy
-    from .core import StoppedWhileStarting
+    from .addon import default_addons
+    from .core import StoppedWhileStarting, UcsCore
 
     previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
-    addon = UcsProxy()
+    ucs_core = UcsCore()
 
     async def _main() -> None:
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
-        master.addons.add(addon)
+        master.addons.add(*default_addons(ucs_core))
         try:
             opts.update(**options)
         finally:
@@ -108,7 +108,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
             raise StoppedWhileStarting(early[0])
         # From here a signal calls master.shutdown(), which run() honours also before it serves.
         await master.run()
-        if addon.store is not None:  # stopped before it served: run() skipped the done hook
+        if ucs_core.store is not None:  # stopped before it served: run() skipped the done hook
             await master.done()
 
     _quiet_libraries(verbose)
@@ -117,21 +117,23 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return addon.core.unwritten
+    return ucs_core.unwritten
 
 
 class BackgroundProxy:
-    """mitmproxy + UcsProxy on a daemon thread with its own event loop.
+    """mitmproxy + the ucsproxy addons on a daemon thread with its own event loop.
 
     ``url`` is where it listens (a free port is picked when ``listen_port`` is 0),
-    ``addon`` the live UcsProxy (its ``model`` is the mock's state).
+    ``core`` the live :class:`~ucsproxy.core.UcsCore` (its ``model`` is the mock's state).
     """
 
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0):
-        from .addon import UcsProxy
+        from .addon import default_addons
+        from .core import UcsCore
 
-        self.addon = UcsProxy()
+        self.core = UcsCore()
+        self.addons = default_addons(self.core)
         self._options = dict(options, listen_host=listen_host, listen_port=listen_port)
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -149,11 +151,6 @@ class BackgroundProxy:
             raise self._error
 
     @property
-    def core(self):
-        """The live :class:`~ucsproxy.core.UcsCore` behind the addon."""
-        return self.addon.core
-
-    @property
     def url(self) -> str:
         assert self.address is not None
         return f"http://{self.address[0]}:{self.address[1]}"
@@ -168,7 +165,7 @@ class BackgroundProxy:
             self._error = e
             try:
                 # A log opened before the failure has a writer waiting for its end of the pipe.
-                self.addon.core.close_store()
+                self.core.close_store()
             except Exception:
                 pass
             self._ready.set()
@@ -187,7 +184,7 @@ class BackgroundProxy:
 
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-        master.addons.add(self.addon)
+        master.addons.add(*self.addons)
         opts.update(**self._options)
         self._master = master
         running = asyncio.ensure_future(master.run())

@@ -7,9 +7,8 @@ import sys
 
 import click
 
+from ..options import DEFAULT_DB
 from . import main
-
-DEFAULT_DB = "recordings/ucsproxy.db"
 
 
 def _open(db_path: str):

@@ -1,0 +1,70 @@
+"""Log: every finished exchange to the SQLite log (``ucs_db``), redacted, and its summary onto the flow.
+
+Last in the chain. Its ``configure`` opens the log once every other addon has
+accepted its options (a start that fails creates no log file), and refuses to
+log into the recording being replayed. mitmproxy answers a refused option
+update by configuring the previous values again; at start-up those name the
+default log, which then must not be opened: the ``errored`` signal tells this
+addon a rollback is coming. ``response`` runs after every fault altered the
+answer, so the log holds what the client received; ``error`` logs flows that
+ended without an answer (upstream gone, client gone, a fault's reset or timeout).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from .. import core, options
+from ..annotate import annotate_flow
+from ..core import UcsCore
+from ..flowfacts import raw_exchange_from_flow, scratch
+
+
+class Log:
+    name = "ucsproxy-log"
+
+    def __init__(self, core: UcsCore) -> None:
+        self.core = core
+        self._rolling_back = False  # mitmproxy is configuring the values before a refused update
+
+    def load(self, loader: Any) -> None:
+        loader.master.options.errored.connect(self._options_errored)
+        options.declare(loader, "log")
+
+    def _options_errored(self, exc: Exception) -> None:
+        self._rolling_back = True
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        c = self.core
+        rolling_back, self._rolling_back = self._rolling_back, False
+        try:
+            if updated & {"ucs_db", "ucs_mode", "ucs_replay"}:
+                core.refuse_logging_into_the_replayed(opts.ucs_mode, opts.ucs_db, opts.ucs_replay)
+            if updated & {"ucs_db", "ucs_keep_secrets", "ucs_redact_headers", "ucs_redact_patterns"} \
+                    and not (rolling_back and c.store is None):
+                c.open_store(opts.ucs_db, opts.ucs_keep_secrets, redact_headers=opts.ucs_redact_headers,
+                             redact_patterns=opts.ucs_redact_patterns)
+        except core.ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if not scratch(flow).get("ucs_control"):
+            self._log(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if not scratch(flow).get("ucs_control"):  # a control API call is never logged
+            self._log(flow)
+
+    def done(self) -> None:
+        self.core.close_log()
+
+    def _log(self, flow: http.HTTPFlow) -> None:
+        c = self.core
+        if not c.logging and not c.reporter.active and c.journal is None:
+            return
+        summary = c.log_exchange(raw_exchange_from_flow(flow, c.mode), scratch(flow).get("ucs_replay"))
+        if summary is not None:
+            annotate_flow(flow, summary)
