@@ -15,9 +15,12 @@ import os
 import sys
 import threading
 from datetime import datetime, UTC
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .annotate import ExchangeSummary
+
+if TYPE_CHECKING:
+    from .shadow import ShadowModel
 
 _RESET = "\x1b[0m"
 _COLORS = {"ok": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m", "fault": "\x1b[1;31m",
@@ -143,7 +146,7 @@ class Reporter:
     def __init__(self) -> None:
         self.console = Console(enabled=False)
         self.marks = False
-        self.shadow = None
+        self.shadow: ShadowModel | None = None
 
     @property
     def active(self) -> bool:

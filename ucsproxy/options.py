@@ -63,7 +63,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ucs_fault_seed", int, 0, "Seed for one-line fault rules.", "faults", SERVING, "--fault-seed"),
     Option("ucs_state", str, "", "Mock: JSON file to load the mailboxes from, saved to on exit.", "mock",
            ("mock",), "--state", metavar="FILE"),
-    Option("ucs_seed", Optional[int], None,
+    Option("ucs_seed", Optional[int], None,  # noqa: UP045 (mitmproxy's typecheck)
            "Mock / stateful replay: seed that makes ids and change keys deterministic.", "mock",
            ("mock", "replay"), "--seed", metavar="N"),
     Option("ucs_item_list", str, "", "Mock: a recorded GetImItemList response body to seed the mailbox from.",
