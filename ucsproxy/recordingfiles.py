@@ -219,7 +219,7 @@ def _har_exchange(entry: Any) -> RawExchange | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         return None
     req = entry["request"]
-    resp = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    resp: dict[str, Any] = entry["response"] if isinstance(entry.get("response"), dict) else {}
     url = req.get("url") if isinstance(req.get("url"), str) else ""
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -334,6 +334,7 @@ def _import_source(source: str | Path, db_path: str | Path, keep_secrets: bool, 
         finally:
             store.close()
         return len(rows)
+    total: int | None
     if source.suffix.lower() == ".har" or looks_like_json(source):
         total, raws = har_exchanges(source)
     else:
