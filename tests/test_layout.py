@@ -116,6 +116,7 @@ def test_an_ews_request_in_observed_traffic():
     body = b'<s:Envelope xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"/>'
     assert protocol.is_ews_request("POST", "/rewritten", body)
     assert not protocol.is_ews_request("POST", "/rewritten", b"<html/>")
+    assert protocol.is_ews_path("/EWS/Exchange.asmx") and not protocol.is_ews_path("/ewsx/")
 
 
 def test_the_endpoint_ucsproxy_serves():

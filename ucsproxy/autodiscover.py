@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from . import codec
+from . import answers, codec
 from . import protocol as P
 from .records import DecodeError
 
@@ -51,7 +51,7 @@ POX_SERVER_VERSION = "73C0815D"  # MajorVersion 15, build 349 in Outlook's hex f
 EWS_SUPPORTED_SCHEMAS = ("Exchange2007, Exchange2007_SP1, Exchange2010, Exchange2010_SP1, Exchange2010_SP2, "
                          "Exchange2013")
 ORGANIZATION = "/o=ucsproxy/ou=Exchange Administrative Group (FYDIBOHF23SPDLT)"
-XML_HEADERS = [("Content-Type", "text/xml; charset=utf-8"), ("Cache-Control", "private")]
+XML_HEADERS = list(answers.XML_HEADERS.items())
 
 
 def endpoint(path: str) -> str | None:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from . import codec
 from .annotate import METADATA_KEY, ShortIds
+from .protocol import is_ews_path
 from .records import (
     AttributedValue,
     DecodeError,
@@ -62,7 +63,7 @@ def is_ews_body(data: bytes, path: str | None = None) -> bool:
                 continue
     if b"Envelope" not in head:
         return False
-    return _EWS_NAMESPACE in head or (path is not None and "/ews/" in path.lower())
+    return _EWS_NAMESPACE in head or (path is not None and is_ews_path(path))
 
 
 # ---------------------------------------------------------------------------

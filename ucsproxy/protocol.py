@@ -25,13 +25,18 @@ def is_ews_endpoint(path: str) -> bool:
     return path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
 
 
+def is_ews_path(path: str) -> bool:
+    """A path under ``/EWS/`` (any letter case), where Exchange serves EWS."""
+    return "/ews/" in path.lower()
+
+
 def is_ews_request(method: str, path: str, body: bytes | None = None) -> bool:
     """An EWS request in observed traffic: a POST under ``/EWS/``, or, when ``body`` is given,
     a body that names EWS's messages namespace (a capture of a client whose path was rewritten).
 
     The endpoint ucsproxy serves is narrower: :func:`is_ews_endpoint`.
     """
-    if method.upper() == "POST" and "/ews/" in path.lower():
+    if method.upper() == "POST" and is_ews_path(path):
         return True
     return body is not None and b"schemas.microsoft.com/exchange/services/2006/messages" in body[:4096]
 
