@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from ucsproxy import protocol
@@ -124,3 +125,26 @@ def test_the_endpoint_ucsproxy_serves():
         assert protocol.is_ews_endpoint(path), path
     for path in ("/EWS/", "/EWS/Exchange.asmx/more", "/owa/EWS/Exchange.asmx"):
         assert not protocol.is_ews_endpoint(path), path
+
+
+def _layout_table() -> list[str]:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_readmes_layout_names_every_module_and_only_real_ones():
+    named: set[Path] = set()
+    for row in _layout_table():
+        first_cell = row.split(" | ")[0]
+        paths = re.findall(r"`([^`]+)`", first_cell)
+        # A bare name lives beside the cell's first path, or in a folder the cell names.
+        folders = [(PACKAGE.parent / paths[0]).parent] + [PACKAGE.parent / p for p in paths if p.endswith("/")]
+        for path in paths:
+            places = [PACKAGE.parent / path] if "/" in path.rstrip("/") else [f / path for f in folders]
+            found = [where for where in places if where.exists()]
+            assert found, f"README's layout names {path}, which is not there"
+            named.add(found[0].resolve())
+    modules = {p.resolve() for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    packages = {p.parent.resolve() for p in PACKAGE.glob("*/__init__.py")}
+    assert sorted(str(p.relative_to(PACKAGE)) for p in (modules | packages) - named) == []
