@@ -810,12 +810,13 @@ def test_every_action_has_one_way_to_act():
 
 def test_a_new_action_is_one_registry_entry(monkeypatch):
     from ucsproxy import core
+    from ucsproxy.answers import Answer
     from ucsproxy.cli.faultrules import fault_actions_text
 
     teapot = faults.Action(
         "teapot", faults.Kind.ANSWER, "HTTP 418",
         {"status": faults.Param(int, None, 418), "note": faults.Param(dict)},
-        render=lambda args, operation: (args["status"], {"X-Note": str(args["note"])}, operation.encode()))
+        render=lambda args, operation: Answer(args["status"], [("X-Note", str(args["note"]))], operation.encode()))
     monkeypatch.setitem(faults.ACTIONS, "teapot", teapot)
     rule = faults.parse_fault_spec("GetImItems:teapot:note.a=1,nth=2", 1)
     assert rule.params == {"note": {"a": "1"}} and rule.nth == (2,)

@@ -85,8 +85,10 @@ def refuse_logging_into_the_replayed(mode: str, db: str, source: str) -> None:
 
 def rendered_answer(decision: faults.FaultDecision, operation: str | None) -> Answer:
     """The answer of a fault whose action renders one (kind ``answer``: ews-error, http-status, ...)."""
-    status, headers, body = faults.render_error_body(decision, operation)
-    return Answer(status, list(headers.items()), body)
+    spec = decision.spec
+    if spec is None or spec.render is None:
+        raise ValueError(f"{decision.action} has no rendered answer")
+    return spec.render(decision.args(), operation)
 
 
 def alter_body(body: bytes, decision: faults.FaultDecision,

@@ -57,4 +57,5 @@ def render_error_body(decision: FaultDecision, operation: str | None) -> Rendere
     spec = decision.spec
     if spec is None or spec.render is None:
         raise ValueError(f"{decision.action} has no rendered body")
-    return spec.render(decision.args(), operation)
+    answer = spec.render(decision.args(), operation)
+    return answer.status, dict(answer.headers), answer.body

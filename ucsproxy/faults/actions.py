@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..answers import Answer
 from . import bodies, link
 from .checks import (
     MAX_BACKOFF_MS,
@@ -114,8 +115,8 @@ class Action:
     #: The parameters column of the README's table when the keys alone do not say it.
     params_doc: str | None = None
     validate: Validate | None = None
-    #: answer: (args, operation or None) -> (status, headers, body)
-    render: Callable[[dict[str, Any], str | None], bodies.Rendered] | None = None
+    #: answer: (args, operation or None) -> the answer sent instead (ucsproxy.answers builds Exchange's)
+    render: Callable[[dict[str, Any], str | None], Answer] | None = None
     #: alter: (body, args, the decision as the log shows it, bytes the unaltered body had on the wire) -> Altered
     alter: Callable[[bytes, dict[str, Any], str, int | None], Altered] | None = None
     #: connection: (the front's link, args) -> awaited by the front

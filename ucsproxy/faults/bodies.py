@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import answers
 
-#: Status, headers and body of an answer a rule made.
+#: Status, headers and body of an answer a rule made (``render_error_body``'s shape).
 Rendered = tuple[int, dict[str, str], bytes]
 
 NO_BODY_STATUSES = frozenset({204, 205, 304})
@@ -25,25 +25,21 @@ NO_BODY_STATUSES = frozenset({204, 205, 304})
 # Answers a rule renders instead of the real one
 
 
-def _rendered(answer: answers.Answer) -> Rendered:
-    return answer.status, dict(answer.headers), answer.body
-
-
-def ews_error(args: dict[str, Any], operation: str | None) -> Rendered:
+def ews_error(args: dict[str, Any], operation: str | None) -> answers.Answer:
     """An EWS error message; without an operation to answer for (the request could not be
     read) it goes out as a SOAP fault, as Exchange does."""
-    return _rendered(answers.injected_ews_error(operation, args["code"], args.get("message")))
+    return answers.injected_ews_error(operation, args["code"], args.get("message"))
 
 
-def server_busy(args: dict[str, Any], operation: str | None) -> Rendered:
-    return _rendered(answers.injected_server_busy(operation, int(args["backoff_ms"]), as_fault=bool(args["as_fault"])))
+def server_busy(args: dict[str, Any], operation: str | None) -> answers.Answer:
+    return answers.injected_server_busy(operation, int(args["backoff_ms"]), as_fault=bool(args["as_fault"]))
 
 
-def soap_fault(args: dict[str, Any], operation: str | None) -> Rendered:
-    return _rendered(answers.injected_soap_fault(args["code"], args.get("message"), int(args["status"])))
+def soap_fault(args: dict[str, Any], operation: str | None) -> answers.Answer:
+    return answers.injected_soap_fault(args["code"], args.get("message"), int(args["status"]))
 
 
-def http_status(args: dict[str, Any], operation: str | None) -> Rendered:
+def http_status(args: dict[str, Any], operation: str | None) -> answers.Answer:
     status = int(args["status"])
     headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}
     if args.get("retry_after") is not None:
@@ -53,7 +49,7 @@ def http_status(args: dict[str, Any], operation: str | None) -> Rendered:
         body = "" if status in NO_BODY_STATUSES else f"ucsproxy: injected HTTP {status}\n"
     if not any(k.lower() == "content-type" for k in headers):
         headers["Content-Type"] = "text/plain; charset=utf-8"
-    return status, headers, body.encode("utf-8")
+    return answers.Answer(status, list(headers.items()), body.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------
