@@ -61,6 +61,7 @@ def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a build, a venv and a pytest run: minutes, not seconds, on a busy 2-core machine
 def test_wheel_installs_and_serves_shipped_recordings(tmp_path: Path) -> None:
     """Builds the wheel from a copy of the sources (nothing is written into the working tree),
     installs it with --no-deps in a fresh venv that borrows this environment's installed
