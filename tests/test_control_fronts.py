@@ -30,7 +30,9 @@ def request(url: str, method: str, path: str, body: bytes | str | None = None,
             conn.close()
 
 
-def test_lean_front_control_calls_are_answered_and_never_logged(ucs_mock):
+@pytest.mark.parametrize("ucs_front", ["lean", "mitmproxy"])
+def test_fixture_control_calls_are_answered_and_never_logged(ucs_mock):
+    """Both fronts as the pytest fixture runs them, in this process, over a real keep-alive connection."""
     url = ucs_mock.url
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
