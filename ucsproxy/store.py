@@ -18,21 +18,16 @@ import json
 import logging
 import os
 import queue
-import select
-import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from collections.abc import Iterator
 
 from . import identity
-from .logwriter import (RETRY_DELAY, STOP_GRACE, Committer, describe_error, frame_header, frame_payload, insert_rows,
-                        stop_frame)
+from .logtable import _describe as describe_error
 from .logtable import (COLUMNS, INDEXES, TABLE, LogError, _create_indexes, _migrate,  # noqa: F401 (the log's one definition)
                        connect_for_writing)
 
@@ -151,6 +146,8 @@ class LogStore:
             from .logrow import JSON_COLUMNS, JSON_ENCODER
 
             rows = [self.redactor.row(dict(row), JSON_COLUMNS, JSON_ENCODER.encode) for row in rows]
+        from .logwriter import insert_rows
+
         with self._write_lock:
             try:
                 insert_rows(self.db.conn, rows)
@@ -269,6 +266,8 @@ def _load_decoders() -> None:
 
 def write_rows(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
     """Insert rows in one transaction (benchmarks, tools). Raises sqlite3.Error when nothing was written."""
+    from .logwriter import insert_rows
+
     insert_rows(db.conn, rows)
 
 
@@ -283,6 +282,8 @@ class _ThreadSink:
 
     def _run(self) -> None:
         store = self.store
+        from .logwriter import RETRY_DELAY, STOP_GRACE, Committer
+
         committer = Committer(store.db.conn, store.redactor, lock=store._write_lock)
         seq = 0
         for batch, stop in store._batches():
@@ -332,6 +333,9 @@ class _WriterProcess:
             fcntl.fcntl(data_w, fcntl.F_SETPIPE_SZ, 1 << 20)  # absorb bursts (Linux; best effort)
         except (ImportError, AttributeError, OSError):
             pass
+        import signal
+        import subprocess
+
         root = str(Path(__file__).resolve().parent.parent)
         code = (f"import sys; sys.path.insert(0, {root!r}); from ucsproxy.logwriter import main; "
                 "sys.exit(main())")
@@ -419,6 +423,8 @@ class _WriterProcess:
         self.thread.join(5)
 
     def how_it_ended(self) -> str:
+        import signal
+
         rc = self.proc.poll()
         if rc is None:
             return "stopped answering"
@@ -453,6 +459,11 @@ class _ProcessSink:
     def __init__(self, store: LogStore, ready_timeout: float):
         self.store = store
         self.ready_timeout = ready_timeout
+        import uuid
+
+        from .logwriter import frame_header, frame_payload, stop_frame
+
+        self._payload, self._header, self._stop_frame = frame_payload, frame_header, stop_frame
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()  # _unacked, _seq, _next, _offset: held briefly, never across a call out
         self._pipe = threading.Lock()  # one writer of the pipe at a time; the submitting thread never waits for it
@@ -482,11 +493,11 @@ class _ProcessSink:
 
     def submit(self, raw: RawExchange) -> None:
         """Make the exchange's frame and write it into the pipe now if the pipe takes it."""
-        payload = frame_payload([raw])  # pickled before it is counted: a failure counts nothing
+        payload = self._payload([raw])  # pickled before it is counted: a failure counts nothing
         with self._lock:
             self._seq += 1
             seq = self._seq
-            self._unacked[seq] = (1, frame_header(seq, 1, len(payload)), payload)
+            self._unacked[seq] = (1, self._header(seq, 1, len(payload)), payload)
         if not self._write(wait=False):
             self._kick.set()
 
@@ -587,6 +598,8 @@ class _ProcessSink:
         fd = self.writer._data
         if fd is None:
             return
+        import select
+
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         poller.poll(int(timeout * 1000))
@@ -650,7 +663,7 @@ class _ProcessSink:
             self.store._progress.notify_all()
 
     def _send_stop(self) -> bool:
-        data = memoryview(stop_frame())
+        data = memoryview(self._stop_frame())
         with self._pipe:
             fd = self.writer._data
             while data:
@@ -659,6 +672,8 @@ class _ProcessSink:
                 try:
                     data = data[os.write(fd, data):]
                 except BlockingIOError:
+                    import select
+
                     select.select([], [fd], [], 0.2)
                 except OSError:
                     return False
@@ -684,6 +699,8 @@ class _ProcessSink:
             self._recover()
         with self._pipe:
             self.writer.close_input()
+        import subprocess
+
         try:
             self.writer.proc.wait(5)
         except subprocess.TimeoutExpired:

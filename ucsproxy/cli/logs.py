@@ -79,7 +79,7 @@ def _result_of(row: dict) -> str:
 @click.option("--bodies", is_flag=True, help="With --json: include request and response bodies.")
 def log_command(db, operations, mailboxes, errors, diverged, limit, as_json, bodies):
     """List the exchanges in DB (default recordings/ucsproxy.db), oldest first."""
-    from ..logrow import key_arguments
+    from ..logsummary import key_arguments
     from ..store import iter_exchanges, parsed
 
     if bodies and not as_json:
