@@ -723,18 +723,30 @@ def decode_request(body: bytes, soap_action: str | None = None,
 
     ``content_type`` (the HTTP header) names the charset of a body that has neither a
     byte order mark nor a declaration that reads it."""
+    return decode_request_tree(body, soap_action, content_type)[0]
+
+
+def decode_request_tree(body: bytes, soap_action: str | None = None, content_type: str | None = None
+                        ) -> tuple[EwsRequest | DecodeError, etree._Element | None]:
+    """:func:`decode_request`, and the parsed tree it read (None where the body did not
+    parse): a schema check can validate it instead of parsing the body again."""
+    keep: list[etree._Element] = []
     try:
-        return _decode_request(body, soap_action, content_type)
+        decoded = _decode_request(body, soap_action, content_type, keep)
     except Exception as e:  # a bug must not take the proxy down with it
-        return DecodeError("invalid", f"The request could not be decoded: {e}")
+        decoded = DecodeError("invalid", f"The request could not be decoded: {e}")
+    return decoded, (keep[0] if keep else None)
 
 
-def _open_envelope(body: bytes, content_type: str | None = None
+def _open_envelope(body: bytes, content_type: str | None = None, keep: list[etree._Element] | None = None
                    ) -> tuple[etree._Element | None, etree._Element] | DecodeError:
-    """(SOAP Header or None, the Body's first element) of an untrusted message."""
+    """(SOAP Header or None, the Body's first element) of an untrusted message; the parsed
+    root is appended to ``keep`` when given (for a schema check of the same tree)."""
     root = _parse(body, content_type)
     if isinstance(root, DecodeError):
         return root
+    if keep is not None:
+        keep.append(root)
     parts = _envelope_parts(root)
     if isinstance(parts, DecodeError):
         return parts
@@ -745,9 +757,9 @@ def _open_envelope(body: bytes, content_type: str | None = None
     return header, first
 
 
-def _decode_request(body: bytes, soap_action: str | None, content_type: str | None = None
-                    ) -> EwsRequest | DecodeError:
-    opened = _open_envelope(body, content_type)
+def _decode_request(body: bytes, soap_action: str | None, content_type: str | None = None,
+                    keep: list[etree._Element] | None = None) -> EwsRequest | DecodeError:
+    opened = _open_envelope(body, content_type, keep)
     if isinstance(opened, DecodeError):
         return opened
     header, first = opened

@@ -11,11 +11,13 @@ and hands it to :meth:`Console.exchange`. Colour only on a terminal (and never w
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
-from datetime import datetime, UTC
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .annotate import ExchangeSummary
 
@@ -69,9 +71,29 @@ def notes(s: ExchangeSummary) -> list[tuple[str, str]]:
     return out
 
 
+_SECOND: list = [None, ""]  # [whole second, its "HH:MM:SS"]: strftime once a second, not once a line
+
+
+def _moment(started_at: float) -> str:
+    """HH:MM:SS.mmm (UTC) of a timestamp, as strftime("%H:%M:%S.%f")[:-3] writes it."""
+    fraction_s, whole = math.modf(started_at)  # as datetime.fromtimestamp rounds
+    second, fraction = int(whole), round(fraction_s * 1_000_000)
+    if fraction >= 1_000_000:
+        second, fraction = second + 1, fraction - 1_000_000
+    elif fraction < 0:
+        second, fraction = second - 1, fraction + 1_000_000
+    cached = _SECOND
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, tz=UTC).strftime("%H:%M:%S")
+        cached[0], cached[1] = second, text
+    else:
+        text = cached[1]
+    return f"{text}.{fraction // 1000:03d}"
+
+
 def format_line(s: ExchangeSummary, color: bool = False) -> str:
     """time, mailbox, operation, key argument, ResponseCode, ms (and notes), one line."""
-    moment = datetime.fromtimestamp(s.started_at, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
+    moment = _moment(s.started_at)
     result = s.result
     if s.http_status is not None and s.http_status != 200 and s.response_code:
         result += f" (HTTP {s.http_status})"
@@ -93,9 +115,29 @@ class Console:
         self._color = color
         self._lock = threading.Lock()
         self.exchanges = self.errors = self.faults = self.injected = self.no_match = self.diverged = 0
+        self._colored: tuple[TextIO, bool] | None = None  # (stream, wants_color(stream)), asked once
+        # A front with an event loop sets this (loop.call_soon): lines are then flushed once
+        # per turn of the loop, however many exchanges it finished, not once a line.
+        self.flush_soon: Callable[[Callable[[], None]], Any] | None = None
+        self._flush_due = False
 
     def _out(self) -> TextIO:
         return self.stream or sys.stdout
+
+    def _wants_color(self, out: TextIO) -> bool:
+        if self._color is not None:
+            return self._color
+        known = self._colored
+        if known is None or known[0] is not out:
+            known = self._colored = (out, wants_color(out))
+        return known[1]
+
+    def flush(self) -> None:
+        self._flush_due = False
+        try:
+            self._out().flush()
+        except (OSError, ValueError):  # a closed or broken stdout must not break serving
+            pass
 
     def exchange(self, s: ExchangeSummary) -> None:
         if not s.is_ews:
@@ -109,9 +151,13 @@ class Console:
             self.diverged += bool(s.divergence)
         if self.enabled:
             out = self._out()
-            color = wants_color(out) if self._color is None else self._color
-            out.write(format_line(s, color) + "\n")
-            out.flush()
+            out.write(format_line(s, self._wants_color(out)) + "\n")
+            flush_soon = self.flush_soon
+            if flush_soon is None:
+                out.flush()
+            elif not self._flush_due:
+                self._flush_due = True
+                flush_soon(self.flush)
 
     def summary(self, rows_logged: int | None) -> str:
         def n(count: int, word: str) -> str:

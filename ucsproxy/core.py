@@ -25,8 +25,9 @@ from pathlib import Path
 from . import answers, autodiscover, codec, faults, identity, schema
 from .answers import Answer
 from .console import Reporter
-from .protocol import is_ews_endpoint
 from .logrow import RawExchange, header
+from .memo import BoundedMemo
+from .protocol import is_ews_endpoint
 from .model import DEFAULT_MAILBOX, UcsModel
 from .options import MATCH_MODES, MODES  # noqa: F401  (declared once, in options.py; re-exported)
 from .records import DecodeError, EwsRequest
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
     from .redact import Redactor
 
 log = logging.getLogger("ucsproxy")
+
+# Decoded requests by (body, SOAPAction, Content-Type, schema-checked): bodies up to 16 KB,
+# the newest 512 (at most 8 MB held).
+_DECODED_MEMO_MAX_BODY = 16 * 1024
+_DECODED = BoundedMemo(512)
 
 
 class ConfigError(Exception):
@@ -387,9 +393,20 @@ class UcsCore:
         """The decoded request; answering from the model (mock, stateful replay), a UCS request
         that breaks Exchange's schema decodes to the DecodeError of its violation, unless lenient."""
         content_type = header(headers, "Content-Type")
-        decoded = codec.decode_request(body, header(headers, "SOAPAction"), content_type)
-        if self.service is not None and not self.lenient:
-            decoded = schema.check_request(decoded, body, content_type)
+        soap_action = header(headers, "SOAPAction")
+        checked = self.service is not None and not self.lenient
+        # Clients repeat requests byte for byte (GetImItemList above all): decoding is a pure
+        # function of these, and records are immutable, so a repeat costs one dict lookup.
+        key = (body, soap_action, content_type, checked) if len(body) <= _DECODED_MEMO_MAX_BODY else None
+        if key is not None:
+            found = _DECODED.get(key)
+            if found is not None:
+                return found
+        decoded, parsed = codec.decode_request_tree(body, soap_action, content_type)
+        if checked:
+            decoded = schema.check_request(decoded, body, content_type, parsed)
+        if key is not None:
+            _DECODED.put(key, decoded)
         return decoded
 
     def decide(self, decoded, headers: list[tuple[str, str]]) -> faults.FaultDecision | None:

@@ -611,6 +611,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
             signal.signal(sig, handler)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
+    c.reporter.console.flush_soon = loop.call_soon  # console lines flushed once per turn of the loop
     server = LeanServer(c, options.get("listen_host", "127.0.0.1"), options.get("listen_port", 8080),
                         confdir=options.get("confdir", "~/.mitmproxy"), verbose=verbose)
     stopped = asyncio.Event()

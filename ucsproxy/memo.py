@@ -38,3 +38,30 @@ class IdentityCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class BoundedMemo:
+    """Results by a hashable key, the newest ``size`` of them (oldest dropped first).
+
+    For pure functions of their key only (the decoded request of a request body): a hit
+    hands out the very object computed before, which must therefore be immutable. Safe
+    to share between threads: a lost race only computes a value twice."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        return self._entries.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        entries = self._entries
+        entries[key] = value
+        while len(entries) > self.size:
+            try:
+                del entries[next(iter(entries))]
+            except (KeyError, StopIteration, RuntimeError):  # another thread got there first
+                break
+
+    def __len__(self) -> int:
+        return len(self._entries)

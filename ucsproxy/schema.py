@@ -113,9 +113,11 @@ def _text_lines(body: bytes, content_type: str | None) -> list[str] | None:
         return None
 
 
-def _open(body: bytes, content_type: str | None) -> etree._Element | DecodeError:
-    """The parsed message (read as the codec reads it: same encodings, same limits), namespaces folded."""
-    root = codec._parse(body, content_type)
+def _open(body: bytes, content_type: str | None, parsed: etree._Element | None = None
+          ) -> etree._Element | DecodeError:
+    """The parsed message (read as the codec reads it: same encodings, same limits), namespaces folded.
+    ``parsed``: the codec's own tree of this body, used instead of parsing it again (and folded in place)."""
+    root = parsed if parsed is not None else codec._parse(body, content_type)
     # The fold walks every element: only for a body that spells a namespace https:// (in UTF-8 or
     # a single-byte encoding; a UTF-16 body is rare enough to always take the walk).
     if not isinstance(root, DecodeError) and (b"https://schemas.microsoft.com" in body or b"\x00" in body[:4]):
@@ -123,14 +125,15 @@ def _open(body: bytes, content_type: str | None) -> etree._Element | DecodeError
     return root
 
 
-def request_violations(body: bytes, content_type: str | None = None) -> list[Violation]:
+def request_violations(body: bytes, content_type: str | None = None,
+                       parsed: etree._Element | None = None) -> list[Violation]:
     """Every violation in a UCS request's checked headers and operation element (empty: valid).
 
     A request that is not a UCS operation, or not XML at all, has none here: the codec
     says what is wrong with unreadable requests, and other EWS operations are not in
     the shipped schema.
     """
-    root = _open(body, content_type)
+    root = _open(body, content_type, parsed)
     if isinstance(root, DecodeError):
         return []
     headers, operation = _parts(root)
@@ -183,7 +186,8 @@ _UCS_RESPONSE_TAGS = frozenset(f"{{{M}}}{op}Response" for op in P.UCS_OPERATIONS
 
 
 def check_request(decoded: EwsRequest | DecodeError | None, body: bytes,
-                  content_type: str | None = None) -> EwsRequest | DecodeError | None:
+                  content_type: str | None = None, parsed: etree._Element | None = None
+                  ) -> EwsRequest | DecodeError | None:
     """``decoded`` as the mock and replay go on with it: a schema-invalid UCS request
     becomes the DecodeError Exchange's ErrorSchemaValidation fault is made from.
 
@@ -196,7 +200,7 @@ def check_request(decoded: EwsRequest | DecodeError | None, body: bytes,
         return decoded
     # A request the codec itself refused (a required child missing, a bad boolean) is worded
     # by the schema too, as Exchange words it.
-    violations = request_violations(body, content_type)
+    violations = request_violations(body, content_type, parsed)
     if not violations:
         return decoded
     first = violations[0]
