@@ -2,6 +2,7 @@
 """Benchmark: the lean front, the mitmproxy front and WireMock standalone, side by side, serving the same bytes.
 
     .venv/bin/python scripts/bench_fronts.py [--seconds 3] [--connections 1,8,64] [--rounds 2]
+        [--workloads get,pairs,big] [--no-wiremock] [--no-startup]
 
 Starts, all on 127.0.0.1:
 - ``ucsproxy mock --front lean`` and ``ucsproxy mock --front mitmproxy``, each logging to its
@@ -17,7 +18,9 @@ Workloads, each at every connection count (keep-alive, one request in flight per
 Servers take turns within each round, so drift on the machine hits all of them alike; each
 gets a warm-up first (WireMock's JIT too). Prints requests/s (pairs/s for Add+Remove), p50/p99
 latency and the ratios lean/WireMock and lean/mitmproxy, then the start-up time of each server
-(process start to first accepted connection) and of the ``ucs_mock`` fixture.
+(process start to first accepted connection) and of the ``ucs_mock`` fixture. A connection a
+server breaks mid-answer (IncompleteReadError, reset) does not stop the run: it is counted
+against that server, reported after the table, and the client connects again.
 """
 
 from __future__ import annotations
@@ -90,49 +93,69 @@ async def _exchange(reader, writer, data: bytes) -> bytes:
     return body
 
 
-async def _load(port: int, workload: str, connections: int, seconds: float) -> tuple[int, list[float]]:
+class Broken(Exception):
+    """A connection the server closed or broke before a whole answer (counted, not fatal)."""
+
+
+async def _load(port: int, workload: str, connections: int, seconds: float
+                ) -> tuple[int, list[float], list[str]]:
     stop_at = time.perf_counter() + seconds
     latencies: list[float] = []
+    errors: list[str] = []
     done = 0
 
-    async def worker(index: int) -> None:
-        nonlocal done
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * 1024 * 1024)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    async def worker(index: int) -> None:
+        nonlocal done
+        reader, writer = await connect()
         get_plain = request(GET_LIST)
         get_big = request(GET_LIST, BIG_USER)
         n = 0
         try:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                if workload == "get":
-                    await _exchange(reader, writer, get_plain)
-                elif workload == "big":
-                    await _exchange(reader, writer, get_big)
-                else:
-                    n += 1
-                    added = await _exchange(reader, writer, request(add_group(f"G{index}x{n}")))
-                    found = ID_RE.search(added)
-                    if found is None:
-                        raise RuntimeError(f"AddImGroup answered without an id: {added[:300]!r}")
-                    await _exchange(reader, writer, request(remove_group(found.group(1).decode())))
+                try:
+                    if workload == "get":
+                        await _exchange(reader, writer, get_plain)
+                    elif workload == "big":
+                        await _exchange(reader, writer, get_big)
+                    else:
+                        n += 1
+                        added = await _exchange(reader, writer, request(add_group(f"G{index}x{n}")))
+                        found = ID_RE.search(added)
+                        if found is None:
+                            raise RuntimeError(f"AddImGroup answered without an id: {added[:300]!r}")
+                        await _exchange(reader, writer, request(remove_group(found.group(1).decode())))
+                except (asyncio.IncompleteReadError, ConnectionError) as e:
+                    # The server hung up mid-answer: count it against that server, connect again.
+                    detail = (f"{len(e.partial)} of {e.expected} bytes" if isinstance(e, asyncio.IncompleteReadError)
+                              else type(e).__name__)
+                    errors.append(f"connection {index} broken after {time.perf_counter() - t0:.3f} s: {detail}")
+                    writer.close()
+                    reader, writer = await connect()
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 done += 1
         finally:
             writer.close()
 
     await asyncio.gather(*(worker(i) for i in range(connections)))
-    return done, latencies
+    return done, latencies, errors
 
 
 def run_load(port: int, workload: str, connections: int, seconds: float) -> dict:
     t0 = time.perf_counter()
-    done, latencies = asyncio.run(_load(port, workload, connections, seconds))
+    done, latencies, errors = asyncio.run(_load(port, workload, connections, seconds))
     elapsed = time.perf_counter() - t0
     latencies.sort()
     return {"rate": done / elapsed, "p50": latencies[len(latencies) // 2] * 1000 if latencies else 0,
-            "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0, "count": done}
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0, "count": done,
+            "errors": errors}
 
 
 # ---------------------------------------------------------------------------
@@ -328,6 +351,9 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; the best run of each server counts")
     parser.add_argument("--no-wiremock", action="store_true", help="compare the two fronts only")
+    parser.add_argument("--workloads", default=",".join(w for w, _ in WORKLOADS),
+                        help="comma-separated, of: " + ", ".join(w for w, _ in WORKLOADS))
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up and fixture timings")
     args = parser.parse_args()
     try:
         import uvloop
@@ -335,6 +361,10 @@ def main() -> None:
     except ImportError:
         pass
     counts = [int(c) for c in args.connections.split(",")]
+    chosen = args.workloads.split(",")
+    workloads = [(w, label) for w, label in WORKLOADS if w in chosen]
+    if len(workloads) != len(chosen):
+        parser.error(f"--workloads: choose from {', '.join(w for w, _ in WORKLOADS)}")
     tmp = Path(tempfile.mkdtemp(prefix="ucsproxy-bench-fronts-"))
     servers: list[Server] = []
     notes: list[str] = []
@@ -356,15 +386,17 @@ def main() -> None:
         print(f"answers: GetImItemList {len(answers['get'])} B, AddImGroup {len(answers['add'])} B, "
               f"RemoveImGroup {len(answers['remove'])} B, GetImItemList {BIG_CONTACTS} {len(answers['big'])} B")
         for server in servers:  # warm-up: JIT, caches, connections
-            for workload, _ in WORKLOADS:
+            for workload, _ in workloads:
                 run_load(server.port, workload, 8, 1.0)
         best: dict[tuple[str, str, int], dict] = {}
+        broken: dict[tuple[str, str, int], list[str]] = {}
         for _ in range(args.rounds):
-            for workload, _ in WORKLOADS:
+            for workload, _ in workloads:
                 for n in counts:
                     for server in servers:
                         result = run_load(server.port, workload, n, args.seconds)
                         key = (server.name, workload, n)
+                        broken.setdefault(key, []).extend(result["errors"])
                         if key not in best or result["rate"] > best[key]["rate"]:
                             best[key] = result
         names = [s.name for s in servers]
@@ -374,7 +406,7 @@ def main() -> None:
         header += f"{'lean/mitmproxy':>16}" + (f"{'lean/WireMock':>15}{'mitmproxy/WireMock':>20}" if wm_name else "")
         print(header)
         print(f"{'':<28}" + "".join(f"{'per s  p50/p99 ms':>24}" for _ in names))
-        for workload, label in WORKLOADS:
+        for workload, label in workloads:
             for n in counts:
                 row = f"{label:<22}{n:>6}"
                 for name in names:
@@ -385,10 +417,19 @@ def main() -> None:
                 if wm_name:
                     row += f"{rate['lean'] / rate[wm_name]:>15.2f}{rate['mitmproxy'] / rate[wm_name]:>20.2f}"
                 print(row)
+        for (name, workload, n), errors in broken.items():
+            if errors:
+                print(f"{name}: {len(errors)} connection(s) broken mid-answer in {workload} at {n} connections "
+                      f"(reconnected, not counted as answers); first: {errors[0]}")
     finally:
         for server in servers:
             server.stop()
     wm = next((s for s in servers if s.name.startswith("WireMock")), None)
+    if args.no_startup:
+        for note in notes:
+            print(note)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     print()
     print("start-up, process start to listening / to its first GetImItemList answer (median of 3):")
     for front in ("lean", "mitmproxy"):
