@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,13 +175,13 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> fl
     deadline = t0 + timeout
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return time.perf_counter() - t0
         except OSError:
             time.sleep(0.005)
-    raise TimeoutError(f"{proc.args} did not listen on {port}")
+    raise TimeoutError(f"{proc.args!r} did not listen on {port}")
 
 
 def first_answer(port: int, timeout: float = 60) -> None:
@@ -262,7 +263,7 @@ def wiremock(tmp: Path, answers: dict[str, bytes]) -> Server | str:
     (root / "mappings").mkdir(parents=True, exist_ok=True)
     (root / "__files").mkdir(exist_ok=True)
     big_auth = "Basic " + base64.b64encode(f"{BIG_USER}:pw".encode()).decode()
-    stubs = [
+    stubs: list[tuple[str, int, dict[str, Any]]] = [
         ("big", 1, {"bodyPatterns": [{"contains": "GetImItemList"}], "headers": {"Authorization": {"equalTo": big_auth}}}),
         ("get", 2, {"bodyPatterns": [{"contains": "GetImItemList"}]}),
         ("add", 2, {"bodyPatterns": [{"contains": "AddImGroup"}]}),
@@ -289,8 +290,10 @@ def capture_answers(port: int) -> dict[str, bytes]:
         out = {"get": await _exchange(reader, writer, request(GET_LIST)),
                "big": await _exchange(reader, writer, request(GET_LIST, BIG_USER)),
                "add": await _exchange(reader, writer, request(add_group("Captured")))}
-        group_id = ID_RE.search(out["add"]).group(1).decode()
-        out["remove"] = await _exchange(reader, writer, request(remove_group(group_id)))
+        found = ID_RE.search(out["add"])
+        if found is None:
+            raise RuntimeError(f"AddImGroup answered without an id: {out['add'][:300]!r}")
+        out["remove"] = await _exchange(reader, writer, request(remove_group(found.group(1).decode())))
         writer.close()
         return out
 
@@ -424,7 +427,7 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
-    wm = next((s for s in servers if s.name.startswith("WireMock")), None)
+    wm_server: Server | None = next((s for s in servers if s.name.startswith("WireMock")), None)
     if args.no_startup:
         for note in notes:
             print(note)
@@ -443,8 +446,8 @@ def main() -> None:
             runs.append((server.startup, server.first_answer))
         print(f"  ucsproxy mock --front {front:<10} {statistics.median(r[0] for r in runs):.2f} s / "
               f"{statistics.median(r[1] for r in runs):.2f} s")
-    if wm is not None:
-        print(f"  {wm.name:<32} {wm.startup:.2f} s / {wm.first_answer:.2f} s (one run)")
+    if wm_server is not None:
+        print(f"  {wm_server.name:<32} {wm_server.startup:.2f} s / {wm_server.first_answer:.2f} s (one run)")
     print(f"  bare asyncio server (python -c)  {statistics.median(startup_baseline(tmp) for _ in range(3)):.2f} s")
     for note in notes:
         print(note)

@@ -4,7 +4,7 @@ schema check reads the codec's own tree, console lines are flushed once per loop
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ucsproxy import codec, core, schema
 from ucsproxy.annotate import ExchangeSummary
@@ -113,5 +113,5 @@ def test_console_lines_are_flushed_once_per_loop_turn():
 
 def test_console_time_reads_as_strftime_would():
     for at in (0.0, 1_737_452_287.1949995, 1_700_000_000.9999996, 59.0005, 1_764_000_000.123456):
-        expected = datetime.fromtimestamp(at, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        expected = datetime.fromtimestamp(at, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
         assert format_line(summary(at)).startswith(expected + "  ")

@@ -418,7 +418,7 @@ def _record_template(cls: type) -> dict[str, Any]:
     """Every field of a record class with its default (None for a required one), in order."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        if f.default_factory is not dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{f.name} has a default factory: make it with __init__")
         out[f.name] = None if f.default is dataclasses.MISSING else f.default
     return out
@@ -737,8 +737,9 @@ def _persona_in_document_order(el: etree._Element) -> Persona:
     table = _PERSONA_BY_TAG
     for c in el[:]:
         tag = c.tag
-        entry = table.get(tag, False)
-        if entry is False:
+        if tag in table:
+            entry = table[tag]
+        else:
             if not isinstance(tag, str):  # a comment or processing instruction
                 continue
             entry = _PERSONA_BY_NAME.get(_local_name(tag))
