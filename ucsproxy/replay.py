@@ -109,6 +109,39 @@ def load_rows(source: str | Path, columns: tuple[str, ...] | None = None) -> lis
         raise ValueError(f"{source} is not a ucsproxy log or fixture directory: {e}") from e
 
 
+# _mailbox_key by the column's text: a recording names the same few mailboxes again and again.
+_MAILBOX_KEYS: dict[str, str] = {}
+
+
+def _log_tuples(source: str | Path, columns: tuple[str, ...]) -> list[tuple[Any, ...]] | None:
+    """``columns`` of every row of a SQLite log, in id order, as tuples (``response_body`` as its
+    UTF-8 bytes, read so by SQLite: no text made only to be encoded again); None for a fixture
+    directory or a log lacking one of the columns (:func:`load_rows` reads those)."""
+    path = Path(source)
+    if path.is_dir() or not path.is_file():
+        return None
+    import sqlite3
+
+    from .store import TABLE
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        present = {r[1] for r in conn.execute(f"pragma table_info({TABLE})")}
+        if not set(columns) <= present:
+            return None
+        # A text body as its bytes; anything else (NULL, a stray blob) as NULL, skipped as load_rows' rows are.
+        as_bytes = "case when typeof(response_body) = 'text' then cast(response_body as blob) end"
+        wanted = ", ".join(as_bytes if c == "response_body" else c for c in columns)
+        return conn.execute(f"select {wanted} from {TABLE} order by id").fetchall()
+    except sqlite3.Error:
+        return None  # load_rows says what is wrong with it
+    finally:
+        conn.close()
+
+
 def _replayed_headers(stored: Any) -> list[tuple[str, str]]:
     """The recorded response headers worth sending again; a damaged column gives none."""
     if isinstance(stored, str):
@@ -185,7 +218,13 @@ class ReplayIndex:
     @classmethod
     def from_source(cls, source: str | Path, match: str = "strict") -> ReplayIndex:
         index = cls(match)
-        index.add_rows(load_rows(source, columns=cls.COLUMNS))
+        tuples = _log_tuples(source, cls.COLUMNS)
+        if tuples is None:  # a fixture directory (or a log without the usual columns): whole rows
+            index.add_rows(load_rows(source, columns=cls.COLUMNS))
+            return index
+        add = index._add
+        for position, (ident, operation, mailbox, status, request_body, response_body, headers) in enumerate(tuples, 1):
+            add(operation, mailbox, status, request_body, response_body, headers, ident or position)
         return index
 
     #: The log columns an index reads (a SQLite source is read for these only).
@@ -197,21 +236,39 @@ class ReplayIndex:
 
     def add_row(self, row: dict[str, Any], position: int | None = None) -> None:
         """Index one log row; rows that cannot be served (no answer, undecodable request) are skipped."""
-        status, body, request_body = row.get("http_status"), row.get("response_body"), row.get("request_body")
-        if not row.get("operation") or not isinstance(body, str) or not isinstance(request_body, str):
+        body = row.get("response_body")
+        self._add(row.get("operation"), row.get("mailbox"), row.get("http_status"), row.get("request_body"),
+                  body if isinstance(body, str) else None, row.get("response_headers"), row.get("id") or position)
+
+    def _add(self, operation: Any, mailbox: Any, status: Any, request_body: Any, body: Any, headers: Any,
+             exchange_id: int | None) -> None:
+        # ``body``: the column's text, or its UTF-8 bytes as a SQLite log is read (_log_tuples).
+        if not operation or not isinstance(request_body, str):
             self._skipped += 1
             return
-        try:
-            status = int(status)  # type: ignore[arg-type]  # None: TypeError, skipped below
-        except (TypeError, ValueError):
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        elif not isinstance(body, bytes):
             self._skipped += 1
             return
-        mailbox = _mailbox_key(row.get("mailbox") if isinstance(row.get("mailbox"), str) else None)
-        answer = RecordedAnswer(status, _replayed_headers(row.get("response_headers")), body.encode("utf-8"),
-                                row.get("id") or position)
-        key = (row["operation"], mailbox)
-        self._pending.setdefault(key, []).append((request_body, answer))
-        self._mailboxes[row["operation"]].add(mailbox)
+        if status.__class__ is not int:
+            try:
+                status = int(status)  # None: TypeError, skipped
+            except (TypeError, ValueError):
+                self._skipped += 1
+                return
+        box = _MAILBOX_KEYS.get(mailbox) if isinstance(mailbox, str) else None
+        if box is None:
+            box = _mailbox_key(mailbox if isinstance(mailbox, str) else None)
+            if isinstance(mailbox, str) and len(_MAILBOX_KEYS) < 65536:
+                _MAILBOX_KEYS[mailbox] = box
+        answer = RecordedAnswer(status, _replayed_headers(headers), body, exchange_id)
+        key = (operation, box)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = []
+            self._mailboxes[operation].add(box)
+        pending.append((request_body, answer))
 
     def _decode_key(self, key: tuple[str, str]) -> None:
         """Decode the pending rows of one (operation, mailbox), in recorded order, into the index."""
