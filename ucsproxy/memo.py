@@ -13,11 +13,15 @@ from typing import Any
 
 class IdentityCache:
     """Encoded text per live record object, by identity: records are immutable, so the same
-    object always encodes alike. An entry goes when its object is garbage-collected; a
-    lookup never hashes the record (which would walk it whole)."""
+    object always encodes alike. A lookup never hashes the record (which would walk it whole).
+
+    Entries hold a plain weak reference (no callback: CPython shares one such reference per
+    object, so a put costs little); entries whose object is gone are swept once the cache
+    has doubled since the last sweep, so it holds at most about twice its live entries."""
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref, Any]] = {}
+        self._sweep_at = _FIRST_SWEEP
 
     def get(self, obj: Any) -> Any:
         entry = self._entries.get(id(obj))
@@ -26,18 +30,25 @@ class IdentityCache:
         return None
 
     def put(self, obj: Any, value: Any) -> None:
-        key = id(obj)
         entries = self._entries
+        entries[id(obj)] = (weakref.ref(obj), value)
+        if len(entries) > self._sweep_at:
+            self._sweep()
 
-        def gone(ref: weakref.ref, key: int = key) -> None:
-            entry = entries.get(key)
-            if entry is not None and entry[0] is ref:
-                del entries[key]
-
-        entries[key] = (weakref.ref(obj, gone), value)
+    def _sweep(self) -> None:
+        entries = self._entries
+        # list() copies the items in one C call: another thread's put cannot break the pass.
+        for key, (ref, _) in list(entries.items()):
+            if ref() is None:
+                entries.pop(key, None)
+        self._sweep_at = max(_FIRST_SWEEP, 2 * len(entries))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Entries whose object is alive."""
+        return sum(1 for ref, _ in list(self._entries.values()) if ref() is not None)
+
+
+_FIRST_SWEEP = 4096
 
 
 class BoundedMemo:
