@@ -486,6 +486,16 @@ def _item_id(el: etree._Element | None, required: str | None = None) -> ItemId |
         if required:
             raise _Invalid(f"The element '{required}' is required.")
         return None
+    return _present_item_id(el)
+
+
+def _required_item_id(el: etree._Element | None, name: str) -> ItemId:
+    if el is None:
+        raise _Invalid(f"The element '{name}' is required.")
+    return _present_item_id(el)
+
+
+def _present_item_id(el: etree._Element) -> ItemId:
     ident = el.get("Id")
     if ident is None:
         raise _Invalid(f"The 'Id' attribute of '{_local(el)}' is missing.")
@@ -522,6 +532,10 @@ def _extended_property(el: etree._Element) -> ExtendedProperty:
 def _email(el: etree._Element | None) -> EmailAddress | None:
     if el is None:
         return None
+    return _present_email(el)
+
+
+def _present_email(el: etree._Element) -> EmailAddress:
     # The first of each name, as _child_texts reads them (a slot stays None until its first).
     slots: list[str | None] = [None, None, None, None]
     index = _EMAIL_SLOTS
@@ -555,7 +569,8 @@ def _im_group(el: etree._Element) -> ImGroup:
         display_name=_str_or_none(fields.get("DisplayName")) or "",
         group_type=_str_or_none(fields.get("GroupType")) or "",
         exchange_store_id=_item_id(fields.get("ExchangeStoreId")),
-        member_correlation_key=tuple(_item_id(i) for i in _children(fields.get("MemberCorrelationKey"), "ItemId")),
+        member_correlation_key=tuple(_present_item_id(i)
+                                     for i in _children(fields.get("MemberCorrelationKey"), "ItemId")),
         extended_properties=tuple(
             _extended_property(p) for p in _children(fields.get("ExtendedProperties"), "ExtendedProperty")
         ),
@@ -687,7 +702,7 @@ _PERSONA_FIELDS: tuple[tuple[str, str, str], ...] = (
 
 def _email_addresses(el: etree._Element) -> tuple[EmailAddress, ...]:
     # The schema names the items Address; Exchange's own pages show EmailAddress.
-    return tuple(_email(a) for name, a in _named_elements(el) if name in ("Address", "EmailAddress"))
+    return tuple(_present_email(a) for name, a in _named_elements(el) if name in ("Address", "EmailAddress"))
 
 
 def _attributions(el: etree._Element) -> tuple[PersonaAttribution, ...]:
@@ -851,14 +866,14 @@ def _uris(el: etree._Element | None) -> tuple[ExtendedFieldURI, ...]:
 
 
 def _ids(el: etree._Element | None) -> tuple[ItemId, ...]:
-    return tuple(_item_id(i) for i in _elements(el))
+    return tuple(_present_item_id(i) for i in _elements(el))
 
 
 _REQUEST_DECODERS: dict[str, Callable[[etree._Element], UcsRequest]] = {
     "AddDistributionGroupToImList": lambda el: AddDistributionGroupToImList(
         smtp_address=_required_text(el, "SmtpAddress"), display_name=_required_text(el, "DisplayName")),
     "AddImContactToGroup": lambda el: AddImContactToGroup(
-        contact_id=_item_id(_child(el, "ContactId"), "ContactId"), group_id=_item_id(_child(el, "GroupId"))),
+        contact_id=_required_item_id(_child(el, "ContactId"), "ContactId"), group_id=_item_id(_child(el, "GroupId"))),
     "AddImGroup": lambda el: AddImGroup(display_name=_required_text(el, "DisplayName")),
     "AddNewImContactToGroup": lambda el: AddNewImContactToGroup(
         im_address=_required_text(el, "ImAddress"), display_name=_text(el, "DisplayName"),
@@ -868,15 +883,16 @@ _REQUEST_DECODERS: dict[str, Callable[[etree._Element], UcsRequest]] = {
         contact_ids=_ids(_child(el, "ContactIds")), group_ids=_ids(_child(el, "GroupIds")),
         extended_properties=_uris(_child(el, "ExtendedProperties"))),
     "RemoveContactFromImList": lambda el: RemoveContactFromImList(
-        contact_id=_item_id(_child(el, "ContactId"), "ContactId")),
+        contact_id=_required_item_id(_child(el, "ContactId"), "ContactId")),
     "RemoveDistributionGroupFromImList": lambda el: RemoveDistributionGroupFromImList(
-        group_id=_item_id(_child(el, "GroupId"), "GroupId")),
+        group_id=_required_item_id(_child(el, "GroupId"), "GroupId")),
     "RemoveImContactFromGroup": lambda el: RemoveImContactFromGroup(
-        contact_id=_item_id(_child(el, "ContactId"), "ContactId"),
-        group_id=_item_id(_child(el, "GroupId"), "GroupId")),
-    "RemoveImGroup": lambda el: RemoveImGroup(group_id=_item_id(_child(el, "GroupId"), "GroupId")),
+        contact_id=_required_item_id(_child(el, "ContactId"), "ContactId"),
+        group_id=_required_item_id(_child(el, "GroupId"), "GroupId")),
+    "RemoveImGroup": lambda el: RemoveImGroup(group_id=_required_item_id(_child(el, "GroupId"), "GroupId")),
     "SetImGroup": lambda el: SetImGroup(
-        group_id=_item_id(_child(el, "GroupId"), "GroupId"), new_display_name=_required_text(el, "NewDisplayName")),
+        group_id=_required_item_id(_child(el, "GroupId"), "GroupId"),
+        new_display_name=_required_text(el, "NewDisplayName")),
     "SetImListMigrationCompleted": lambda el: SetImListMigrationCompleted(
         im_list_migration_completed=_migration_flag(el)),
 }
@@ -1397,7 +1413,7 @@ def _w_message_xml(out: list[str], mx: MessageXml) -> None:
 
 
 _DECLARATION = '<?xml version="1.0" encoding="utf-8"?>'
-_ENVELOPE_HEAD = {}  # ServerVersionInfo -> the bytes before the response element
+_ENVELOPE_HEAD: dict[ServerVersionInfo | None, bytes] = {}  # the bytes before the response element
 
 
 def _envelope_head(server_version: ServerVersionInfo | None) -> bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from typing import TypeVar
 from importlib import resources
 
 from lxml import etree
@@ -185,9 +186,12 @@ _UCS_TAGS = frozenset(f"{{{M}}}{op}" for op in P.UCS_OPERATIONS)
 _UCS_RESPONSE_TAGS = frozenset(f"{{{M}}}{op}Response" for op in P.UCS_OPERATIONS)
 
 
-def check_request(decoded: EwsRequest | DecodeError | None, body: bytes,
+_Decoded = TypeVar("_Decoded", bound="EwsRequest | DecodeError | None")
+
+
+def check_request(decoded: _Decoded, body: bytes,
                   content_type: str | None = None, parsed: etree._Element | None = None
-                  ) -> EwsRequest | DecodeError | None:
+                  ) -> _Decoded | DecodeError:
     """``decoded`` as the mock and replay go on with it: a schema-invalid UCS request
     becomes the DecodeError Exchange's ErrorSchemaValidation fault is made from.
 
@@ -204,7 +208,8 @@ def check_request(decoded: EwsRequest | DecodeError | None, body: bytes,
     if not violations:
         return decoded
     first = violations[0]
-    return DecodeError("invalid", first.message, line=first.line, column=first.column, operation=decoded.operation)
+    operation = decoded.operation if isinstance(decoded, (EwsRequest, DecodeError)) else None
+    return DecodeError("invalid", first.message, line=first.line, column=first.column, operation=operation)
 
 
 # ---------------------------------------------------------------------------
