@@ -23,31 +23,33 @@ if TYPE_CHECKING:
 PLACEHOLDER_UPSTREAM = "http://127.0.0.1:9"
 
 
-def mock_options(*, state: str = "", seed: int | None = None, item_list: str = "", mailbox: str = "") -> dict[str, Any]:
+def _addon_values(mode: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` by option name (``ucs_seed``, or ``seed`` for short) over the mode's defaults, from the table."""
+    from .options import mode_values
+
+    return mode_values(mode, {k if k.startswith("ucs_") else f"ucs_{k}": v for k, v in values.items()})
+
+
+def mock_options(**values: Any) -> dict[str, Any]:
+    """mitmproxy's options for the mock; ``values``: ucsproxy options by name, e.g. ``seed=0``, ``state="s.json"``."""
     return dict(
         mode=[f"reverse:{PLACEHOLDER_UPSTREAM}"],
         connection_strategy="lazy",
         keep_host_header=True,  # Autodiscover answers name the host the client asked for
         ucs_mode="mock",
-        ucs_state=state,
-        ucs_seed=seed,
-        ucs_item_list=item_list,
-        ucs_mailbox=mailbox,
+        **_addon_values("mock", values),
     )
 
 
-def replay_options(source: str, *, match: str = "strict", stateful: bool = False, seed: int | None = None,
-                   fallthrough: str | None = None) -> dict[str, Any]:
+def replay_options(source: str, *, fallthrough: str | None = None, **values: Any) -> dict[str, Any]:
+    """mitmproxy's options for replaying ``source`` (forwarding misses to ``fallthrough``, a URL);
+    ``values``: ucsproxy options by name, e.g. ``match="operation"``, ``stateful=True``, ``seed=0``."""
     return dict(
         mode=[f"reverse:{fallthrough or PLACEHOLDER_UPSTREAM}"],
         connection_strategy="lazy",
         keep_host_header=not fallthrough,  # Autodiscover answers name the host the client asked for
         ucs_mode="replay",
-        ucs_replay=str(source),
-        ucs_match=match,
-        ucs_stateful=stateful,
-        ucs_seed=seed,
-        ucs_fallthrough=bool(fallthrough),
+        **_addon_values("replay", dict(values, replay=str(source), fallthrough=bool(fallthrough))),
     )
 
 
