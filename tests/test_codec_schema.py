@@ -23,6 +23,7 @@ from ucsproxy import schema as ucs_schema
 from ucsproxy import protocol as P
 from ucsproxy.records import (
     AddDistributionGroupToImList,
+    DecodeError,
     AddImContactToGroup,
     AddImGroup,
     AddNewImContactToGroup,
@@ -282,6 +283,12 @@ def test_every_fault_answer_for_every_operation_is_schema_valid(schema):
                 assert set(codes) == {"ErrorServerBusy"} and b"BackOffMilliseconds" in body
 
 
+def _refused(body: bytes) -> DecodeError:
+    refused = codec.decode_request(body)
+    assert isinstance(refused, DecodeError), refused
+    return refused
+
+
 def _mock_answer(service: UcsService, body=None, operation: str | None = None, version: str | None = "Exchange2013"):
     """What the mock sends for one request: the service's answer, encoded the way the addon does."""
     request = EwsRequest(operation or body.OPERATION, SoapHeaders(request_server_version=version), body)
@@ -306,8 +313,8 @@ def test_every_error_the_mock_and_replay_give_is_schema_valid(schema):
         _mock_answer(service, operation="FindItem"),                                    # not UCS
         _mock_answer(service, AddImGroup("x"), version=None),                           # ErrorIncorrectSchemaVersion
         _mock_answer(service, AddImGroup("x"), version="Exchange1999"),                 # ErrorInvalidServerVersion
-        codec.encode_fault(answers.schema_fault(codec.decode_request(b"<not-soap/>"))),
-        codec.encode_fault(answers.schema_fault(codec.decode_request(b"<a><b></a>"))),
+        codec.encode_fault(answers.schema_fault(_refused(b"<not-soap/>"))),
+        codec.encode_fault(answers.schema_fault(_refused(b"<a><b></a>"))),
     ]
     wires += [_mock_answer(service, AddImGroup(name)) for name in ("Team", "team", "Other")]  # taken, limit
     wires += [_mock_answer(service, AddNewImContactToGroup(f"sip:{n}@contoso.com", n, None)) for n in "ab"]

@@ -160,10 +160,9 @@ def test_no_match_answers_name_the_operation_and_the_reason():
     nothing = index.lookup(_request(AddImGroup("Friends")), "alice@contoso.com")
     assert isinstance(nothing, NoMatch)
     assert "DisplayName='Friends'" in nothing.reason and "differ in DisplayName" in nothing.reason
-    answer = replay_no_match(nothing.operation, nothing.reason)
-    status, headers, body = answer.status, answer.headers, answer.body
-    answer = codec.decode_response(body, "AddImGroup")
-    assert status == 200 and ("X-Ucsproxy-Replay", "no-match") in headers
+    built = replay_no_match(nothing.operation, nothing.reason)
+    answer = codec.decode_response(built.body, "AddImGroup")
+    assert built.status == 200 and ("X-Ucsproxy-Replay", "no-match") in built.headers
     assert answer.message.response_class == "Error" and answer.response_code == "ErrorInvalidRequest"
     assert answer.message.message_text.startswith("ucsproxy replay: no recorded answer matches this AddImGroup")
     assert "Friends" in (answer.message.message_text or "")
