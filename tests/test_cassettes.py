@@ -337,3 +337,59 @@ def test_appender_refuses_a_damaged_directory(tmp_path: Path) -> None:
         FixtureAppender(tmp_path)
     FixtureAppender(tmp_path / "new")  # a missing one is made at the first append
     assert not (tmp_path / "new").exists()
+
+
+def test_replay_fallthrough_appends_what_the_upstream_answered(tmp_path: Path, upstream: UcsEndpoint) -> None:
+    """``ucsproxy replay SOURCE --fallthrough URL --append DIR``, on the same options in this process."""
+    import shutil
+
+    from ucsproxy.recordingfiles import read_fixture_dir
+    from ucsproxy.runner import replay_options
+
+    source = tmp_path / "session"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "recordings" / "lync-session", source)
+    options = dict(replay_options(str(source), fallthrough=upstream.url, append=str(source)),
+                   ucs_redact_patterns=["Appended \\w+"])
+    replay = UcsEndpoint(options, tmp_path / "replay.db", "mitmproxy")
+    try:
+        kim = {"X-AnchorMailbox": "kim.akers@contoso.com", "Authorization": "Basic a2ltOnMzY3JldC1wYXNzd29yZA=="}
+        recorded = envelope("<m:AddImGroup><m:DisplayName>Project Falcon</m:DisplayName></m:AddImGroup>")
+        assert "NoError" in post(replay.ews_url, recorded, kim)[1]  # in the recording: replayed
+        assert "NoError" in post(replay.ews_url, add_group("Appended group"), kim)[1]  # not: the upstream answers
+        assert [c.row["mode"] for c in replay.calls("AddImGroup")] == ["replay", "forwarded"]
+        assert replay.calls("AddImGroup", mode="forwarded")[0].row["server"]  # the upstream's address
+    finally:
+        replay.stop()
+    upstream.assert_not_called("AddImGroup", display_name="Project Falcon", mailbox="kim.akers@contoso.com")
+    rows = read_fixture_dir(source)
+    assert len(rows) == 16 and rows[-1]["mode"] == "forwarded" and rows[-1]["operation"] == "AddImGroup"
+    text = (source / "recording.json").read_text() + (source / "0016-AddImGroup.request.xml").read_text()
+    assert "a2ltOnMzY3JldC1wYXNzd29yZA" not in text and "Appended group" not in text
+
+
+def test_append_needs_fallthrough() -> None:
+    from click.testing import CliRunner
+
+    from ucsproxy.cli import main
+
+    result = CliRunner().invoke(main, ["replay", "lync-session", "--append", "grown", "--db", ""])
+    assert result.exit_code == 2 and "--append DIR appends what the upstream answers: add --fallthrough URL" in result.output
+
+
+def test_the_addon_refuses_append_without_fallthrough(tmp_path: Path) -> None:
+    from mitmproxy import exceptions
+    from mitmproxy.test import taddons
+
+    from ucsproxy.addon import UcsProxy
+
+    source = Path(__file__).resolve().parent.parent / "recordings" / "lync-session"
+    addon = UcsProxy()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, ucs_mode="replay", ucs_replay=str(source), ucs_db="")
+        with pytest.raises(exceptions.OptionsError, match="--append DIR appends what the --fallthrough upstream"):
+            tctx.configure(addon, ucs_append=str(tmp_path / "grown"))
+        tctx.configure(addon, ucs_fallthrough=True, ucs_append=str(tmp_path / "grown"))
+        assert addon.core.append is not None and addon.core.append.directory == tmp_path / "grown"
+        tctx.configure(addon, ucs_append="")
+        assert addon.core.append is None
+    assert not (tmp_path / "grown").exists()  # made at the first exchange it appends, not before

@@ -42,7 +42,8 @@ def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
     started = req.timestamp_start
     ended = (resp.timestamp_end if resp is not None else None) or time.time()
     client = flow.client_conn.peername
-    server = flow.server_conn.address if mode == "record" else None
+    forwarded = mode == "record" or (facts.get("ucs_replay") or ("",))[0] == "fall-through"
+    server = flow.server_conn.address if forwarded else None
     error = flow.error.msg if flow.error else None
     answer = facts.get("ucs_answer")
     response_body = resp.get_content(strict=False) if resp is not None else None

@@ -131,6 +131,10 @@ OPTIONS: tuple[Option, ...] = (
            ("replay",), ("--stateful",), scope="Replay"),
     Option("fallthrough", str, None, "Forward unmatched requests to this upstream.", None, ("replay",),
            ("--fallthrough",), metavar="URL"),
+    Option("ucs_append", str, "",
+           "Append every exchange the --fallthrough upstream answers to this fixture directory (made when "
+           "missing; SOURCE itself grows when it is DIR), redacted as the log is.", "replay", ("replay",),
+           ("--append",), scope="Replay", metavar="DIR"),
     Option("ucs_seed", Optional[int], None,  # noqa: UP045 (mitmproxy's typecheck)
            "Make ids and change keys deterministic (a stateful replay's new items).", "mock",
            ANSWERING, ("--seed",), scope="Mock / stateful replay", metavar="N"),

@@ -291,10 +291,6 @@ class Cassette(UcsEndpoint):
         self.record_mode = record_mode
         self.action = action
         super().__init__(options, db, front)
-        if action == "append":
-            from .cassette import FixtureAppender
-
-            self._proxy.core.append = FixtureAppender(path, self._proxy.core.redactor)
 
     def misses(self) -> list[str]:
         """Replay's explanation of each request the cassette held no answer for, in order."""
@@ -495,7 +491,7 @@ def ucs_cassette(ucs_cassette_dir: Path, tmp_path_factory: pytest.TempPathFactor
         options = dict(record_options(upstream), ucs_console=False, **redaction)
         front = "mitmproxy"  # the recording path: `ucsproxy record`'s front, traffic passed on unchanged
     elif todo.action == "append":
-        options = dict(replay_options(str(path), match=match, fallthrough=upstream), **redaction)
+        options = dict(replay_options(str(path), match=match, fallthrough=upstream, append=str(path)), **redaction)
         front = "mitmproxy"  # forwarding what does not match: mitmproxy's front
     else:
         options = dict(replay_options(str(path), match=match), **redaction)

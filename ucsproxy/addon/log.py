@@ -63,7 +63,7 @@ class Log:
 
     def _log(self, flow: http.HTTPFlow) -> None:
         c = self.core
-        if not c.logging and not c.reporter.active and c.journal is None:
+        if not c.logging and not c.reporter.active and c.journal is None and c.append is None:
             return
         summary = c.log_exchange(raw_exchange_from_flow(flow, c.mode), scratch(flow).get("ucs_replay"))
         if summary is not None:

@@ -2,7 +2,8 @@
 
 Reads ``ucs_replay`` with ``ucs_match`` (or as live mailboxes with
 ``ucs_stateful``); a request without a recorded answer gets replay's no-match
-answer, or goes to the upstream with ``ucs_fallthrough``. A replayed answer is
+answer, or goes to the upstream with ``ucs_fallthrough`` (and what the upstream
+answered is appended to the fixture directory ``ucs_append`` names). A replayed answer is
 marked as mitmproxy marks its own (``flow.is_replay == "response"``, ``~replays``).
 Reads ``ucs_seed`` (the mock addon's) for the ids a stateful replay makes.
 """
@@ -35,6 +36,11 @@ class Replay:
             try:
                 self.core.build_replay(opts.ucs_replay, match=opts.ucs_match, stateful=opts.ucs_stateful,
                                        seed=opts.ucs_seed)
+            except core.ConfigError as e:
+                raise exceptions.OptionsError(str(e)) from e
+        if updated & {"ucs_mode", "ucs_append", "ucs_fallthrough"}:
+            try:
+                self.core.build_append(opts.ucs_append)  # replay --fallthrough URL --append DIR
             except core.ConfigError as e:
                 raise exceptions.OptionsError(str(e)) from e
 

@@ -131,5 +131,7 @@ def replay(source: str, **params: Any) -> None:
     if fallthrough and front == "lean":
         raise click.UsageError("--fallthrough forwards requests, which only the mitmproxy front does: "
                                "drop --front lean (or use --front mitmproxy)")
+    if params["ucs_append"] and not fallthrough:
+        raise click.UsageError("--append DIR appends what the upstream answers: add --fallthrough URL")
     _serve(replay_options(source, fallthrough=fallthrough), params,
            front=front or ("mitmproxy" if fallthrough else "lean"))
