@@ -512,3 +512,26 @@ def test_a_bug_in_a_route_is_a_json_500(core, monkeypatch):
     monkeypatch.setattr(core.model, "mailboxes", lambda: 1 / 0)
     status, _, data = call(core, "GET", "/_ucsproxy/mailboxes")
     assert status == 500 and "ZeroDivisionError" in data["error"]
+
+
+def test_the_start_up_line_says_when_the_api_is_not_simply_open(monkeypatch):
+    from ucsproxy.cli.banner import startup_banner
+
+    monkeypatch.delenv(control.TOKEN_ENV, raising=False)
+    notes = {}
+    for name, options in {"open": {}, "token": {"ucs_control_token": "t"}, "off": {"ucs_control": False},
+                          "everywhere": {"listen_host": "0.0.0.0"}}.items():
+        c = make_core(**options)
+        try:
+            assert c.control is not None
+            notes[name] = c.control.banner_note()
+        finally:
+            c.shutdown()
+    assert notes == {"open": "", "token": "control API at /_ucsproxy/ with a Bearer token",
+                     "off": "control API off (--no-control)",
+                     "everywhere": "control API off (not a loopback address; --control-token TOKEN turns it on)"}
+    line = startup_banner("mock", [("0.0.0.0", 8080)], control=notes["everywhere"])
+    assert line.endswith(", no log (--db ''), control API off (not a loopback address; --control-token TOKEN "
+                         "turns it on)")
+    assert startup_banner("mock", [("127.0.0.1", 8080)]) == startup_banner("mock", [("127.0.0.1", 8080)],
+                                                                           control=notes["open"])

@@ -53,6 +53,7 @@ def test_cli_on_every_interface_needs_the_token_from_the_environment(tmp_path):
         assert status == 200 and json.loads(body) == {"mailboxes": []}
         proc.stop()
         assert token not in proc.output() and "refused a control call" in proc.output()
+        assert "control API at /_ucsproxy/ with a Bearer token" in proc.output()
 
 
 def test_record_answers_control_calls_itself_never_forwarding_them(tmp_path):

@@ -182,15 +182,16 @@ class ControlApi:
         """Whether any call can succeed (on, and open or guarded by a token)."""
         return self.enabled and (self.loopback or self.has_token)
 
-    def describe(self) -> str:
-        """A few words for the start-up line: how to reach the API, or why it is off."""
+    def banner_note(self) -> str:
+        """What the start-up line says about the API: nothing when it is open on loopback (the usual
+        case), else that it needs a token or why it is off."""
         if not self.enabled:
-            return "control API off"
+            return "control API off (--no-control)"
         if self.has_token:
-            return f"control API at {PREFIX}/ (Bearer token required)"
+            return f"control API at {PREFIX}/ with a Bearer token"
         if not self.loopback:
-            return "control API off (not a loopback address and no --control-token)"
-        return f"control API at {PREFIX}/"
+            return "control API off (not a loopback address; --control-token TOKEN turns it on)"
+        return ""
 
     # -- one call ------------------------------------------------------------
 

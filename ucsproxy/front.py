@@ -578,7 +578,8 @@ def _announce(server: LeanServer, options: dict[str, Any]) -> None:
     log.info(startup_banner(
         c.mode, server.addresses, db=options.get("ucs_db", ""), replay_source=options.get("ucs_replay", ""),
         match=options.get("ucs_match", "strict"), stateful=bool(options.get("ucs_stateful")),
-        state=options.get("ucs_state", ""), fault_rules=len(c.engine.rules()) if c.engine else 0))
+        state=options.get("ucs_state", ""), fault_rules=len(c.engine.rules()) if c.engine else 0,
+        control=c.control.banner_note() if c.control is not None else ""))
 
 
 def run_foreground(options: dict[str, Any], *, verbose: bool = False,

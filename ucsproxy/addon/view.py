@@ -54,4 +54,5 @@ class View:
             replay_source=opts.ucs_replay, match=opts.ucs_match, stateful=opts.ucs_stateful,
             fallthrough=upstream if opts.ucs_fallthrough else "", upstream=upstream,
             proxy_mode="regular" if spec == "regular" else "reverse", state=opts.ucs_state,
-            fault_rules=len(c.engine.rules()) if c.engine else 0))
+            fault_rules=len(c.engine.rules()) if c.engine else 0,
+            control=c.control.banner_note() if c.control is not None else ""))

@@ -30,7 +30,7 @@ def ews_urls(addresses: Iterable[Sequence]) -> list[str]:
 
 def startup_banner(mode: str, addresses: Iterable[Sequence], *, db: str = "", replay_source: str = "",
                    match: str = "strict", stateful: bool = False, fallthrough: str = "", upstream: str = "",
-                   proxy_mode: str = "reverse", state: str = "", fault_rules: int = 0) -> str:
+                   proxy_mode: str = "reverse", state: str = "", fault_rules: int = 0, control: str = "") -> str:
     """The first line a serving command prints, e.g.
 
     ``ucsproxy mock: fake Exchange at http://127.0.0.1:8080/EWS/Exchange.asmx, mailbox from the Basic user,
@@ -58,6 +58,8 @@ def startup_banner(mode: str, addresses: Iterable[Sequence], *, db: str = "", re
     text += f", log {db}" if db else ", no log (--db '')"
     if fault_rules:
         text += f", {fault_rules} fault rule(s)"
+    if control:  # the control API's state when it is not simply open (ControlApi.banner_note)
+        text += f", {control}"
     return text
 
 
