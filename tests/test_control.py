@@ -406,12 +406,12 @@ def test_rewind_literal_replay_all_and_per_mailbox(tmp_path):
 
     c = make_core(**replay_options(str(LYNC), match="sequence"))
     try:
-        c.replay = ReplayIndex(match="sequence")  # a recording without mailboxes answers anyone
-        c.replay.add_rows([dict(row, mailbox=None) for row in load_rows(LYNC)])
+        index = c.replay = ReplayIndex(match="sequence")  # a recording without mailboxes answers anyone
+        index.add_rows([dict(row, mailbox=None) for row in load_rows(LYNC)])
         request = decode_request(get_list())
 
         def served(mailbox: str) -> int:
-            return c.replay.lookup(request, mailbox).exchange_id
+            return index.lookup(request, mailbox).exchange_id
 
         first = served("kim.akers@contoso.com")
         second = served("kim.akers@contoso.com")
@@ -519,8 +519,9 @@ def test_the_start_up_line_says_when_the_api_is_not_simply_open(monkeypatch):
 
     monkeypatch.delenv(control.TOKEN_ENV, raising=False)
     notes = {}
-    for name, options in {"open": {}, "token": {"ucs_control_token": "t"}, "off": {"ucs_control": False},
-                          "everywhere": {"listen_host": "0.0.0.0"}}.items():
+    every: dict[str, dict[str, Any]] = {"open": {}, "token": {"ucs_control_token": "t"}, "off": {"ucs_control": False},
+                                        "everywhere": {"listen_host": "0.0.0.0"}}
+    for name, options in every.items():
         c = make_core(**options)
         try:
             assert c.control is not None

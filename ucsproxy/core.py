@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .control import ControlApi
     from .journal import Journal
     from .model import Mailbox
+    from .replay import ReplayIndex
+    from .store import LogStore
     from .redact import Redactor
 
 log = logging.getLogger("ucsproxy")
@@ -126,10 +128,10 @@ class UcsCore:
 
     def __init__(self) -> None:
         self.mode = "record"
-        self.store = None  # store.LogStore
+        self.store: LogStore | None = None
         self.model: UcsModel | None = None
         self.service: UcsService | None = None
-        self.replay = None  # replay.ReplayIndex, imported lazily
+        self.replay: ReplayIndex | None = None  # imported lazily
         self.fallthrough = False
         #: replay --fallthrough --append DIR: where forwarded exchanges are appended (cassette.FixtureAppender).
         self.append: FixtureAppender | None = None
@@ -454,6 +456,7 @@ class UcsCore:
     def _answer_from_recording(self, decoded: EwsRequest, headers: list[tuple[str, str]]) -> Answer | None:
         from . import replay
 
+        assert self.replay is not None  # serving from a recording
         found = self.replay.lookup(decoded, self.mailbox(decoded, headers))
         self._last_miss = found.reason if isinstance(found, replay.NoMatch) else None
         if isinstance(found, replay.NoMatch):
