@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -39,6 +39,11 @@ from .control import is_control_path
 from .core import Answer, UcsCore
 from .faults import FaultDecision, Kind
 from .logrow import RawExchange
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .tlscerts import TlsCertificates
 
 log = logging.getLogger("ucsproxy")
 
@@ -131,6 +136,7 @@ class _Connection(asyncio.Protocol):
                 return
 
     def _upgrade_body(self, data: bytes) -> bytes:
+        assert self.upgrading is not None  # data_received calls this only while upgrading
         req, missing = self.upgrading
         take = data[:missing]
         req.body.append(take)
@@ -178,26 +184,32 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = _Request(time.time())
 
+    def _started(self) -> _Request:
+        req = self.current
+        assert req is not None  # httptools calls on_message_begin before any other callback
+        return req
+
     def on_url(self, url: bytes) -> None:
-        self.current.url.append(url)
+        self._started().url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.current.headers.append((_text(name), _text(value)))
+        req = self._started()
+        req.headers.append((_text(name), _text(value)))
         if len(name) == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
-            self.current.expect_continue = True
+            req.expect_continue = True
 
     def on_headers_complete(self) -> None:
-        req = self.current
+        req = self._started()
         req.method = self.parser.get_method().decode("ascii", "replace")
         if req.expect_continue and self.task is None and not self.pending:
             self._write(_CONTINUE)
             req.expect_continue = False
 
     def on_body(self, body: bytes) -> None:
-        self.current.body.append(body)
+        self._started().body.append(body)
 
     def on_message_complete(self) -> None:
-        req = self.current
+        req = self._started()
         self.current = None
         req.keep_alive = self.parser.should_keep_alive()
         req.http10 = self.parser.get_http_version() == "1.0"
@@ -218,7 +230,7 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, req: _Request) -> None:
         if self.task is not None or self.pending:
             self.pending.append(req)
-            if len(self.pending) >= MAX_PIPELINED and not self.paused:
+            if len(self.pending) >= MAX_PIPELINED and not self.paused and self.transport is not None:
                 self.paused = True
                 self.transport.pause_reading()
             return
@@ -254,6 +266,7 @@ class _Connection(asyncio.Protocol):
                 self.task.add_done_callback(self._fault_done)
                 return
         answer = c.answer(req.method, path, req.headers, decoded)
+        assert answer is not None  # only a fall-through answers None, and it runs on the mitmproxy front
         self._send(req, path, body, decoded, answer)
 
     async def _serve_with_fault(self, req: _Request, path: str, body: bytes, decoded,
@@ -301,7 +314,7 @@ class _Connection(asyncio.Protocol):
     def _drain(self) -> None:
         while self.pending and self.task is None and not self.closing:
             self._serve(self.pending.popleft())
-        if self.paused and len(self.pending) < MAX_PIPELINED // 2 and not self.closing:
+        if self.paused and len(self.pending) < MAX_PIPELINED // 2 and not self.closing and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         req = self.current
@@ -424,8 +437,8 @@ class LeanServer:
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self._accepting: list[asyncio.Task] = []
-        self._tls = None  # tlscerts.TlsCertificates, made at the first ClientHello
-        self._tls_context = None
+        self._tls: TlsCertificates | None = None  # made at the first ClientHello
+        self._tls_context: ssl.SSLContext | None = None
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Accept on ``sockets`` (already listening), or on new ones bound to host and port."""
@@ -493,8 +506,8 @@ class LeanServer:
             from .tlscerts import TlsCertificates
 
             names = tuple(h for h in (self.host, socket.gethostname()) if h and h not in ("0.0.0.0", "::"))
-            self._tls = TlsCertificates(self.confdir, names)
-            self._tls_context = self._tls.context()
+            tls = self._tls = TlsCertificates(self.confdir, names)
+            self._tls_context = tls.context()
         return self._tls_context
 
     def urls(self) -> str:
