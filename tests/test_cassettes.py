@@ -220,7 +220,11 @@ def test_all_records_afresh(project: pytest.Pytester, upstream: UcsEndpoint) -> 
     run(project, "--ucs-record-mode=once", f"--ucs-upstream={upstream.url}").assert_outcomes(passed=1)
     directory = cassette_dir(project)
     before = (directory / "0001-AddImGroup.response.xml").read_text()
-    result = run(project, "--ucs-record-mode=all", f"--ucs-upstream={upstream.url}")
+    # The mode from the marker, the upstream from the ini file this time.
+    project.makeini(f"[pytest]\nucs_upstream = {upstream.url}\nucs_record_mode = none\n")
+    project.makepyfile(test_client=client_test("Fresh").replace(
+        "def test_adds_a_group", "@pytest.mark.ucs_cassette(record_mode='all')\ndef test_adds_a_group"))
+    result = run(project)
     result.assert_outcomes(failed=1)  # the upstream (a mock) already has the group: the client's assert fails
     after = (directory / "0001-AddImGroup.response.xml").read_text()
     assert "NoError" in before and "ErrorImGroupDisplayNameAlreadyExists" in after
