@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import shutil
 import tempfile
@@ -140,6 +141,10 @@ def count_rows(db, where: str = "1=1", args=()) -> int:
 class Process:
     """A real ucsproxy / mitmdump process listening on 127.0.0.1:port."""
 
+    # What a fixture knows of the process it started: its log file and its front.
+    db: Path
+    front: str
+
     def __init__(self, args: list[str], port: int, log_path: Path, cwd: Path | None = None,
                  env: dict[str, str] | None = None, new_session: bool = False):
         self.args, self.port, self.log_path = args, port, log_path
@@ -223,6 +228,7 @@ class Endpoint:
 
     def __init__(self, options: dict, front: str = "lean", db: Path | None = None):
         options = dict(options, ucs_db=str(db) if db else "")
+        self.server: Any  # a BackgroundLean or a BackgroundProxy
         if front == "lean":
             from ucsproxy.front import BackgroundLean
 

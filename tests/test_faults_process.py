@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import time
 from datetime import datetime, UTC
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -64,7 +65,7 @@ def fault_options(*fault_args: str) -> dict:
 @pytest.fixture
 def mock_with(tmp_path, front):
     """start(*fault_args): what `ucsproxy mock --front FRONT --seed 1 --db DB *fault_args` serves, in this process."""
-    started = []
+    started: list[Any] = []
 
     def start(*fault_args: str):
         db = tmp_path / f"faults-{len(started)}.db"
@@ -324,13 +325,14 @@ def in_process(front):
     from ucsproxy.runner import mock_options
 
     options = dict(mock_options(seed=0), ucs_db="")
+    endpoint: Any  # a BackgroundProxy or a BackgroundLean
     if front == "mitmproxy":
         from ucsproxy.runner import BackgroundProxy
 
         endpoint = BackgroundProxy(options)
 
         def run(command, *args):
-            done = concurrent.futures.Future()
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
             endpoint._loop.call_soon_threadsafe(lambda: done.set_result(endpoint._master.commands.call(command, *args)))
             return done.result(5)
     else:
