@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BIN, ROOT, free_port, wait_port  # noqa: E402
+from benchlib import BIN, ROOT, child_pids, free_port, logged_rows, wait_port, wait_rows  # noqa: E402
 
 REQUEST = b"""<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
@@ -117,33 +116,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def child_pids(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def logged_rows(db: Path) -> int:
-    try:
-        con = sqlite3.connect(db, timeout=5)
-        try:
-            return con.execute("select count(*) from exchanges").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
-def wait_rows(db: Path, expected: int, timeout: float = 120) -> float:
-    """Wait until the log holds ``expected`` rows, so a round's writing never runs into
-    the next round (of another proxy). Returns how long it took."""
-    t0 = time.monotonic()
-    while logged_rows(db) < expected and time.monotonic() - t0 < timeout:
-        time.sleep(0.05)
-    return time.monotonic() - t0
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
@@ -182,7 +154,7 @@ def main() -> None:
         for port in (plain, rec, nolog):
             asyncio.run(drive(port, 200, 4))
         logged = 200
-        wait_rows(db, logged)
+        wait_rows(db, logged, timeout=120)
 
         # "record, no log" is the addon with logging off: it tells the glue's cost from the log's.
         proxies = (("mitmdump", plain, procs[1].pid), ("ucsproxy record", rec, procs[2].pid),
@@ -199,7 +171,7 @@ def main() -> None:
                 cpu[name] += cpu_seconds(pid) - before
                 if port == rec:
                     logged += per_round
-                    drain.append(wait_rows(db, logged))
+                    drain.append(wait_rows(db, logged, timeout=120))
                     writer_cpu += sum(cpu_seconds(w) for w in writers) - w_before
 
         print(f"{args.requests} requests x {args.rounds} rounds, {args.concurrency} keep-alive connections, "
