@@ -205,10 +205,15 @@ def tree_cpu(pid: int) -> float:
 
 
 def child_pids(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+    """Child processes of ``pid``, whichever of its threads started them (Linux /proc):
+    the log writer is restarted from the store's sender thread, not the main one."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def interleaved(contenders: list[tuple[str, int | None, Callable[[], Run]]], rounds: int) -> dict[str, list[Run]]:

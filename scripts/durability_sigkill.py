@@ -31,14 +31,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import ROOT, child_pids, free_port  # noqa: E402
+
 BODY = (ROOT / "tests" / "fixtures" / "spec" / "GetImItemList.page.request.xml").read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -52,16 +49,6 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError("ucsproxy did not listen")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
 
 
 def trial(tmp: Path, n: int, command: list[str]) -> dict:
@@ -90,7 +77,7 @@ def trial(tmp: Path, n: int, command: list[str]) -> dict:
         time.sleep(0.01)  # serving (a lean front listens before its log writer is ready)
     if not answered:
         raise RuntimeError("the proxy answered nothing")
-    writers = children(proc.pid)
+    writers = child_pids(proc.pid)
     time.sleep(random.uniform(0.3, 1.5))
     killed_at = time.monotonic()
     proc.send_signal(signal.SIGKILL)
