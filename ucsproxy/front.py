@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from . import core as core_mod
+from . import options as options_mod
 from .control import is_control_path
 from .core import Answer, UcsCore
 from .faults import FaultDecision, Kind
@@ -549,26 +550,33 @@ def _url_host(host: str) -> str:
 # Options (the same dicts runner.mock_options / replay_options build) to a core
 
 
+def with_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` over every addon option's default from the options table, except two that suit a
+    front that answers: the mode is mock, and there is no log unless ``ucs_db`` names one."""
+    return {**options_mod.defaults(), "ucs_mode": "mock", "ucs_db": "", **options}
+
+
 def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_log: bool = False) -> UcsCore:
-    """A configured core from ucsproxy's option dict; raises core.ConfigError for a bad setting."""
+    """A configured core from ucsproxy's option dict; raises core.ConfigError for a bad setting.
+
+    An option not in ``options`` takes its default as :func:`with_defaults` says.
+    """
+    o = with_defaults(options)
     c = UcsCore()
-    c.mode = options.get("ucs_mode", "mock")
-    c.fallthrough = bool(options.get("ucs_fallthrough"))
-    c.lenient = bool(options.get("ucs_lenient"))
-    c.domains = tuple(options.get("ucs_domains") or ())
-    c.reporter.console.enabled = bool(options.get("ucs_console"))  # the line per exchange, the exit summary
+    c.mode = o["ucs_mode"]
+    c.fallthrough = bool(o["ucs_fallthrough"])
+    c.lenient = bool(o["ucs_lenient"])
+    c.domains = tuple(o["ucs_domains"] or ())
+    c.reporter.console.enabled = bool(o["ucs_console"])  # the line per exchange, the exit summary
     try:
-        c.build_model(state=options.get("ucs_state", ""), seed=options.get("ucs_seed"),
-                      item_list=options.get("ucs_item_list", ""), mailbox=options.get("ucs_mailbox", ""))
-        c.build_replay(options.get("ucs_replay", ""), match=options.get("ucs_match", "strict"),
-                       stateful=bool(options.get("ucs_stateful")), seed=options.get("ucs_seed"))
-        c.build_faults(options.get("ucs_faults", ""), options.get("ucs_fault", ()), options.get("ucs_fault_seed", 0))
-        c.configure_control(options.get("ucs_control", True), options.get("ucs_control_token") or None,
-                            [options.get("listen_host", "127.0.0.1")])
-        core_mod.refuse_logging_into_the_replayed(c.mode, options.get("ucs_db", ""), options.get("ucs_replay", ""))
-        c.open_store(options.get("ucs_db", ""), bool(options.get("ucs_keep_secrets")), writer=writer, lazy=lazy_log,
-                     redact_headers=options.get("ucs_redact_headers", ()),
-                     redact_patterns=options.get("ucs_redact_patterns", ()))
+        c.build_model(state=o["ucs_state"], seed=o["ucs_seed"], item_list=o["ucs_item_list"], mailbox=o["ucs_mailbox"])
+        c.build_replay(o["ucs_replay"], match=o["ucs_match"], stateful=bool(o["ucs_stateful"]), seed=o["ucs_seed"])
+        c.build_faults(o["ucs_faults"], o["ucs_fault"], o["ucs_fault_seed"])
+        c.configure_control(o["ucs_control"], o["ucs_control_token"] or None,
+                            [o.get("listen_host", options_mod.BY_NAME["listen_host"].default)])
+        core_mod.refuse_logging_into_the_replayed(c.mode, o["ucs_db"], o["ucs_replay"])
+        c.open_store(o["ucs_db"], bool(o["ucs_keep_secrets"]), writer=writer, lazy=lazy_log,
+                     redact_headers=o["ucs_redact_headers"], redact_patterns=o["ucs_redact_patterns"])
     except BaseException:
         c.shutdown()
         raise
@@ -587,11 +595,10 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def _announce(server: LeanServer, options: dict[str, Any]) -> None:
     from .cli.banner import startup_banner
 
-    c = server.core
+    c, o = server.core, with_defaults(options)
     log.info(startup_banner(
-        c.mode, server.addresses, db=options.get("ucs_db", ""), replay_source=options.get("ucs_replay", ""),
-        match=options.get("ucs_match", "strict"), stateful=bool(options.get("ucs_stateful")),
-        state=options.get("ucs_state", ""), fault_rules=len(c.engine.rules()) if c.engine else 0,
+        c.mode, server.addresses, db=o["ucs_db"], replay_source=o["ucs_replay"], match=o["ucs_match"],
+        stateful=bool(o["ucs_stateful"]), state=o["ucs_state"], fault_rules=len(c.engine.rules()) if c.engine else 0,
         control=c.control.banner_note() if c.control is not None else ""))
 
 
@@ -626,7 +633,8 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     c.reporter.console.flush_soon = loop.call_soon  # console lines flushed once per turn of the loop
-    server = LeanServer(c, options.get("listen_host", "127.0.0.1"), options.get("listen_port", 8080),
+    server = LeanServer(c, options.get("listen_host", options_mod.BY_NAME["listen_host"].default),
+                        options.get("listen_port", options_mod.BY_NAME["listen_port"].default),
                         confdir=options.get("confdir", "~/.mitmproxy"), verbose=verbose)
     stopped = asyncio.Event()
 
@@ -648,7 +656,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         _announce(server, options)
         await stopped.wait()
-        await server.stop(options.get("ucs_state", ""))
+        await server.stop(with_defaults(options)["ucs_state"])
 
     try:
         loop.run_until_complete(main())
@@ -709,5 +717,5 @@ class BackgroundLean:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
     def stop(self, timeout: float = 15.0) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(self._options.get("ucs_state", "")),
+        asyncio.run_coroutine_threadsafe(self.server.stop(with_defaults(self._options)["ucs_state"]),
                                          self._loop).result(timeout)
