@@ -20,7 +20,7 @@ def help_of(command: str) -> str:
     return result.output
 
 
-@pytest.mark.parametrize("command", options.SERVING)
+@pytest.mark.parametrize("command", options.COMMANDS)
 def test_every_option_appears_in_the_help_of_the_commands_that_take_it_and_only_there(command):
     text = help_of(command)
     flagged = [o for o in options.OPTIONS if o.flags]

@@ -32,6 +32,10 @@ FRONTS = ("lean", "mitmproxy")
 
 SERVING = ("mock", "record", "replay")
 ANSWERING = ("mock", "replay")
+#: The commands that write a log: the serving ones, and ``import``.
+LOGGING = (*SERVING, "import")
+#: Every command whose options come from this table.
+COMMANDS = LOGGING
 
 
 @dataclass(frozen=True)
@@ -88,13 +92,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen_port", int, 8080, "Port to listen on.", None, SERVING, ("--listen-port",), show_default=True),
     Option("ucs_db", str, DEFAULT_DB, "SQLite log of every exchange ('' to log nothing).", "log", SERVING,
            ("--db",), show_default=True),
-    Option("ucs_keep_secrets", bool, False, "Store Authorization and cookie values unredacted.", "log", SERVING,
+    Option("ucs_keep_secrets", bool, False, "Store Authorization and cookie values unredacted.", "log", LOGGING,
            ("--keep-secrets",)),
-    Option("ucs_redact_headers", Sequence[str], [], "Never log this header's value (repeatable).", "log", SERVING,
+    Option("ucs_redact_headers", Sequence[str], [], "Never log this header's value (repeatable).", "log", LOGGING,
            ("--redact-header",), metavar="NAME"),
     Option("ucs_redact_patterns", Sequence[str], [],
            "Never log what this regular expression matches, in bodies and decoded columns (repeatable).", "log",
-           SERVING, ("--redact-pattern",), metavar="REGEX"),
+           LOGGING, ("--redact-pattern",), metavar="REGEX"),
     Option("ucs_faults", str, "", "TOML file of fault rules, re-read when it changes.", "faults", SERVING,
            ("--faults",), metavar="FILE", path="file"),
     Option("ucs_fault", Sequence[str], [], "One-line fault rule OPERATION:ACTION[:key=value,...] (repeatable).",
@@ -176,7 +180,7 @@ def of_addon(addon: str) -> tuple[Option, ...]:
 
 
 def of_command(command: str) -> tuple[Option, ...]:
-    """The options a serving command takes on the command line, in table order."""
+    """The options a command (a serving one, or ``import``) takes on the command line, in table order."""
     return tuple(o for o in OPTIONS if command in o.commands)
 
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..options import click_options
 from . import main
 
 
@@ -41,14 +42,10 @@ def export_command(db, directory, operations, mailboxes, overwrite):
 @main.command("import")
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("db", type=click.Path(dir_okay=False))
-@click.option("--keep-secrets", is_flag=True, help="Store credentials of HAR / flow files unredacted.")
+@click_options("import")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--again", is_flag=True, help="Import SOURCE even though DB already holds an import of it.")
-@click.option("--redact-header", "redact_headers", multiple=True, metavar="NAME",
-              help="Never store this header's value (repeatable).")
-@click.option("--redact-pattern", "redact_patterns", multiple=True, metavar="REGEX",
-              help="Never store what this regular expression matches, in bodies and decoded columns (repeatable).")
-def import_command(source, db, keep_secrets, progress, again, redact_headers, redact_patterns):
+def import_command(source, db, ucs_keep_secrets, ucs_redact_headers, ucs_redact_patterns, progress, again):
     """Read SOURCE into DB: a fixture directory, a HAR file, or a mitmproxy flow file (.mitm).
 
     From HAR and flow files only EWS exchanges are kept, with credentials redacted. A source
@@ -57,8 +54,9 @@ def import_command(source, db, keep_secrets, progress, again, redact_headers, re
     from ..recordingfiles import import_source
     from ..redact import Redactor
 
+    keep_secrets = ucs_keep_secrets
     try:
-        redactor = Redactor.from_options(keep_secrets, redact_headers, redact_patterns)
+        redactor = Redactor.from_options(keep_secrets, ucs_redact_headers, ucs_redact_patterns)
     except ValueError as e:
         raise click.BadParameter(str(e).removeprefix("bad --redact-pattern "), param_hint="'--redact-pattern'") from None
     show = sys.stderr.isatty() if progress is None else progress
