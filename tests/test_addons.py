@@ -570,3 +570,13 @@ def _core():
     from ucsproxy.core import UcsCore
 
     return UcsCore()
+
+
+def test_the_mock_takes_its_policy_from_ucs_policy_and_refuses_a_bad_one():
+    addon = UcsProxy()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, ucs_mode="mock", ucs_db="", ucs_policy=["removing_a_non_member_succeeds=true"])
+        assert addon.model.policy.removing_a_non_member_succeeds is True
+        with pytest.raises(exceptions.OptionsError, match="policy 'nope': no such switch"):
+            tctx.configure(addon, ucs_policy=["nope=1"])
+        assert addon.model.policy.removing_a_non_member_succeeds is True, "the previous policy stays"

@@ -327,3 +327,13 @@ def test_reading_the_log_imports_no_xml_library(lync_db):
     done = subprocess.run([sys.executable, "-c", probe, str(lync_db)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_a_bad_policy_is_refused_before_serving_with_the_allowed_values():
+    result = CliRunner().invoke(cli, ["mock", "--policy", "foreign_id_error=Bad", "--listen-port", "0", "--db", ""])
+    assert result.exit_code == 1
+    assert result.output == ("Error: policy foreign_id_error='Bad': not one of the model's errors ("
+                             "ErrorImContactLimitReached, ErrorImGroupDisplayNameAlreadyExists, ErrorImGroupLimitReached, "
+                             "ErrorInvalidIdEmpty, ErrorInvalidIdMalformed, ErrorInvalidImContactId, "
+                             "ErrorInvalidImDistributionGroupSmtpAddress, ErrorInvalidImGroupId, ErrorItemNotFound, "
+                             "ErrorNonExistentMailbox, none)\n")

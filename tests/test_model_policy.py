@@ -143,3 +143,28 @@ def test_a_restored_model_follows_the_policy_it_is_given(tmp_path):
     favorites = group_id(restored.get_im_item_list(MB), "Favorites")
     restored.remove_im_contact_from_group(MB, contact, favorites)  # no UcsError: the policy came back
     assert UcsModel.load(tmp_path / "state.json").policy is DEFAULT_POLICY
+
+
+def test_settings_switch_fields_by_name_and_spell_them_back():
+    policy = Policy.from_settings(["existing_contact_joins_group=true", "foreign_id_error=none",
+                                   "default_group_edit_error=ErrorItemNotFound", "orphans_leave_quick_contacts=off"])
+    assert policy == Policy(existing_contact_joins_group=True, foreign_id_error=None,
+                            default_group_edit_error=ItemNotFound, orphans_leave_quick_contacts=False)
+    assert policy.settings() == {"existing_contact_joins_group": "true", "default_group_edit_error": "ErrorItemNotFound",
+                                 "orphans_leave_quick_contacts": "false", "foreign_id_error": "none"}
+    assert Policy.from_settings([f"{k}={v}" for k, v in policy.settings().items()]) == policy
+    assert Policy.from_settings({"removing_a_non_member_succeeds": True}) == Policy(removing_a_non_member_succeeds=True)
+    assert Policy.from_settings([]) is DEFAULT_POLICY and DEFAULT_POLICY.settings() == {}
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("no_such_switch=true", "no such switch (there are: existing_contact_joins_group,"),
+    ("existing_contact_joins_group", "write NAME=VALUE"),
+    ("existing_contact_joins_group=maybe", "say true or false"),
+    ("default_group_edit_error=none", "an error is needed here"),
+    ("foreign_id_error=ErrorNope", "not one of the model's errors (ErrorImContactLimitReached,"),
+])
+def test_a_bad_setting_says_what_is_allowed(setting, words):
+    with pytest.raises(ValueError) as e:
+        Policy.from_settings([setting])
+    assert words in str(e.value)

@@ -71,3 +71,21 @@ def test_stateful_replay_of_a_recording(ucs_replay):
     assert soap(endpoint.ews_url, ADD_GROUP)[0] == 200
     assert "Customers" in endpoint.group_names()
     assert endpoint.log.rows()[0]["mode"] == "replay"
+
+
+class TestPolicyFixture:
+    """Overriding ``ucs_policy`` switches the mock's choices, on both fronts."""
+
+    @pytest.fixture
+    def ucs_policy(self):
+        return {"default_group_edit_error": "ErrorItemNotFound", "existing_contact_joins_group": True}
+
+    def test_the_mock_follows_the_overridden_policy(self, ucs_mock):
+        assert ucs_mock.model.policy.existing_contact_joins_group is True
+        favorites = next(g for g in ucs_mock.model.get_im_item_list(DEFAULT_MAILBOX).groups
+                         if g.display_name == "Favorites")
+        remove = ADD_GROUP.replace(
+            b"<m:AddImGroup><m:DisplayName>Customers</m:DisplayName></m:AddImGroup>",
+            b'<m:RemoveImGroup><m:GroupId Id="%s"/></m:RemoveImGroup>' % favorites.exchange_store_id.id.encode())
+        status, body = soap(ucs_mock.ews_url, remove)
+        assert status == 200 and b"ErrorItemNotFound" in body and b"ErrorInvalidImGroupId" not in body

@@ -28,7 +28,7 @@ from .console import Reporter
 from .logrow import RawExchange, header
 from .memo import BoundedMemo
 from .protocol import is_ews_endpoint
-from .model import DEFAULT_MAILBOX, UcsModel
+from .model import DEFAULT_MAILBOX, Policy, UcsModel
 from .options import MATCH_MODES, MODES  # noqa: F401  (declared once, in options.py; re-exported)
 from .records import DecodeError, EwsRequest
 from .service import UcsService
@@ -217,16 +217,20 @@ class UcsCore:
         self._store_key = None
 
     def build_model(self, *, state: str = "", seed: int | None = None, item_list: str = "",
-                    mailbox: str = "") -> None:
+                    mailbox: str = "", policy: Sequence[str] = ()) -> None:
         if self.mode != "mock":
             if self.mode != "replay":  # replay builds its own model when stateful
                 self.model = self.service = None
             return
         try:
+            choices = Policy.from_settings(policy)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        try:
             if state and os.path.exists(state):
-                model = UcsModel.load(state)
+                model = UcsModel.load(state, choices)
             else:
-                model = UcsModel(seed=seed)
+                model = UcsModel(seed=seed, policy=choices)
             if item_list:
                 model.seed_mailbox(mailbox or None, read_item_list(item_list))
         except ConfigError:

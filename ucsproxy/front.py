@@ -569,7 +569,8 @@ def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_
     c.domains = tuple(o["ucs_domains"] or ())
     c.reporter.console.enabled = bool(o["ucs_console"])  # the line per exchange, the exit summary
     try:
-        c.build_model(state=o["ucs_state"], seed=o["ucs_seed"], item_list=o["ucs_item_list"], mailbox=o["ucs_mailbox"])
+        c.build_model(state=o["ucs_state"], seed=o["ucs_seed"], item_list=o["ucs_item_list"], mailbox=o["ucs_mailbox"],
+                      policy=o["ucs_policy"])
         c.build_replay(o["ucs_replay"], match=o["ucs_match"], stateful=bool(o["ucs_stateful"]), seed=o["ucs_seed"])
         c.build_faults(o["ucs_faults"], o["ucs_fault"], o["ucs_fault_seed"])
         c.configure_control(o["ucs_control"], o["ucs_control_token"] or None,
@@ -578,6 +579,7 @@ def core_from_options(options: dict[str, Any], *, writer: str = "process", lazy_
         c.open_store(o["ucs_db"], bool(o["ucs_keep_secrets"]), writer=writer, lazy=lazy_log,
                      redact_headers=o["ucs_redact_headers"], redact_patterns=o["ucs_redact_patterns"])
     except BaseException:
+        c.reporter.console.enabled = False  # nothing was served: no "0 exchanges" summary above the error
         c.shutdown()
         raise
     return c

@@ -148,6 +148,10 @@ OPTIONS: tuple[Option, ...] = (
            ("mock",), ("--item-list",), scope="Mock", metavar="FILE", path="existing"),
     Option("ucs_mailbox", str, "", "Mailbox --item-list seeds (default: user@contoso.com).", "mock", ("mock",),
            ("--mailbox",), scope="Mock", metavar="MAILBOX"),
+    Option("ucs_policy", Sequence[str], [],
+           "Switch one of the mock's choices where Exchange's behaviour is undocumented, e.g. "
+           "existing_contact_joins_group=true (repeatable; README 'How the mock behaves' lists them).", "mock",
+           ("mock",), ("--policy",), scope="Mock", metavar="NAME=VALUE"),
     Option("ucs_lenient", bool, False,
            "Answer UCS requests that break Exchange's schema instead of the ErrorSchemaValidation fault "
            "Exchange gives.", "decode", ANSWERING, ("--lenient",), scope="Mock / stateful replay"),

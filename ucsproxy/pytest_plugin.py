@@ -401,12 +401,23 @@ def ucs_front() -> str:
 
 
 @pytest.fixture
-def ucs_mock(tmp_path_factory: pytest.TempPathFactory, ucs_front: str,
+def ucs_policy() -> dict[str, Any]:
+    """Switches of the mock's choices where Exchange's behaviour is undocumented, for ``ucs_mock``:
+    ``{"existing_contact_joins_group": True}`` (``--policy``'s names; README "How the mock behaves").
+    Empty: ucsproxy's choices. Override it (in a module, a class, or parametrized) to switch them."""
+    return {}
+
+
+@pytest.fixture
+def ucs_mock(tmp_path_factory: pytest.TempPathFactory, ucs_front: str, ucs_policy: dict[str, Any],
              request: pytest.FixtureRequest) -> Iterator[UcsEndpoint]:
-    """A stateful mock Exchange UCS on a free 127.0.0.1 port (seeded: ids are deterministic)."""
+    """A stateful mock Exchange UCS on a free 127.0.0.1 port (seeded: ids are deterministic),
+    following ``ucs_policy``."""
+    from .model import Policy
     from .runner import mock_options
 
-    endpoint = UcsEndpoint(dict(mock_options(seed=0), **_redaction(request.config)),
+    settings = [f"{name}={value}" for name, value in Policy.from_settings(ucs_policy).settings().items()]
+    endpoint = UcsEndpoint(dict(mock_options(seed=0, policy=settings), **_redaction(request.config)),
                            tmp_path_factory.mktemp("ucs_mock") / "ucsproxy.db", ucs_front)
     try:
         yield endpoint

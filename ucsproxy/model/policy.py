@@ -9,10 +9,13 @@ different policies live side by side. The README's "How the mock behaves" lists 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, UTC
+from typing import Any
 
 from .. import protocol as P
+from . import errors
 from .errors import InvalidImGroupId, NonExistentMailbox, UcsError
 
 #: The spec: "If there are already over 1000 contacts, this operation fails."
@@ -85,8 +88,83 @@ class Policy:
     contact_id_may_be_persona_id: bool = True
 
 
+    @classmethod
+    def from_settings(cls, settings: Iterable[str] | Mapping[str, Any] = ()) -> Policy:
+        """ucsproxy's choices with some switched: ``NAME=VALUE`` strings (``--policy``) or a mapping.
+
+        A yes/no switch takes true/false (yes/no, on/off, 1/0); an error switch takes the
+        ResponseCode of one of the model's errors (``ErrorItemNotFound``), or ``none`` where
+        the field allows it. Raises ValueError naming what is wrong and what is allowed.
+        """
+        pairs = settings.items() if isinstance(settings, Mapping) else (_split(s) for s in settings)
+        changes = {name: _value(name, value) for name, value in pairs}
+        return replace(cls(), **changes) if changes else DEFAULT_POLICY
+
+    def settings(self) -> dict[str, str]:
+        """The switches that differ from ucsproxy's choices, as ``--policy`` spells them."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out[f.name] = _spelled(value)
+        return out
+
+
 #: ucsproxy's choices, what a model gets when it is given no policy.
 DEFAULT_POLICY = Policy()
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _split(setting: str) -> tuple[str, str]:
+    name, sep, value = setting.partition("=")
+    if not sep:
+        raise ValueError(f"policy {setting!r}: write NAME=VALUE, e.g. existing_contact_joins_group=true")
+    return name.strip(), value.strip()
+
+
+def _errors_by_code() -> dict[str, type[UcsError]]:
+    found: dict[str, type[UcsError]] = {}
+    for obj in vars(errors).values():
+        if isinstance(obj, type) and issubclass(obj, UcsError) and obj is not UcsError:
+            found.setdefault(obj.code, obj)
+    return found
+
+
+def _value(name: str, value: Any) -> Any:
+    """A setting's value as the Policy field ``name`` takes it."""
+    field = next((f for f in fields(Policy) if f.name == name), None)
+    if field is None:
+        known = ", ".join(f.name for f in fields(Policy))
+        raise ValueError(f"policy {name!r}: no such switch (there are: {known})")
+    if isinstance(field.default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"policy {name}={value!r}: say true or false")
+    # an error switch: a UcsError class, its ResponseCode, or none where the default may be none
+    optional = "None" in str(field.type)
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        if optional:
+            return None
+        raise ValueError(f"policy {name}: an error is needed here, not none")
+    if isinstance(value, type) and issubclass(value, UcsError):
+        return value
+    by_code = _errors_by_code()
+    if str(value) in by_code:
+        return by_code[str(value)]
+    codes = ", ".join(sorted(by_code)) + (", none" if optional else "")
+    raise ValueError(f"policy {name}={value!r}: not one of the model's errors ({codes})")
+
+
+def _spelled(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return str(value.code)
 
 
 def counts_toward_group_limit(group_type: str) -> bool:
