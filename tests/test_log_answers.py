@@ -83,7 +83,6 @@ def test_an_answer_sent_again_is_decoded_once(tmp_path, monkeypatch):
         m.add_new_im_contact_to_group(MB, f"sip:u{n}@contoso.com", f"U{n}")
     request = EwsRequest("GetImItemList", SoapHeaders("Exchange2013"), GetImItemList())
     answer = answers.service_answer(UcsService(m).handle(request, user=MB), request.is_ucs)
-    assert len(answer.body) > logrow.ANSWER_CACHE_MIN_BYTES
     first = build_row(raw(request, answer))
     decoded = []
     real = codec.decode_response

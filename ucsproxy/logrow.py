@@ -179,38 +179,144 @@ def _decode_error(e: DecodeError) -> dict:
     return {"decode_error": to_jsonable(e)}
 
 
-# Answers decoded lately, by body: an answer sent again byte for byte (a mailbox read
-# again unchanged, a replayed answer, an upstream answering alike) is not decoded again.
-# Small bodies decode faster than they hash; the cache keeps at most ANSWER_CACHE_BYTES.
-ANSWER_CACHE_MIN_BYTES = 8 * 1024
-ANSWER_CACHE_BYTES = 32 * 1024 * 1024
-_ANSWERS: OrderedDict[tuple[bytes, str | None, str | None], LoggedAnswer | DecodeError] = OrderedDict()
-_ANSWERS_LOCK = threading.Lock()
-_answers_size = 0
+# Body columns built lately, by body (see BodyMemo): a body sent again byte for byte (a
+# mailbox read again unchanged, a polled request, a replayed answer, an upstream answering
+# alike) is neither decoded nor redacted again.
+#: What the memo keeps at most: bytes of bodies and of their columns, and entries.
+MEMO_BYTES = 64 * 1024 * 1024
+MEMO_ENTRIES = 8192
 
 
-def _decoded_answer(body: bytes, operation: str | None, content_type: str | None) -> LoggedAnswer | DecodeError:
-    global _answers_size
-    from . import codec
-    if len(body) < ANSWER_CACHE_MIN_BYTES:
-        decoded = codec.decode_response(body, operation, content_type, memo=True)
-        return logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
-    key = (bytes(body), operation, content_type)
-    with _ANSWERS_LOCK:
-        found = _ANSWERS.get(key)
-        if found is not None:
-            _ANSWERS.move_to_end(key)
-            return found
-    decoded = codec.decode_response(body, operation, content_type, memo=True)
-    answer = logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
-    with _ANSWERS_LOCK:
-        if key not in _ANSWERS:
-            _ANSWERS[key] = answer
-            _answers_size += len(key[0])
-        while _answers_size > ANSWER_CACHE_BYTES and _ANSWERS:
-            old, _ = _ANSWERS.popitem(last=False)
-            _answers_size -= len(old[0])
-    return answer
+@dataclass(frozen=True, slots=True)
+class BodyColumns:
+    """What one body gives its row, already redacted: the body as text, whether it was cut,
+    what it decoded to (an EwsRequest, a LoggedAnswer or a DecodeError; None when it was not
+    decoded), the JSON column it fills (a request's ``args``, an answer's ``result``) and the
+    ``result`` JSON of its decode error."""
+
+    text: str | None
+    cut: bool
+    decoded: EwsRequest | LoggedAnswer | DecodeError | None
+    json: str | None
+    error_json: str | None
+
+
+class BodyMemo:
+    """The columns of bodies seen lately, for one set of redaction rules, newest kept.
+
+    A function of the body's bytes and what else it was decoded with (Content-Type, the
+    operation an answer belongs to, the records a mock answer was made from): a hit is the
+    very value a fresh build gives (``tests/test_log_memo.py``). Keeps at most MEMO_BYTES
+    (bodies and their columns) and MEMO_ENTRIES. Thread-safe: a lost race builds a value twice."""
+
+    def __init__(self, redactor: Redactor, max_bytes: int = MEMO_BYTES, max_entries: int = MEMO_ENTRIES):
+        self.redactor = redactor
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[BodyColumns, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def request(self, body: bytes, content_type: str | None, decode: bool) -> BodyColumns:
+        if type(body) is not bytes:
+            body = bytes(body)
+        key = (body, content_type, decode)
+        found = self._get(key)
+        if found is None:
+            found = self._put(key, self._build_request(body, content_type, decode), len(body))
+        return found
+
+    def answer(self, body: bytes | None, content_type: str | None, operation: str | None,
+               given: LoggedAnswer | None, decode: bool) -> BodyColumns:
+        """``given``: the records the proxy made the answer from (not decoded again)."""
+        if body is None:
+            return self._build_answer(body, content_type, operation, given, decode)
+        if type(body) is not bytes:
+            body = bytes(body)
+        key = (body, content_type, operation, given, decode)
+        found = self._get(key)
+        if found is None:
+            found = self._put(key, self._build_answer(body, content_type, operation, given, decode),
+                              len(body) + (len(given.result or "") if given is not None else 0))
+        return found
+
+    def _get(self, key: tuple) -> BodyColumns | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def _put(self, key: tuple, value: BodyColumns, size: int) -> BodyColumns:
+        size += len(value.text or "") + len(value.json or "") + len(value.error_json or "")
+        if size > self.max_bytes // 4:
+            return value  # too big to keep
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.size -= old[1]
+            self._entries[key] = (value, size)
+            self.size += size
+            while self.size > self.max_bytes or len(self._entries) > self.max_entries:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.size -= dropped
+        return value
+
+    def _text(self, body: bytes | None, content_type: str | None) -> tuple[str | None, bool]:
+        text, cut = _body_text(body, content_type)
+        return (self.redactor.text(text) if text else text), cut
+
+    def _json(self, value: Any) -> str | None:
+        return self.redactor.json_text(_json(value), _JSON.encode)
+
+    def _build_request(self, body: bytes, content_type: str | None, decode: bool) -> BodyColumns:
+        text, cut = self._text(body, content_type)
+        if not decode:
+            return BodyColumns(text, cut, None, None, None)
+        from . import codec
+
+        request = codec.decode_request(body, None, content_type)
+        if isinstance(request, EwsRequest):
+            args = self._json(to_jsonable(request.body)) if request.body is not None else None
+            return BodyColumns(text, cut, request, args, None)
+        return BodyColumns(text, cut, request, None, self._json(_decode_error(request)))
+
+    def _build_answer(self, body: bytes | None, content_type: str | None, operation: str | None,
+                      given: LoggedAnswer | None, decode: bool) -> BodyColumns:
+        text, cut = self._text(body, content_type)
+        answer: LoggedAnswer | DecodeError | None = given
+        if answer is None and decode and body:
+            from . import codec
+
+            decoded = codec.decode_response(body, operation, content_type, memo=True)
+            answer = logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
+        if isinstance(answer, LoggedAnswer):
+            return BodyColumns(text, cut, answer, self.redactor.json_text(answer.result, _JSON.encode), None)
+        if isinstance(answer, DecodeError):
+            return BodyColumns(text, cut, answer, None, self._json({"response_decode_error": to_jsonable(answer)}))
+        return BodyColumns(text, cut, None, None, None)
+
+
+_MEMOS: dict[Redactor, BodyMemo] = {}
+_MEMOS_LOCK = threading.Lock()
+
+
+def body_memo(redactor: Redactor) -> BodyMemo:
+    """The memo of ``redactor``'s rules (one per set of rules: equal rules redact alike)."""
+    memo = _MEMOS.get(redactor)
+    if memo is None:
+        with _MEMOS_LOCK:
+            memo = _MEMOS.get(redactor)
+            if memo is None:
+                if len(_MEMOS) >= 8:  # tools building rows under many rules: keep the newest few
+                    _MEMOS.pop(next(iter(_MEMOS)))
+                memo = _MEMOS[redactor] = BodyMemo(redactor)
+    return memo
 
 
 #: The columns that hold JSON text.
@@ -220,47 +326,71 @@ JSON_COLUMNS = ("fault", "args", "result", "request_headers", "response_headers"
 def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor | None = None) -> dict[str, Any]:
     """The log row of one exchange, redacted by ``redactor`` (by default the built-in rules,
     none with ``keep_secrets``)."""
-    from . import codec  # here, not at the top: `ucsproxy log` imports this module without lxml
-
+    if redactor is None:
+        redactor = KEEP_SECRETS if keep_secrets else DEFAULT_REDACTOR
+    memo = body_memo(redactor)
     soap_action = header(raw.request_headers, "SOAPAction")
-    request = raw.decoded_request
+    request_type = header(raw.request_headers, "Content-Type")
     ews_post = is_ews_request(raw.method, raw.path)
-    if request is None and ews_post and raw.request_body is not None:
-        request = codec.decode_request(raw.request_body, None, header(raw.request_headers, "Content-Type"))
-    operation = mailbox = version = args = None
-    result: Any = None
-    result_text: str | None = None  # the result column as JSON text already
+    request = raw.decoded_request
+    # The columns the memo gives are redacted already; the rest pass the redactor below.
+    done = ["request_body", "response_body"]
+    request_side = None
+    if raw.request_body is not None:
+        decode = request is None and ews_post
+        request_side = memo.request(raw.request_body, request_type, decode)
+        if decode:
+            request = request_side.decoded  # type: ignore[assignment]
+    operation = mailbox = version = None
+    args: str | None = None
+    result: str | None = None  # the result column's JSON text
+    result_done = False
     if isinstance(request, EwsRequest):
         operation = request.operation
         version = request.headers.request_server_version
-        args = to_jsonable(request.body) if request.body is not None else None
+        if request_side is not None and request_side.decoded is request:
+            args = request_side.json
+            done.append("args")
+        elif request.body is not None:
+            args = _json(to_jsonable(request.body))
     elif isinstance(request, DecodeError) and ews_post:
-        result = _decode_error(request)
+        if request_side is not None and request_side.decoded is request:
+            result, result_done = request_side.error_json, True
+        else:
+            result = _json(_decode_error(request))
         # Name the operation the client meant, when it can be told.
-        operation = request.operation or codec.operation_from_soap_action(soap_action)
+        if request.operation:
+            operation = request.operation
+        else:
+            from . import codec  # here, not at the top: `ucsproxy log` imports this module without lxml
+
+            operation = codec.operation_from_soap_action(soap_action)
     # The one rule of ucsproxy.identity; the proxy passes what it decided (with the
     # default mailbox when a model answered), an import decides here.
     mailbox = raw.mailbox or request_mailbox(raw.request_headers, request)
-    response = raw.decoded_response
-    if response is None and ews_post and raw.response_body:
-        response = _decoded_answer(raw.response_body, operation, header(raw.response_headers, "Content-Type"))
-    elif isinstance(response, EwsResponse):
-        response = logged_answer(response)
+    given = raw.decoded_response
+    if isinstance(given, EwsResponse):
+        given = logged_answer(given)
+    decode = given is None and ews_post and bool(raw.response_body)
+    response_side = memo.answer(raw.response_body, header(raw.response_headers, "Content-Type"), operation,
+                                given if isinstance(given, LoggedAnswer) else None, decode)
+    response = response_side.decoded if decode or isinstance(given, LoggedAnswer) else given
     response_class = response_code = None
     if isinstance(response, LoggedAnswer):
         operation = operation or response.operation
         response_class, response_code = response.response_class, response.response_code
         if response.result is not None:
-            result_text = response.result
+            result, result_done = response_side.json, True
     elif isinstance(response, DecodeError) and ews_post and result is None and raw.http_status is not None:
-        result = {"response_decode_error": to_jsonable(response)}
-    request_body, req_cut = _body_text(raw.request_body, header(raw.request_headers, "Content-Type"))
-    response_body, resp_cut = _body_text(raw.response_body, header(raw.response_headers, "Content-Type"))
+        if response_side.decoded is response:
+            result, result_done = response_side.error_json, True
+        else:
+            result = _json({"response_decode_error": to_jsonable(response)})
+    if result_done:
+        done.append("result")
     notes = [raw.error] if raw.error else []
-    if req_cut or resp_cut:
+    if (request_side is not None and request_side.cut) or response_side.cut:
         notes.append(f"body stored cut at {MAX_STORED_BODY} bytes")
-    if redactor is None:
-        redactor = KEEP_SECRETS if keep_secrets else DEFAULT_REDACTOR
     row = {
         "started_at": iso_utc(raw.started_at),
         "duration_ms": raw.duration_ms,
@@ -277,28 +407,30 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
         "response_class": response_class,
         "response_code": response_code,
         "fault": raw.fault,
-        "args": _json(args),
-        "result": result_text if result_text is not None else _json(result),
+        "args": args,
+        "result": result,
         "request_headers": list(raw.request_headers),
-        "request_body": request_body,
+        "request_body": request_side.text if request_side is not None else None,
         "response_headers": list(raw.response_headers) if raw.response_headers is not None else None,
-        "response_body": response_body,
+        "response_body": response_side.text,
         "error": "; ".join(notes) or None,
         "divergence": raw.divergence,
     }
-    if raw.method == "POST" and not ews_post:
-        _autodiscover_columns(row, raw)
-    # Every value goes through the one redaction pass, header lists and JSON columns included.
-    return redactor.row(row, JSON_COLUMNS, _JSON.encode)
+    if raw.method == "POST" and not ews_post and _autodiscover_columns(row, raw):
+        done = ["request_body", "response_body"]
+    # Every value goes through the one redaction pass, header lists and JSON columns included
+    # (the bodies and the JSON the memo built went through it there).
+    return redactor.row(row, JSON_COLUMNS, _JSON.encode, done=done)
 
 
-def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> None:
-    """An Autodiscover exchange (POX or SOAP GetUserSettings) decoded into the log's columns."""
+def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> bool:
+    """An Autodiscover exchange (POX or SOAP GetUserSettings) decoded into the log's columns.
+    False when it is not one (the row is left as it is)."""
     from .autodiscover import log_fields
 
     found = log_fields(raw.path, raw.request_body, raw.response_body)
     if not found:
-        return
+        return False
     row["operation"] = found["operation"]
     if found.get("mailbox"):
         row["mailbox"] = clean_name(found["mailbox"])
@@ -308,6 +440,7 @@ def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> None:
     for key in ("args", "result"):
         if found.get(key) is not None:
             row[key] = _json(found[key])
+    return True
 
 
 # key_arguments and short_id live in ucsproxy.logsummary (`ucsproxy log` imports them without the records).

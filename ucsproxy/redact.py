@@ -227,25 +227,33 @@ class Redactor:
 
     # -- a whole row ----------------------------------------------------------------
 
-    def row(self, row: dict[str, Any], json_columns: Iterable[str], encode: Callable[[Any], str]) -> dict[str, Any]:
+    def row(self, row: dict[str, Any], json_columns: Iterable[str], encode: Callable[[Any], str],
+            done: Iterable[str] = ()) -> dict[str, Any]:
         """Every value of a log row, redacted, in place: the one place a row passes before it is
         stored. A list (header pairs) is redacted as headers and encoded as JSON; a JSON column's
-        text has its strings redacted; any other text as text."""
+        text has its strings redacted; any other text as text. ``done``: columns whose values
+        passed :meth:`text` (a JSON column: :meth:`json_text`) of these rules already (the
+        bodies of ucsproxy.logrow's memo), left as they are."""
         json_columns = frozenset(json_columns)
+        done = frozenset(done)
         active = self.active
         clean_short = False
         if active and not self.patterns:
             # The short values and the header lists are looked at together, once: in the usual
             # row no rule can match them (every credential header's name holds a trigger word),
-            # and then they are stored as they are.
+            # and then they are stored as they are. Each value's outcome is what redacting it
+            # alone gives, whichever way it takes: a value without a trigger word is kept.
             # Credential headers (known by name) are redacted one by one in any case.
             short = [value for name, value in row.items()
-                     if isinstance(value, str) and name not in json_columns and len(value) < _SHORT]
+                     if isinstance(value, str) and name not in json_columns and name not in done
+                     and len(value) < _SHORT]
             for value in row.values():
                 if isinstance(value, list):
                     short.extend(f"{k}: {v}" for k, v in value if not self._is_header(k))
             clean_short = bool(short) and not self._may_match("\n".join(short))
         for name, value in row.items():
+            if name in done and not isinstance(value, list):
+                continue
             if isinstance(value, list):
                 pairs: list[tuple[str, str]] | None
                 if not active:
