@@ -14,7 +14,7 @@ import pytest
 
 from conftest import count_rows, wait_for
 from ucsproxy.logrow import RawExchange, build_row
-from ucsproxy.logwriter import committed_mark, frame, stop_frame
+from ucsproxy.logwriter import OUT_OF_BAND, committed_mark, frame, stop_frame
 from ucsproxy.redact import Redactor
 from ucsproxy.store import COLUMNS, LogError, LogStore, _encoded
 
@@ -121,8 +121,11 @@ def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
     os.close(data_r)
     os.close(ack_w)
     with os.fdopen(data_w, "wb") as out:
-        for seq in (1, 2, 3):
+        for seq in (1, 2):
             out.write(frame(seq, [raw(seq)]))
+        big = raw(3)  # a body past OUT_OF_BAND: it travels beside the pickle, not in it
+        big.response_body += b"<!--" + b"x" * OUT_OF_BAND + b"-->"
+        out.write(frame(3, [big]))
         out.write(stop_frame())
     with os.fdopen(ack_r, "rb") as acks:
         said = [json.loads(line) for line in acks]
@@ -131,6 +134,8 @@ def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
     assert {"ack": 3, "count": 1} in said and said[-1] == {"bye": True}
     assert count_rows(path) == 1
     con = sqlite3.connect(path)
-    assert con.execute("select started_at from exchanges").fetchone()[0].startswith("2023-11-14T22:13:23")
+    started_at, body, operation = con.execute("select started_at, response_body, operation from exchanges").fetchone()
+    assert started_at.startswith("2023-11-14T22:13:23") and operation == "AddImGroup"
+    assert (body.encode() if isinstance(body, str) else body) == big.response_body
     assert con.execute("select count(*) from ucsproxy_writer").fetchone()[0] == 0
 

@@ -13,7 +13,8 @@ it has received.
 
 Protocol (proxy -> writer, on a pipe): frames of ``kind (1 byte) | seq (8) | count (4) | length
 (4) | payload``; kind ``B`` carries ``count`` pickled :class:`RawExchange` objects numbered
-``seq``, kind ``S`` asks the writer to finish and stop. The proxy writes one frame per exchange
+``seq`` (:func:`frame_parts`: big bodies follow the pickle as they are, never copied into it),
+kind ``S`` asks the writer to finish and stop. The proxy writes one frame per exchange
 from the thread that submits it (:meth:`ucsproxy.store.LogStore.submit`), so what has been
 submitted is in the pipe, or in this process's reader, whatever the proxy's other threads are
 doing; a proxy killed while writing cuts at most one frame short. A reader thread at normal
@@ -64,6 +65,9 @@ BATCH, STOP = b"B", b"S"
 GATHER_TIME = 0.02
 #: Rows per transaction at most, so acknowledgements keep flowing through a backlog.
 ROWS_PER_COMMIT = 1000
+#: ... and at most about this many bytes of frames: a backlog of 2 MB answers is acknowledged every
+#: few rows, not after 1,000 of them (2 GB the proxy holds until then, for a re-send).
+BYTES_PER_COMMIT = 16 * 1024 * 1024
 #: After a failed write, try again this often (seconds).
 RETRY_DELAY = 0.5
 #: Once told to stop (or when the proxy is gone), how long failing writes are still retried
@@ -80,8 +84,79 @@ def frame_header(seq: int, count: int, length: int) -> bytes:
     return HEADER.pack(BATCH, seq, count, length)
 
 
+#: Bodies (and a decoded answer's JSON) at least this long travel beside the pickle, not in it.
+OUT_OF_BAND = 64 * 1024
+_COUNT = struct.Struct("!I")
+_last_json: tuple[str, bytes] = ("", b"")  # the newest big JSON text and its UTF-8 (lists repeat)
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8, the last big one kept: a mock repeats the same cached list's JSON."""
+    global _last_json
+    last = _last_json
+    if last[0] is text:
+        return last[1]
+    data = text.encode("utf-8", "surrogatepass")
+    _last_json = (text, data)
+    return data
+
+
+def _out_of_band(raw: RawExchange) -> tuple:
+    """``raw``'s pickled state with its big bytes as pickle buffers (sent as they are, not copied)."""
+    state = raw.__getstate__()
+    for key in ("request_body", "response_body"):
+        value = state.get(key)
+        if type(value) is bytes and len(value) >= OUT_OF_BAND:
+            state[key] = pickle.PickleBuffer(value)
+    from .logrow import LoggedAnswer
+
+    answer = state.get("decoded_response")
+    if type(answer) is LoggedAnswer and type(answer.result) is str and len(answer.result) >= OUT_OF_BAND:
+        state["decoded_response"] = None
+        return state, (answer.operation, answer.response_class, answer.response_code,
+                       pickle.PickleBuffer(_utf8(answer.result)))
+    return state, None
+
+
+def _restored(state: dict[str, Any], answer: tuple | None) -> RawExchange:
+    from .logrow import LoggedAnswer, RawExchange
+
+    raw = RawExchange.__new__(RawExchange)
+    raw.__setstate__(state)
+    if answer is not None:
+        raw.decoded_response = LoggedAnswer(answer[0], answer[1], answer[2], bytes(answer[3]).decode("utf-8", "surrogatepass"))
+    return raw
+
+
+def frame_parts(raws: list[RawExchange]) -> list[bytes | memoryview]:
+    """A frame's payload in pieces, for one ``writev``: the number of out-of-band buffers and
+    their lengths, the pickle, then the buffers themselves (the exchanges' big bodies, not
+    copied: a 2 MB answer costs the proxy no 2 MB copy, and nothing new to hold until the
+    writer acknowledges it)."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps([_out_of_band(raw) for raw in raws], protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    lengths = struct.pack(f"!I{len(views)}Q", len(views), *(v.nbytes for v in views))
+    return [lengths, data, *views]
+
+
 def frame_payload(raws: list[RawExchange]) -> bytes:
-    return pickle.dumps(raws, protocol=pickle.HIGHEST_PROTOCOL)
+    """A frame's payload as one byte string (:func:`frame_parts` joined)."""
+    return b"".join(frame_parts(raws))
+
+
+def load_payload(payload: bytes) -> list[RawExchange]:
+    """The exchanges of a frame's payload (what :func:`frame_parts` made)."""
+    (count,) = _COUNT.unpack_from(payload)
+    lengths = struct.unpack_from(f"!{count}Q", payload, _COUNT.size)
+    start = _COUNT.size + 8 * count
+    end = len(payload) - sum(lengths)
+    buffers = []
+    at = end
+    for length in lengths:
+        buffers.append(payload[at:at + length])  # bytes: unpickled as bytes, as they were
+        at += length
+    return [_restored(state, answer) for state, answer in pickle.loads(memoryview(payload)[start:end], buffers=buffers)]
 
 
 def frame(seq: int, raws: list[RawExchange]) -> bytes:
@@ -133,22 +208,26 @@ class Committer:
         self.redactor = redactor
         self.session = session
         self.lock = lock or threading.Lock()
-        self.pending: deque[list] = deque()  # [seq, count, raws or None, rows or None]
+        self.pending: deque[list] = deque()  # [seq, count, raws or None, rows or None, bytes]
         self.waiting = 0
+        self.waiting_bytes = 0
 
-    def add(self, seq: int, raws: list[RawExchange]) -> None:
-        self.pending.append([seq, len(raws), raws, None])
+    def add(self, seq: int, raws: list[RawExchange], size: int = 0) -> None:
+        """Group ``seq`` of ``raws``; ``size``: the bytes it came in (bounds a transaction too)."""
+        self.pending.append([seq, len(raws), raws, None, size])
         self.waiting += len(raws)
+        self.waiting_bytes += size
 
     def commit(self) -> tuple[int, int]:
         """Write the oldest waiting groups. Returns (last seq written, exchanges written)."""
         take: list[list[Any]] = []
-        count = 0
+        count = size = 0
         for group in self.pending:
-            if take and count + group[1] > ROWS_PER_COMMIT:
+            if take and (count + group[1] > ROWS_PER_COMMIT or size + group[4] > BYTES_PER_COMMIT):
                 break
             take.append(group)
             count += group[1]
+            size += group[4]
         if not take:
             return 0, 0
         rows: list[dict[str, Any]] = []
@@ -163,6 +242,7 @@ class Committer:
         for _ in take:
             self.pending.popleft()
         self.waiting -= count
+        self.waiting_bytes -= size
         return last, count
 
 
@@ -331,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout: float | None = None
         elif problem:
             timeout = RETRY_DELAY
-        elif committer.waiting < ROWS_PER_COMMIT:
+        elif committer.waiting < ROWS_PER_COMMIT and committer.waiting_bytes < BYTES_PER_COMMIT:
             timeout = max(0.0, since + GATHER_TIME - time.monotonic())
         else:
             timeout = 0.0
@@ -341,13 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         for seq, _count, payload in frames:
             if seq <= committed:
                 continue  # an earlier writer of this session committed it
-            committer.add(seq, pickle.loads(payload))
+            committer.add(seq, load_payload(payload), len(payload))
         ending = reader.stop or reader.eof
         if not committer.pending:
             if ending and not reader.frames:
                 break
             continue
         if (not ending and problem is None and committer.waiting < ROWS_PER_COMMIT
+                and committer.waiting_bytes < BYTES_PER_COMMIT
                 and time.monotonic() - since < GATHER_TIME):
             continue  # gather a few more exchanges into this transaction
         try:

@@ -461,13 +461,14 @@ class _ProcessSink:
         self.ready_timeout = ready_timeout
         import uuid
 
-        from .logwriter import frame_header, frame_payload, stop_frame
+        from .logwriter import frame_header, frame_parts, stop_frame
 
-        self._payload, self._header, self._stop_frame = frame_payload, frame_header, stop_frame
+        self._parts, self._header, self._stop_frame = frame_parts, frame_header, stop_frame
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()  # _unacked, _seq, _next, _offset: held briefly, never across a call out
         self._pipe = threading.Lock()  # one writer of the pipe at a time; the submitting thread never waits for it
-        self._unacked: dict[int, tuple[int, bytes, bytes]] = {}  # seq -> (exchanges, header, payload), in order
+        # seq -> (exchanges, bytes, (header, *payload pieces)), in order
+        self._unacked: dict[int, tuple[int, int, tuple[bytes | memoryview, ...]]] = {}
         self._seq = 0  # the last frame made
         self._next = 1  # the next frame to write into the current writer's pipe
         self._offset = 0  # bytes of frame _next already written
@@ -493,11 +494,13 @@ class _ProcessSink:
 
     def submit(self, raw: RawExchange) -> None:
         """Make the exchange's frame and write it into the pipe now if the pipe takes it."""
-        payload = self._payload([raw])  # pickled before it is counted: a failure counts nothing
+        parts = self._parts([raw])  # pickled before it is counted: a failure counts nothing
+        length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
         with self._lock:
             self._seq += 1
             seq = self._seq
-            self._unacked[seq] = (1, self._header(seq, 1, len(payload)), payload)
+            head = self._header(seq, 1, length)
+            self._unacked[seq] = (1, len(head) + length, (head, *parts))
         if not self._write(wait=False):
             self._kick.set()
 
@@ -518,12 +521,14 @@ class _ProcessSink:
                 if not items:
                     return True
                 parts: list[bytes | memoryview] = []
-                for _, head, payload in items:
-                    if offset < len(head):
-                        parts += (memoryview(head)[offset:], payload)
-                    else:
-                        parts.append(memoryview(payload)[offset - len(head):])
-                    offset = 0
+                for _, _, pieces in items:
+                    for piece in pieces:  # the frame's header and payload pieces, less what is written
+                        size = len(piece)
+                        if offset >= size:
+                            offset -= size
+                            continue
+                        parts.append(memoryview(piece)[offset:] if offset else piece)
+                        offset = 0
                 fd = self.writer._data
                 try:
                     if fd is None:
@@ -537,8 +542,8 @@ class _ProcessSink:
                     return False
                 with self._lock:  # how far the written bytes got, frame by frame
                     seq, offset = start, self._offset
-                    for count, head, payload in items:
-                        size = len(head) + len(payload) - offset
+                    for count, frame_size, _ in items:
+                        size = frame_size - offset
                         if written < size:
                             offset += written
                             break
