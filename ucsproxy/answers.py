@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 
 from . import protocol as P
-from .records import DecodeError, EwsResponse, MessageXml, ServerVersionInfo, SoapFault, UcsResponse
+from .memo import IdentityCache
+from .records import DecodeError, EwsResponse, ImItemList, MessageXml, ServerVersionInfo, SoapFault, UcsResponse
 
 #: The headers of an XML answer the mock or a replay makes, as Exchange sends them.
 XML_HEADERS: dict[str, str] = {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}
@@ -192,8 +193,31 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
     if not ucs:
         body = codec.encode_unsupported(response.operation, response.response_code, response.message_text or "")
         return Answer(200, _pairs(XML_HEADERS), body)
-    return Answer(200, _pairs(XML_HEADERS), codec.encode_response(response),
+    return Answer(200, _pairs(XML_HEADERS), _encoded(response),
                   decoded=EwsResponse(response.operation, ServerVersionInfo(), message=response))
+
+
+# The newest answer per item list, by the list object (the model hands out the same one while a
+# mailbox is unchanged): a repeated GetImItemList of a big mailbox is the very same bytes object,
+# not 2 MB made anew per request (and held anew while the log's writer has not written them).
+_LIST_ANSWERS = IdentityCache()
+
+
+def _encoded(response: UcsResponse) -> bytes:
+    from . import codec
+
+    items = response.payload
+    if type(items) is not ImItemList:
+        return codec.encode_response(response)
+    # Everything else the body is made of (the list itself is the cache's key, by identity).
+    rest = (response.operation, response.response_class, response.response_code, response.message_text,
+            response.descriptive_link_key, response.message_xml)
+    found = _LIST_ANSWERS.get(items)
+    if found is not None and found[0] == rest:
+        return found[1]
+    body = codec.encode_response(response)
+    _LIST_ANSWERS.put(items, (rest, body))
+    return body
 
 
 def injected_ews_error(operation: str | None, code: str, message: str | None = None) -> Answer:

@@ -52,6 +52,7 @@ KILLED = "Connection killed."  # the error mitmproxy logs for a flow a fault kil
 CLIENT_GONE = "Client disconnected."
 TLS_HANDSHAKE = 0x16
 MAX_PIPELINED = 64  # queued requests per connection before it stops reading
+BIG_ANSWER = 64 * 1024  # answers at least this long are written without joining them to their head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -328,7 +329,10 @@ class _Connection(asyncio.Protocol):
         if self.closing or self.transport is None:
             return
         head, content, close, sent_headers = self._frame(req, answer, decision)
-        self.transport.write(head + content)
+        if len(content) < BIG_ANSWER:
+            self.transport.write(head + content)
+        else:  # no copy of a big answer (a 2 MB list): the transport sends both pieces as they are
+            self.transport.writelines((head, content))
         if close:
             self.close()
         if logged:
