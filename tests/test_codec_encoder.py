@@ -6,6 +6,7 @@ before; for every response it can write, the string encoder must write the same 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,16 @@ from lxml_encoder import encode_response_lxml
 from record_strategies import responses, versions
 from ucsproxy import codec
 from ucsproxy.model import UcsModel
-from ucsproxy.records import ImGroup, ImItemList, ItemId, UcsResponse
+from ucsproxy.records import (
+    AttributedValue,
+    EmailAddress,
+    ImGroup,
+    ImItemList,
+    ItemId,
+    PersonaAttribution,
+    PhoneNumber,
+    UcsResponse,
+)
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses, versions)
@@ -67,3 +77,36 @@ def test_cached_encodings_go_with_their_records():
     del items
     gc.collect()
     assert len(codec._PERSONA_TEXT) <= before - 20
+
+
+def test_personas_are_written_plain_unless_a_value_needs_escaping():
+    # The plain writer (no escaping) must give _w_persona's text, and must step aside for
+    # any value with a character to escape, wherever in the persona it is.
+    m = UcsModel(seed=3)
+    gid = m.add_im_group(None, "Team").exchange_store_id
+    for n in range(5):
+        m.add_new_im_contact_to_group(None, f"sip:user{n}@contoso.com", f"User {n} Ñame", gid)
+    m.add_new_im_contact_to_group(None, "sip:quote@contoso.com", 'Quote "Q"', gid)
+    personas = m.get_im_item_list(None).personas
+    written = {p.display_name: codec._plain_persona_text(p, "") for p in personas}
+    assert written.pop('Quote "Q"') is None
+    assert len(written) == 5 and None not in written.values()
+    for persona in personas:
+        careful: list[str] = []
+        codec._w_persona(careful, persona, "")
+        if persona.display_name in written:
+            assert written[persona.display_name] == "".join(careful)
+    base = personas[0]
+    odd_values = [
+        dataclasses.replace(base, display_name="A & B"),
+        dataclasses.replace(base, persona_id=ItemId('id"1')),
+        dataclasses.replace(base, email_address=EmailAddress(name="x<y")),
+        dataclasses.replace(base, attributions=(PersonaAttribution("0", display_name="line\nbreak"),)),
+        dataclasses.replace(base, display_names=(AttributedValue("ok", ("1&2",)),)),
+        dataclasses.replace(base, mobile_phones=(AttributedValue(PhoneNumber("+1 <555>"), ()),)),
+        dataclasses.replace(base, relevance_score=True),  # a bool: written as xs:boolean
+    ]
+    for persona in odd_values:
+        assert codec._plain_persona_text(persona, "") is None
+        response = UcsResponse("GetImItemList", payload=ImItemList(personas=(persona,)))
+        assert codec.encode_response(response) == encode_response_lxml(response)

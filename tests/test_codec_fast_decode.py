@@ -87,3 +87,35 @@ def test_a_persona_reads_the_first_of_each_name_and_skips_comments_and_strangers
         '<Unknown>x</Unknown><?pi x?><RelevanceScore> 7 </RelevanceScore>'))
     assert codec._persona_fast(el) == codec._persona(el)
     assert codec._persona_fast(el).display_name == "AB" and codec._persona_fast(el).relevance_score == 7
+
+
+def test_the_collector_is_paused_while_a_list_is_read_and_left_as_it_was():
+    import gc
+
+    from ucsproxy.records import ImItemList, ItemId, Persona
+
+    body = codec.encode_response(UcsResponse("GetImItemList", payload=ImItemList(
+        personas=tuple(Persona(ItemId(f"p{n}")) for n in range(3)))))
+    seen = []
+    real = codec._persona_fast
+
+    def watching(el):
+        seen.append(gc.isenabled())
+        return real(el)
+
+    codec._persona_fast = watching
+    try:
+        assert gc.isenabled()
+        assert len(codec.decode_response(body, "GetImItemList").message.payload.personas) == 3
+        assert seen == [False] * 3 and gc.isenabled()
+        gc.disable()  # someone else's choice: kept
+        try:
+            codec.decode_response(body, "GetImItemList")
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+        broken = body.replace(b'<PersonaId Id="p1"/>', b"")
+        assert isinstance(codec.decode_response(broken, "GetImItemList"), DecodeError)
+        assert gc.isenabled()  # and on again after a list that could not be read
+    finally:
+        codec._persona_fast = real

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import gc
 import re
 import threading
 from collections import OrderedDict
-from typing import Any
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from lxml import etree
 
@@ -780,13 +782,33 @@ def _persona_fast(el: etree._Element) -> Persona:
         return _persona(el)  # raises the error the schema's order finds first
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a list's records are made.
+
+    A 1,000-contact list makes some 15,000 records, all kept. With the collector on, every
+    700 new objects start a pass over the young ones, and the growing heap soon starts full
+    passes: about a tenth of the decode went into walking these records again and again as
+    they were made. Paused, they are walked once, by the first collection after the list
+    (which counts them all). A collector that was off before stays off."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _item_list(el: etree._Element, memo: bool = False) -> ImItemList:
     fields = _child_index(el)
     read = _remembered_persona if memo else _persona_fast
-    return ImItemList(
-        groups=tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup")),
-        personas=tuple(read(p) for p in _children(fields.get("Personas"), "Persona")),
-    )
+    with _collector_paused():
+        return ImItemList(
+            groups=tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup")),
+            personas=tuple(read(p) for p in _children(fields.get("Personas"), "Persona")),
+        )
 
 
 # Personas decoded lately, by their XML (namespaces included, as lxml writes a subtree):
@@ -1355,6 +1377,159 @@ def _w_persona(out: list[str], persona: Persona, decl: str) -> None:
     out.append("</Persona>")
 
 
+# ---------------------------------------------------------------------------
+# Personas written plain
+#
+# Checking each value for characters to escape costs about as much as writing it. A
+# persona's text is therefore first written with its values as they are, each string value
+# also collected in ``vals``; one search over them all then tells whether any needs
+# escaping. Nearly none does; a persona with such a value (an ampersand or a quote in a
+# name, a line break) is written again by _w_persona, which escapes each value. The two
+# writers give the same text (tests/test_codec_encoder.py compares both with lxml's).
+
+def _plain_email(name: str, email: EmailAddress, vals: list[Any], decl: str = "") -> str:
+    n, a, r, m = email.name, email.email_address, email.routing_type, email.mailbox_type
+    if m is None and n is not None and a is not None and r is not None:  # the usual address
+        vals += (n, a, r)
+        return f"<{name}{decl}><Name>{n}</Name><EmailAddress>{a}</EmailAddress><RoutingType>{r}</RoutingType></{name}>"
+    parts = []
+    for child, value in (("Name", n), ("EmailAddress", a), ("RoutingType", r), ("MailboxType", m)):
+        if value is not None:
+            vals.append(value)
+            parts.append(f"<{child}>{value}</{child}>")
+    return f"<{name}{decl}>{''.join(parts)}</{name}>" if parts else f"<{name}{decl}/>"
+
+
+def _plain_item_id(name: str, item: ItemId, vals: list[Any], decl: str = "") -> str:
+    ident, ck = item.id, item.change_key
+    if ck is None:
+        vals.append(ident)
+        return f'<{name}{decl} Id="{ident}"/>'
+    vals += (ident, ck)
+    return f'<{name}{decl} Id="{ident}" ChangeKey="{ck}"/>'
+
+
+def _plain_ids(ids: tuple[str, ...], vals: list[Any]) -> str:
+    """The Attributions of an attributed value: attribution ids."""
+    if len(ids) == 1:
+        vals.append(ids[0])
+        return f"<Attributions><Attribution>{ids[0]}</Attribution></Attributions>"
+    if not ids:
+        return "<Attributions/>"
+    vals += ids
+    return "<Attributions>" + "".join([f"<Attribution>{a}</Attribution>" for a in ids]) + "</Attributions>"
+
+
+def _plain_value(value: Any, vals: list[Any]) -> str:
+    """The Value of an attributed value."""
+    if value.__class__ is str:
+        vals.append(value)
+        return f"<Value>{value}</Value>"
+    if isinstance(value, EmailAddress):
+        return _plain_email("Value", value, vals)
+    if isinstance(value, PhoneNumber):
+        vals.append(value.number)
+        if value.type is None:
+            return f"<Value><Number>{value.number}</Number></Value>"
+        vals.append(value.type)
+        return f"<Value><Number>{value.number}</Number><Type>{value.type}</Type></Value>"
+    out: list[str] = []  # an extended property, or an odd value: written with escaping
+    if isinstance(value, ExtendedProperty):
+        _w_extended_property(out, "Value", value)
+    else:
+        _w_leaf(out, "Value", value)
+    return "".join(out)
+
+
+def _plain_attributed(name: str, item: str, values: tuple[AttributedValue, ...], vals: list[Any], decl: str) -> str:
+    return (f"<{name}{decl}>"
+            + "".join([f"<{item}>{_plain_value(av.value, vals)}{_plain_ids(av.attributions, vals)}</{item}>"
+                       for av in values])
+            + f"</{name}>")
+
+
+def _plain_flag(name: str, value: Any, vals: list[Any]) -> str:
+    if value is None:
+        return ""
+    if value is True:
+        return f"<{name}>true</{name}>"
+    if value is False:
+        return f"<{name}>false</{name}>"
+    vals.append(value)
+    return f"<{name}>{value}</{name}>"
+
+
+def _plain_attributions(name: str, values: tuple[PersonaAttribution, ...], vals: list[Any], decl: str) -> str:
+    parts = [f"<{name}{decl}>"]
+    for a in values:
+        if a.id is None:
+            parts.append("<Attribution><Id/>")
+        else:
+            vals.append(a.id)
+            parts.append(f"<Attribution><Id>{a.id}</Id>")
+        if a.source_id is not None:
+            parts.append(_plain_item_id("SourceId", a.source_id, vals))
+        if a.display_name is not None:
+            vals.append(a.display_name)
+            parts.append(f"<DisplayName>{a.display_name}</DisplayName>")
+        parts.append(_plain_flag("IsWritable", a.is_writable, vals) + _plain_flag("IsQuickContact", a.is_quick_contact, vals)
+                     + _plain_flag("IsHidden", a.is_hidden, vals))
+        if a.folder_id is not None:
+            parts.append(_plain_item_id("FolderId", a.folder_id, vals))
+        parts.append("</Attribution>")
+    parts.append(f"</{name}>")
+    return "".join(parts)
+
+
+# The string fields of PersonaType between PersonaId and EmailAddress, and the attributed
+# arrays after Attributions, as _PERSONA_FIELDS lists them.
+_PLAIN_STRINGS = tuple((element, field_name) for element, field_name, kind in _PERSONA_FIELDS[1:10])
+_PLAIN_ATTRIBUTED = tuple((element, field_name, kind.partition(":")[2])
+                          for element, field_name, kind in _PERSONA_FIELDS[15:])
+assert all(kind == "str" for _, _, kind in _PERSONA_FIELDS[1:10])
+assert all(kind.startswith("attributed:") for _, _, kind in _PERSONA_FIELDS[15:])
+assert [element for element, _, _ in _PERSONA_FIELDS[10:15]] == [
+    "EmailAddress", "EmailAddresses", "ImAddress", "RelevanceScore", "Attributions"]
+
+
+def _plain_persona_text(persona: Persona, decl: str) -> str | None:
+    """A persona as _w_persona writes it, when none of its values needs escaping; else None."""
+    f = persona.__dict__
+    vals: list[Any] = []
+    out = ["<Persona>"]
+    if f["persona_id"] is not None:
+        out.append(_plain_item_id("PersonaId", f["persona_id"], vals, decl))
+    for element, field_name in _PLAIN_STRINGS:
+        value = f[field_name]
+        if value is not None:
+            vals.append(value)
+            out.append(f"<{element}{decl}>{value}</{element}>")
+    if (value := f["email_address"]) is not None:
+        out.append(_plain_email("EmailAddress", value, vals, decl))
+    if value := f["email_addresses"]:
+        out.append(f"<EmailAddresses{decl}>" + "".join([_plain_email("Address", e, vals) for e in value])
+                   + "</EmailAddresses>")
+    if (value := f["im_address"]) is not None:
+        vals.append(value)
+        out.append(f"<ImAddress{decl}>{value}</ImAddress>")
+    if (value := f["relevance_score"]) is not None:
+        if value.__class__ is not int:
+            return None  # a bool or a string: as _w_persona writes it
+        out.append(f"<RelevanceScore{decl}>{value}</RelevanceScore>")
+    if value := f["attributions"]:
+        out.append(_plain_attributions("Attributions", value, vals, decl))
+    for element, field_name, item in _PLAIN_ATTRIBUTED:
+        if value := f[field_name]:
+            out.append(_plain_attributed(element, item, value, vals, decl))
+    out.append("</Persona>")
+    try:
+        if _ATTR_SPECIAL.search("".join(vals)) is not None:
+            return None
+    except TypeError:  # a value that is not a string: _w_persona writes it as text
+        return None
+    return "".join(out)
+
+
 # Personas of a Personas list (types namespace) by record, and whole ImItemList elements:
 # the mock's model hands out the same records while a mailbox is unchanged
 # (ucsproxy.model), so an unchanged list costs one lookup and an edited one re-encodes
@@ -1366,9 +1541,11 @@ _ITEM_LIST_BYTES = IdentityCache()
 def _persona_text(persona: Persona) -> str:
     text = _PERSONA_TEXT.get(persona)
     if text is None:
-        out: list[str] = []
-        _w_persona(out, persona, "")
-        text = "".join(out)
+        text = _plain_persona_text(persona, "")
+        if text is None:
+            out: list[str] = []
+            _w_persona(out, persona, "")
+            text = "".join(out)
         _PERSONA_TEXT.put(persona, text)
     return text
 
