@@ -145,6 +145,9 @@ class UcsCore:
         self.control: ControlApi | None = None  # the /_ucsproxy/ API; None: refused (ucs_control=false)
         self.journal: Journal | None = None  # the latest exchanges, for the control API
         self.redactor: Redactor | None = None  # the log's redaction, also of what the journal shows
+        #: How the Log addon writes the log: "process" (a serving process: a writer that outlives a
+        #: killed proxy) or "thread" (a proxy embedded in another program: no process to start).
+        self.log_writer = "process"
         self._store_key: tuple | None = None
         self._lazy_store: tuple | None = None
         self._open_lock = threading.Lock()

@@ -127,14 +127,18 @@ class BackgroundProxy:
 
     ``url`` is where it listens (a free port is picked when ``listen_port`` is 0),
     ``core`` the live :class:`~ucsproxy.core.UcsCore` (its ``model`` is the mock's state).
+    ``log_writer``: "process" writes the log in a writer process, as ``ucsproxy`` does; "thread"
+    writes it on a thread of this process, as :class:`~ucsproxy.front.BackgroundLean` does (no
+    process to start: what a program embedding a short-lived proxy, a test, wants).
     """
 
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
-                 startup_timeout: float = 30.0):
+                 startup_timeout: float = 30.0, log_writer: str = "process"):
         from .addon import default_addons
         from .core import UcsCore
 
         self.core = UcsCore()
+        self.core.log_writer = log_writer
         self.addons = default_addons(self.core)
         self._options = dict(options, listen_host=listen_host, listen_port=listen_port)
         self._ready = threading.Event()

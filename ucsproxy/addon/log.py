@@ -45,7 +45,8 @@ class Log:
                 core.refuse_logging_into_the_replayed(opts.ucs_mode, opts.ucs_db, opts.ucs_replay)
             if updated & {"ucs_db", "ucs_keep_secrets", "ucs_redact_headers", "ucs_redact_patterns"} \
                     and not (rolling_back and c.store is None):
-                c.open_store(opts.ucs_db, opts.ucs_keep_secrets, redact_headers=opts.ucs_redact_headers,
+                c.open_store(opts.ucs_db, opts.ucs_keep_secrets, writer=c.log_writer,
+                             redact_headers=opts.ucs_redact_headers,
                              redact_patterns=opts.ucs_redact_patterns)
         except core.ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
