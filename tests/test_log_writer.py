@@ -8,13 +8,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import count_rows, wait_for
 from ucsproxy.logrow import RawExchange, build_row
-from ucsproxy.logwriter import OUT_OF_BAND, committed_mark, frame, stop_frame
+from ucsproxy.logwriter import OUT_OF_BAND, STOP_GRACE, committed_mark, frame, stop_frame
 from ucsproxy.redact import Redactor
 from ucsproxy.store import COLUMNS, LogError, LogStore, _encoded
 
@@ -70,7 +71,7 @@ def test_a_table_that_does_not_fit_is_refused_before_anything_is_written(tmp_pat
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_a_failing_write_is_reported_by_flush_and_counted_by_close(tmp_path, writer, caplog):
     path = tmp_path / "gone.db"
-    store = LogStore(path, writer=writer)
+    store = LogStore(path, writer=writer, stop_grace=0.5)  # close() gives up after 0.5 s, not the default 3 s
     store.submit(raw(1))
     assert store.flush()
     con = sqlite3.connect(path)
@@ -82,7 +83,9 @@ def test_a_failing_write_is_reported_by_flush_and_counted_by_close(tmp_path, wri
     wait_for(lambda: store.problem, what="the writer's report of the failed write")
     assert store.flush(timeout=0.5) is False  # it can never succeed: no longer timeout to wait out
     assert "no such table: exchanges" in (store.problem or "")
+    t0 = time.monotonic()
     assert store.close() == 2
+    assert time.monotonic() - t0 < STOP_GRACE, "close() gave up after the store's stop_grace, not the default"
     assert store.unwritten == 2 and store.written == 1
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "could not write" in messages and "keeping them and trying again" in messages

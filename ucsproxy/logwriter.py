@@ -362,15 +362,18 @@ class _FrameReader(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the writer process: ``PATH REDACTOR SESSION DATA_FD ACK_FD`` (REDACTOR: the
-    store's ucsproxy.redact.Redactor, pickled and base64-encoded)."""
+    """Entry point of the writer process: ``PATH REDACTOR SESSION DATA_FD ACK_FD [STOP_GRACE]``
+    (REDACTOR: the store's ucsproxy.redact.Redactor, pickled and base64-encoded; STOP_GRACE: the
+    store's, seconds, :data:`STOP_GRACE` when not given)."""
     # Its own session keeps a terminal's Ctrl-C and signals to the proxy's group away. The proxy
     # starts it with SIGINT and SIGTERM blocked; one that came before setsid is pending: ignoring
     # discards it. The writer stops when the proxy says so or is gone, never on a signal.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    path, rules, session, data_fd, ack_fd = (argv or sys.argv[1:])[:5]
+    args = argv or sys.argv[1:]
+    path, rules, session, data_fd, ack_fd = args[:5]
+    stop_grace = float(args[5]) if len(args) > 5 else STOP_GRACE
     out = open(int(ack_fd), "wb", buffering=0)
     out_lock = threading.Lock()
 
@@ -439,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             if text != problem or now - told_at > 10:
                 say(problem=text, waiting=committer.waiting)
                 problem, told_at = text, now
-            grace = STOP_GRACE if reader.stop else ORPHAN_GRACE
+            grace = stop_grace if reader.stop else ORPHAN_GRACE
             if ending and now - last_success > grace:
                 say(lost=committer.waiting, why=text)
                 if not reader.stop:
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{path}: {text}", file=sys.stderr, flush=True)
                 break
             if not frames:
-                time.sleep(RETRY_DELAY if not ending else min(RETRY_DELAY, 0.2))
+                time.sleep(RETRY_DELAY if not ending else min(RETRY_DELAY, 0.2, stop_grace / 4))
             continue
         committed = max(committed, last)
         last_success = time.monotonic()

@@ -82,10 +82,16 @@ class LogStore:
     submitted so far is written) and :meth:`close`, which returns the number of exchanges
     that could not be written (also in ``unwritten``). Raises :class:`LogError` when the file
     cannot be used.
+
+    ``stop_grace``: once closing, how long (seconds without a successful commit) failing writes
+    are still retried before what is left is counted as unwritten; None: the writer's
+    :data:`~ucsproxy.logwriter.STOP_GRACE`. A program that would rather stop at once than wait
+    for a locked file gives less.
     """
 
     def __init__(self, path: str | Path, keep_secrets: bool = False, flush_interval: float = HAND_OVER_INTERVAL,
-                 writer: str = "thread", ready_timeout: float = READY_TIMEOUT, redactor: Redactor | None = None):
+                 writer: str = "thread", ready_timeout: float = READY_TIMEOUT, redactor: Redactor | None = None,
+                 stop_grace: float | None = None):
         if writer not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', not {writer!r}")
         self.path = Path(path)
@@ -95,6 +101,9 @@ class LogStore:
         #: What is removed from every row before it is stored (ucsproxy.redact).
         self.redactor = redactor or Redactor.from_options(keep_secrets)
         self.flush_interval = min(flush_interval, 0.2)
+        from .logwriter import STOP_GRACE
+
+        self.stop_grace = STOP_GRACE if stop_grace is None else stop_grace
         self.db = open_db(self.path)  # refuses a file it cannot log to, before anything is handed over
         _load_decoders()
         self._queue: queue.SimpleQueue[RawExchange | None] = queue.SimpleQueue()
@@ -282,7 +291,7 @@ class _ThreadSink:
 
     def _run(self) -> None:
         store = self.store
-        from .logwriter import RETRY_DELAY, STOP_GRACE, Committer
+        from .logwriter import RETRY_DELAY, Committer
 
         committer = Committer(store.db.conn, store.redactor, lock=store._write_lock)
         seq = 0
@@ -298,9 +307,9 @@ class _ThreadSink:
                     store._failing(describe_error(e), committer.waiting)
                     if not stop:
                         break  # try again at the next hand-over
-                    if time.monotonic() - last_success > STOP_GRACE:
+                    if time.monotonic() - last_success > store.stop_grace:
                         return  # the rest is counted as unwritten by close()
-                    time.sleep(RETRY_DELAY)
+                    time.sleep(min(RETRY_DELAY, store.stop_grace / 4))
                     continue
                 last_success = time.monotonic()
                 store._done(count)
@@ -347,7 +356,7 @@ class _WriterProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, str(store.path), _encoded(store.redactor), sink.session,
-                 str(data_r), str(ack_w)],
+                 str(data_r), str(ack_w), repr(store.stop_grace)],
                 pass_fds=(data_r, ack_w), stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             for fd in (data_r, data_w, ack_r, ack_w):
