@@ -60,6 +60,26 @@ def slow_children(tmp_path):
     return {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
+@pytest.fixture
+def held_children(tmp_path):
+    """(environment, release): every Python process started by the proxy (not the proxy itself)
+    waits at start-up until ``release()`` is called (at most a minute), so a test can act while
+    the proxy is still starting its log writer, however busy the machine, and waits for nothing more."""
+    site = tmp_path / "held-site"
+    site.mkdir()
+    gate = tmp_path / "released"
+    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import os, time
+        if os.getppid() != {os.getpid()}:
+            deadline = time.monotonic() + 60
+            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    """))
+    env = {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    yield env, gate.touch
+    gate.touch()
+
+
 # -- 1. signals to the process group ----------------------------------------------------------
 
 
@@ -225,16 +245,18 @@ def test_serving_into_a_table_that_does_not_fit_is_refused_at_start(tmp_path):
 
 
 @pytest.mark.parametrize("front", ["lean", "mitmproxy"])
-def test_ctrl_c_while_starting_stops_the_process(tmp_path, slow_children, front):
+def test_ctrl_c_while_starting_stops_the_process(tmp_path, held_children, front):
+    env, release = held_children
     db = tmp_path / "early.db"
     proc = subprocess.Popen([sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--listen-port", "0",
                              "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, **slow_children),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
                             start_new_session=True)
     try:
-        # The log writer is being started (it takes a second here): the proxy is not serving yet.
+        # The log writer is being started (held until released): the proxy is not serving yet.
         wait_for(lambda: children(proc.pid), what="the log writer being started")
         os.killpg(proc.pid, signal.SIGINT)
+        release()
         status = proc.wait(60)
     finally:
         if proc.poll() is None:
