@@ -114,16 +114,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """Another process listens on the port a process under test was to listen on."""
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """The socket inodes listening on TCP ``port`` (Linux /proc; None where there is no /proc)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return None
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(fields[9])
+    return found
+
+
+def _holds_socket(pid: int, inodes: set[str]) -> bool:
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Wait until ``proc`` listens on 127.0.0.1:``port``.
+
+    A port from :func:`free_port` is free when picked, but another process (the other worker's
+    tests) may take it before ``proc`` binds it: then a connection alone would reach that other
+    server. Where Linux's /proc says who holds the listening socket, only ``proc`` counts, and
+    :class:`PortTaken` is raised once ``proc`` gives up (the caller picks another port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            inodes = _listening_inodes(port)
+            if inodes:
+                raise PortTaken(f"127.0.0.1:{port} was taken by another process; this one exited with {proc.returncode}")
             raise RuntimeError(f"process exited early with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                inodes = _listening_inodes(port)
+                if inodes is None or _holds_socket(proc.pid, inodes):
+                    return
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
@@ -174,6 +220,9 @@ class Process:
                                      start_new_session=new_session)
         try:
             wait_for_port(port, self.proc)
+        except PortTaken:
+            self.stop()
+            raise
         except Exception:
             self.stop()
             raise RuntimeError(f"{args} did not start:\n{self.output()}") from None
@@ -205,17 +254,33 @@ class Process:
         self.stop()
 
 
+def _on_a_free_port(start, port: int | None) -> Process:
+    """start(port): a Process on ``port``, or on a free one, picked again while another process takes it first."""
+    if port:
+        return start(port)
+    for _ in range(4):
+        try:
+            return start(free_port())
+        except PortTaken:
+            continue
+    return start(free_port())
+
+
 def start_ucsproxy(tmp_path: Path, *args: str, port: int | None = None, name: str = "ucsproxy",
                    env: dict[str, str] | None = None, new_session: bool = False) -> Process:
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "ucsproxy", *args, "--listen-host", "127.0.0.1", "--listen-port", str(port)]
-    return Process(cmd, port, tmp_path / f"{name}-{port}.log", env=env, new_session=new_session)
+    def start(port: int) -> Process:
+        cmd = [sys.executable, "-m", "ucsproxy", *args, "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+        return Process(cmd, port, tmp_path / f"{name}-{port}.log", env=env, new_session=new_session)
+
+    return _on_a_free_port(start, port)
 
 
 def start_mitmdump(tmp_path: Path, *args: str, port: int | None = None) -> Process:
-    port = port or free_port()
-    cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(port), "-q", *args]
-    return Process(cmd, port, tmp_path / f"mitmdump-{port}.log")
+    def start(port: int) -> Process:
+        cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(port), "-q", *args]
+        return Process(cmd, port, tmp_path / f"mitmdump-{port}.log")
+
+    return _on_a_free_port(start, port)
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None, path: str = "/EWS/Exchange.asmx",
