@@ -21,7 +21,7 @@ answer). What differs is how each client reacts:
 The timings are far from the verdicts' thresholds (a 1 s back-off, at-once retries a
 few ms apart, a 6x growing wait), so the verdicts are the same on a loaded machine. The
 clients run at once, each on its own thread.
-``scripts/make_chaos_example.py`` and ``tests/test_report_process.py`` use this module.
+``scripts/make_chaos_example.py`` and ``tests/test_report_clients.py`` use this module.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def pytest_configure(config):
 #: not listed runs after these, in the usual order; a list out of date costs only time.
 LONG_FILES = (
     "test_durability.py", "test_durability_writer.py", "test_faults_process.py", "test_runtime_edges.py",
-    "test_faults.py", "test_interop_process.py", "test_report_process.py", "test_report.py",
+    "test_faults.py", "test_interop_process.py", "test_report_clients.py", "test_report.py",
     "test_record_process.py", "test_wheel.py", "test_mock_process.py", "test_log_writer.py",
     "test_control_process.py", "test_store.py", "test_layout.py", "test_console_process.py",
     "test_service_session.py", "test_logrow.py", "test_codec_encoder.py", "test_cassettes.py",
@@ -187,6 +187,17 @@ def wait_for(predicate, timeout: float = 30.0, what: str | None = None, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
 
 
 def count_rows(db, where: str = "1=1", args=()) -> int:

@@ -238,7 +238,8 @@ def test_serving_help_lists_every_fault_action(command):
     assert "ews-error (code, message?)" in tail and "ucsproxy faults check FILE" in tail
 
 
-# -- real processes: the start-up line and a port in use ---------------------------------------------------------
+# -- a real process: the start-up line and a port in use (replay and record say what they are first in
+# -- test_console_process.py and test_control_process.py, which start those processes anyway) ----------------
 
 
 def wait_for_output(process: Process, text: str, timeout: float = 30.0) -> str:
@@ -291,27 +292,6 @@ def test_the_start_up_line_of_each_mode():
     assert startup_banner("mock", [("", 8080)], db="m.db", state="s.json") == (
         "ucsproxy mock: fake Exchange at http://0.0.0.0:8080/EWS/Exchange.asmx, mailbox from the Basic user, "
         "state s.json, log m.db")
-
-
-def test_replay_and_record_say_what_they_are_first(tmp_path):
-    replay_port, record_port = free_port(), free_port()
-    replay = Process([str(BIN / "ucsproxy"), "replay", str(LYNC), "--listen-port", str(replay_port), "--db", ""],
-                     replay_port, tmp_path / "replay.out", cwd=tmp_path)
-    try:
-        record = Process([str(BIN / "ucsproxy"), "record", "--upstream", f"http://127.0.0.1:{replay_port}",
-                          "--listen-port", str(record_port), "--db", str(tmp_path / "r.db")],
-                         record_port, tmp_path / "record.out", cwd=tmp_path)
-        try:
-            first = wait_for_output(replay, "ucsproxy replay:").splitlines()[0].split("] ", 1)[1]
-            assert first == (f"ucsproxy replay: {LYNC} (match strict) at http://127.0.0.1:{replay_port}"
-                             f"/EWS/Exchange.asmx, no log (--db '')")
-            first = wait_for_output(record, "ucsproxy record:").splitlines()[0].split("] ", 1)[1]
-            assert first == (f"ucsproxy record: http://127.0.0.1:{replay_port} through http://127.0.0.1:"
-                             f"{record_port}/EWS/Exchange.asmx, log {tmp_path / 'r.db'}")
-        finally:
-            record.stop()
-    finally:
-        replay.stop()
 
 
 def test_limit_must_be_positive(lync_db):

@@ -80,6 +80,7 @@ def test_quiet_prints_no_exchange_lines(tmp_path):
 
 
 def test_replay_shows_a_miss_and_a_fall_through(tmp_path):
+    """Also: a replay says what it is first (the start-up line)."""
     recording = ROOT / "recordings" / "lync-session"
     upstream = mock_endpoint()  # in this process: the replays' console lines are what is read
     strict = start_ucsproxy(tmp_path, "replay", str(recording), "--db", "", name="replay")
@@ -102,6 +103,9 @@ def test_replay_shows_a_miss_and_a_fall_through(tmp_path):
     assert "[replay: no match: no recorded AddImGroup for mailbox kim.akers@contoso.com" in miss[7]
     assert through[5] == "NoError" and "[replay: no match, fall-through to the upstream]" in through[7]
     assert "1 without a recorded answer" in strict.output()
+    first = strict.output().splitlines()[0].split("] ", 1)[1]
+    assert first == (f"ucsproxy replay: {recording} (match strict) at {strict.url}/EWS/Exchange.asmx, "
+                     "no log (--db '')")
 
 
 def test_mitmdump_reads_a_flow_file_with_the_ucs_view(tmp_path, monkeypatch):

@@ -58,7 +58,8 @@ def test_cli_on_every_interface_needs_the_token_from_the_environment(tmp_path):
 
 def test_record_answers_control_calls_itself_never_forwarding_them(tmp_path):
     """A process because record always runs on mitmproxy's front with a real upstream: a control call
-    must be answered by the proxy and never reach the upstream (here a mock in this process)."""
+    must be answered by the proxy and never reach the upstream (here a mock in this process). The
+    process also says what it is first (the start-up line)."""
     from ucsproxy.front import BackgroundLean
     from ucsproxy.runner import mock_options
 
@@ -76,6 +77,8 @@ def test_record_answers_control_calls_itself_never_forwarding_them(tmp_path):
             assert status == 200 and [(r["mode"], r["operation"], r["response_code"]) for r in rows] == [
                 ("record", "GetImItemList", "NoError")]
             assert rec.stop() == 0
+            first = rec.output().splitlines()[0].split("] ", 1)[1]
+            assert first == f"ucsproxy record: {upstream.url} through {rec.url}/EWS/Exchange.asmx, log {db}"
         assert [r["path"] for r in upstream.core.journal.rows()] == ["/EWS/Exchange.asmx"]  # nothing else arrived
         con = sqlite3.connect(db)
         try:

@@ -1,14 +1,14 @@
-"""The log keeps what the proxy saw, or says loudly what it could not keep: real processes, real signals.
+"""The log keeps what the proxy saw: real processes, real signals.
 
-Signals to the process group during start-up, SIGKILL of the proxy, the writer process dying,
-a locked file, a table that does not fit, an early Ctrl-C.
+Signals to the process group during start-up, SIGKILL of the proxy, an early Ctrl-C. The writer
+process dying, a locked file and a table that does not fit are in test_durability_writer.py
+(two files, so the two test workers share the work).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import http.client
 import subprocess
 import sys
@@ -18,21 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, count_rows, start_ucsproxy, wait_for
+from conftest import ROOT, children, count_rows, start_ucsproxy, wait_for
 from ews_client import EwsClient
 
 LYNC_SESSION = ROOT / "recordings" / "lync-session"
-
-
-def children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (Linux /proc)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
 
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
@@ -143,105 +132,7 @@ def test_sigkill_of_a_saturated_proxy_loses_nothing_it_answered(tmp_path, proxy_
     assert got - 1 <= rows <= got + 1, (got, rows)  # one may be in flight either way
 
 
-# -- 3. the writer process dies ----------------------------------------------------------------
-
-
-def test_a_dead_writer_is_restarted_and_given_what_it_had_not_acknowledged(tmp_path):
-    db = tmp_path / "mock.db"
-    proc = start_ucsproxy(tmp_path, "mock", "--db", str(db))
-    try:
-        client = EwsClient(proc.url, user="restart@contoso.com")
-        client.add_im_group("Before")
-        wait_for(lambda: count_rows(db) == 1, what="the first row")
-        writer = wait_for(lambda: children(proc.proc.pid), what="the writer process")[0]
-        # Hold the file's write lock: the writer receives the next exchanges but cannot commit them.
-        lock = sqlite3.connect(db, isolation_level=None)
-        lock.execute("begin immediate")
-        for name in ("One", "Two", "Three"):
-            client.add_im_group(name)
-        wait_for(lambda: "database is locked" in proc.output(), what="the locked-file message")
-        os.kill(writer, signal.SIGKILL)
-        wait_for(lambda: "restarting it and re-sending the 3 exchange(s)" in proc.output(),
-                 what="the restart message")
-        lock.execute("commit")
-        lock.close()
-        wait_for(lambda: count_rows(db) == 4, what="the re-sent rows")
-        client.add_im_group("After")
-        wait_for(lambda: count_rows(db) == 5, what="a row written by the new writer")
-        assert "running again" in proc.output()
-        assert proc.stop() == 0, proc.output()
-    finally:
-        proc.stop()
-    con = sqlite3.connect(db)
-    names = [r[0] for r in con.execute("select args from exchanges order by id")]
-    assert [n.split('"display_name": "')[1].split('"')[0] for n in names] == ["Before", "One", "Two", "Three",
-                                                                                "After"]
-    assert con.execute("select count(*) from ucsproxy_writer").fetchone()[0] == 0  # clean stop: no mark left
-
-
-# -- 4. a locked file ------------------------------------------------------------------------
-
-
-def test_a_locked_file_is_retried_and_what_stays_unwritten_is_counted_with_a_failing_exit(tmp_path):
-    db = tmp_path / "locked.db"
-    proc = start_ucsproxy(tmp_path, "mock", "--db", str(db))
-    try:
-        client = EwsClient(proc.url, user="locked@contoso.com")
-        client.add_im_group("Started")  # serving (a lean front listens before its log is open)
-        wait_for(lambda: count_rows(db) == 1, what="the first row")
-        lock = sqlite3.connect(db, isolation_level=None)
-        lock.execute("begin immediate")
-        for name in ("A", "B", "C", "D"):
-            client.add_im_group(name)
-        wait_for(lambda: "database is locked" in proc.output(), what="the locked-file message")
-        assert "keeping them and trying again" in proc.output()
-        lock.execute("commit")  # released: the kept exchanges are written
-        wait_for(lambda: count_rows(db) == 5, what="the kept rows")
-        wait_for(lambda: "is written again" in proc.output(), what="the all-clear")
-        lock.execute("begin immediate")  # locked again, for good this time
-        client.add_im_group("E")
-        client.add_im_group("F")
-        wait_for(lambda: proc.output().count("database is locked") >= 2, what="the second locked-file message")
-        status = proc.stop(signal.SIGTERM, timeout=60)
-        lock.execute("commit")
-        lock.close()
-    finally:
-        proc.stop()
-    assert status == 1, proc.output()
-    assert "2 exchange(s) could not be written to the log" in proc.output()
-    assert count_rows(db) == 5
-
-
-# -- 5. a table that does not fit; write errors surface -------------------------------------
-
-
-def foreign_db(path: Path) -> Path:
-    con = sqlite3.connect(path)
-    con.execute("create table exchanges (x text)")
-    con.commit()
-    con.close()
-    return path
-
-
-def test_import_into_a_table_that_does_not_fit_fails_with_a_sentence(tmp_path):
-    bad = foreign_db(tmp_path / "bad.db")
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "import", str(LYNC_SESSION), str(bad)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out
-    assert "imported" not in out.stdout
-    assert "bad.db" in out.stderr and "not a ucsproxy log" in out.stderr
-    assert count_rows(bad) == 0
-
-
-def test_serving_into_a_table_that_does_not_fit_is_refused_at_start(tmp_path):
-    bad = foreign_db(tmp_path / "bad.db")
-    out = subprocess.run([sys.executable, "-m", "ucsproxy", "mock", "--listen-port", "0", "--db", str(bad)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out
-    assert "not a ucsproxy log" in out.stderr and "Log into another file" in out.stderr
-
-
-# -- 6. an early Ctrl-C ----------------------------------------------------------------------
+# -- 3. an early Ctrl-C ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("front", ["lean", "mitmproxy"])

@@ -80,7 +80,7 @@ class _Odd(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def odd_upstream():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Odd)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)  # shutdown() waits one poll
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import re
-import subprocess
 import sys
 import threading
 from types import SimpleNamespace
@@ -73,7 +72,7 @@ class _Exchange(BaseHTTPRequestHandler):
 def exchange():
     handler = type("Handler", (_Exchange,), {"service": UcsService(UcsModel(seed=11)), "seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)  # shutdown() waits one poll
     thread.start()
     yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}/EWS/Exchange.asmx", handler=handler)
     server.shutdown()
@@ -120,12 +119,22 @@ def test_an_unexpected_answer_is_reported(exchange):
     assert not call.ok
 
 
-def _run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def run_script(capsys, monkeypatch):
+    """run(*args): the script's main() on that command line, in this process: (returncode, stdout, stderr)."""
+    def run(*args: str) -> SimpleNamespace:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+        code = ucs_session.main()
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
-def test_script_against_the_real_mock(tmp_path):
-    """The script as a real process (its output and exit status) against the mock in this process."""
+def test_script_against_the_real_mock(tmp_path, run_script):
+    """The script's command line (its output and exit status) against the mock, both in this process."""
+    _run_script = run_script
     with mock_endpoint(seed=3, db=tmp_path / "log.db") as mock:
         url = f"{mock.url}/EWS/Exchange.asmx"
         done = _run_script("--url", url, "--user", "alice@contoso.com", "--repeat", "2")
@@ -148,7 +157,7 @@ def test_script_against_the_real_mock(tmp_path):
         assert total == unexpected != "0"
 
 
-def test_script_says_when_nothing_listens():
-    done = _run_script("--url", f"http://127.0.0.1:{free_port()}/EWS/Exchange.asmx")
+def test_script_says_when_nothing_listens(run_script):
+    done = run_script("--url", f"http://127.0.0.1:{free_port()}/EWS/Exchange.asmx")
     assert done.returncode == 2
     assert "ConnectionRefusedError" in done.stderr and "Traceback" not in done.stderr

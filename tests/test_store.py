@@ -120,6 +120,14 @@ def test_writer_survives_a_poison_exchange(tmp_path):
     assert rows[1]["operation"] == "GetImItemList" and rows[1]["error"] == "client reset"
 
 
+def sqlite_utils_cli(*args: str):
+    """The ``sqlite-utils`` command (its click entry point) through click's runner, in this process."""
+    from click.testing import CliRunner
+    from sqlite_utils.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
 def test_schema_and_indexes_open_with_sqlite_utils(tmp_path):
     path = tmp_path / "schema.db"
     LogStore(path).close()
@@ -133,8 +141,8 @@ def test_schema_and_indexes_open_with_sqlite_utils(tmp_path):
     indexed = {tuple(i.columns) for i in db["exchanges"].indexes}
     assert {("operation",), ("mailbox",), ("response_code",), ("started_at",)} <= indexed
     assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
-    out = subprocess.run([str(BIN / "sqlite-utils"), "tables", str(path), "--counts"], capture_output=True, text=True)
-    assert out.returncode == 0 and "exchanges" in out.stdout
+    out = sqlite_utils_cli("tables", str(path), "--counts")
+    assert out.exit_code == 0 and "exchanges" in out.stdout
 
 
 WRITER = textwrap.dedent("""
@@ -238,9 +246,8 @@ def test_reopening_appends_and_the_sqlite_utils_cli_reads_rows(tmp_path):
         with LogStore(path) as store:
             store.submit(raw(FIXTURES.joinpath("AddImGroup.page.request.xml").read_bytes(),
                              FIXTURES.joinpath("AddImGroup.page.response.xml").read_bytes()))
-    out = subprocess.run([str(BIN / "sqlite-utils"), "rows", str(path), "exchanges", "-c", "id", "-c", "operation",
-                          "-c", "response_code"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    out = sqlite_utils_cli("rows", str(path), "exchanges", "-c", "id", "-c", "operation", "-c", "response_code")
+    assert out.exit_code == 0, out.output
     assert json.loads(out.stdout) == [{"id": 1, "operation": "AddImGroup", "response_code": "NoError"},
                                       {"id": 2, "operation": "AddImGroup", "response_code": "NoError"}]
 

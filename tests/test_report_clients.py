@@ -1,7 +1,9 @@
-"""Scripted clients with known reactions, through a real `ucsproxy mock --faults` process: every verdict.
+"""Scripted clients with known reactions, through a mock with the fault rules on real sockets: every verdict.
 
-One mock process for the module; the four clients (scripts/chaos_clients.py) run at once, each in
-its own mailbox. Their timings are far from the thresholds used here: a 1 s back-off waited
+One mock for the module, served in this process (what is judged is the log the mock writes of
+real connections, which a separate process would not change); the four clients
+(scripts/chaos_clients.py) run at once, each in its own mailbox; `ucsproxy report` reads the log
+through click's runner. Their timings are far from the thresholds used here: a 1 s back-off waited
 out or not at all, retries at once (a few ms; a loaded machine has shown 300 ms hiccups) or
 after 250 ms then 1.5 s.
 """
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
-import time
 
 import pytest
+from click.testing import CliRunner
 
-from conftest import ROOT, start_ucsproxy
+from conftest import ROOT, count_rows, mock_endpoint, wait_for
+from ucsproxy.cli import main as cli
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from chaos_clients import fault_rules, mailbox, run_all  # noqa: E402
@@ -32,25 +34,14 @@ def chaos_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chaos")
     (tmp / "faults.toml").write_text(fault_rules())
     db = tmp / "chaos.db"
-    proc = start_ucsproxy(tmp, "mock", "--seed", "17", "--faults", str(tmp / "faults.toml"), "--db", str(db))
+    proc = mock_endpoint(db=db, seed=17, ucs_faults=str(tmp / "faults.toml"))
     try:
         clients = run_all(f"{proc.url}/EWS/Exchange.asmx")
         sent = sum(c.sent for c in clients.values())
-        deadline = time.monotonic() + 20
-        while True:  # the log writer commits at least every 100 ms
-            con = sqlite3.connect(db)
-            try:
-                (logged,) = con.execute("select count(*) from exchanges").fetchone()
-            except sqlite3.OperationalError:
-                logged = 0
-            finally:
-                con.close()
-            if logged >= sent or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert logged == sent, proc.output()
+        wait_for(lambda: count_rows(db) >= sent, timeout=20, what=f"{sent} logged exchanges")
     finally:
         proc.stop()
+    assert count_rows(db) == sent
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
     rows = [dict(r) for r in con.execute("select * from exchanges order by id")]
@@ -128,9 +119,9 @@ def test_quitter_gives_up_at_the_first_fault(chaos_run):
 
 def test_the_cli_on_the_live_log_json_and_fail_on(chaos_run):
     db, rows, _ = chaos_run
-    gate = subprocess.run([sys.executable, "-m", "ucsproxy", "report", str(db), "--json", "--storm-window-ms", "2000",
-                           "--fail-on", "retry-storm,too-early"], capture_output=True, text=True, timeout=60)
-    assert gate.returncode == 1 and "failing (--fail-on): retry-storm 4, too-early 4" in gate.stderr
+    gate = CliRunner().invoke(cli, ["report", str(db), "--json", "--storm-window-ms", "2000",
+                                    "--fail-on", "retry-storm,too-early"])
+    assert gate.exit_code == 1 and "failing (--fail-on): retry-storm 4, too-early 4" in gate.stderr
     objects = [json.loads(line) for line in gate.stdout.splitlines()]
     assert len(objects) == sum(1 for r in rows if r["fault"] and json.loads(r["fault"])["action"])
     assert [o["verdict"] for o in objects] == [v.verdict for v in judge(rows, Thresholds(storm_window_ms=2000))]
