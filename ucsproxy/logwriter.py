@@ -14,7 +14,12 @@ it has received.
 Protocol (proxy -> writer, on a pipe): frames of ``kind (1 byte) | seq (8) | count (4) | length
 (4) | payload``; kind ``B`` carries ``count`` pickled :class:`RawExchange` objects numbered
 ``seq`` (:func:`frame_parts`: big bodies follow the pickle as they are, never copied into it),
-kind ``S`` asks the writer to finish and stop. The proxy writes one frame per exchange
+kind ``S`` asks the writer to finish and stop. An exchange with a body of at least
+:data:`SHARE_MIN_BYTES` travels in a kind ``R`` frame (:class:`SharedValues`): each big value
+(a body, the JSON of a mock answer's records) is numbered the first time it is sent (beside the
+pickle, as in ``B`` frames) and later named by its number only, so the mock's unchanged 2 MB
+answer crosses the pipe once, not once per request. A kind ``D`` frame (a restarted writer's
+first) defines again the numbers the frames re-sent to it use. The proxy writes one frame per exchange
 from the thread that submits it (:meth:`ucsproxy.store.LogStore.submit`), so what has been
 submitted is in the pipe, or in this process's reader, whatever the proxy's other threads are
 doing; a proxy killed while writing cuts at most one frame short. A reader thread at normal
@@ -37,6 +42,7 @@ the table ``ucsproxy_writer`` in the same transaction (the row is removed at a c
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -59,7 +65,13 @@ if TYPE_CHECKING:  # the writer process imports the decoder after it has said it
 log = logging.getLogger("ucsproxy.store")
 
 HEADER = struct.Struct("!cQII")
-BATCH, STOP = b"B", b"S"
+BATCH, STOP, REFS, DEFINE = b"B", b"S", b"R", b"D"
+#: Values (bodies, JSON text) at least this long are sent by number once the writer has them.
+SHARE_MIN_BYTES = 16 * 1024
+#: The values both ends keep by number, at most (bytes, values): the newest, and any that a
+#: frame not acknowledged yet uses.
+SHARE_BYTES = 64 * 1024 * 1024
+SHARE_VALUES = 64
 #: Once frames are waiting, the writer gathers more for at most this long (or ROWS_PER_COMMIT of
 #: them) before it commits: fewer transactions when exchanges arrive one by one (seconds).
 GATHER_TIME = 0.02
@@ -79,9 +91,9 @@ WRITER_BUSY_TIMEOUT = 1.0
 WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
 
 
-def frame_header(seq: int, count: int, length: int) -> bytes:
+def frame_header(seq: int, count: int, length: int, kind: bytes = BATCH) -> bytes:
     """The header of frame ``seq``: ``count`` exchanges pickled into ``length`` bytes."""
-    return HEADER.pack(BATCH, seq, count, length)
+    return HEADER.pack(kind, seq, count, length)
 
 
 #: Bodies (and a decoded answer's JSON) at least this long travel beside the pickle, not in it.
@@ -145,8 +157,8 @@ def frame_payload(raws: list[RawExchange]) -> bytes:
     return b"".join(frame_parts(raws))
 
 
-def load_payload(payload: bytes) -> list[RawExchange]:
-    """The exchanges of a frame's payload (what :func:`frame_parts` made)."""
+def _split(payload: bytes) -> tuple[memoryview, list[bytes]]:
+    """A payload of :func:`frame_parts`'s layout: the pickle, and the buffers beside it."""
     (count,) = _COUNT.unpack_from(payload)
     lengths = struct.unpack_from(f"!{count}Q", payload, _COUNT.size)
     start = _COUNT.size + 8 * count
@@ -156,7 +168,19 @@ def load_payload(payload: bytes) -> list[RawExchange]:
     for length in lengths:
         buffers.append(payload[at:at + length])  # bytes: unpickled as bytes, as they were
         at += length
-    return [_restored(state, answer) for state, answer in pickle.loads(memoryview(payload)[start:end], buffers=buffers)]
+    return memoryview(payload)[start:end], buffers
+
+
+def _with_buffers(data: bytes, buffers: list[pickle.PickleBuffer]) -> list[bytes | memoryview]:
+    views = [b.raw() for b in buffers]
+    lengths = struct.pack(f"!I{len(views)}Q", len(views), *(v.nbytes for v in views))
+    return [lengths, data, *views]
+
+
+def load_payload(payload: bytes) -> list[RawExchange]:
+    """The exchanges of a frame's payload (what :func:`frame_parts` made)."""
+    data, buffers = _split(payload)
+    return [_restored(state, answer) for state, answer in pickle.loads(data, buffers=buffers)]
 
 
 def frame(seq: int, raws: list[RawExchange]) -> bytes:
@@ -167,6 +191,133 @@ def frame(seq: int, raws: list[RawExchange]) -> bytes:
 
 def stop_frame() -> bytes:
     return HEADER.pack(STOP, 0, 0, 0)
+
+
+class SharedValues:
+    """The proxy's end of the numbered big values (bodies, a mock answer's JSON) of kind ``R`` frames.
+
+    A value is known by identity (the mock hands out the very same bytes, and the same JSON
+    text, while a mailbox is unchanged; this end holds every value it numbered, so an id is
+    never reused meanwhile): the frame that first carries it numbers it and sends it beside
+    the pickle (not copied, as :func:`frame_parts`), later frames name the number. The newest
+    values are kept (SHARE_BYTES, SHARE_VALUES), and every value a frame not yet acknowledged
+    uses, so that a restarted writer can be given them again (:meth:`define_all`).
+    Not thread-safe: the caller holds ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._entries: dict[int, list[Any]] = {}  # id(value) -> [value, number, last frame using it], oldest first
+        self._next = 1
+        self._forgotten: list[int] = []
+        self.size = 0
+
+    @staticmethod
+    def worth(raw: RawExchange) -> bool:
+        """Whether the exchange has a body big enough to be sent by number."""
+        for body in (raw.response_body, raw.request_body):
+            if body is not None and len(body) >= SHARE_MIN_BYTES:
+                return True
+        return False
+
+    def parts(self, raws: list[RawExchange], acknowledged: int) -> tuple[list[bytes | memoryview], list[list[Any]]]:
+        """The payload of an ``R`` frame carrying ``raws`` (in :func:`frame_parts`'s layout), and
+        the entries it uses (the caller sets their last frame once it has numbered the frame).
+        ``acknowledged``: the last frame the writer acknowledged (what only older frames use may go)."""
+        self._drop(acknowledged)
+        entries = self._entries
+        used: list[list[Any]] = []
+
+        def persistent_id(value: Any) -> Any:
+            kind = type(value)
+            if (kind is not bytes and kind is not str) or len(value) < SHARE_MIN_BYTES:
+                return None
+            entry = entries.pop(id(value), None)
+            pid: Any
+            if entry is None:
+                entry = [value, self._next, 0]
+                self._next += 1
+                self.size += len(value)
+                # The first time: the value itself, beside the pickle (a text as its UTF-8).
+                pid = (("b", entry[1], pickle.PickleBuffer(value)) if kind is bytes
+                       else ("s", entry[1], pickle.PickleBuffer(_utf8(value))))
+            else:
+                pid = entry[1]
+            entries[id(value)] = entry  # the newest now
+            used.append(entry)
+            return pid
+
+        out = io.BytesIO()
+        buffers: list[pickle.PickleBuffer] = []
+        pickler = pickle.Pickler(out, 5, buffer_callback=buffers.append)
+        pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+        pickler.dump((self._forgotten, raws))
+        self._forgotten = []
+        return _with_buffers(out.getvalue(), buffers), used
+
+    def _drop(self, acknowledged: int) -> None:
+        """Forget the oldest values beyond the bounds that no unacknowledged frame uses."""
+        if self.size <= SHARE_BYTES and len(self._entries) <= SHARE_VALUES:
+            return
+        for key, (value, number, last) in list(self._entries.items()):
+            if self.size <= SHARE_BYTES and len(self._entries) <= SHARE_VALUES:
+                break
+            if last > acknowledged:
+                continue
+            del self._entries[key]
+            self.size -= len(value)
+            self._forgotten.append(number)
+
+    def define_all(self) -> bytes | None:
+        """A ``D`` frame defining every value kept (a restarted writer's first frame), or None."""
+        if not self._entries:
+            return None
+        payload = pickle.dumps({number: value for value, number, _ in self._entries.values()},
+                               pickle.HIGHEST_PROTOCOL)
+        return HEADER.pack(DEFINE, 0, 0, len(payload)) + payload
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class SharedTable:
+    """The writer's end of the numbered values: what ``R`` and ``D`` frames define, until forgotten."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, Any] = {}
+
+    def define(self, payload: bytes) -> None:
+        """A ``D`` frame."""
+        self.values.update(pickle.loads(payload))
+
+    def _value(self, pid: Any) -> Any:
+        if type(pid) is int:
+            return self.values[pid]
+        kind, number, data = pid
+        value = bytes(data) if kind == "b" else bytes(data).decode("utf-8", "surrogatepass")
+        self.values[number] = value
+        return value
+
+    def load(self, payload: bytes) -> list[RawExchange]:
+        """An ``R`` frame's exchanges. Every frame is loaded, one already written too: the
+        numbers it defines and forgets are taken in order."""
+        data, buffers = _split(payload)
+        unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
+        unpickler.persistent_load = self._value  # type: ignore[method-assign]
+        forgotten, raws = unpickler.load()
+        for number in forgotten:
+            self.values.pop(number, None)
+        return raws
+
+
+def stored_size(raws: list[RawExchange]) -> int:
+    """About the bytes ``raws``' rows store (their bodies and a given answer's JSON)."""
+    size = 0
+    for raw in raws:
+        size += len(raw.request_body or b"") + len(raw.response_body or b"")
+        result = getattr(raw.decoded_response, "result", None)
+        if isinstance(result, str):
+            size += len(result)
+    return size
 
 
 def build_rows(batch: Iterable[RawExchange], redactor) -> list[dict[str, Any]]:
@@ -321,7 +472,7 @@ class _FrameReader(threading.Thread):
     def __init__(self, fd: int):
         super().__init__(name="ucsproxy-log-reader", daemon=True)
         self.stream = open(fd, "rb", buffering=1 << 20)
-        self.frames: deque[tuple[int, int, bytes]] = deque()
+        self.frames: deque[tuple[bytes, int, int, bytes]] = deque()
         self.cond = threading.Condition()
         self.stop = False
         self.eof = False
@@ -344,7 +495,7 @@ class _FrameReader(threading.Thread):
                     self.cut += count
                     break
                 with self.cond:
-                    self.frames.append((seq, count, payload))
+                    self.frames.append((kind, seq, count, payload))
                     self.cond.notify()
         except (OSError, ValueError):
             pass
@@ -352,7 +503,7 @@ class _FrameReader(threading.Thread):
             self.eof = True
             self.cond.notify()
 
-    def take(self, timeout: float | None) -> list[tuple[int, int, bytes]]:
+    def take(self, timeout: float | None) -> list[tuple[bytes, int, int, bytes]]:
         with self.cond:
             if not self.frames and not self.stop and not self.eof:
                 self.cond.wait(timeout)
@@ -405,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     say(ready=os.getpid(), committed=committed)
     from . import codec  # noqa: F401  (lxml: loaded now, while nothing waits, not in the first batch)
     committer = Committer(db, redactor, session)
+    shared = SharedTable()
     problem: str | None = None
     told_at = 0.0
     last_success = time.monotonic()
@@ -421,10 +573,16 @@ def main(argv: list[str] | None = None) -> int:
         frames = reader.take(timeout)
         if frames and not committer.pending:
             since = time.monotonic()
-        for seq, _count, payload in frames:
-            if seq <= committed:
-                continue  # an earlier writer of this session committed it
-            committer.add(seq, load_payload(payload), len(payload))
+        for kind, seq, _count, payload in frames:
+            if kind == DEFINE:
+                shared.define(payload)
+                continue
+            if kind == REFS:  # loaded even when written already: its numbered values are needed
+                raws = shared.load(payload)
+                if seq > committed:
+                    committer.add(seq, raws, stored_size(raws))
+            elif seq > committed:  # else an earlier writer of this session committed it
+                committer.add(seq, load_payload(payload), len(payload))
         ending = reader.stop or reader.eof
         if not committer.pending:
             if ending and not reader.frames:

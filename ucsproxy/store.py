@@ -470,9 +470,12 @@ class _ProcessSink:
         self.ready_timeout = ready_timeout
         import uuid
 
-        from .logwriter import frame_header, frame_parts, stop_frame
+        from .logwriter import REFS, SharedValues, frame_header, frame_parts, stop_frame
 
         self._parts, self._header, self._stop_frame = frame_parts, frame_header, stop_frame
+        self._refs_kind = REFS
+        self._shared = SharedValues()  # big values sent by number (logwriter's R frames)
+        self._acked = 0  # the last frame the writer acknowledged
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()  # _unacked, _seq, _next, _offset: held briefly, never across a call out
         self._pipe = threading.Lock()  # one writer of the pipe at a time; the submitting thread never waits for it
@@ -503,13 +506,26 @@ class _ProcessSink:
 
     def submit(self, raw: RawExchange) -> None:
         """Make the exchange's frame and write it into the pipe now if the pipe takes it."""
-        parts = self._parts([raw])  # pickled before it is counted: a failure counts nothing
-        length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            head = self._header(seq, 1, length)
-            self._unacked[seq] = (1, len(head) + length, (head, *parts))
+        shared = self._shared
+        if shared.worth(raw):  # a big body: named by number when the writer has it already
+            with shared.lock:
+                parts, used = shared.parts([raw], self._acked)
+                length = sum(len(p) for p in parts)
+                with self._lock:
+                    self._seq += 1
+                    seq = self._seq
+                    head = self._header(seq, 1, length, self._refs_kind)
+                    self._unacked[seq] = (1, len(head) + length, (head, *parts))
+                for entry in used:
+                    entry[2] = seq
+        else:
+            parts = self._parts([raw])  # pickled before it is counted: a failure counts nothing
+            length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
+            with self._lock:
+                self._seq += 1
+                seq = self._seq
+                head = self._header(seq, 1, length)
+                self._unacked[seq] = (1, len(head) + length, (head, *parts))
         if not self._write(wait=False):
             self._kick.set()
 
@@ -577,6 +593,7 @@ class _ProcessSink:
                 count += self._unacked.pop(s)[0]
             if done:
                 self._restarts = 0
+                self._acked = max(self._acked, done[-1])
         if count:
             self.store._done(count)
 
@@ -650,6 +667,12 @@ class _ProcessSink:
                     self._offset = 0
                     self._dead = False
                     resent = sum(item[0] for item in self._unacked.values())
+                # The big values the re-sent frames may name, before them (the new writer has none).
+                with self._shared.lock:
+                    defined = self._shared.define_all()
+                if defined is not None and not self._write_all(defined):
+                    self._dead = True
+                    continue
             if not self._flush_pipe():
                 continue  # the new writer died too
             log.warning(f"ucsproxy: the log writer is running again (pid {new.pid}); "
@@ -677,20 +700,27 @@ class _ProcessSink:
             self.store._progress.notify_all()
 
     def _send_stop(self) -> bool:
-        data = memoryview(self._stop_frame())
         with self._pipe:
-            fd = self.writer._data
-            while data:
-                if fd is None:
-                    return False
-                try:
-                    data = data[os.write(fd, data):]
-                except BlockingIOError:
-                    import select
+            return self._write_all(self._stop_frame())
 
-                    select.select([], [fd], [], 0.2)
-                except OSError:
-                    return False
+    def _write_all(self, frame: bytes) -> bool:
+        """Write a whole frame into the current writer's pipe, waiting as long as it takes (the
+        caller holds ``_pipe``). False: the writer is gone."""
+        data = memoryview(frame)
+        fd = self.writer._data
+        while data:
+            if fd is None:
+                return False
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                import select
+
+                select.select([], [fd], [], 0.2)
+            except OSError:
+                return False
+            if data and self.writer.ended.is_set():
+                return False
         return True
 
     def _finish(self) -> None:
