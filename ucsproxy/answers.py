@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import ModuleType
 from collections.abc import Mapping
 
 from . import protocol as P
@@ -186,15 +187,27 @@ def schema_fault_answer(error: DecodeError) -> Answer:
 def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answer:
     """The mock's answer (a service result) on the wire. A UCS response keeps its records for
     the log; ``ucs=False`` (an operation outside UCS) gets that operation's error shape."""
-    from . import codec
-
     if isinstance(response, SoapFault):
         return fault_answer(response)
     if not ucs:
-        body = codec.encode_unsupported(response.operation, response.response_code, response.message_text or "")
+        body = _codec().encode_unsupported(response.operation, response.response_code, response.message_text or "")
         return Answer(200, _pairs(XML_HEADERS), body)
     return Answer(200, _pairs(XML_HEADERS), _encoded(response),
                   decoded=EwsResponse(response.operation, ServerVersionInfo(), message=response))
+
+
+_CODEC: ModuleType | None = None
+
+
+def _codec() -> ModuleType:
+    """ucsproxy.codec, imported at the first answer encoded (not per answer: an import statement
+    costs microseconds even when the module is loaded)."""
+    global _CODEC
+    if _CODEC is None:
+        from . import codec
+
+        _CODEC = codec
+    return _CODEC
 
 
 # The newest answer per item list, by the list object (the model hands out the same one while a
@@ -204,18 +217,17 @@ _LIST_ANSWERS = IdentityCache()
 
 
 def _encoded(response: UcsResponse) -> bytes:
-    from . import codec
-
+    encode_response = _codec().encode_response
     items = response.payload
     if type(items) is not ImItemList:
-        return codec.encode_response(response)
+        return encode_response(response)
     # Everything else the body is made of (the list itself is the cache's key, by identity).
     rest = (response.operation, response.response_class, response.response_code, response.message_text,
             response.descriptive_link_key, response.message_xml)
     found = _LIST_ANSWERS.get(items)
     if found is not None and found[0] == rest:
         return found[1]
-    body = codec.encode_response(response)
+    body = encode_response(response)
     _LIST_ANSWERS.put(items, (rest, body))
     return body
 

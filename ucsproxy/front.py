@@ -329,14 +329,20 @@ class _Connection(asyncio.Protocol):
         if self.closing or self.transport is None:
             return
         head, content, close, sent_headers = self._frame(req, answer, decision)
+        if logged:
+            # Logged before it is written: a client never holds an answer the log could miss
+            # (the log writer has the exchange even if this process is killed the next instant),
+            # and duration_ms is the time to the answer, not to after its write.
+            self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+        transport = self.transport
+        if transport is None or self.closing:
+            return
         if len(content) < BIG_ANSWER:
-            self.transport.write(head + content)
+            transport.write(head + content)
         else:  # no copy of a big answer (a 2 MB list): the transport sends both pieces as they are
-            self.transport.writelines((head, content))
+            transport.writelines((head, content))
         if close:
             self.close()
-        if logged:
-            self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
 
     async def _send_shaped(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
                            decision: FaultDecision) -> bool:

@@ -120,13 +120,12 @@ def _out_of_band(raw: RawExchange) -> tuple:
         value = state.get(key)
         if type(value) is bytes and len(value) >= OUT_OF_BAND:
             state[key] = pickle.PickleBuffer(value)
-    from .logrow import LoggedAnswer
-
-    answer = state.get("decoded_response")
-    if type(answer) is LoggedAnswer and type(answer.result) is str and len(answer.result) >= OUT_OF_BAND:
+    answer: Any = state.get("decoded_response")
+    result = getattr(answer, "result", None)  # a LoggedAnswer's (logrow is not imported here)
+    if type(result) is str and len(result) >= OUT_OF_BAND and type(answer).__name__ == "LoggedAnswer":
         state["decoded_response"] = None
         return state, (answer.operation, answer.response_class, answer.response_code,
-                       pickle.PickleBuffer(_utf8(answer.result)))
+                       pickle.PickleBuffer(_utf8(result)))
     return state, None
 
 
