@@ -2,7 +2,7 @@
 """Benchmark: the lean front, the mitmproxy front and WireMock standalone, side by side, serving the same bytes.
 
     .venv/bin/python scripts/bench_fronts.py [--seconds 3] [--connections 1,8,64] [--rounds 2]
-        [--workloads get,pairs,big] [--no-wiremock] [--no-startup]
+        [--workloads get,pairs,big] [--no-wiremock] [--no-mitmproxy] [--no-startup] [--baseline DIR]
 
 Starts, all on 127.0.0.1:
 - ``ucsproxy mock --front lean`` and ``ucsproxy mock --front mitmproxy``, each logging to its
@@ -17,8 +17,15 @@ Workloads, each at every connection count (keep-alive, one request in flight per
 - ``GetImItemList 1000``: a mailbox with 1,000 contacts (about 2 MB per answer).
 Servers take turns within each round, so drift on the machine hits all of them alike; each
 gets a warm-up first (WireMock's JIT too). Prints requests/s (pairs/s for Add+Remove), p50/p99
-latency and the ratios lean/WireMock and lean/mitmproxy, then the start-up time of each server
-(process start to first accepted connection) and of the ``ucs_mock`` fixture. A connection a
+latency, the CPU each server process used per request (per pair) in that run, with the log
+writer's CPU after a "+" for the ucsproxy fronts (the writer works on at low priority, so part
+of its share lands in later runs), the ratios lean/WireMock and lean/mitmproxy, and the load
+average before and after; then the start-up time of each server
+(process start to first accepted connection) and of the ``ucs_mock`` fixture.
+
+``--baseline DIR``: also run the lean front from another source tree (e.g. an older commit:
+``git archive OLD | tar -x -C DIR``), as ``lean@base``, with the ratio lean / lean@base: an A/B of
+old and new code in the same run, under the same load. A connection a
 server breaks mid-answer (IncompleteReadError, reset) does not stop the run: it is counted
 against that server, reported after the table, and the client connects again.
 """
@@ -192,6 +199,26 @@ def first_answer(port: int, timeout: float = 60) -> None:
             pass
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Child processes of ``pid`` started by any of its threads (the log writer)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return found
+
+
 class Server:
     def __init__(self, name: str, args: list[str], port: int, log_path: Path, answers: bool = True):
         self.name, self.port = name, port
@@ -204,6 +231,11 @@ class Server:
             first_answer(port)
         self.first_answer = time.perf_counter() - started
 
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the server process and of its children (a log writer)."""
+        pid = self.proc.pid
+        return cpu_seconds(pid), sum(cpu_seconds(c) for c in child_pids(pid))
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -215,11 +247,19 @@ class Server:
         self._log.close()
 
 
-def ucsproxy_mock(front: str, tmp: Path, state: Path) -> Server:
+def ucsproxy_mock(front: str, tmp: Path, state: Path, source: Path | None = None) -> Server:
+    """``ucsproxy mock --front FRONT``; ``source``: run the ucsproxy of that source tree instead (named lean@base)."""
     port = free_port()
-    args = [sys.executable, "-m", "ucsproxy", "mock", "--front", front, "--listen-port", str(port),
-            "--seed", "1", "--state", str(state), "--db", str(tmp / f"{front}.db")]
-    return Server(front, args, port, tmp / f"{front}.out")
+    name = front if source is None else f"{front}@base"
+    command = [sys.executable, "-m", "ucsproxy"] if source is None else [sys.executable, "-c", RUN_FROM, str(source)]
+    args = command + ["mock", "--front", front, "--listen-port", str(port),
+                      "--seed", "1", "--state", str(state), "--db", str(tmp / f"{name}.db")]
+    return Server(name, args, port, tmp / f"{name}.out")
+
+
+#: ``python -c RUN_FROM DIR ARGS``: ``python -m ucsproxy ARGS`` with the ucsproxy of source tree DIR.
+RUN_FROM = ("import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
+            "runpy.run_module('ucsproxy', run_name='__main__', alter_sys=True)")
 
 
 def big_state(tmp: Path) -> Path:
@@ -345,6 +385,31 @@ def startup_baseline(tmp: Path) -> float:
     return server.startup
 
 
+def print_table(servers: list[Server], workloads: list[tuple[str, str]], counts: list[int],
+                best: dict[tuple[str, str, int], dict]) -> None:
+    """Per server: rate, p50/p99, its CPU per request (per pair) + its log writer's; then the ratios."""
+    names = [s.name for s in servers]
+    wm_name = next((n for n in names if n.startswith("WireMock")), None)
+    ratios = [(a, b) for a, b in (("lean", "lean@base"), ("lean", "mitmproxy"), ("lean", wm_name),
+                                  ("lean@base", wm_name), ("mitmproxy", wm_name)) if a in names and b in names]
+    print()
+    print(f"{'workload':<22}{'conns':>6}" + "".join(f"{n:>34}" for n in names)
+          + "".join(f"{f'{a}/{b.split()[0]}':>20}" for a, b in ratios if b))
+    print(f"{'':<28}" + "".join(f"{'per s  p50/p99 ms  CPU us':>34}" for _ in names))
+    for workload, label in workloads:
+        for n in counts:
+            row = f"{label:<22}{n:>6}"
+            for name in names:
+                r = best[(name, workload, n)]
+                cpu = f"{r['cpu']:.0f}" + (f"+{r['writer_cpu']:.0f}" if not name.startswith("WireMock") else "")
+                row += f"{r['rate']:>9.0f}  {r['p50']:>6.1f}/{r['p99']:<6.1f}{cpu:>11}"
+            rate = {name: best[(name, workload, n)]["rate"] for name in names}
+            row += "".join(f"{rate[a] / rate[b]:>20.2f}" for a, b in ratios if b)
+            print(row)
+    print("(CPU us: the server process's CPU per request, per pair for Add+Remove, in the best run;"
+          " after '+', its log writer's in the same run)")
+
+
 WORKLOADS = [("get", "GetImItemList"), ("pairs", "Add+Remove pairs"), ("big", f"GetImItemList {BIG_CONTACTS}")]
 
 
@@ -357,6 +422,9 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(w for w, _ in WORKLOADS),
                         help="comma-separated, of: " + ", ".join(w for w, _ in WORKLOADS))
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up and fixture timings")
+    parser.add_argument("--no-mitmproxy", action="store_true", help="leave out the mitmproxy front")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the lean front of this source tree (an older commit), as lean@base")
     args = parser.parse_args()
     try:
         import uvloop
@@ -368,15 +436,20 @@ def main() -> None:
     workloads = [(w, label) for w, label in WORKLOADS if w in chosen]
     if len(workloads) != len(chosen):
         parser.error(f"--workloads: choose from {', '.join(w for w, _ in WORKLOADS)}")
+    if args.baseline is not None and not (args.baseline / "ucsproxy" / "__main__.py").is_file():
+        parser.error(f"--baseline: no ucsproxy source tree at {args.baseline}")
     tmp = Path(tempfile.mkdtemp(prefix="ucsproxy-bench-fronts-"))
     servers: list[Server] = []
     notes: list[str] = []
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
     try:
         state = big_state(tmp)
-        for front in ("lean", "mitmproxy"):
-            copy = tmp / f"state-{front}.json"
+        fronts = [("lean", None)] + ([("lean", args.baseline)] if args.baseline else [])
+        fronts += [] if args.no_mitmproxy else [("mitmproxy", None)]
+        for front, source in fronts:
+            copy = tmp / f"state-{front}-{len(servers)}.json"
             shutil.copy(state, copy)
-            servers.append(ucsproxy_mock(front, tmp, copy))
+            servers.append(ucsproxy_mock(front, tmp, copy, source))
         answers = capture_answers(servers[0].port)
         if args.no_wiremock:
             notes.append("skipped WireMock: --no-wiremock")
@@ -397,33 +470,22 @@ def main() -> None:
             for workload, _ in workloads:
                 for n in counts:
                     for server in servers:
+                        before = server.cpu()
                         result = run_load(server.port, workload, n, args.seconds)
+                        after = server.cpu()
+                        done = max(result["count"], 1)
+                        result["cpu"] = (after[0] - before[0]) / done * 1e6
+                        result["writer_cpu"] = (after[1] - before[1]) / done * 1e6
                         key = (server.name, workload, n)
                         broken.setdefault(key, []).extend(result["errors"])
                         if key not in best or result["rate"] > best[key]["rate"]:
                             best[key] = result
-        names = [s.name for s in servers]
-        wm_name = next((n for n in names if n.startswith("WireMock")), None)
-        print()
-        header = f"{'workload':<22}{'conns':>6}" + "".join(f"{n:>24}" for n in names)
-        header += f"{'lean/mitmproxy':>16}" + (f"{'lean/WireMock':>15}{'mitmproxy/WireMock':>20}" if wm_name else "")
-        print(header)
-        print(f"{'':<28}" + "".join(f"{'per s  p50/p99 ms':>24}" for _ in names))
-        for workload, label in workloads:
-            for n in counts:
-                row = f"{label:<22}{n:>6}"
-                for name in names:
-                    r = best[(name, workload, n)]
-                    row += f"{r['rate']:>10.0f}  {r['p50']:>5.1f}/{r['p99']:<6.1f}"
-                rate = {name: best[(name, workload, n)]["rate"] for name in names}
-                row += f"{rate['lean'] / rate['mitmproxy']:>16.2f}"
-                if wm_name:
-                    row += f"{rate['lean'] / rate[wm_name]:>15.2f}{rate['mitmproxy'] / rate[wm_name]:>20.2f}"
-                print(row)
+        print_table(servers, workloads, counts, best)
         for (name, workload, n), errors in broken.items():
             if errors:
                 print(f"{name}: {len(errors)} connection(s) broken mid-answer in {workload} at {n} connections "
                       f"(reconnected, not counted as answers); first: {errors[0]}")
+        print(f"load average after: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
     finally:
         for server in servers:
             server.stop()
