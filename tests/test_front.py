@@ -88,3 +88,37 @@ def test_an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection():
                 assert b"NoError" in stream.read(int(head["content-length"]))
     finally:
         endpoint.stop()
+
+
+def test_an_exchange_is_logged_before_its_answer_is_written():
+    """A client must never hold an answer the log could miss (SIGKILL right after the write), and
+    duration_ms must not include the write: the front hands the exchange over, then writes."""
+    from ucsproxy import front
+    from ucsproxy.runner import mock_options
+
+    core = front.core_from_options(dict(mock_options(seed=0), ucs_db=""))
+    events: list[str] = []
+    logged = core.log_exchange
+
+    def log_exchange(raw, replay=None):
+        events.append("logged")
+        return logged(raw, replay)
+
+    core.log_exchange = log_exchange  # type: ignore[method-assign]
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            events.append("written")
+
+        def get_extra_info(self, name: str, default=None):
+            return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+        def close(self) -> None:
+            events.append("closed")
+
+    conn = front._Connection(front.LeanServer(core))
+    conn.connection_made(Transport())
+    body = envelope("<m:GetImItemList/>")
+    conn.data_received(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    core.shutdown()
+    assert events == ["logged", "written"]
