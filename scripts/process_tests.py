@@ -119,15 +119,16 @@ def summarise(path: Path) -> str:
     for line in path.read_text().splitlines():
         row = json.loads(line)
         name = function_name(row["test"])
+        module = name.split("::")[0]  # a fixture name is a module's own: two modules may use the same name
         if row["kind"] == "uses":
-            uses[name].update(json.loads(row["argv"].replace("'", '"')))
+            uses[name].update(f"{module}::{f}" for f in json.loads(row["argv"].replace("'", '"')))
             continue
         if row["kind"] == "popen" and WRITER_CHILD in row["argv"]:
             writers[name] += 1  # the product's own log-writer process, started by a log the test opened
             continue
         starts[row["kind"]] += 1
         if row["phase"] == "setup" and row["scope"] not in (None, "function"):
-            shared_fixtures.add(row["fixture"])
+            shared_fixtures.add(f"{module}::{row['fixture']}")
         elif row["kind"] == "popen":
             own[name] += 1
     sharing = sorted(n for n, fx in uses.items() if fx & shared_fixtures and n not in own)
