@@ -1,6 +1,8 @@
-"""`ucsproxy mock` as a real process on 127.0.0.1 (one per front, shared by the module), driven like
-Lync drives Exchange; what depends on options only (seeds, a seeded item list, a loaded state) is
-served in the test process, and a refused option goes through the CLI in process."""
+"""`ucsproxy mock` driven like Lync drives Exchange, on both fronts, over real sockets (HTTP and TLS)
+on 127.0.0.1: served in the test process, fresh for each test (what is tested is what the mock
+answers and logs, the same in a process; tests/test_interop_process.py drives real processes).
+Real processes only for what only a process shows: the state saved on SIGTERM, and
+`mitmdump -s addons/ucsproxy.py`. A refused option goes through the CLI in process."""
 
 from __future__ import annotations
 
@@ -18,13 +20,11 @@ from ews_client import EwsClient, envelope, groups, personas
 from ucsproxy.cli import main as cli
 
 
-@pytest.fixture(scope="module")
-def mock(tmp_path_factory, front):
-    tmp = tmp_path_factory.mktemp("mock")
-    proc = start_ucsproxy(tmp, "mock", "--front", front, "--seed", "7", "--db", str(tmp / "log.db"))
-    proc.db = tmp / "log.db"
-    yield proc
-    proc.stop()
+@pytest.fixture
+def mock(tmp_path, front):
+    """What `ucsproxy mock --front FRONT --seed 7 --db DB` serves, in this process."""
+    with mock_endpoint(front, tmp_path / "log.db", seed=7) as endpoint:
+        yield endpoint
 
 
 def test_lync_session_over_http(mock):
