@@ -77,11 +77,12 @@ def pytest_configure(config):
 #: finish at about the same time instead of one waiting for the other's last long file. A file
 #: not listed runs after these, in the usual order; a list out of date costs only time.
 LONG_FILES = (
-    "test_durability.py", "test_durability_writer.py", "test_faults_process.py", "test_runtime_edges.py",
-    "test_faults.py", "test_interop_process.py", "test_report_clients.py", "test_report.py",
-    "test_record_process.py", "test_wheel.py", "test_mock_process.py", "test_log_writer.py",
-    "test_control_process.py", "test_store.py", "test_layout.py", "test_console_process.py",
-    "test_service_session.py", "test_logrow.py", "test_codec_encoder.py", "test_cassettes.py",
+    "test_wheel.py", "test_durability.py", "test_console_process.py", "test_faults_process.py",
+    "test_runtime_edges.py", "test_durability_writer.py", "test_faults.py", "test_interop_process.py",
+    "test_report.py", "test_cassettes.py", "test_record_process.py", "test_report_clients.py",
+    "test_mock_process.py", "test_model.py", "test_control_process.py", "test_store.py", "test_logrow.py",
+    "test_layout.py", "test_plugin.py", "test_cli_mistakes.py", "test_log_writer.py", "test_codec_fast_decode.py",
+    "test_shadow.py", "test_replay.py", "test_codec_schema.py", "test_codec_encoder.py",
 )
 
 
