@@ -426,8 +426,10 @@ class UcsCore:
             return None
         return self.engine.decide(operation_named(decoded), self.mailbox(decoded, headers))
 
-    def answer(self, method: str, path: str, headers: list[tuple[str, str]], decoded) -> Answer | None:
-        """The mock's or the recording's answer; None when a fall-through upstream should answer."""
+    def answer(self, method: str, path: str, headers: list[tuple[str, str]], decoded,
+               mailbox: str | None = None) -> Answer | None:
+        """The mock's or the recording's answer; None when a fall-through upstream should answer.
+        ``mailbox``: :meth:`mailbox` of this request when the front found it already."""
         if not is_ews_endpoint(path):
             return answers.not_found()
         if method != "POST":
@@ -438,7 +440,8 @@ class UcsCore:
         if self.replay is not None:
             return self._answer_from_recording(decoded, headers)
         assert self.service is not None
-        return answers.service_answer(self.service.handle(decoded, user=self.mailbox(decoded, headers)), decoded.is_ucs)
+        user = mailbox if mailbox is not None else self.mailbox(decoded, headers)
+        return answers.service_answer(self.service.handle(decoded, user=user), decoded.is_ucs)
 
     def answer_autodiscover(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None,
                             scheme: str, listen: str) -> Answer | None:

@@ -40,6 +40,7 @@ from .control import is_control_path
 from .core import Answer, UcsCore
 from .faults import FaultDecision, Kind
 from .logrow import RawExchange
+from .records import EwsRequest
 
 if TYPE_CHECKING:
     import ssl
@@ -70,7 +71,7 @@ def _wire(s: str) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10")
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10", "mailbox")
 
     def __init__(self, started: float):
         self.method = ""
@@ -81,6 +82,7 @@ class _Request:
         self.started = started
         self.expect_continue = False
         self.http10 = False
+        self.mailbox: str | None = None  # whose mailbox the model answers from (found once, logged too)
 
 
 class _Connection(asyncio.Protocol):
@@ -261,13 +263,15 @@ class _Connection(asyncio.Protocol):
             self._send(req, path, body, None, found)
             return
         decoded = c.decode(body, req.headers) if c.wants_decoded(req.method, path) else None
+        if c.service is not None and isinstance(decoded, EwsRequest):
+            req.mailbox = c.mailbox(decoded, req.headers)
         if c.engine is not None or c.watcher is not None:
             decision = c.decide(decoded, req.headers)
             if decision is not None:
                 self.task = asyncio.ensure_future(self._serve_with_fault(req, path, body, decoded, decision))
                 self.task.add_done_callback(self._fault_done)
                 return
-        answer = c.answer(req.method, path, req.headers, decoded)
+        answer = c.answer(req.method, path, req.headers, decoded, req.mailbox)
         assert answer is not None  # only a fall-through answers None, and it runs on the mitmproxy front
         self._send(req, path, body, decoded, answer)
 
@@ -292,7 +296,7 @@ class _Connection(asyncio.Protocol):
             if spec is not None and spec.kind is Kind.ANSWER:
                 answer = core_mod.rendered_answer(decision, core_mod.operation_named(decoded))
             else:
-                answer = c.answer(req.method, path, req.headers, decoded)
+                answer = c.answer(req.method, path, req.headers, decoded, req.mailbox)
             assert answer is not None, "the lean front never falls through to an upstream"
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
@@ -431,6 +435,7 @@ class _Connection(asyncio.Protocol):
             error=error,
             decoded_request=decoded,
             decoded_response=answer.logged(sent[2]) if answer is not None and sent else None,
+            mailbox=req.mailbox,
         ), c.replay_note(answer) if answer is not None else None)
 
 
