@@ -126,3 +126,33 @@ def test_done_columns_are_left_as_they_are():
     out = Redactor().row(dict(row), (), str, done=["request_body"])
     assert out["request_body"] == row["request_body"]
     assert SECRET not in out["error"]
+
+
+# -- the trigger-word scan of big texts, piece by piece (ucsproxy.redact._triggered_by_pieces) --
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ucsproxy import redact  # noqa: E402
+
+_BITS = st.sampled_from(["<", '"', "{", "}", "[", " ", "pa", "ss", "pass", "tok", "en", "token", "eyj", "x", "a",
+                         "secret", "ntlm", "\n", "bear", "er", "<t:persona>", '"id": "', "word"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_BITS, max_size=40).map("".join), min_size=1, max_size=6))
+def test_the_piece_scan_says_what_the_whole_scan_says(texts):
+    redact._clean_pieces.clear()
+    for text in texts + [t + "x" for t in texts] + ["{" + t for t in texts]:
+        assert redact._triggered_by_pieces(text) == redact._has_trigger(text), text
+
+
+def test_a_secret_added_to_a_big_body_seen_before_is_redacted():
+    personas = "".join(f'<t:Persona><t:PersonaId Id="AAA{n}"/><t:DisplayName>Contact {n}</t:DisplayName>'
+                       f'</t:Persona>' for n in range(600))
+    body = f"<m:Personas>{personas}</m:Personas>"
+    assert len(body) > redact._PIECES_MIN
+    assert Redactor().text(body) == body
+    with_secret = body.replace("Contact 300<", f"Contact 300 password={SECRET}<")
+    assert SECRET not in Redactor().text(with_secret)
+    assert "Contact 300 password=<redacted>" in Redactor().text(with_secret)

@@ -59,6 +59,8 @@ _SECRET_BARE = re.compile(rf"""(\b{_SECRET_NAMES}\s*[:=]\s*)(?!["'\s<])([^&\s"'<
 # Words that must be in a text for any built-in rule to match (checked in lower case first: cheap).
 _TRIGGERS = ("bearer", "eyj", "basic", "ntlm", "negotiate", "kerberos", "tlrmtvnt", "pass", "pwd", "secret",
              "token", "cookie", "authori", "authenticat", "canary")
+# _triggered_by_pieces cuts texts at these characters and joins pieces with "\0": no trigger word may hold one.
+assert not any(c in word for word in _TRIGGERS for c in '{"\0')
 
 
 def _auth_value(value: str) -> str:
@@ -278,9 +280,43 @@ _SHORT = 2048
 
 def _triggered(lower: str) -> bool:
     """Whether a lower-cased text holds a word any built-in rule needs."""
+    if len(lower) >= _PIECES_MIN:
+        return _triggered_by_pieces(lower)
+    return _has_trigger(lower)
+
+
+def _has_trigger(lower: str) -> bool:
     for word in _TRIGGERS:
         if word in lower:
             return True
+    return False
+
+
+#: Texts this long are looked at piece by piece (:func:`_triggered_by_pieces`).
+_PIECES_MIN = 32 * 1024
+#: Pieces known to hold no trigger word, at most this many (then forgotten all at once).
+_CLEAN_PIECES_MAX = 200_000
+_clean_pieces: set[str] = set()
+
+
+def _triggered_by_pieces(lower: str) -> bool:
+    """:func:`_has_trigger` of a big text, looking only at the pieces not seen lately.
+
+    A big body or its JSON is mostly what an earlier one held (a list that grew by a contact):
+    the text is cut at every ``{`` (JSON) or ``"`` (XML, where attribute values come every few
+    elements, and anything else), characters no trigger word holds, so a word found in the
+    text is whole inside one piece. Pieces met before
+    in a text without trigger words hold none; the others are looked at together (joined by a
+    character no trigger word holds either), which gives the same answer as looking at the whole."""
+    pieces = set(lower.split("{" if lower.lstrip()[:1] in ("{", "[") else '"'))
+    new = pieces - _clean_pieces if _clean_pieces else pieces
+    if not new:
+        return False
+    if _has_trigger("\0".join(new)):
+        return True
+    if len(_clean_pieces) + len(new) > _CLEAN_PIECES_MAX:
+        _clean_pieces.clear()
+    _clean_pieces.update(new)
     return False
 
 
