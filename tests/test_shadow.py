@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 
 from click.testing import CliRunner
-from conftest import mock_endpoint, start_ucsproxy
+from conftest import Endpoint, mock_endpoint
 from ews_client import EwsClient
-from test_console_process import console_lines, wait_for
+from test_console_process import console_lines
 
 from ucsproxy import answers, codec
 from ucsproxy.cli import main
 from ucsproxy.logrow import RawExchange
 from ucsproxy.model import UcsModel
 from ucsproxy.records import AddImGroup, AddNewImContactToGroup, EwsRequest, GetImItemList, ItemId, SoapHeaders
+from ucsproxy.runner import record_options
 from ucsproxy.service import UcsService
 from ucsproxy.shadow import ShadowModel
 
@@ -85,12 +85,14 @@ def test_answers_a_fault_rule_made_are_not_compared():
     assert shadow.observe(injected) is None and shadow.compared == 0
 
 
-def test_record_shadow_in_front_of_a_different_upstream(tmp_path):
-    """A real record --shadow process (its console lines and exit summary) in front of a mock (in this
-    process) whose fault rule refuses the second AddImGroup."""
+def test_record_shadow_in_front_of_a_different_upstream(tmp_path, capsys):
+    """What `ucsproxy record --shadow` serves (its console lines and exit summary), in this process, in
+    front of a mock (here too) whose fault rule refuses the second AddImGroup."""
     upstream = mock_endpoint(ucs_fault=["AddImGroup:ews-error:code=ErrorImGroupLimitReached,nth=2"])
     db = tmp_path / "shadow.db"
-    proxy = start_ucsproxy(tmp_path, "record", "--shadow", "--upstream", upstream.url, "--db", str(db), name="record")
+    capsys.readouterr()
+    proxy = Endpoint(dict(record_options(upstream.url), ucs_shadow=True, ucs_console=True, ucs_marks=False),
+                     "mitmproxy", db)
     client = EwsClient(proxy.url, user=BOX)
     try:
         client.get_im_item_list()
@@ -100,14 +102,15 @@ def test_record_shadow_in_front_of_a_different_upstream(tmp_path):
         client.get_im_item_list()
     finally:
         client.close()
-    wait_for(lambda: len(console_lines(proxy.output())) >= 5, what="five console lines")
-    assert proxy.stop(signal.SIGINT) == 0
+    proxy.stop()
     upstream.stop()
-    lines = console_lines(proxy.output())
+    output = capsys.readouterr().out
+    lines = console_lines(output)
+    assert len(lines) == 5, output
     diverged = [m for m in lines if "[diverged:" in m[7]]
     assert len(diverged) == 1 and diverged[0][4] == "DisplayName=Two"
     assert "[diverged: Exchange said ErrorImGroupLimitReached, the model said NoError]" in diverged[0][7]
-    assert "1 divergence" in proxy.output()
+    assert "1 divergence" in output
     con = sqlite3.connect(db)
     rows = con.execute("select operation, divergence from exchanges order by id").fetchall()
     con.close()
