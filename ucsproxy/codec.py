@@ -1442,19 +1442,26 @@ def _plain_value(value: Any, vals: list[Any]) -> str:
 
 
 def _plain_attributed(name: str, item: str, values: tuple[AttributedValue, ...], vals: list[Any], decl: str) -> str:
+    if len(values) == 1:
+        value, ids = values[0].value, values[0].attributions
+        if value.__class__ is str and len(ids) == 1:  # the usual: one string from one attribution
+            vals += (value, ids[0])
+            return (f"<{name}{decl}><{item}><Value>{value}</Value><Attributions><Attribution>{ids[0]}"
+                    f"</Attribution></Attributions></{item}></{name}>")
     return (f"<{name}{decl}>"
             + "".join([f"<{item}>{_plain_value(av.value, vals)}{_plain_ids(av.attributions, vals)}</{item}>"
                        for av in values])
             + f"</{name}>")
 
 
+_FLAG_TEXT = {True: "true", False: "false"}
+
+
 def _plain_flag(name: str, value: Any, vals: list[Any]) -> str:
     if value is None:
         return ""
-    if value is True:
-        return f"<{name}>true</{name}>"
-    if value is False:
-        return f"<{name}>false</{name}>"
+    if value is True or value is False:
+        return f"<{name}>{_FLAG_TEXT[value]}</{name}>"
     vals.append(value)
     return f"<{name}>{value}</{name}>"
 
@@ -1462,20 +1469,27 @@ def _plain_flag(name: str, value: Any, vals: list[Any]) -> str:
 def _plain_attributions(name: str, values: tuple[PersonaAttribution, ...], vals: list[Any], decl: str) -> str:
     parts = [f"<{name}{decl}>"]
     for a in values:
-        if a.id is None:
+        f = a.__dict__
+        ident, source, display, folder = f["id"], f["source_id"], f["display_name"], f["folder_id"]
+        if ident is None:
             parts.append("<Attribution><Id/>")
         else:
-            vals.append(a.id)
-            parts.append(f"<Attribution><Id>{a.id}</Id>")
-        if a.source_id is not None:
-            parts.append(_plain_item_id("SourceId", a.source_id, vals))
-        if a.display_name is not None:
-            vals.append(a.display_name)
-            parts.append(f"<DisplayName>{a.display_name}</DisplayName>")
-        parts.append(_plain_flag("IsWritable", a.is_writable, vals) + _plain_flag("IsQuickContact", a.is_quick_contact, vals)
-                     + _plain_flag("IsHidden", a.is_hidden, vals))
-        if a.folder_id is not None:
-            parts.append(_plain_item_id("FolderId", a.folder_id, vals))
+            vals.append(ident)
+            parts.append(f"<Attribution><Id>{ident}</Id>")
+        if source is not None:
+            parts.append(_plain_item_id("SourceId", source, vals))
+        if display is not None:
+            vals.append(display)
+            parts.append(f"<DisplayName>{display}</DisplayName>")
+        writable, quick, hidden = f["is_writable"], f["is_quick_contact"], f["is_hidden"]
+        if writable.__class__ is bool and quick.__class__ is bool and hidden.__class__ is bool:  # the usual
+            parts.append(f"<IsWritable>{_FLAG_TEXT[writable]}</IsWritable><IsQuickContact>{_FLAG_TEXT[quick]}"
+                         f"</IsQuickContact><IsHidden>{_FLAG_TEXT[hidden]}</IsHidden>")
+        else:
+            parts.append(_plain_flag("IsWritable", writable, vals) + _plain_flag("IsQuickContact", quick, vals)
+                         + _plain_flag("IsHidden", hidden, vals))
+        if folder is not None:
+            parts.append(_plain_item_id("FolderId", folder, vals))
         parts.append("</Attribution>")
     parts.append(f"</{name}>")
     return "".join(parts)
