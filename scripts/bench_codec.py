@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
 """Benchmark: the codec on the 1,000-contact GetImItemList answer, against lxml's own parse and serialize.
 
-    .venv/bin/python scripts/bench_codec.py [--rounds 15] [--contacts 1000]
+    .venv/bin/python scripts/bench_codec.py [--rounds 15] [--contacts 1000] [--compare OLD_CODEC.py]
 
 Interleaved rounds of: lxml ``fromstring`` + ``tostring`` of the answer's bytes (the
-reference), ucsproxy's ``decode_response`` of the same bytes, and ``encode_response`` of
-what it decoded. Decoded records are new objects every round, so the encoder's caches
-(kept with the mock's unchanged records) never help it here: this is the cold path. CPU
-time (process_time), best of the rounds; goal: decode + encode <= 3x the reference.
-Also shows the warm paths the mock and the log writer take: encoding the same records
-again, and decoding with the persona memo (``memo=True``) an answer seen before.
+reference; its window includes freeing its tree), ucsproxy's ``decode_response`` of the
+same bytes (full records, every field; its window includes freeing lxml's tree and the
+garbage collection the decode leaves due), and ``encode_response`` of what it decoded,
+checked to give the same bytes back. Freeing the decoded records once a round is done is
+timed on a line of its own (before, rebinding the variable freed the previous round's
+records inside the next decode's window). Decoded records are new objects
+every round, so the encoder's caches (kept with the mock's unchanged records) never help
+it here: this is the cold path. CPU time (process_time), best of the rounds; goal:
+decode + encode <= 3x the reference. Also shows the warm paths the mock and the log
+writer take: encoding the same records again, and decoding with the persona memo
+(``memo=True``) an answer seen before.
+
+``--compare`` loads another copy of ``ucsproxy/codec.py`` (for instance the one before a
+change: ``git show REV:ucsproxy/codec.py > /tmp/old_codec.py``) beside this one and runs
+its decode and encode in the same rounds, for an A/B on one machine at one load.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,10 +42,23 @@ from ucsproxy.model import UcsModel  # noqa: E402
 from ucsproxy.records import UcsResponse  # noqa: E402
 
 
+def load_copy(path: str) -> ModuleType:
+    """A copy of the codec module from ``path``, imported inside the ucsproxy package (its
+    relative imports then resolve) under a name of its own, so both run side by side."""
+    spec = importlib.util.spec_from_file_location("ucsproxy._codec_compared", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--contacts", type=int, default=1000)
+    ap.add_argument("--compare", metavar="OLD_CODEC.py", help="another codec.py to run in the same rounds")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.json"
@@ -41,8 +66,13 @@ def main() -> None:
         model = UcsModel.load(state)
     items = model.get_im_item_list("user@contoso.com")
     body = codec.encode_response(UcsResponse("GetImItemList", payload=items))
-    best = dict.fromkeys(("lxml", "decode", "encode", "encode again", "decode memo"), float("inf"))
+    other = load_copy(args.compare) if args.compare else None
+    keys = ["lxml", "decode", "encode", "encode again", "decode memo", "free"]
+    if other is not None:
+        keys += ["compared decode", "compared encode"]
+    best = dict.fromkeys(keys, float("inf"))
     clock = time.process_time
+    decoded = out = compared = None
     for _ in range(args.rounds):
         t0 = clock()
         etree.tostring(etree.fromstring(body))
@@ -56,12 +86,24 @@ def main() -> None:
         codec.decode_response(body, "GetImItemList", memo=True)
         t5 = clock()
         assert out == body, "the codec must give the same bytes back"
-        for key, value in (("lxml", t1 - t0), ("decode", t2 - t1), ("encode", t3 - t2), ("encode again", t4 - t3),
-                           ("decode memo", t5 - t4)):
+        t6 = clock()
+        decoded = None  # the records are the consumer's: freeing them is timed on its own line
+        t7 = clock()
+        times = {"lxml": t1 - t0, "decode": t2 - t1, "encode": t3 - t2, "encode again": t4 - t3,
+                 "decode memo": t5 - t4, "free": t7 - t6}
+        if other is not None:
+            t8 = clock()
+            compared = other.decode_response(body, "GetImItemList")
+            t9 = clock()
+            assert other.encode_response(compared.message, compared.server_version) == body
+            t10 = clock()
+            compared = None
+            times.update({"compared decode": t9 - t8, "compared encode": t10 - t9})
+        for key, value in times.items():
             best[key] = min(best[key], value * 1000)
     ref = best["lxml"]
     print(f"GetImItemList answer: {len(items.personas)} contacts, {len(items.groups)} groups, {len(body) / 1e6:.2f} MB; "
-          f"CPU ms, best of {args.rounds} interleaved rounds")
+          f"CPU ms, best of {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
     print(f"  lxml fromstring + tostring (reference)   {ref:8.1f}")
     print(f"  ucsproxy decode_response                 {best['decode']:8.1f}  {best['decode'] / ref:5.2f}x")
     print(f"  ucsproxy encode_response (cold)          {best['encode']:8.1f}  {best['encode'] / ref:5.2f}x")
@@ -69,6 +111,11 @@ def main() -> None:
     print(f"  decode + encode                          {total:8.1f}  {total / ref:5.2f}x   (goal <= 3x)")
     print(f"  encode of the same records again (mock)  {best['encode again']:8.3f}")
     print(f"  decode, persona memo warm (log writer)   {best['decode memo']:8.1f}  {best['decode memo'] / ref:5.2f}x")
+    print(f"  freeing the decoded records (consumer's) {best['free']:8.1f}")
+    if other is not None:
+        old = best["compared decode"] + best["compared encode"]
+        print(f"  {args.compare}: decode {best['compared decode']:.1f}, encode {best['compared encode']:.1f}, "
+              f"decode + encode {old:.1f} = {old / ref:.2f}x (this codec: {total / ref:.2f}x, {total / old:.2f} of its time)")
 
 
 if __name__ == "__main__":

@@ -1272,10 +1272,7 @@ def _w_im_group(out: list[str], group: ImGroup, decl: str) -> None:
     _w_leaf(out, "GroupType", group.group_type, decl)
     _w_item_id(out, "ExchangeStoreId", group.exchange_store_id, decl)
     if group.member_correlation_key:
-        out.append(f"<MemberCorrelationKey{decl}>")
-        for item in group.member_correlation_key:
-            _w_item_id(out, "ItemId", item)
-        out.append("</MemberCorrelationKey>")
+        out.append(f"<MemberCorrelationKey{decl}>{_item_ids_text(group.member_correlation_key)}</MemberCorrelationKey>")
     if group.extended_properties:
         out.append(f"<ExtendedProperties{decl}>")
         for prop in group.extended_properties:
@@ -1284,6 +1281,22 @@ def _w_im_group(out: list[str], group: ImGroup, decl: str) -> None:
     if group.smtp_address is not None:
         _w_leaf(out, "SmtpAddress", group.smtp_address, decl)
     out.append("</ImGroup>")
+
+
+def _item_ids_text(items: tuple[ItemId, ...]) -> str:
+    """``<ItemId .../>`` of each item (a group's members): written plain, and escaped only when
+    a value needs it, as personas are (see _plain_persona_text)."""
+    vals: list[Any] = []
+    text = "".join([_plain_item_id("ItemId", item, vals) for item in items if item is not None])
+    try:
+        if _ATTR_SPECIAL.search("".join(vals)) is None:
+            return text
+    except TypeError:  # an id that is not a string
+        pass
+    out: list[str] = []
+    for item in items:
+        _w_item_id(out, "ItemId", item)
+    return "".join(out)
 
 
 def _w_attributed(out: list[str], item_name: str, values: tuple[AttributedValue, ...]) -> None:
