@@ -119,3 +119,39 @@ def test_the_collector_is_paused_while_a_list_is_read_and_left_as_it_was():
         assert gc.isenabled()  # and on again after a list that could not be read
     finally:
         codec._persona_fast = real
+
+
+def test_a_persona_s_records_read_the_first_of_each_name_under_any_prefix():
+    # What the per-record readers must keep doing: any namespace spelling or prefix, comments
+    # and strangers skipped, the first of a repeated child, xs:boolean in its four spellings.
+    from lxml import etree
+
+    from ucsproxy.records import AttributedValue, EmailAddress, ItemId, PersonaAttribution
+
+    el = etree.fromstring(
+        '<t:Persona xmlns:t="https://schemas.microsoft.com/exchange/services/2006/types" xmlns:x="urn:x">'
+        '<t:PersonaId Id="p" ChangeKey="k"/>'
+        '<t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><!-- c --><x:Other>no</x:Other>'
+        '<t:Name>A<!-- split -->B</t:Name><t:Name>second</t:Name></t:EmailAddress>'
+        '<t:EmailAddresses><t:EmailAddress><t:Name>N</t:Name></t:EmailAddress><t:Stranger/>'
+        '<t:Address><t:MailboxType>Mailbox</t:MailboxType></t:Address></t:EmailAddresses>'
+        '<t:Attributions><t:Attribution><t:IsHidden> TRUE </t:IsHidden><t:IsWritable>1</t:IsWritable>'
+        '<t:IsQuickContact>0</t:IsQuickContact><t:Id>7</t:Id><t:Id>8</t:Id><t:FolderId Id="f"/>'
+        '</t:Attribution><x:Attribution><t:Id>9</t:Id></x:Attribution></t:Attributions>'
+        '<t:DisplayNames><t:StringAttributedValue><t:Attributions><t:Attribution>1</t:Attribution>'
+        '<!-- c --><t:Attribution>2</t:Attribution></t:Attributions><t:Value>V</t:Value><t:Value>W</t:Value>'
+        '</t:StringAttributedValue><t:Unknown><t:Value>skipped</t:Value></t:Unknown>'
+        '<t:StringAttributedValue><t:Attributions/></t:StringAttributedValue></t:DisplayNames>'
+        '<t:Emails1><t:EmailAddressAttributedValue><t:Value><t:EmailAddress>e@x</t:EmailAddress></t:Value>'
+        '</t:EmailAddressAttributedValue></t:Emails1>'
+        '</t:Persona>')
+    persona = codec._persona_fast(el)
+    assert persona == codec._persona(el)
+    assert persona.persona_id == ItemId("p", "k")
+    assert persona.email_address == EmailAddress(name="AB", routing_type="SMTP")
+    assert persona.email_addresses == (EmailAddress(name="N"), EmailAddress(mailbox_type="Mailbox"))
+    assert persona.attributions == (
+        PersonaAttribution("7", folder_id=ItemId("f"), is_writable=True, is_quick_contact=False, is_hidden=True),
+        PersonaAttribution("9"))
+    assert persona.display_names == (AttributedValue("V", ("1", "2")),)
+    assert persona.emails1 == (AttributedValue(EmailAddress(email_address="e@x"), ()),)
