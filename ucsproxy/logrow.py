@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, UTC
-from typing import Any
+from typing import Any, NamedTuple
 
 from .memo import IdentityCache
 from .identity import clean_name, request_mailbox, signed_in_user
@@ -187,8 +187,7 @@ MEMO_BYTES = 64 * 1024 * 1024
 MEMO_ENTRIES = 8192
 
 
-@dataclass(frozen=True, slots=True)
-class BodyColumns:
+class BodyColumns(NamedTuple):
     """What one body gives its row, already redacted: the body as text, whether it was cut,
     what it decoded to (an EwsRequest, a LoggedAnswer or a DecodeError; None when it was not
     decoded), the JSON column it fills (a request's ``args``, an answer's ``result``) and the
@@ -321,6 +320,7 @@ def body_memo(redactor: Redactor) -> BodyMemo:
 
 #: The columns that hold JSON text.
 JSON_COLUMNS = ("fault", "args", "result", "request_headers", "response_headers")
+_JSON_SET = frozenset(JSON_COLUMNS)
 
 
 def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor | None = None) -> dict[str, Any]:
@@ -334,7 +334,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
     ews_post = is_ews_request(raw.method, raw.path)
     request = raw.decoded_request
     # The columns the memo gives are redacted already; the rest pass the redactor below.
-    done = ["request_body", "response_body"]
+    args_done = result_done = False
     request_side = None
     if raw.request_body is not None:
         decode = request is None and ews_post
@@ -344,13 +344,11 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
     operation = mailbox = version = None
     args: str | None = None
     result: str | None = None  # the result column's JSON text
-    result_done = False
     if isinstance(request, EwsRequest):
         operation = request.operation
         version = request.headers.request_server_version
         if request_side is not None and request_side.decoded is request:
-            args = request_side.json
-            done.append("args")
+            args, args_done = request_side.json, True
         elif request.body is not None:
             args = _json(to_jsonable(request.body))
     elif isinstance(request, DecodeError) and ews_post:
@@ -386,8 +384,6 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
             result, result_done = response_side.error_json, True
         else:
             result = _json({"response_decode_error": to_jsonable(response)})
-    if result_done:
-        done.append("result")
     notes = [raw.error] if raw.error else []
     if (request_side is not None and request_side.cut) or response_side.cut:
         notes.append(f"body stored cut at {MAX_STORED_BODY} bytes")
@@ -417,10 +413,15 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
         "divergence": raw.divergence,
     }
     if raw.method == "POST" and not ews_post and _autodiscover_columns(row, raw):
-        done = ["request_body", "response_body"]
+        args_done = result_done = False
     # Every value goes through the one redaction pass, header lists and JSON columns included
     # (the bodies and the JSON the memo built went through it there).
-    return redactor.row(row, JSON_COLUMNS, _JSON.encode, done=done)
+    return redactor.row(row, _JSON_SET, _JSON.encode, done=_DONE[args_done, result_done])
+
+
+# Redactor.row's ``done``: the bodies always, args and result when the memo built them.
+_DONE = {(a, r): frozenset(["request_body", "response_body"] + (["args"] if a else []) + (["result"] if r else []))
+         for a in (False, True) for r in (False, True)}
 
 
 def _autodiscover_columns(row: dict[str, Any], raw: RawExchange) -> bool:

@@ -236,8 +236,10 @@ class Redactor:
         text has its strings redacted; any other text as text. ``done``: columns whose values
         passed :meth:`text` (a JSON column: :meth:`json_text`) of these rules already (the
         bodies of ucsproxy.logrow's memo), left as they are."""
-        json_columns = frozenset(json_columns)
-        done = frozenset(done)
+        if type(json_columns) is not frozenset:
+            json_columns = frozenset(json_columns)
+        if type(done) is not frozenset:
+            done = frozenset(done)
         active = self.active
         clean_short = False
         if active and not self.patterns:
