@@ -116,8 +116,8 @@ class Console:
         self._lock = threading.Lock()
         self.exchanges = self.errors = self.faults = self.injected = self.no_match = self.diverged = 0
         self._colored: tuple[TextIO, bool] | None = None  # (stream, wants_color(stream)), asked once
-        # A front with an event loop sets this (loop.call_soon): lines are then flushed once
-        # per turn of the loop, however many exchanges it finished, not once a line.
+        # A front with an event loop sets this (the lean front: loop.call_later, 50 ms): lines
+        # are then flushed once per call, however many exchanges finished meanwhile, not once a line.
         self.flush_soon: Callable[[Callable[[], None]], Any] | None = None
         self._flush_due = False
 

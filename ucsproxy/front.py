@@ -53,6 +53,7 @@ KILLED = "Connection killed."  # the error mitmproxy logs for a flow a fault kil
 CLIENT_GONE = "Client disconnected."
 TLS_HANDSHAKE = 0x16
 MAX_PIPELINED = 64  # queued requests per connection before it stops reading
+CONSOLE_FLUSH = 0.05  # seconds a console line may wait in stdout's buffer
 BIG_ANSWER = 64 * 1024  # answers at least this long are written without joining them to their head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -649,7 +650,9 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
             signal.signal(sig, handler)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    c.reporter.console.flush_soon = loop.call_soon  # console lines flushed once per turn of the loop
+    # Console lines are flushed at most every CONSOLE_FLUSH seconds, not once a request: a busy
+    # mock writes them in a few system calls a second, and a person still sees each at once.
+    c.reporter.console.flush_soon = lambda flush: loop.call_later(CONSOLE_FLUSH, flush)
     server = LeanServer(c, options.get("listen_host", options_mod.BY_NAME["listen_host"].default),
                         options.get("listen_port", options_mod.BY_NAME["listen_port"].default),
                         confdir=options.get("confdir", "~/.mitmproxy"), verbose=verbose)
