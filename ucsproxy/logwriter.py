@@ -192,6 +192,29 @@ def stop_frame() -> bytes:
     return HEADER.pack(STOP, 0, 0, 0)
 
 
+class _Pickler(pickle.Pickler):
+    """A protocol-5 pickler with a persistent_id function (Python 3.13's C pickler refuses one set
+    on an instance: it must be a method)."""
+
+    def __init__(self, out: Any, persistent: Any, buffer_callback: Any):
+        super().__init__(out, 5, buffer_callback=buffer_callback)
+        self._persistent = persistent
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._persistent(obj)
+
+
+class _Unpickler(pickle.Unpickler):
+    """An unpickler with a persistent_load function (a method, as Python 3.13 requires)."""
+
+    def __init__(self, data: Any, load: Any, buffers: Any):
+        super().__init__(data, buffers=buffers)
+        self._load = load
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._load(pid)
+
+
 class SharedValues:
     """The proxy's end of the numbered big values (bodies, a mock answer's JSON) of kind ``R`` frames.
 
@@ -247,9 +270,7 @@ class SharedValues:
 
         out = io.BytesIO()
         buffers: list[pickle.PickleBuffer] = []
-        pickler = pickle.Pickler(out, 5, buffer_callback=buffers.append)
-        pickler.persistent_id = persistent_id  # type: ignore[method-assign]
-        pickler.dump((self._forgotten, raws))
+        _Pickler(out, persistent_id, buffers.append).dump((self._forgotten, raws))
         self._forgotten = []
         return _with_buffers(out.getvalue(), buffers), used
 
@@ -300,9 +321,7 @@ class SharedTable:
         """An ``R`` frame's exchanges. Every frame is loaded, one already written too: the
         numbers it defines and forgets are taken in order."""
         data, buffers = _split(payload)
-        unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
-        unpickler.persistent_load = self._value  # type: ignore[method-assign]
-        forgotten, raws = unpickler.load()
+        forgotten, raws = _Unpickler(io.BytesIO(data), self._value, buffers).load()
         for number in forgotten:
             self.values.pop(number, None)
         return raws
