@@ -394,17 +394,17 @@ class _Connection(asyncio.Protocol):
         if decision is not None and decision.link.close_after_ms is not None:
             close = True  # slow-close: the answer says so, and the close comes later
         head = [_status_line(answer.status)]
+        sent_headers = []
         for k, v in headers:
             if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                 head.append(b"%s: %s\r\n" % (_wire(k), _wire(v)))
+                sent_headers.append((k, v))
         head.append(b"Content-Length: %d\r\n" % length)
         if close:
             head.append(b"Connection: close\r\n")
         elif req.http10:
             head.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 client asked to keep the connection
         head.append(b"\r\n")
-        sent_headers = [(k, v) for k, v in headers
-                        if k.lower() not in ("content-length", "connection", "transfer-encoding")]
         sent_headers.append(("Content-Length", str(length)))
         if close:
             sent_headers.append(("Connection", "close"))

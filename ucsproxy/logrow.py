@@ -94,8 +94,9 @@ def iso_utc(ts: float) -> str:
 
 
 def header(headers: list[tuple[str, str]] | None, name: str) -> str | None:
+    name = name.lower()  # once, not once per header
     for k, v in headers or ():
-        if k.lower() == name.lower():
+        if k.lower() == name:
             return v
     return None
 
