@@ -163,13 +163,19 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
             if inodes:
                 raise PortTaken(f"127.0.0.1:{port} was taken by another process; this one exited with {proc.returncode}")
             raise RuntimeError(f"process exited early with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                inodes = _listening_inodes(port)
-                if inodes is None or _holds_socket(proc.pid, inodes):
+        inodes = _listening_inodes(port)
+        if inodes is not None:
+            # /proc: no probe connection, which mitmproxy would log ("client connect"), at times
+            # before the process's start-up line. A listening socket accepts (into its backlog) as
+            # soon as it listens, so a connection would tell no more.
+            if inodes and _holds_socket(proc.pid, inodes):
+                return
+        else:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return
-        except OSError:
-            pass
+            except OSError:
+                pass
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
