@@ -21,13 +21,12 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BIN, ROOT  # noqa: E402
+from benchlib import BIN, ROOT, scratch_dir  # noqa: E402
 
 OPERATIONS = ["GetImItemList", "GetImItems", "AddImGroup", "RemoveImGroup", "AddNewImContactToGroup",
               "AddImContactToGroup", "RemoveImContactFromGroup", "SetImGroup"]
@@ -88,7 +87,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=11)
     ap.add_argument("--db", help="log file to use (made when missing)")
     args = ap.parse_args()
-    db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="ucsbench-cli-")) / "million.db"
+    db = Path(args.db) if args.db else scratch_dir("ucsbench-cli-") / "million.db"
     if not db.exists():
         t0 = time.perf_counter()
         make_log(db, args.rows)

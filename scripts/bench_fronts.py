@@ -49,6 +49,8 @@ import time
 from typing import Any
 from pathlib import Path
 
+from benchlib import scratch_dir  # the script's own directory is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 EWS = "/EWS/Exchange.asmx"
 BIG_USER = "big@contoso.com"
@@ -438,7 +440,7 @@ def main() -> None:
         parser.error(f"--workloads: choose from {', '.join(w for w, _ in WORKLOADS)}")
     if args.baseline is not None and not (args.baseline / "ucsproxy" / "__main__.py").is_file():
         parser.error(f"--baseline: no ucsproxy source tree at {args.baseline}")
-    tmp = Path(tempfile.mkdtemp(prefix="ucsproxy-bench-fronts-"))
+    tmp = scratch_dir("ucsproxy-bench-fronts-")
     servers: list[Server] = []
     notes: list[str] = []
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
@@ -489,6 +491,8 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
+        for log_file in tmp.glob("*.db*"):  # the measured runs' logs, before the start-up runs add theirs
+            log_file.unlink()
     wm_server: Server | None = next((s for s in servers if s.name.startswith("WireMock")), None)
     if args.no_startup:
         for note in notes:

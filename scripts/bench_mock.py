@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
     GET_IM_ITEM_LIST, GROUP_ID, Connection, Procs, big_mailbox_state, drive, envelope, free_port, interleaved,
-    logged_rows, mitmdump_canned, print_table, ucsproxy, wait_rows,
+    logged_rows, mitmdump_canned, print_table, scratch_dir, ucsproxy, wait_rows,
 )
 
 
@@ -63,7 +62,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=800, help="AddImGroup/RemoveImGroup pairs per round")
     ap.add_argument("--only", default="big,small,pairs")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ucsbench-mock-"))
+    tmp = scratch_dir("ucsbench-mock-")
     only = args.only.split(",")
     ratios = {}
 

@@ -22,13 +22,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BIN, ROOT, child_pids, free_port, logged_rows, wait_port, wait_rows  # noqa: E402
+from benchlib import BIN, ROOT, child_pids, free_port, logged_rows, scratch_dir, wait_port, wait_rows  # noqa: E402
 
 REQUEST = b"""<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
@@ -128,7 +127,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per proxy")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="ucsbench-"))
+    tmp = scratch_dir("ucsbench-")
     body_file = tmp / "response.xml"
     body_file.write_bytes(spec_response())
     db = tmp / "record.db"

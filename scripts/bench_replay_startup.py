@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_replay import synthetic_rows  # noqa: E402
-from benchlib import Procs, free_port  # noqa: E402
+from benchlib import Procs, free_port, scratch_dir  # noqa: E402
 from ucsproxy import codec  # noqa: E402
 from ucsproxy.store import LogStore  # noqa: E402
 
@@ -57,7 +56,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,10000,100000")
     ap.add_argument("--match", default="operation")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ucsbench-replay-"))
+    tmp = scratch_dir("ucsbench-replay-")
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         rows, requests = synthetic_rows(size)
