@@ -71,10 +71,10 @@ def pytest_configure(config):
 
 
 #: The test files that take longest (on the project's 2-core machine), longest first. The README's
-#: command hands whole files to two workers (``--dist loadfile``) in collection order, each worker
+#: command hands whole files to its workers (``--dist loadfile``) in collection order, each worker
 #: taking the next file when it is done (``--no-loadscope-reorder`` in pyproject.toml keeps that
-#: order): starting with the long ones leaves only short files for the end, so the two workers
-#: finish at about the same time instead of one waiting for the other's last long file. A file
+#: order): starting with the long ones leaves only short files for the end, so the workers
+#: finish at about the same time instead of some waiting for another's last long file. A file
 #: not listed runs after these, in the usual order; a list out of date costs only time.
 LONG_FILES = (
     "test_wheel.py", "test_durability.py", "test_console_process.py", "test_faults_process.py",
