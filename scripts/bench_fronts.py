@@ -49,7 +49,7 @@ import time
 from typing import Any
 from pathlib import Path
 
-from benchlib import scratch_dir  # the script's own directory is on sys.path
+from benchlib import child_pids, cpu_seconds, scratch_dir  # the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 EWS = "/EWS/Exchange.asmx"
@@ -199,26 +199,6 @@ def first_answer(port: int, timeout: float = 60) -> None:
         s.sendall(request(GET_LIST).replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\nConnection: close\r\n"))
         while s.recv(65536):
             pass
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc), 0 when unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def child_pids(pid: int) -> list[int]:
-    """Child processes of ``pid`` started by any of its threads (the log writer)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            pass
-    return found
 
 
 class Server:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BIN, ROOT, child_pids, free_port, logged_rows, scratch_dir, wait_port, wait_rows  # noqa: E402
+from benchlib import (  # noqa: E402
+    BIN, ROOT, child_pids, cpu_seconds, free_port, logged_rows, scratch_dir, wait_port, wait_rows,
+)
 
 REQUEST = b"""<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
@@ -104,15 +106,6 @@ async def drive(port: int, requests: int, concurrency: int) -> tuple[float, list
     t0 = time.perf_counter()
     await asyncio.gather(*(client(port, per_client, latencies) for _ in range(concurrency)))
     return time.perf_counter() - t0, latencies
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 when unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def pct(values: list[float], p: float) -> float:
