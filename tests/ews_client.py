@@ -102,19 +102,24 @@ class EwsClient:
         if self.user:
             h["Authorization"] = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         h.update(headers or {})
+        status, answer_headers, data = self._post(path, body, h)
+        try:
+            tree = etree.fromstring(data)
+        except etree.XMLSyntaxError:
+            tree = None
+        return Answer(status, answer_headers, data, tree)
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """Send one POST; its status, headers (names lower-cased) and body."""
         conn = self._connection()
         try:
-            conn.request("POST", path, body=body, headers=h)
+            conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except Exception:
             self.close()
             raise
-        try:
-            tree = etree.fromstring(data)
-        except etree.XMLSyntaxError:
-            tree = None
-        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, tree)
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
     def call(self, operation: str, inner: str = "") -> Answer:
         body = envelope(f"<m:{operation}>{inner}</m:{operation}>", self.version, self.impersonate)
