@@ -34,8 +34,6 @@ SERVING = ("mock", "record", "replay")
 ANSWERING = ("mock", "replay")
 #: The commands that write a log: the serving ones, and ``import``.
 LOGGING = (*SERVING, "import")
-#: Every command whose options come from this table.
-COMMANDS = LOGGING
 
 
 @dataclass(frozen=True)
@@ -172,6 +170,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+#: Every command that takes options from this table, in table order.
+COMMANDS: tuple[str, ...] = tuple(dict.fromkeys(c for o in OPTIONS for c in o.commands))
 
 
 def _fresh(value: Any) -> Any:
