@@ -49,21 +49,12 @@ import time
 from typing import Any
 from pathlib import Path
 
-from benchlib import child_pids, cpu_seconds, scratch_dir  # the script's own directory is on sys.path
+from benchlib import child_pids, cpu_seconds, envelope, scratch_dir  # the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 EWS = "/EWS/Exchange.asmx"
 BIG_USER = "big@contoso.com"
 BIG_CONTACTS = 1000
-
-
-def envelope(body: str) -> bytes:
-    return ('<?xml version="1.0" encoding="utf-8"?>'
-            '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
-            'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" '
-            'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">'
-            '<soap:Header><t:RequestServerVersion Version="Exchange2013"/></soap:Header>'
-            f"<soap:Body>{body}</soap:Body></soap:Envelope>").encode()
 
 
 def request(body: bytes, user: str | None = None) -> bytes:
