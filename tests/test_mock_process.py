@@ -194,10 +194,15 @@ def test_every_exchange_is_logged(mock):
 
 
 def test_state_is_saved_on_sigterm_and_loaded_again(tmp_path, front):
-    """A real process saves its state on SIGTERM; the state is loaded again by a mock in this process."""
+    """A real process saves its state on SIGTERM; the state is loaded again by a mock in this process.
+    The process also follows the --policy it was given (here: the error for removing a default group)."""
     state = tmp_path / "state.json"
-    first = start_ucsproxy(tmp_path, "mock", "--front", front, "--state", str(state), "--db", "", "--seed", "1")
-    assert EwsClient(first.url).add_im_group("Survivor").response_code == "NoError"
+    first = start_ucsproxy(tmp_path, "mock", "--front", front, "--state", str(state), "--db", "", "--seed", "1",
+                           "--policy", "default_group_edit_error=ErrorItemNotFound")
+    client = EwsClient(first.url)
+    assert client.add_im_group("Survivor").response_code == "NoError"
+    favorites = groups(client.get_im_item_list())["Favorites"]["id"]
+    assert client.remove_im_group(favorites).response_code == "ErrorItemNotFound"
     assert first.stop(signal.SIGTERM) == 0
     assert state.exists()
     second = mock_endpoint(front, ucs_state=str(state))
