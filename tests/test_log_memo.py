@@ -9,6 +9,7 @@ import pickle
 import pytest
 
 from ucsproxy import codec, logrow
+from ucsproxy.logpieces import LIST_PIECES
 from ucsproxy.logrow import BodyMemo, RawExchange, build_row
 from ucsproxy.redact import KEEP_SECRETS, REDACTED, Redactor
 from test_log_answers import mock_answers, raw as mock_raw
@@ -39,13 +40,31 @@ def exchange(name: str = "Team", request: bytes | None = None, answer: bytes | N
 @pytest.fixture(autouse=True)
 def fresh_memos():
     logrow._MEMOS.clear()
+    LIST_PIECES.clear()
     yield
     logrow._MEMOS.clear()
+    LIST_PIECES.clear()
 
 
 def fresh(raw: RawExchange, redactor: Redactor = logrow.DEFAULT_REDACTOR) -> dict:
+    """The row built with nothing remembered (no body memo, no list pieces), which it then remembers."""
     logrow._MEMOS.clear()
+    LIST_PIECES.clear()
     return build_row(raw, redactor=redactor)
+
+
+def fresh_aside(raw: RawExchange, redactor: Redactor = logrow.DEFAULT_REDACTOR) -> dict:
+    """The row built with nothing remembered, leaving what is remembered as it was."""
+    memos = dict(logrow._MEMOS)
+    saved = LIST_PIECES._frames.copy()
+    logrow._MEMOS.clear()
+    LIST_PIECES.clear()
+    try:
+        return build_row(raw, redactor=redactor)
+    finally:
+        logrow._MEMOS.clear()
+        logrow._MEMOS.update(memos)
+        LIST_PIECES._frames.update(saved)
 
 
 EXCHANGES = [
@@ -107,6 +126,25 @@ def test_the_mock_answers_rows_are_the_same_from_the_memo():
         expected = fresh(shipped)
         assert build_row(pickle.loads(pickle.dumps(from_records))) == expected
         assert fresh(mock_raw(request, answer)) == expected  # decoded from the body: the same row
+
+
+@pytest.mark.parametrize("redactor", [logrow.DEFAULT_REDACTOR, KEEP_SECRETS,
+                                      Redactor.from_options(False, ["X-Ticket"], [r"Contact 1\d"])],
+                         ids=["built-in", "keep-secrets", "own-rules"])
+def test_the_rows_of_a_growing_list_are_the_rows_a_fresh_build_gives(redactor):
+    from test_log_pieces import LISTS
+
+    bodies = list(LISTS)
+    # A secret in one contact's name, in a list the pieces have mostly seen.
+    bodies.insert(8, bodies[6].replace(b"Contact 2 ", f"Contact 2 password={SECRET} ".encode(), 1))
+    request = REQUEST.replace(b"AddImGroup", b"GetImItemList").replace(b"<m:DisplayName>NAME</m:DisplayName>", b"")
+    for body in bodies:
+        raw = exchange(request=request, answer=body)
+        expected = fresh_aside(raw, redactor)
+        assert build_row(raw, redactor=redactor) == expected
+        if redactor is not KEEP_SECRETS:
+            assert SECRET not in str(expected)
+    assert LIST_PIECES.reused + LIST_PIECES.partly >= len(bodies) - 3
 
 
 def test_the_memo_is_bounded():

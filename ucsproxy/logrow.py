@@ -7,17 +7,18 @@ the slow part: decoding both bodies, finding the mailbox, redacting secrets.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
-from .memo import IdentityCache
 from .identity import clean_name, request_mailbox, signed_in_user
 from .protocol import is_ews_request
-from .records import DecodeError, EwsRequest, EwsResponse, ImItemList, Persona, to_jsonable
+from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
+# The JSON columns' one encoder and the JSON of records live in ucsproxy.logjson (also used
+# by ucsproxy.logpieces); the names are kept here for older imports.
+from .logjson import JSON_ENCODER, _JSON, _json, group_json, item_list_json, payload_json, persona_json  # noqa: F401
 from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor
 
 #: Bodies longer than this are stored cut, with a note in ``error``.
@@ -129,53 +130,6 @@ def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str
     return text, cut
 
 
-# The JSON columns: keys sorted (an import of exported fixtures gives the same text back),
-# non-ASCII kept as it is. to_jsonable already gives its keys in sorted order and the dicts
-# built here have one key, so the encoder need not sort. One encoder for all rows (json.dumps
-# would build one per call); records and headers hold no cycles, so it need not look for them.
-_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)
-
-
-JSON_ENCODER = _JSON
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else _JSON.encode(value)
-
-
-# The JSON of personas and whole item lists, by record identity (see ucsproxy.memo):
-# the mock hands out the same records while a mailbox is unchanged, so the ``result`` of
-# its GetImItemList answers is built once per change, and an edited list rebuilds only
-# the personas that changed.
-_PERSONA_JSON = IdentityCache()
-_ITEM_LIST_JSON = IdentityCache()
-
-
-def _persona_json(persona: Persona) -> str:
-    text = _PERSONA_JSON.get(persona)
-    if text is None:
-        text = _JSON.encode(to_jsonable(persona))
-        _PERSONA_JSON.put(persona, text)
-    return text
-
-
-def payload_json(payload: Any) -> str | None:
-    """``_json(to_jsonable(payload))``, text for text; an ImItemList from its cached parts."""
-    if type(payload) is not ImItemList:
-        return _json(to_jsonable(payload))
-    text = _ITEM_LIST_JSON.get(payload)
-    if text is None:
-        # to_jsonable's form of an ImItemList: its non-empty fields in sorted order.
-        parts = []
-        if payload.groups:
-            parts.append('"groups": [' + ", ".join(_JSON.encode(to_jsonable(g)) for g in payload.groups) + "]")
-        if payload.personas:
-            parts.append('"personas": [' + ", ".join(_persona_json(p) for p in payload.personas) + "]")
-        text = "{" + ", ".join(parts) + "}"
-        _ITEM_LIST_JSON.put(payload, text)
-    return text
-
-
 def _decode_error(e: DecodeError) -> dict:
     return {"decode_error": to_jsonable(e)}
 
@@ -267,8 +221,12 @@ class BodyMemo:
                 self.size -= dropped
         return value
 
-    def _text(self, body: bytes | None, content_type: str | None) -> tuple[str | None, bool]:
+    def _text(self, body: bytes | None, content_type: str | None, clean: bool = False) -> tuple[str | None, bool]:
+        """The body's column, redacted. ``clean``: the text is known to hold no word a built-in
+        rule looks for (ucsproxy.redact.has_trigger_word)."""
         text, cut = _body_text(body, content_type)
+        if clean and self.redactor.trigger_only:
+            return text, cut
         return (self.redactor.text(text) if text else text), cut
 
     def _json(self, value: Any) -> str | None:
@@ -288,15 +246,24 @@ class BodyMemo:
 
     def _build_answer(self, body: bytes | None, content_type: str | None, operation: str | None,
                       given: LoggedAnswer | None, decode: bool) -> BodyColumns:
-        text, cut = self._text(body, content_type)
         answer: LoggedAnswer | DecodeError | None = given
+        body_clean = result_clean = False
         if answer is None and decode and body:
-            from . import codec
+            # An item list from the pieces seen before (ucsproxy.logpieces), else decoded whole.
+            from .logpieces import LIST_PIECES
 
-            decoded = codec.decode_response(body, operation, content_type, memo=True)
-            answer = logged_answer(decoded) if isinstance(decoded, EwsResponse) else decoded
+            found, body_clean, result_clean = LIST_PIECES.answer(body, content_type, operation)
+            if isinstance(found, EwsResponse):
+                answer = logged_answer(found)
+            elif isinstance(found, DecodeError):
+                answer = found
+            else:
+                answer = LoggedAnswer(*found)
+        text, cut = self._text(body, content_type, body_clean)
         if isinstance(answer, LoggedAnswer):
-            return BodyColumns(text, cut, answer, self.redactor.json_text(answer.result, _JSON.encode), None)
+            result = answer.result if result_clean and self.redactor.trigger_only else \
+                self.redactor.json_text(answer.result, _JSON.encode)
+            return BodyColumns(text, cut, answer, result, None)
         if isinstance(answer, DecodeError):
             return BodyColumns(text, cut, answer, None, self._json({"response_decode_error": to_jsonable(answer)}))
         return BodyColumns(text, cut, None, None, None)

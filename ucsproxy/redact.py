@@ -133,6 +133,12 @@ class Redactor:
         return cls(builtin=not keep_secrets, headers=names, patterns=tuple(compiled))
 
     @property
+    def trigger_only(self) -> bool:
+        """Whether a text without a word :func:`has_trigger_word` looks for is always left as
+        it is (no header names or patterns of the user's own)."""
+        return not self.headers and not self.patterns
+
+    @property
     def active(self) -> bool:
         return self.builtin or bool(self.headers) or bool(self.patterns)
 
@@ -285,6 +291,13 @@ def _triggered(lower: str) -> bool:
     if len(lower) >= _PIECES_MIN:
         return _triggered_by_pieces(lower)
     return _has_trigger(lower)
+
+
+def has_trigger_word(text: str) -> bool:
+    """Whether ``text`` holds a word some built-in rule needs. Without one, a text passes
+    :meth:`Redactor.text` (and a JSON text :meth:`Redactor.json_text`) unchanged under any
+    rules whose :attr:`Redactor.trigger_only` is true."""
+    return _has_trigger(text.lower())
 
 
 def _has_trigger(lower: str) -> bool:

@@ -1,0 +1,417 @@
+"""The ``result`` of an item-list answer (GetImItemList, GetImItems) built piece by piece.
+
+A list the log meets again has mostly the groups and personas it held before (a mailbox
+that grew by a contact): decoding it whole again costs a millisecond or more per 50
+contacts, most of it for pieces whose JSON is known. Here the body is cut, as bytes, into
+its *frame* (everything but the contents of its ``Groups`` and ``Personas`` elements) and
+its *pieces* (each ``ImGroup`` and ``Persona`` element's text). The JSON of a piece seen
+before inside the same frame is reused; new pieces are decoded together, inside that frame
+(one small document); a frame not seen before is decoded whole, as the log always did, and
+learnt from. The row is the row a fresh decode gives (``tests/test_log_pieces.py``).
+
+Why that is exact. The cut is made only where the bytes can be read without a parser:
+
+- no ``<!`` (comments, CDATA, a DTD) and no ``<?`` but an XML declaration at the start,
+  which names UTF-8 if anything, in a body that is UTF-8 and whose Content-Type names no
+  other charset (so the codec reads it as UTF-8 the first time or not at all): then every
+  ``<`` in the body starts a tag;
+- exactly one start tag of each container's local name, written ``<Personas>`` (namespace
+  declarations allowed, nothing else), closed by its own literal end tag;
+- a container's content is whitespace and pieces only, each piece written ``<N>`` ... up to
+  the first ``</N>`` with no other ``<N`` start tag inside (N: the first piece's tag name,
+  the same for all), so in a well-formed document each piece is one whole element.
+
+A frame is learnt only from a body the codec decoded whole into an item list holding exactly
+as many groups and personas as the body has pieces: then the codec read these very elements,
+in order. New pieces are learnt the same way, from a document made of the frame and them
+only. A body made of a learnt frame and learnt pieces is then well formed (elements put
+side by side where such elements stood, under the same ancestors and namespace
+declarations) and decodes, piece for piece, to what the pieces decoded to. Anything else
+(a new frame, a piece that does not decode, a body that cannot be cut) takes the codec's
+whole decode.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+from .logjson import group_json, item_list_json, persona_json
+from .records import DecodeError, EwsResponse, ImItemList
+from .redact import has_trigger_word
+
+_WS = b" \t\r\n"
+# The XML declaration a cut body may start with: version 1.0, UTF-8 if an encoding is named.
+_DECLARATION = re.compile(rb"""<\?xml\s+version\s*=\s*["']1\.0["']"""
+                          rb"""(?:\s+encoding\s*=\s*["'](?:utf-8|UTF-8|utf8|UTF8)["'])?"""
+                          rb"""(?:\s+standalone\s*=\s*["'](?:yes|no)["'])?\s*\?>""")
+# The containers (their local name, the field of ImItemList) and their pieces' local name.
+_CONTAINERS = ((b"Groups", "groups", b"ImGroup"), (b"Personas", "personas", b"Persona"))
+# A container's start tag: its name and namespace declarations whose values hold no markup.
+_START = {name: re.compile(rb"""<((?:[\w.\-]+:)?""" + name + rb""")(?:\s+xmlns(?::[\w.\-]+)?\s*=\s*"""
+                           rb"""(?:"[^"<>&]*"|'[^'<>&]*'))*\s*>""")
+          for name, _, _ in _CONTAINERS}
+_QNAME = re.compile(rb"<((?:[\w.\-]+:)?([\w.\-]+))>")
+
+#: Pieces' JSON kept at most (characters of JSON and bytes of pieces), then all forgotten.
+PIECES_BYTES = 48 * 1024 * 1024
+#: Frames kept at most (the newest).
+FRAMES = 64
+
+
+class Cut:
+    """A body cut into its frame and its pieces: ``parts`` (the frame's bytes between the
+    containers' contents), ``fields`` (the ImItemList field each content fills) and
+    ``pieces`` (each content's pieces, in order)."""
+
+    __slots__ = ("key", "parts", "fields", "names", "pieces")
+
+    def __init__(self, parts: tuple[bytes, ...], fields: tuple[str, ...], names: tuple[bytes, ...],
+                 pieces: tuple[list[bytes], ...], context: tuple) -> None:
+        self.parts = parts
+        self.fields = fields
+        self.names = names
+        self.pieces = pieces
+        self.key = (parts, fields, names, context)
+
+
+def cut(body: bytes, content_type: str | None, operation: str | None) -> Cut | None:
+    """``body`` cut into frame and pieces, or None when it cannot be cut safely (module docstring)."""
+    from . import codec
+
+    if type(body) is not bytes or body[:1] != b"<" or len(body) > codec.MAX_BODY_BYTES:
+        return None
+    start = 0
+    if body.startswith(b"<?"):
+        m = _DECLARATION.match(body)
+        if m is None:
+            return None
+        start = m.end()
+    if _special_markup(body, start):
+        return None
+    charset = codec.charset_of(content_type)
+    if charset is not None and charset.replace("-", "").replace("_", "") != "utf8":
+        return None
+    found = []
+    for name, field, piece_name in _CONTAINERS:
+        tag = _first_start_tag(body, name)
+        if tag < 0:
+            continue
+        m = _START[name].match(body, tag)
+        if m is None:
+            # An empty container (<Personas/>) stays in the frame, as does a start tag this
+            # module does not read (then a frame is never learnt: the list the codec decodes
+            # is not empty, see _jsons).
+            continue
+        close = b"</" + m.group(1) + b">"
+        end = body.find(close, m.end())
+        if end < 0:
+            return None
+        found.append((tag, m.end(), end, field, piece_name, name))
+    if not found:
+        return None
+    found.sort()
+    names = [f[5] for f in found]
+    parts = []
+    pieces = []
+    tags = []
+    at = 0
+    for tag, begin, end, _field, piece_name, _name in found:
+        if tag < at:
+            return None  # one container inside the other
+        # The containers' own start tags are the frame's only start tags of their names: the
+        # codec reads these very containers (a list's children are never inside a piece).
+        frame = body[at:tag]
+        if any(_start_tags(frame, name) for name in names):
+            return None
+        parts.append(body[at:begin])
+        at = end
+        split = _pieces(body[begin:end], piece_name)
+        if split is None:
+            return None
+        tags.append(split[0])
+        pieces.append(split[1])
+    last = body[at:]
+    if any(_start_tags(last, name) for name in names):
+        return None
+    parts.append(last)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return Cut(tuple(parts), tuple(f[3] for f in found), tuple(tags), tuple(pieces), (content_type, operation))
+
+
+def _special_markup(body: bytes, start: int) -> bool:
+    """Whether ``<!`` or ``<?`` stands in ``body`` from ``start`` on (one memchr pass per character)."""
+    for mark in (b"!", b"?"):
+        at = body.find(mark, start)
+        while at >= 0:
+            if body[at - 1:at] == b"<":
+                return True
+            at = body.find(mark, at + 1)
+    return False
+
+
+_NOT_IN_PREFIX = re.compile(rb"""[\s<>/"'=:&]""")
+_AFTER_NAME = frozenset(b" \t\r\n/>")
+
+
+def _is_start_tag(body: bytes, at: int, name: bytes) -> int:
+    """Where the start tag of local name ``name`` whose name ends at ``at + len(name)`` begins
+    (at ``<``), or -1 when ``name`` does not stand there as one. In a body where every ``<``
+    starts a tag; says yes to anything that could be one."""
+    end = at + len(name)
+    if end >= len(body) or body[end] not in _AFTER_NAME:
+        return -1
+    before = body[at - 1:at]
+    if before == b"<":
+        return at - 1
+    if before == b":":
+        begin = body.rfind(b"<", 0, at)
+        if begin >= 0 and not _NOT_IN_PREFIX.search(body, begin + 1, at - 1):
+            return begin
+    return -1
+
+
+def _first_start_tag(body: bytes, name: bytes) -> int:
+    at = body.find(name)
+    while at >= 0:
+        tag = _is_start_tag(body, at, name)
+        if tag >= 0:
+            return tag
+        at = body.find(name, at + 1)
+    return -1
+
+
+def _start_tags(body: bytes, name: bytes) -> list[int]:
+    """Where the start tags of local name ``name`` begin (any prefix): never fewer than there are."""
+    out = []
+    at = body.find(name)
+    while at >= 0:
+        tag = _is_start_tag(body, at, name)
+        if tag >= 0:
+            out.append(tag)
+        at = body.find(name, at + 1)
+    return out
+
+
+_PIECE_STARTS: dict[bytes, re.Pattern] = {}
+
+
+def _pieces(content: bytes, piece_name: bytes) -> tuple[bytes, list[bytes]] | None:
+    """(the pieces' tag name, the pieces) of a container's content, or None when it is not
+    whitespace and pieces only (module docstring)."""
+    first = content.lstrip(_WS)
+    if not first:
+        return b"", []
+    m = _QNAME.match(first)
+    if m is None or m.group(2) != piece_name:
+        return None
+    tag = m.group(1)
+    open_tag = b"<" + tag + b">"
+    close = b"</" + tag + b">"
+    chunks = content.split(close)
+    if chunks[-1].strip(_WS):
+        return None
+    out = []
+    for chunk in chunks[:-1]:
+        chunk = chunk.lstrip(_WS)
+        if not chunk.startswith(open_tag):
+            return None
+        out.append(chunk + close)
+    # No other start tag of that name anywhere in the content (written any way).
+    starts = _PIECE_STARTS.get(tag)
+    if starts is None:
+        if len(_PIECE_STARTS) > 64:
+            _PIECE_STARTS.clear()
+        starts = _PIECE_STARTS[tag] = re.compile(b"<" + re.escape(tag) + rb"[\s/>]")
+    if len(starts.findall(content)) != len(out):
+        return None
+    return tag, out
+
+
+class _Frame:
+    """What a frame decodes to (the answer's columns but ``result``), whether its text holds a
+    word a built-in redaction rule looks for, and its pieces: (JSON text, whether the piece's
+    text holds none of those words, whether its JSON holds none)."""
+
+    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces")
+
+    def __init__(self, decoded: EwsResponse, parts: tuple[bytes, ...]) -> None:
+        self.operation = decoded.operation
+        self.response_class = decoded.response_class
+        self.response_code = decoded.response_code
+        self.clean = not any(has_trigger_word(p.decode("utf-8")) for p in parts)
+        self.pieces: dict[tuple[str, bytes], tuple[str, bool, bool]] = {}
+
+
+class ListColumns(NamedTuple):
+    """An item list's columns (ucsproxy.logrow.LoggedAnswer's fields), built from pieces."""
+
+    operation: str | None
+    response_class: str | None
+    response_code: str | None
+    result: str
+
+
+class ListAnswer(NamedTuple):
+    """What :meth:`ListPieces.answer` gives: the answer's columns built from pieces, or else the
+    codec's whole decode of it; and whether the body's text and the ``result`` are known to
+    hold no word a built-in redaction rule looks for (:func:`ucsproxy.redact.has_trigger_word`;
+    False: not known)."""
+
+    answer: Any
+    body_clean: bool = False
+    result_clean: bool = False
+
+
+class ListPieces:
+    """Frames and pieces learnt lately (module docstring), at most ``max_frames`` frames and
+    about ``max_bytes`` of pieces and their JSON (then all pieces are forgotten at once).
+    Thread-safe: a lost race learns a piece twice."""
+
+    def __init__(self, max_bytes: int = PIECES_BYTES, max_frames: int = FRAMES) -> None:
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
+        self._frames: OrderedDict[tuple, _Frame] = OrderedDict()
+        self._lock = threading.Lock()
+        self.size = 0
+        #: Answers built from known pieces only, with new pieces decoded, and decoded whole.
+        self.reused = self.partly = self.whole = 0
+
+    def clear(self) -> None:
+        """Forget every frame and piece."""
+        with self._lock:
+            self._frames.clear()
+            self.size = 0
+
+    def answer(self, body: bytes, content_type: str | None, operation: str | None) -> ListAnswer:
+        """An answer body's columns from pieces (ListColumns), or ``codec.decode_response(body,
+        operation, content_type)``; the columns are what ucsproxy.logrow.logged_answer gives of
+        that decode."""
+        from . import codec
+
+        pieces = cut(body, content_type, operation)
+        if pieces is not None:
+            with self._lock:
+                frame = self._frames.get(pieces.key)
+                if frame is not None:
+                    self._frames.move_to_end(pieces.key)
+            if frame is not None:
+                found = self._from_pieces(frame, pieces, content_type, operation)
+                if found is not None:
+                    return found
+        self.whole += 1
+        decoded = codec.decode_response(body, operation, content_type, memo=True)
+        if pieces is not None:
+            self._learn(pieces, decoded)
+        return ListAnswer(decoded)
+
+    def _from_pieces(self, frame: _Frame, pieces: Cut, content_type: str | None,
+                     operation: str | None) -> ListAnswer | None:
+        known = frame.pieces
+        new: list[list[bytes]] = [[c for c in chunks if (field, c) not in known]
+                                  for field, chunks in zip(pieces.fields, pieces.pieces)]
+        got: dict[tuple[str, bytes], tuple[str, bool, bool]] = {}
+        if any(new):
+            # The new pieces alone, inside the frame: one small document, decoded by the codec.
+            parts = pieces.parts
+            document = [parts[0]]
+            for chunks, part in zip(new, parts[1:]):
+                document.extend(chunks)
+                document.append(part)
+            from . import codec
+
+            decoded = codec.decode_response(b"".join(document), operation, content_type)
+            if not self._add(got, pieces.fields, new, decoded):
+                return None
+            self._keep(frame, got)
+            self.partly += 1
+        else:
+            self.reused += 1
+        lists: dict[str, list[str]] = {"groups": [], "personas": []}
+        body_clean = result_clean = True
+        for field, chunks in zip(pieces.fields, pieces.pieces):
+            texts = []
+            for c in chunks:
+                piece = got.get((field, c)) or known.get((field, c))
+                if piece is None:
+                    return None  # forgotten meanwhile (the bound): decoded whole
+                texts.append(piece[0])
+                body_clean = body_clean and piece[1]
+                result_clean = result_clean and piece[2]
+            lists[field] = texts
+        return ListAnswer(ListColumns(frame.operation, frame.response_class, frame.response_code,
+                                      item_list_json(lists["groups"], lists["personas"])),
+                          body_clean and frame.clean, result_clean)
+
+    @staticmethod
+    def _add(got: dict, fields: tuple[str, ...], chunks: Any, decoded: EwsResponse | DecodeError) -> bool:
+        """Put the pieces' JSON (and what they hold) into ``got``, when ``decoded`` is an item
+        list holding exactly these pieces (_jsons); False when it is not."""
+        jsons = _jsons(fields, decoded, [len(c) for c in chunks])
+        if jsons is None:
+            return False
+        for field, pieces, texts in zip(fields, chunks, jsons):
+            for piece, text in zip(pieces, texts):
+                got[field, piece] = (text, not has_trigger_word(piece.decode("utf-8")), not has_trigger_word(text))
+        return True
+
+    def _learn(self, pieces: Cut, decoded: EwsResponse | DecodeError) -> None:
+        """Learn the frame and pieces of a body the codec decoded whole (when its list holds them all)."""
+        got: dict[tuple[str, bytes], tuple[str, bool, bool]] = {}
+        if not self._add(got, pieces.fields, pieces.pieces, decoded):
+            return
+        assert isinstance(decoded, EwsResponse)
+        with self._lock:
+            frame = self._frames.get(pieces.key)
+            if frame is None:
+                frame = self._frames[pieces.key] = _Frame(decoded, pieces.parts)
+                while len(self._frames) > self.max_frames:
+                    _, dropped = self._frames.popitem(last=False)
+                    self.size -= sum(len(c) + len(j[0]) for (_, c), j in dropped.pieces.items())
+        self._keep(frame, got)
+
+    def _keep(self, frame: _Frame, got: dict[tuple[str, bytes], tuple[str, bool, bool]]) -> None:
+        with self._lock:
+            if self.size > self.max_bytes:
+                for other in self._frames.values():
+                    other.pieces.clear()
+                self.size = 0
+            known = frame.pieces
+            for key, value in got.items():
+                if key not in known:
+                    known[key] = value
+                    self.size += len(key[1]) + len(value[0])
+
+
+def _jsons(fields: tuple[str, ...], decoded: EwsResponse | DecodeError, counts: list[int]) -> list[list[str]] | None:
+    """Each content's pieces' JSON from a decoded answer, when it is an item list holding
+    exactly ``counts`` of them (and nothing in a list the cut did not find); else None."""
+    items = _item_list(decoded)
+    if items is None:
+        return None
+    out = []
+    for field, count in zip(fields, counts):
+        values = getattr(items, field)
+        if len(values) != count:
+            return None
+        out.append([group_json(v) if field == "groups" else persona_json(v) for v in values])
+    for field in ("groups", "personas"):
+        if field not in fields and getattr(items, field):
+            return None
+    return out
+
+
+def _item_list(decoded: EwsResponse | DecodeError) -> ImItemList | None:
+    """The item list a decoded answer carries (a success or an error message), or None."""
+    if not isinstance(decoded, EwsResponse) or decoded.fault is not None or decoded.message is None:
+        return None
+    payload = decoded.message.payload
+    return payload if type(payload) is ImItemList else None
+
+
+LIST_PIECES = ListPieces()
