@@ -1206,6 +1206,8 @@ def _put_response_message(parent: etree._Element, element: str, response: UcsRes
 _FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
 _TEXT_SPECIAL = re.compile(f"[&<>\r{_FORBIDDEN}]")
 _ATTR_SPECIAL = re.compile(f"[&<>\"\t\n\r{_FORBIDDEN}]")
+# The ASCII characters of _ATTR_SPECIAL (C0 controls, &<>"), as bytes.translate deletes them.
+_ATTR_SPECIAL_ASCII = bytes(range(32)) + b'&<>"'
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
 
 
@@ -1526,53 +1528,137 @@ def _plain_attributions(name: str, values: tuple[PersonaAttribution, ...], vals:
     return "".join(parts)
 
 
-# The string fields of PersonaType between PersonaId and EmailAddress, and the attributed
-# arrays after Attributions, as _PERSONA_FIELDS lists them.
-_PLAIN_STRINGS = tuple((element, field_name) for element, field_name, kind in _PERSONA_FIELDS[1:10])
-_PLAIN_ATTRIBUTED = tuple((element, field_name, kind.partition(":")[2])
-                          for element, field_name, kind in _PERSONA_FIELDS[15:])
-assert all(kind == "str" for _, _, kind in _PERSONA_FIELDS[1:10])
-assert all(kind.startswith("attributed:") for _, _, kind in _PERSONA_FIELDS[15:])
-assert [element for element, _, _ in _PERSONA_FIELDS[10:15]] == [
-    "EmailAddress", "EmailAddresses", "ImAddress", "RelevanceScore", "Attributions"]
+# Personas written by a function generated from _PERSONA_FIELDS
+#
+# The writer above walks tables and calls a helper per field, and the strings it builds
+# piece by piece cost more than the values they hold. The function below is made once, at
+# import, from _PERSONA_FIELDS (so the schema's order has one source): a block per field
+# that makes the field's text as one f-string in its usual shape (a string; an address
+# with name, address and routing type; one attribution with both ids, a name and bool
+# flags; a one-item attributed array of a string or an address from one attribution), or
+# through the helpers above in any other shape, then one f-string of all the fields. The
+# string values written are joined into one text (a value that is not a string raises
+# TypeError there) and searched once for characters to escape; either way the writer
+# answers None and _w_persona writes the persona instead. tests/test_codec_encoder.py
+# holds it to _w_persona's text and to lxml's.
+
+def _persona_writer_source(decl: str) -> str:
+    """The source of a plain persona writer whose top-level children carry ``decl``."""
+    if any(ch in decl for ch in "'{}\\\n"):
+        raise ValueError(f"cannot bake {decl!r} into an f-string")
+    body: list[str] = []
+    pieces: list[str] = []  # the text of each field, in the schema's order
+    checked: list[str] = []  # the string values each field writes
+
+    for at, (element, field_name, kind) in enumerate(_PERSONA_FIELDS):
+        x, k = f"x{at}", f"k{at}"
+        pieces.append(x)
+        body.append(f"v = f[{field_name!r}]")
+        if kind == "itemid":
+            checked.append(k)
+            body += [f"if v is None: {x} = {k} = ''",
+                     "elif (ck := v.change_key) is None:",
+                     f"    {k} = v.id",
+                     f"    {x} = f'<{element}{decl} Id=\"{{{k}}}\"/>'",
+                     "else:",
+                     f"    {k} = (i := v.id) + ck",
+                     f"    {x} = f'<{element}{decl} Id=\"{{i}}\" ChangeKey=\"{{ck}}\"/>'"]
+        elif kind == "str":
+            checked.append(k)
+            body += [f"if v is None: {x} = {k} = ''",
+                     f"else: {k} = v; {x} = f'<{element}{decl}>{{v}}</{element}>'"]
+        elif kind == "int":
+            body += [f"if v is None: {x} = ''",
+                     "elif v.__class__ is not int: return None  # a bool or a string: as _w_persona writes it",
+                     f"else: {x} = f'<{element}{decl}>{{v}}</{element}>'"]
+        elif kind == "email":
+            checked.append(k)
+            body += [f"if v is None: {x} = {k} = ''",
+                     f"elif {_USUAL_EMAIL.format(v='v')}:",
+                     f"    {k} = n + a + r",
+                     f"    {x} = f'<{element}{decl}>{_EMAIL_TEXT}</{element}>'",
+                     f"else: {k} = ''; {x} = plain_email({element!r}, v, vals, {decl!r})"]
+        elif kind == "emails":
+            checked.append(k)
+            body += [f"if not v: {x} = {k} = ''",
+                     f"elif len(v) == 1 and {_USUAL_EMAIL.format(v='v[0]')}:",
+                     f"    {k} = n + a + r",
+                     f"    {x} = f'<{element}{decl}><Address>{_EMAIL_TEXT}</Address></{element}>'",
+                     f"else: {k} = ''; {x} = f'<{element}{decl}>' + ''.join([plain_email('Address', e, vals) "
+                     f"for e in v]) + '</{element}>'"]
+        elif kind == "attributions":
+            checked.append(k)
+            body += [f"if not v: {x} = {k} = ''",
+                     f"elif len(v) == 1 and {_USUAL_ATTRIBUTION}:",
+                     f"    {k} = i + si + sk + dn + fi + fk",
+                     f"    {x} = (f'<{element}{decl}><Attribution><Id>{{i}}</Id><SourceId Id=\"{{si}}\" ChangeKey=\"{{sk}}\"/>'",
+                     "          f'<DisplayName>{dn}</DisplayName><IsWritable>{flag[w]}</IsWritable>'",
+                     "          f'<IsQuickContact>{flag[q]}</IsQuickContact><IsHidden>{flag[h]}</IsHidden>'",
+                     f"          f'<FolderId Id=\"{{fi}}\" ChangeKey=\"{{fk}}\"/></Attribution></{element}>')",
+                     f"else: {k} = ''; {x} = plain_attributions({element!r}, v, vals, {decl!r})"]
+        elif kind.startswith("attributed:"):
+            item = kind.partition(":")[2]
+            checked.append(k)
+            body += [f"if not v: {x} = {k} = ''",
+                     "elif len(v) == 1 and len(t := (y := v[0]).attributions) == 1 and "
+                     "(s := y.value).__class__ is str:",
+                     f"    {k} = s + (t := t[0])",
+                     f"    {x} = (f'<{element}{decl}><{item}><Value>{{s}}</Value><Attributions><Attribution>{{t}}'",
+                     f"          f'</Attribution></Attributions></{item}></{element}>')"]
+            if item == "EmailAddressAttributedValue":
+                body += [f"elif len(v) == 1 and len(t := (y := v[0]).attributions) == 1 and "
+                         f"(s := y.value).__class__ is EmailAddress and {_USUAL_EMAIL.format(v='s')}:",
+                         f"    {k} = n + a + r + (t := t[0])",
+                         f"    {x} = (f'<{element}{decl}><{item}><Value>{_EMAIL_TEXT}</Value><Attributions><Attribution>{{t}}'",
+                         f"          f'</Attribution></Attributions></{item}></{element}>')"]
+            body += [f"else: {k} = ''; {x} = plain_attributed({element!r}, {item!r}, v, vals, {decl!r})"]
+        else:
+            raise ValueError(f"no plain writer for {kind}")
+    lines = ["def write(persona):", "    f = persona.__dict__", "    vals = []", "    try:"]
+    lines += ["        " + line for line in body]
+    lines += [f"        c = ''.join(({', '.join(checked)}, *vals))",
+              "    except TypeError:  # a value that is not a string: _w_persona writes it as text",
+              "        return None",
+              "    if c.isascii():  # deleting the characters to escape leaves it as long as it was",
+              "        if len(c.encode().translate(None, ascii_special)) != len(c):",
+              "            return None",
+              "    elif search(c) is not None:",
+              "        return None",
+              f"    return f'<Persona>{''.join('{' + x + '}' for x in pieces)}</Persona>'"]
+    return "\n".join(lines) + "\n"
+
+
+# An EmailAddress in its usual shape (name, address, routing type; no mailbox type), and its text.
+_USUAL_EMAIL = ("({v}).mailbox_type is None and (n := ({v}).name) is not None "
+                "and (a := ({v}).email_address) is not None and (r := ({v}).routing_type) is not None")
+_EMAIL_TEXT = "<Name>{n}</Name><EmailAddress>{a}</EmailAddress><RoutingType>{r}</RoutingType>"
+# An attribution in its usual shape: its id, a source id and a folder id with change keys,
+# a display name and bool flags.
+_USUAL_ATTRIBUTION = (
+    "(i := (b := v[0]).id) is not None and (s := b.source_id) is not None and (sk := s.change_key) is not None "
+    "and (dn := b.display_name) is not None and (o := b.folder_id) is not None "
+    "and (fk := o.change_key) is not None and (w := b.is_writable).__class__ is bool "
+    "and (q := b.is_quick_contact).__class__ is bool and (h := b.is_hidden).__class__ is bool "
+    "and (si := s.id).__class__ is str and (fi := o.id).__class__ is str")
+
+
+def _plain_persona_writer(decl: str) -> Callable[[Persona], str | None]:
+    namespace: dict[str, Any] = {
+        "search": _ATTR_SPECIAL.search, "ascii_special": _ATTR_SPECIAL_ASCII, "flag": _FLAG_TEXT, "EmailAddress": EmailAddress,
+        "plain_email": _plain_email, "plain_attributions": _plain_attributions, "plain_attributed": _plain_attributed}
+    exec(compile(_persona_writer_source(decl), f"<plain persona writer {decl!r}>", "exec"), namespace)
+    return namespace["write"]
+
+
+_PLAIN_PERSONA_WRITERS = {decl: _plain_persona_writer(decl) for decl in ("", _TYPES_DEFAULT)}
 
 
 def _plain_persona_text(persona: Persona, decl: str) -> str | None:
     """A persona as _w_persona writes it, when none of its values needs escaping; else None."""
-    f = persona.__dict__
-    vals: list[Any] = []
-    out = ["<Persona>"]
-    if f["persona_id"] is not None:
-        out.append(_plain_item_id("PersonaId", f["persona_id"], vals, decl))
-    for element, field_name in _PLAIN_STRINGS:
-        value = f[field_name]
-        if value is not None:
-            vals.append(value)
-            out.append(f"<{element}{decl}>{value}</{element}>")
-    if (value := f["email_address"]) is not None:
-        out.append(_plain_email("EmailAddress", value, vals, decl))
-    if value := f["email_addresses"]:
-        out.append(f"<EmailAddresses{decl}>" + "".join([_plain_email("Address", e, vals) for e in value])
-                   + "</EmailAddresses>")
-    if (value := f["im_address"]) is not None:
-        vals.append(value)
-        out.append(f"<ImAddress{decl}>{value}</ImAddress>")
-    if (value := f["relevance_score"]) is not None:
-        if value.__class__ is not int:
-            return None  # a bool or a string: as _w_persona writes it
-        out.append(f"<RelevanceScore{decl}>{value}</RelevanceScore>")
-    if value := f["attributions"]:
-        out.append(_plain_attributions("Attributions", value, vals, decl))
-    for element, field_name, item in _PLAIN_ATTRIBUTED:
-        if value := f[field_name]:
-            out.append(_plain_attributed(element, item, value, vals, decl))
-    out.append("</Persona>")
-    try:
-        if _ATTR_SPECIAL.search("".join(vals)) is not None:
-            return None
-    except TypeError:  # a value that is not a string: _w_persona writes it as text
-        return None
-    return "".join(out)
+    write = _PLAIN_PERSONA_WRITERS.get(decl)
+    if write is None:
+        write = _PLAIN_PERSONA_WRITERS[decl] = _plain_persona_writer(decl)
+    return write(persona)
 
 
 # Personas of a Personas list (types namespace) by record, and whole ImItemList elements:
