@@ -5,7 +5,8 @@
         --set connection_strategy=lazy --set ucs_mode=mock
 
 All the work is in the ``ucsproxy`` package; this file only hands mitmproxy its
-addons, one per concern, in their order (``ucsproxy.addon.default_addons``).
+addons, one per concern in their order (``ucsproxy.addon.default_addons``), as one
+addon in mitmproxy's chain (``ucsproxy.addon.UcsProxy``).
 """
 
 import os
@@ -20,11 +21,11 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 try:
-    from ucsproxy.addon import default_addons
+    from ucsproxy.addon import UcsProxy
 except ModuleNotFoundError as e:
     if e.name != "ucsproxy":
         raise
     sys.path.append(os.path.dirname(_here))
-    from ucsproxy.addon import default_addons
+    from ucsproxy.addon import UcsProxy
 
-addons = default_addons()
+addons = [UcsProxy()]

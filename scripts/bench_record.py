@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
 """Benchmark: `ucsproxy record` against plain `mitmdump`, in front of the same upstream.
 
-    .venv/bin/python scripts/bench_record.py [--requests 3000] [--concurrency 8] [--rounds 3]
+    .venv/bin/python scripts/bench_record.py [--requests 3000] [--concurrency 8] [--rounds 3] [--compare DIR]
 
 Starts, all on 127.0.0.1:
 - a small keep-alive HTTP upstream that answers every POST with the spec's
   GetImItemList response (so the upstream is never the bottleneck),
-- plain `mitmdump --mode reverse:...` and `ucsproxy record --upstream ...` in front of it,
-then drives both with the same keep-alive SOAP clients, alternating rounds so
-drift on the machine hits both alike, and prints requests/s, latency p50/p99
-and the ratio record / plain. The log file of the record run is checked to
-hold one row per request.
+- plain `mitmdump --mode reverse:...` and `ucsproxy record --upstream ...` in front of it
+  (with its log, and again with `--db ''`: the addon's glue without the log),
+then drives them with the same keep-alive SOAP clients, alternating rounds so
+drift on the machine hits all alike, and prints requests/s, latency p50/p99,
+the proxy process's CPU per request, and the ratios record / plain (the goal:
+requests/s >= 0.9x, p99 <= 1.3x). The log file of the record run is checked to
+hold one row per request. The load average is printed before and after: the
+CPU figures are what load disturbs least.
+
+``--compare DIR`` runs the `ucsproxy record` of another checkout too (log on), in
+the same rounds, e.g. the code before a change:
+``mkdir /tmp/old && git archive REV | tar -x -C /tmp/old`` then ``--compare /tmp/old``.
 """
 
 from __future__ import annotations
@@ -113,76 +120,97 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=3000, help="requests per round and proxy")
     ap.add_argument("--concurrency", type=int, default=8, help="keep-alive client connections")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per proxy")
+    ap.add_argument("--compare", metavar="DIR", type=Path,
+                    help="another checkout of ucsproxy whose 'record' (log on) runs in the same rounds")
     args = ap.parse_args()
+    if args.compare is not None and not (args.compare / "ucsproxy" / "__main__.py").is_file():
+        ap.error(f"--compare {args.compare}: no ucsproxy package there")
 
+    print(f"load average at the start: {load_average()}")
     tmp = scratch_dir("ucsbench-")
     body_file = tmp / "response.xml"
     body_file.write_bytes(spec_response())
-    db = tmp / "record.db"
-    up, plain, rec, nolog = free_port(), free_port(), free_port(), free_port()
-    procs = []
+    up = free_port()
+    procs: list[subprocess.Popen] = []
+
+    def record(port: int, db: str, checkout: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ucsproxy", "record", "-q", "--upstream", f"http://127.0.0.1:{up}",
+             "--listen-host", "127.0.0.1", "--listen-port", str(port), "--db", db],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=checkout)  # -m: the package in cwd
+
+    # name -> (port, process, log file or None)
+    proxies: dict[str, tuple[int, subprocess.Popen, Path | None]] = {}
+    per_round = args.requests // args.concurrency * args.concurrency
     try:
         procs.append(subprocess.Popen([sys.executable, "-c", UPSTREAM_CODE, str(up), str(body_file)]))
         wait_port(up, 30)
+        port = free_port()
         procs.append(subprocess.Popen(
-            [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(plain),
+            [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
              "--mode", f"reverse:http://127.0.0.1:{up}"], stdout=subprocess.DEVNULL))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ucsproxy", "record", "-q", "--upstream", f"http://127.0.0.1:{up}",
-             "--listen-host", "127.0.0.1", "--listen-port", str(rec), "--db", str(db)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ucsproxy", "record", "-q", "--upstream", f"http://127.0.0.1:{up}",
-             "--listen-host", "127.0.0.1", "--listen-port", str(nolog), "--db", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
-        for port in (plain, rec, nolog):
+        proxies["mitmdump"] = (port, procs[-1], None)
+        wanted = [("ucsproxy record", tmp / "record.db", ROOT), ("record, no log", None, ROOT)]
+        if args.compare is not None:
+            wanted.append((f"record {args.compare.name}", tmp / "compare.db", args.compare.resolve()))
+        for name, db, checkout in wanted:
+            port = free_port()
+            procs.append(record(port, str(db or ""), checkout))
+            proxies[name] = (port, procs[-1], db)
+        for port, _, _ in proxies.values():
             wait_port(port, 30)
-        # Warm up all three (imports, caches, first connections).
-        for port in (plain, rec, nolog):
+        # Warm up all (imports, caches, first connections).
+        logged = {name: 0 for name, (_, _, db) in proxies.items() if db is not None}
+        for name, (port, _, db) in proxies.items():
             asyncio.run(drive(port, 200, 4))
-        logged = 200
-        wait_rows(db, logged, timeout=120)
+            if db is not None:
+                logged[name] = 200
+                wait_rows(db, 200, timeout=120)
 
-        # "record, no log" is the addon with logging off: it tells the glue's cost from the log's.
-        proxies = (("mitmdump", plain, procs[1].pid), ("ucsproxy record", rec, procs[2].pid),
-                   ("record, no log", nolog, procs[3].pid))
-        writers = child_pids(procs[2].pid)
-        results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name, _, _ in proxies}
-        cpu: dict[str, float] = {name: 0.0 for name, _, _ in proxies}
-        writer_cpu, drain = 0.0, []
-        per_round = args.requests // args.concurrency * args.concurrency
+        writers = {name: child_pids(p.pid) for name, (_, p, db) in proxies.items() if db is not None}
+        results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in proxies}
+        cpu = {name: 0.0 for name in proxies}
+        writer_cpu = {name: 0.0 for name in writers}
+        drain: list[float] = []
         for _ in range(args.rounds):
-            for name, port, pid in proxies:
-                before, w_before = cpu_seconds(pid), sum(cpu_seconds(w) for w in writers)
+            for name, (port, p, db) in proxies.items():
+                before = cpu_seconds(p.pid)
+                w_before = sum(cpu_seconds(w) for w in writers.get(name, []))
                 results[name].append(asyncio.run(drive(port, args.requests, args.concurrency)))
-                cpu[name] += cpu_seconds(pid) - before
-                if port == rec:
-                    logged += per_round
-                    drain.append(wait_rows(db, logged, timeout=120))
-                    writer_cpu += sum(cpu_seconds(w) for w in writers) - w_before
+                cpu[name] += cpu_seconds(p.pid) - before
+                if db is not None:
+                    logged[name] += per_round
+                    drain.append(wait_rows(db, logged[name], timeout=120))
+                    writer_cpu[name] += sum(cpu_seconds(w) for w in writers[name]) - w_before
 
         print(f"{args.requests} requests x {args.rounds} rounds, {args.concurrency} keep-alive connections, "
               f"{os.cpu_count()} cores")
-        print(f"{'proxy':<18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'proxy CPU us/req':>18}")
+        print(f"{'proxy':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'proxy CPU us/req':>18}{'writer us/req':>15}")
         summary = {}
         total = args.rounds * per_round
         for name, runs in results.items():
             rps = statistics.median(len(lat) / elapsed for elapsed, lat in runs)
             lat = [x for _, runs_lat in runs for x in runs_lat]
-            summary[name] = (rps, pct(lat, 50), pct(lat, 99))
-            print(f"{name:<18}{rps:>10.0f}{summary[name][1]:>10.2f}{summary[name][2]:>10.2f}"
-                  f"{cpu[name] / total * 1e6:>18.0f}")
-        print(f"log writer process: {writer_cpu / total * 1e6:.0f} us CPU per exchange; "
-              f"after a round it needed {max(drain):.2f} s at most to write the rest")
-        ratio = summary["ucsproxy record"][0] / summary["mitmdump"][0]
-        print(f"throughput ratio record/plain: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)"
-              if ratio < 1 else f"throughput ratio record/plain: {ratio:.3f}")
-        print(f"p50 latency ratio: {summary['ucsproxy record'][1] / summary['mitmdump'][1]:.3f}")
+            summary[name] = (rps, pct(lat, 50), pct(lat, 99), cpu[name] / total * 1e6)
+            writer = f"{writer_cpu[name] / total * 1e6:>15.0f}" if name in writer_cpu else f"{'-':>15}"
+            print(f"{name:<20}{rps:>10.0f}{summary[name][1]:>10.2f}{summary[name][2]:>10.2f}"
+                  f"{summary[name][3]:>18.0f}{writer}")
+        print(f"after a round the log writers needed {max(drain):.2f} s at most to write the rest")
+        plain = summary["mitmdump"]
+        print("ratios to plain mitmdump (goal: req/s >= 0.9, p99 <= 1.3):")
+        for name, (rps, p50, p99, us) in summary.items():
+            if name != "mitmdump":
+                print(f"  {name:<20} req/s {rps / plain[0]:.3f}  p50 {p50 / plain[1]:.3f}  p99 {p99 / plain[2]:.3f}"
+                      f"  proxy CPU/req {us / plain[3]:.3f}")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -191,9 +219,10 @@ def main() -> None:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-    expected = 200 + args.rounds * (args.requests // args.concurrency * args.concurrency)
-    rows = logged_rows(db)
-    print(f"rows logged by ucsproxy record: {rows} (expected {expected})")
+    for name, (_, _, db) in proxies.items():
+        if db is not None:
+            print(f"rows logged by {name}: {logged_rows(db)} (expected {logged[name]})")
+    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def test_each_option_is_declared_by_exactly_one_addon_from_the_one_table():
 
 
 def test_addons_added_one_by_one_load_and_serve_like_the_container():
-    """``mitmdump -s addons/ucsproxy.py`` and the runner add the list itself, not the container."""
+    """A program embedding mitmproxy may add the list itself (the CLI, the plugin and
+    ``addons/ucsproxy.py`` add the container, one addon in the chain)."""
     addons = default_addons()
     with taddons.context(*addons) as tctx:
         tctx.options.update(ucs_mode="mock", ucs_db="", ucs_seed=1)
@@ -67,6 +68,43 @@ class _Chain:
 
     def __init__(self, addons):
         self.addons = addons
+
+
+def test_the_container_is_one_addon_in_mitmproxys_chain_and_registers_the_parts_commands():
+    addon = UcsProxy()
+    with taddons.context() as bare:
+        chain = len(bare.master.addons.chain)
+    with taddons.context(addon) as tctx:
+        assert len(tctx.master.addons.chain) == chain + 1, "one chain entry: mitmproxy's per-addon cost once"
+        assert not hasattr(addon, "addons"), "mitmproxy would hand every part every event itself"
+        tctx.configure(addon, ucs_mode="mock", ucs_db="")
+        tctx.master.commands.call("ucs.faults.add", "GetImItemList:server-busy")
+        assert tctx.master.commands.call("ucs.faults.list") == ["rule-1: GetImItemList server-busy (--fault #1)"]
+        assert AddonClient(addon).get_im_item_list().response_code == "ErrorServerBusy"
+
+
+def test_a_failing_part_is_logged_as_mitmproxy_logs_an_addon_and_the_parts_after_it_still_run(
+        tmp_path, caplog, monkeypatch):
+    from ucsproxy.addon import Routes
+
+    def broken(self, flow):
+        raise RuntimeError("routes broke")
+
+    monkeypatch.setattr(Routes, "response", broken)
+    db = tmp_path / "log.db"
+    addon = UcsProxy()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, ucs_mode="record", ucs_db=str(db))
+        flow = AddonClient(addon).send("POST", "/EWS/Exchange.asmx", envelope("<m:GetImItemList/>"), XML,
+                                       upstream=upstream_answer())
+        run_hook(addon, "done")
+    assert flow.response.content == b"<ok/>"
+    assert "Addon error: routes broke" in caplog.text
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from exchanges").fetchone()[0] == 1, "the log, a part after it, ran"
+    con.close()
 
 
 def test_mode_off_decodes_nothing_answers_nothing_and_applies_no_fault():
@@ -418,7 +456,7 @@ def test_timeout_holds_until_max_ms_or_until_the_rules_are_cleared():
             held = asyncio.ensure_future(hook(addon, "request", flow))
             await asyncio.sleep(0.05)
             assert not held.done(), "the fault holds the request"
-            run_hook_now(addon, "faults_clear")
+            tctx.master.commands.call("ucs.faults.clear")  # as mitmproxy's console or mitmweb calls it
             await asyncio.wait_for(held, 5)
             return loop.time() - started
 
@@ -429,14 +467,6 @@ def test_timeout_holds_until_max_ms_or_until_the_rules_are_cleared():
         quick = AddonClient(addon)
         with pytest.raises(ConnectionResetError):
             quick.get_im_items()
-
-
-def run_hook_now(addon, command: str) -> None:
-    from mitmproxy.addonmanager import traverse
-
-    for a in traverse([addon]):
-        if hasattr(a, command):
-            getattr(a, command)()
 
 
 def test_a_response_delay_holds_the_answer_and_a_request_delay_the_call():

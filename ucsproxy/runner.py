@@ -87,7 +87,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     from mitmproxy import options as mitm_options
     from mitmproxy.tools.dump import DumpMaster
 
-    from .addon import default_addons
+    from .addon import UcsProxy
     from .core import StoppedWhileStarting, UcsCore
 
     previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -96,7 +96,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     async def _main() -> None:
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
-        master.addons.add(*default_addons(ucs_core))
+        master.addons.add(UcsProxy(ucs_core))  # one addon in the chain: see UcsProxy
         try:
             opts.update(**options)
         finally:
@@ -134,12 +134,12 @@ class BackgroundProxy:
 
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0, log_writer: str = "process"):
-        from .addon import default_addons
+        from .addon import UcsProxy
         from .core import UcsCore
 
         self.core = UcsCore()
         self.core.log_writer = log_writer
-        self.addons = default_addons(self.core)
+        self.addon = UcsProxy(self.core)
         self._options = dict(options, listen_host=listen_host, listen_port=listen_port)
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -190,7 +190,7 @@ class BackgroundProxy:
 
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-        master.addons.add(*self.addons)
+        master.addons.add(self.addon)
         opts.update(**self._options)
         self._master = master
         running = asyncio.ensure_future(master.run())
