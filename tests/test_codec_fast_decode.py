@@ -155,3 +155,126 @@ def test_a_persona_s_records_read_the_first_of_each_name_under_any_prefix():
         PersonaAttribution("9"))
     assert persona.display_names == (AttributedValue("V", ("1", "2")),)
     assert persona.emails1 == (AttributedValue(EmailAddress(email_address="e@x"), ()),)
+
+
+# Personas of every shape, for the plans (codec._PersonaPlan): the children of each record in
+# any order, repeated, missing, under any prefix, with strangers, comments, mixed content
+# and broken values. Whatever the shape, the plan's reader (or its fallback) must give what
+# the schema-order reader gives: the same records, or the same error.
+from hypothesis import strategies as st  # noqa: E402
+
+_T = "http://schemas.microsoft.com/exchange/services/2006/types"
+_PREFIXES = st.sampled_from(["", "t:", "u:"])  # u: is the https:// spelling
+_words = st.sampled_from(["", "x", "User 1", " 7 ", "true", "0", "FALSE", "maybe", "a&amp;b", "sip:u@c"])
+
+
+@st.composite
+def _leaf(draw, name):
+    p = draw(_PREFIXES)
+    text = draw(_words)
+    shape = draw(st.sampled_from(["text"] * 6 + ["empty", "child"]))
+    if shape == "empty":
+        return f"<{p}{name}/>"
+    if shape == "child":
+        return f"<{p}{name}>{text}<{p}Inner>i</{p}Inner>tail</{p}{name}>"
+    return f"<{p}{name}>{text}</{p}{name}>"
+
+
+@st.composite
+def _item_id(draw, name):
+    p = draw(_PREFIXES)
+    attrs = draw(st.sampled_from(['Id="i" ChangeKey="k"', 'Id="i"', 'ChangeKey="k"', 'Id=""']))
+    return f"<{p}{name} {attrs}/>"
+
+
+def _element(name, children):
+    """``name`` holding a list drawn from ``children`` (strategies of child texts)."""
+    return st.tuples(_PREFIXES, st.lists(st.one_of(*children), max_size=5)).map(
+        lambda pc: f"<{pc[0]}{name}>{''.join(pc[1])}</{pc[0]}{name}>")
+
+
+_stranger = st.sampled_from(["<x:Stranger>s</x:Stranger>", "<t:Unknown/>", "<x:Other><t:Name>n</t:Name></x:Other>"])
+
+
+def _email(name):
+    return _element(name, [_leaf(n) for n in ("Name", "EmailAddress", "RoutingType", "MailboxType")] + [_stranger])
+
+
+_attribution = _element("Attribution", [_leaf("Id"), _item_id("SourceId"), _leaf("DisplayName"), _leaf("IsWritable"),
+                                        _leaf("IsQuickContact"), _leaf("IsHidden"), _item_id("FolderId"), _stranger])
+_phone = _element("Value", [_leaf("Number"), _leaf("Type")])
+_ext = _element("Value", [st.just('<t:ExtendedFieldURI PropertyType="String"/>'), _leaf("Value")])
+_values = {"StringAttributedValue": _leaf("Value"), "EmailAddressAttributedValue": _email("Value"),
+           "PhoneNumberAttributedValue": _phone, "ExtendedPropertyAttributedValue": _ext}
+
+
+def _attributed(name):
+    items = [_element(item, [value, _element("Attributions", [_leaf("Attribution"), _stranger]), _stranger])
+             for item, value in _values.items()]
+    return _element(name, items + [_stranger])
+
+
+def _field(element, kind):
+    if kind in ("str", "int"):
+        return _leaf(element)
+    if kind == "itemid":
+        return _item_id(element)
+    if kind == "email":
+        return _email(element)
+    if kind == "emails":
+        return _element(element, [_email("Address"), _email("EmailAddress"), _stranger])
+    if kind == "attributions":
+        return _element(element, [_attribution, _stranger])
+    return _attributed(element)
+
+
+_persona_children = st.lists(st.one_of(*[_field(e, k) for e, _, k in codec._PERSONA_FIELDS], _stranger), max_size=12)
+
+
+def _outcome(read, el):
+    try:
+        return read(el)
+    except codec._Invalid as e:
+        return ("invalid", str(e))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), _persona_children, _persona_children,
+       st.none() | st.tuples(st.integers(0, 10**6), st.sampled_from(["<!-- c -->", "<?pi x?>"])))
+def test_persona_plans_read_every_shape_as_the_schema_order_reader(with_id, children, more, odd):
+    from lxml import etree
+
+    persona = ('<t:Persona xmlns:t="{t}" xmlns:u="{u}" xmlns:x="urn:x" xmlns="{t}">{id}{c}</t:Persona>'
+               .format(t=_T, u=_T.replace("http:", "https:"), id='<PersonaId Id="p"/>' if with_id else "",
+                       c="".join(children + more)))
+    if odd is not None:  # a comment or processing instruction after some '>': in text, or between elements
+        ends = [at for at, ch in enumerate(persona) if ch == ">"][:-1]
+        at = ends[odd[0] % len(ends)] + 1
+        persona = persona[:at] + odd[1] + persona[at:]
+    el = etree.fromstring(persona)
+    codec._PLANS.clear()  # a plan made here, whatever the shapes kept before
+    expected = _outcome(codec._persona, el)
+    assert _outcome(codec._persona_fast, el) == expected
+    assert _outcome(codec._persona_fast, el) == expected  # the second time from the kept plan
+    if not isinstance(expected, tuple):
+        same_everywhere(codec._persona_fast(el), expected)
+
+
+def test_personas_of_one_shape_share_a_plan_and_others_get_their_own():
+    from lxml import etree
+
+    def persona(body):
+        return etree.fromstring(f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{body}</Persona>')
+
+    codec._PLANS.clear()
+    a = codec._persona_fast(persona("<DisplayName>A</DisplayName>"))
+    b = codec._persona_fast(persona("<DisplayName>B</DisplayName>"))
+    assert (a.display_name, b.display_name) == ("A", "B") and len(codec._PLANS) == 1
+    c = codec._persona_fast(persona("<DisplayName>C</DisplayName><Surname>S</Surname>"))
+    assert (c.display_name, c.surname) == ("C", "S") and len(codec._PLANS) == 2
+    # A comment keeps a persona off the plans; a shape without PersonaId is kept as "no plan".
+    assert codec._persona_fast(persona("<DisplayName>D<!-- c --></DisplayName>")).display_name == "D"
+    assert len(codec._PLANS) == 2
+    with pytest.raises(codec._Invalid):
+        codec._persona_fast(etree.fromstring(f'<Persona xmlns="{_T}"><DisplayName>E</DisplayName></Persona>'))
+    assert list(codec._PLANS.values()).count(None) == 1

@@ -791,11 +791,207 @@ def _persona_in_document_order(el: etree._Element) -> Persona:
     return _make_persona(values)
 
 
-def _persona_fast(el: etree._Element) -> Persona:
+def _persona_by_reading(el: etree._Element) -> Persona:
     try:
         return _persona_in_document_order(el)
     except _Invalid:
         return _persona(el)  # raises the error the schema's order finds first
+
+
+# ---------------------------------------------------------------------------
+# Personas read by plans
+#
+# The personas of one list nearly all have the same shape: the same children, under the
+# same tags, in the same order. A persona's shape is its elements' tags in document order
+# with each one's number of children (which fixes the tree); for a shape met the first
+# time, _PersonaPlan writes a function that reads a persona of that shape from the list of
+# its elements (``list(el.iter())``) by position: the texts and attributes it needs, and
+# the records, in one expression, with no look-ups by tag. It reads what
+# _persona_in_document_order reads (the first of each name, strangers skipped, a leaf's
+# text or a mixed element's text nodes joined) and calls the same readers for what it does
+# not spell out (item ids, flags, phone numbers, extended properties), so it gives the same
+# records; anything it does not handle (comments, processing instructions or entities
+# anywhere in the persona, a persona of more than _PLAN_MAX_ELEMENTS elements, a shape
+# with no PersonaId, more than _PLAN_MAX shapes) and any value it finds broken go to
+# _persona_by_reading, which reports errors as before. A plan's source holds positions and
+# the module's own names only, never text from the document. tests/test_codec_fast_decode.py
+# holds the plans to the schema-order reader on personas of every shape.
+
+_PLAN_MAX = 256  # shapes kept: a mailbox has a few dozen; hostile input cannot grow it past this
+_PLAN_MAX_ELEMENTS = 255  # (a count of children must also fit a byte of the shape's key)
+_PLANS: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}
+
+
+def _make_email(name: str | None, address: str | None, routing_type: str | None,
+                mailbox_type: str | None) -> EmailAddress:
+    obj = _new(EmailAddress)
+    d = obj.__dict__
+    d["name"] = name
+    d["email_address"] = address
+    d["routing_type"] = routing_type
+    d["mailbox_type"] = mailbox_type
+    return obj
+
+
+def _make_attributed(value: Any, attributions: tuple[str, ...]) -> AttributedValue:
+    obj = _new(AttributedValue)
+    d = obj.__dict__
+    d["value"] = value
+    d["attributions"] = attributions
+    return obj
+
+
+def _make_persona_of(values: dict[str, Any]) -> Persona:
+    """A Persona of a dict of all its fields in field order (a plan writes them so)."""
+    obj = _new(Persona)
+    obj.__dict__.update(values)
+    return obj
+
+
+class _PersonaPlan:
+    """Writes the reader of one persona shape: ``tags`` and ``counts`` (children) of its
+    elements in document order, the persona first."""
+
+    NAMESPACE: dict[str, Any] = {}  # filled below, once the readers exist
+
+    def __init__(self, tags: list[str], counts: bytes) -> None:
+        self.tags, self.counts = tags, counts
+        self.children: list[list[int]] = [[] for _ in tags]
+        ends = [0] * len(tags)  # one past the last element of each subtree
+        for at in range(len(tags) - 1, -1, -1):
+            end, child = at + 1, at + 1
+            for _ in range(counts[at]):
+                if child >= len(tags):
+                    raise ValueError("counts do not fit the elements")
+                self.children[at].append(child)
+                child = end = ends[child]
+            ends[at] = end
+        if ends[0] != len(tags):
+            raise ValueError("counts do not fit the elements")
+
+    def local(self, at: int) -> str:
+        tag = self.tags[at]
+        return tag[tag.rfind("}") + 1:]
+
+    def first_of(self, at: int, names: tuple[str, ...]) -> list[int | None]:
+        """The first child of ``at`` of each local name in ``names``."""
+        found: list[int | None] = [None] * len(names)
+        for child in self.children[at]:
+            name = self.local(child)
+            if name in names and found[names.index(name)] is None:
+                found[names.index(name)] = child
+        return found
+
+    def text(self, at: int) -> str:
+        """What _str reads of element ``at``."""
+        return f"(els[{at}].text or '')" if self.counts[at] == 0 else f"str_(els[{at}])"
+
+    def optional_text(self, at: int | None) -> str:
+        return "None" if at is None else self.text(at)
+
+    def email(self, at: int) -> str:  # _present_email
+        return f"email({', '.join(self.optional_text(c) for c in self.first_of(at, _EMAIL_NAMES))})"
+
+    def attribution(self, at: int) -> str:  # _attribution
+        ident, source, display, writable, quick, hidden, folder = self.first_of(at, _ATTRIBUTION_NAMES)
+        return (f"attribution({'' if ident is None else self.text(ident) + ' or '}'', "
+                f"{'None' if source is None else f'item_id(els[{source}])'}, {self.optional_text(display)}, "
+                + ", ".join("None" if c is None else f"flag(els[{c}], {name!r})"
+                            for c, name in ((writable, "IsWritable"), (quick, "IsQuickContact"), (hidden, "IsHidden")))
+                + f", {'None' if folder is None else f'item_id(els[{folder}])'})")
+
+    def attributed(self, at: int) -> str:  # _attributed
+        out = []
+        for item in self.children[at]:
+            kind = _ITEM_KINDS.numbers.get(self.local(item), -1)
+            if kind < 0:
+                continue
+            value, attributions = self.first_of(item, ("Value", "Attributions"))
+            if value is None:
+                continue
+            ids = [] if attributions is None else [self.text(a) for a in self.children[attributions]
+                                                  if self.local(a) == "Attribution"]
+            if kind == 0:
+                text = self.text(value)
+            elif kind == 1:
+                text = self.email(value)
+            else:
+                text = f"{('phone', 'extended_property')[kind - 2]}(els[{value}])"
+            out.append(f"attributed({text}, ({''.join(i + ', ' for i in ids)}))")
+        return f"({''.join(o + ', ' for o in out)})"
+
+    def field(self, at: int, kind: str) -> str:
+        if kind == "str":
+            return self.text(at)
+        if kind == "int":
+            return f"int_({self.text(at)})"
+        if kind == "itemid":
+            return f"item_id(els[{at}])"
+        if kind == "email":
+            return self.email(at)
+        if kind == "emails":
+            return f"({''.join(self.email(c) + ', ' for c in self.children[at] if self.local(c) in _ADDRESS_NAMES)})"
+        if kind == "attributions":
+            return f"({''.join(self.attribution(c) + ', ' for c in self.children[at] if self.local(c) == 'Attribution')})"
+        return self.attributed(at)
+
+    def source(self) -> str | None:
+        """The reader's source, or None when a persona of this shape has no PersonaId."""
+        found: dict[str, str] = {}
+        for child in self.children[0]:
+            entry = _PERSONA_KINDS.get(self.local(child))
+            if entry is not None and entry[0] not in found:
+                found[entry[0]] = self.field(child, entry[1])
+        if "persona_id" not in found:
+            return None
+        fields = ", ".join(f"{name!r}: {found.get(name, repr(default))}" for name, default in _PERSONA_TEMPLATE.items())
+        return f"def read(els):\n    return persona({{{fields}}})\n"
+
+    def reader(self) -> Callable[[list[Any]], Persona] | None:
+        """The reader of this shape, or None (no PersonaId: _persona_by_reading reports it)."""
+        source = self.source()
+        if source is None:
+            return None
+        namespace = dict(self.NAMESPACE)
+        exec(compile(source, "<persona plan>", "exec"), namespace)
+        return namespace["read"]
+
+
+_EMAIL_NAMES = ("Name", "EmailAddress", "RoutingType", "MailboxType")
+_ATTRIBUTION_NAMES = ("Id", "SourceId", "DisplayName", "IsWritable", "IsQuickContact", "IsHidden", "FolderId")
+_ADDRESS_NAMES = ("Address", "EmailAddress")
+_PERSONA_KINDS = {element: (field_name, kind.partition(":")[0]) for element, field_name, kind in _PERSONA_FIELDS}
+assert tuple(_EMAIL_SLOTS.numbers) == _EMAIL_NAMES and tuple(_ATTRIBUTION_SLOTS.numbers) == _ATTRIBUTION_NAMES
+assert tuple(_ADDRESS.numbers) == _ADDRESS_NAMES and tuple(_ITEM_PARTS.numbers) == ("Value", "Attributions")
+assert list(_ITEM_KINDS.numbers.values()) == [0, 1, 2, 3] and _KIND_READERS[2:] == (_phone, _extended_property)
+_PersonaPlan.NAMESPACE.update(
+    str_=_str, int_=lambda text: _int(text), item_id=_present_item_id, flag=_flag, email=_make_email,
+    attribution=_make_attribution, attributed=_make_attributed, phone=_phone, extended_property=_extended_property,
+    persona=_make_persona_of)
+
+
+def _persona_fast(el: etree._Element) -> Persona:
+    els = list(el.iter())
+    if len(els) <= _PLAN_MAX_ELEMENTS:
+        try:
+            tags = [e.tag for e in els]
+            key = ("\0".join(tags), bytes([len(e) for e in els]))  # NUL: in no tag
+        except TypeError:  # a comment, processing instruction or entity: its tag is a function
+            return _persona_by_reading(el)
+        plan = _PLANS.get(key, _UNSEEN)
+        if plan is _UNSEEN:
+            try:
+                plan = _PersonaPlan(tags, key[1]).reader()
+            except ValueError:  # counts that do not make a tree: not from lxml
+                plan = None
+            if len(_PLANS) < _PLAN_MAX:
+                _PLANS[key] = plan
+        if plan is not None:
+            try:
+                return plan(els)
+            except _Invalid:
+                pass
+    return _persona_by_reading(el)
 
 
 @contextmanager
