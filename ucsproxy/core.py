@@ -32,6 +32,7 @@ from .model import DEFAULT_MAILBOX, Policy, UcsModel
 from .options import MATCH_MODES, MODES  # noqa: F401  (declared once, in options.py; re-exported)
 from .records import DecodeError, EwsRequest
 from .service import UcsService
+from .shapes import ShapeMemo
 
 if TYPE_CHECKING:
     from .cassette import FixtureAppender
@@ -48,6 +49,9 @@ log = logging.getLogger("ucsproxy")
 # the newest 512 (at most 8 MB held).
 _DECODED_MEMO_MAX_BODY = 16 * 1024
 _DECODED = BoundedMemo(512)
+# Requests that differ from one decoded before only in a name or an id (a new group's name, the
+# id of the group to remove): made from that one (ucsproxy.shapes), not decoded anew.
+_SHAPES = ShapeMemo(256)
 
 
 class ConfigError(Exception):
@@ -121,6 +125,16 @@ def read_item_list(path: str):
     if message is None or message.payload is None:
         raise ConfigError(f"{path}: the response holds no ImItemList")
     return message.payload
+
+
+def _decode(body: bytes, soap_action: str | None, content_type: str | None,
+            checked: bool) -> EwsRequest | DecodeError:
+    """A request decoded in full; ``checked``: a UCS request that breaks Exchange's schema
+    decodes to the DecodeError of its violation."""
+    decoded, parsed = codec.decode_request_tree(body, soap_action, content_type)
+    if checked:
+        return schema.check_request(decoded, body, content_type, parsed)
+    return decoded
 
 
 class UcsCore:
@@ -411,9 +425,11 @@ class UcsCore:
             found = _DECODED.get(key)
             if found is not None:
                 return found
-        decoded, parsed = codec.decode_request_tree(body, soap_action, content_type)
-        if checked:
-            decoded = schema.check_request(decoded, body, content_type, parsed)
+        context = (soap_action, content_type, checked)
+        made, token = _SHAPES.get(body, context, lambda b: _decode(b, soap_action, content_type, checked))
+        decoded = made if made is not None else _decode(body, soap_action, content_type, checked)
+        if made is None:
+            _SHAPES.put(token, decoded)
         if key is not None:
             _DECODED.put(key, decoded)
         return decoded
@@ -505,10 +521,13 @@ class UcsCore:
         default = identity.DEFAULT_MAILBOX if self.service is not None and isinstance(decoded, EwsRequest) else None
         return mailbox_of(decoded, headers, default)
 
-    def log_exchange(self, raw: RawExchange, replay: tuple[str, str | None] | None = None):
+    def log_exchange(self, raw: RawExchange, replay: tuple[str, str | None] | None = None,
+                     batch: list[RawExchange] | None = None):
         """A finished exchange: its console line (and shadow check), then the log.
 
         ``replay``: (``replayed`` / ``no-match`` / ``fall-through``, reason) when replay served it.
+        ``batch``: the exchange is appended to it, to be handed to the log with the others of the
+        batch by :meth:`submit_batch` (which the caller must call before it writes the answer).
         Returns its :class:`~ucsproxy.annotate.ExchangeSummary`, None when nothing asked for one.
         """
         summary = None
@@ -527,10 +546,23 @@ class UcsCore:
         try:
             store = self.store or self.log_store()
             if store is not None:
-                store.submit(raw)
+                if batch is not None:
+                    batch.append(raw)
+                else:
+                    store.submit(raw)
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")
         return summary
+
+    def submit_batch(self, raws: list[RawExchange]) -> None:
+        """Hand the exchanges :meth:`log_exchange` put in a batch to the log, in one go."""
+        store = self.store
+        if store is None or not raws:
+            return
+        try:
+            store.submit_many(raws)
+        except Exception as e:  # the log must never break traffic
+            log.error(f"ucsproxy: could not log an exchange: {e}")
 
     def _append_forwarded(self, raw: RawExchange) -> None:
         if self.append is None or raw.http_status is None:
