@@ -92,33 +92,62 @@ def test_an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection():
 
 def test_an_exchange_is_logged_before_its_answer_is_written():
     """A client must never hold an answer the log could miss (SIGKILL right after the write), and
-    duration_ms must not include the write: the front hands the exchange over, then writes."""
+    duration_ms must not include the write: the front hands the exchange over, then writes. The
+    exchanges a loop turn answers (here on two connections) go to the log in one hand-over, then
+    their answers are written, in order."""
+    import asyncio
+
     from ucsproxy import front
     from ucsproxy.runner import mock_options
 
     core = front.core_from_options(dict(mock_options(seed=0), ucs_db=""))
     events: list[str] = []
-    logged = core.log_exchange
 
-    def log_exchange(raw, replay=None):
-        events.append("logged")
-        return logged(raw, replay)
+    class Store:
+        def submit(self, raw) -> None:
+            events.append(f"logged {raw.client}")
 
-    core.log_exchange = log_exchange  # type: ignore[method-assign]
+        def submit_many(self, raws) -> None:
+            events.extend(f"logged {raw.client}" for raw in raws)
+
+        def close(self) -> int:
+            return 0
+
+        written = 0
+
+    core.store = Store()  # type: ignore[assignment]
 
     class Transport:
+        def __init__(self, port: int):
+            self.port = port
+
         def write(self, data: bytes) -> None:
-            events.append("written")
+            events.append(f"written 127.0.0.1:{self.port}")
 
         def get_extra_info(self, name: str, default=None):
-            return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+            return {"peername": ("127.0.0.1", self.port), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+        def is_closing(self) -> bool:
+            return False
 
         def close(self) -> None:
             events.append("closed")
 
-    conn = front._Connection(front.LeanServer(core))
-    conn.connection_made(Transport())
     body = envelope("<m:GetImItemList/>")
-    conn.data_received(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    request = b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    async def serve() -> None:
+        server = front.LeanServer(core)
+        conns = [front._Connection(server) for _ in range(2)]
+        for port, conn in zip((50000, 50001), conns):
+            conn.connection_made(Transport(port))
+        for conn in conns:
+            conn.data_received(request)
+        assert events == []  # nothing handed over or written while the turn is still answering
+        await asyncio.sleep(0)  # the end of the loop turn
+
+    asyncio.run(serve())
+    core.store = None
     core.shutdown()
-    assert events == ["logged", "written"]
+    assert events == ["logged 127.0.0.1:50000", "logged 127.0.0.1:50001",
+                      "written 127.0.0.1:50000", "written 127.0.0.1:50001"]

@@ -160,12 +160,16 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        if self.server.outbox:
+            self.server.flush()  # the answers before it go first
         self.closing = True
         if self.transport is not None:
             self.transport.close()
 
     def reset(self) -> None:
         """Hang up with a TCP reset (RST), not an orderly close."""
+        if self.server.outbox:
+            self.server.flush()
         self.closing = True
         if self.transport is None:
             return
@@ -181,6 +185,8 @@ class _Connection(asyncio.Protocol):
         await self.core.hold(ms)
 
     def _write(self, data: bytes) -> None:
+        if self.server.outbox:
+            self.server.flush()  # in order: the answers waiting for the end of the loop turn first
         if not self.closing and self.transport is not None:
             self.transport.write(data)
 
@@ -256,6 +262,8 @@ class _Connection(asyncio.Protocol):
         path = _text(b"".join(req.url))
         body = b"".join(req.body)
         if is_control_path(path):  # the control API: answered here, never logged
+            if self.server.logged:
+                self.server.flush()  # what it reports includes every exchange answered before it
             self._send(req, path, body, None, c.control_answer(req.method, path, req.headers, body, self.client),
                        logged=False)
             return
@@ -339,15 +347,13 @@ class _Connection(asyncio.Protocol):
             # (the log writer has the exchange even if this process is killed the next instant),
             # and duration_ms is the time to the answer, not to after its write.
             self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
-        transport = self.transport
-        if transport is None or self.closing:
-            return
-        if len(content) < BIG_ANSWER:
-            transport.write(head + content)
-        else:  # no copy of a big answer (a 2 MB list): the transport sends both pieces as they are
-            transport.writelines((head, content))
+        # Written at the end of this loop turn, right after the turn's exchanges are handed to
+        # the log in one go (LeanServer.flush): one frame and one system call for many answers.
+        server = self.server
+        server.outbox.append((self, head, content, close))
         if close:
-            self.close()
+            self.closing = True  # nothing more is answered; the flush closes the connection
+        server.later()
 
     async def _send_shaped(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
                            decision: FaultDecision) -> bool:
@@ -357,6 +363,8 @@ class _Connection(asyncio.Protocol):
             return False
         plan = decision.link
         head, content, close, sent_headers = self._frame(req, answer, decision)
+        if self.server.outbox:
+            self.server.flush()  # the answers before it go first
         for piece in plan.pieces(head, content):
             if piece.wait_ms:
                 await asyncio.sleep(piece.wait_ms / 1000)
@@ -415,10 +423,12 @@ class _Connection(asyncio.Protocol):
     def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None,
              answer: Answer | None = None) -> None:
         c = self.core
-        if self.server.verbose:
+        server = self.server
+        if server.verbose:
             log.info(f"{self.client} {req.method} {path} -> {sent[0] if sent else error}")
         if not c.logging and not c.reporter.active and c.journal is None:
             return
+        batch = server.logged
         c.log_exchange(RawExchange(
             mode=c.mode,
             started_at=req.started,
@@ -437,7 +447,9 @@ class _Connection(asyncio.Protocol):
             decoded_request=decoded,
             decoded_response=answer.logged(sent[2]) if answer is not None and sent else None,
             mailbox=req.mailbox,
-        ), c.replay_note(answer) if answer is not None else None)
+        ), c.replay_note(answer) if answer is not None else None, batch)
+        if batch:
+            server.later()
 
 
 class LeanServer:
@@ -456,9 +468,45 @@ class LeanServer:
         self._accepting: list[asyncio.Task] = []
         self._tls: TlsCertificates | None = None  # made at the first ClientHello
         self._tls_context: ssl.SSLContext | None = None
+        #: Exchanges of this loop turn not yet handed to the log, and answers not yet written
+        #: (connection, head, body, close after it): both go at the end of the turn (flush).
+        self.logged: list[RawExchange] = []
+        self.outbox: list[tuple[_Connection, bytes, bytes, bool]] = []
+        self._flush_due = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def later(self) -> None:
+        """Flush at the end of this loop turn (once, however many answers the turn made)."""
+        if not self._flush_due:
+            self._flush_due = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand this turn's exchanges to the log, then write their answers (log before write)."""
+        self._flush_due = False
+        raws = self.logged
+        if raws:
+            self.logged = []
+            self.core.submit_batch(raws)
+        out = self.outbox
+        if not out:
+            return
+        self.outbox = []
+        for conn, head, content, close in out:
+            transport = conn.transport
+            if transport is None or transport.is_closing():
+                continue  # the client went away meanwhile
+            if len(content) < BIG_ANSWER:
+                transport.write(head + content)
+            else:  # no copy of a big answer (a 2 MB list): the transport sends both pieces as they are
+                transport.writelines((head, content))
+            if close:
+                transport.close()
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Accept on ``sockets`` (already listening), or on new ones bound to host and port."""
+        self._loop = asyncio.get_running_loop()
         if sockets is None:
             from .listeners import bind_listeners
 
@@ -540,6 +588,7 @@ class LeanServer:
     async def stop(self, state: str = "") -> None:
         """Stop listening, let held connections go, close every connection, save state, close the log."""
         self.close_listeners()
+        self.flush()
         self.core.let_held_go()
         for conn in list(self.connections):
             conn.close()

@@ -146,6 +146,25 @@ class LogStore:
                 self._queue.put(raw)
             self.submitted += 1
 
+    def submit_many(self, raws: list[RawExchange]) -> None:
+        """Hand several exchanges to the log at once, in order, as :meth:`submit` does one: with a
+        writer process in one frame and one system call (big bodies each in a frame of their own).
+        An exchange that cannot be pickled is left out (the others are handed over) and the first
+        such error is raised once the others are."""
+        if self._closed or not raws:
+            return
+        with self._submit_lock:
+            sink = self._sink
+            if isinstance(sink, _ProcessSink):
+                done, error = sink.submit_many(raws)
+                self.submitted += done
+                if error is not None:
+                    raise error
+            else:
+                for raw in raws:
+                    self._queue.put(raw)
+                self.submitted += len(raws)
+
     def insert_rows(self, rows: list[dict[str, Any]], redacted: bool = False) -> None:
         """Write already built rows (imports), in one transaction, on the caller's thread.
 
@@ -506,28 +525,65 @@ class _ProcessSink:
 
     def submit(self, raw: RawExchange) -> None:
         """Make the exchange's frame and write it into the pipe now if the pipe takes it."""
-        shared = self._shared
-        if shared.worth(raw):  # a big body: named by number when the writer has it already
-            with shared.lock:
-                parts, used = shared.parts([raw], self._acked)
-                length = sum(len(p) for p in parts)
-                with self._lock:
-                    self._seq += 1
-                    seq = self._seq
-                    head = self._header(seq, 1, length, self._refs_kind)
-                    self._unacked[seq] = (1, len(head) + length, (head, *parts))
-                for entry in used:
-                    entry[2] = seq
+        if self._shared.worth(raw):
+            self._big_frame(raw)
         else:
-            parts = self._parts([raw])  # pickled before it is counted: a failure counts nothing
-            length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
+            self._frame([raw])  # pickled before it is counted: a failure counts nothing
+        if not self._write(wait=False):
+            self._kick.set()
+
+    def submit_many(self, raws: list[RawExchange]) -> tuple[int, Exception | None]:
+        """Frames for ``raws`` in order (a run of small ones in one frame), written into the pipe now
+        if it takes them. Returns how many were framed, and the first error of one that was not."""
+        done, error, run = 0, None, []
+        for raw in [*raws, None]:
+            if raw is not None and not self._shared.worth(raw):
+                run.append(raw)
+                continue
+            if run:
+                try:
+                    self._frame(run)
+                    done += len(run)
+                except Exception:  # one exchange that cannot be pickled: the others alone
+                    for one in run:
+                        try:
+                            self._frame([one])
+                            done += 1
+                        except Exception as e:
+                            error = error or e
+                run = []
+            if raw is not None:
+                try:
+                    self._big_frame(raw)
+                    done += 1
+                except Exception as e:
+                    error = error or e
+        if not self._write(wait=False):
+            self._kick.set()
+        return done, error
+
+    def _frame(self, raws: list[RawExchange]) -> None:
+        parts = self._parts(raws)
+        length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            head = self._header(seq, len(raws), length)
+            self._unacked[seq] = (len(raws), len(head) + length, (head, *parts))
+
+    def _big_frame(self, raw: RawExchange) -> None:
+        """A big body: named by number when the writer has it already."""
+        shared = self._shared
+        with shared.lock:
+            parts, used = shared.parts([raw], self._acked)
+            length = sum(len(p) for p in parts)
             with self._lock:
                 self._seq += 1
                 seq = self._seq
-                head = self._header(seq, 1, length)
+                head = self._header(seq, 1, length, self._refs_kind)
                 self._unacked[seq] = (1, len(head) + length, (head, *parts))
-        if not self._write(wait=False):
-            self._kick.set()
+            for entry in used:
+                entry[2] = seq
 
     def _write(self, wait: bool) -> bool:
         """Write waiting frames, in order, as far as the pipe takes them without blocking. True
