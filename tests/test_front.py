@@ -151,3 +151,28 @@ def test_an_exchange_is_logged_before_its_answer_is_written():
     core.shutdown()
     assert events == ["logged 127.0.0.1:50000", "logged 127.0.0.1:50001",
                       "written 127.0.0.1:50000", "written 127.0.0.1:50001"]
+
+
+def test_a_batch_handed_to_the_writer_process_is_logged_whole_and_in_order(tmp_path):
+    """LogStore.submit_many, as the lean front hands over a loop turn's exchanges: runs of small
+    exchanges in one frame, a big body in a frame of its own, every row in order. A real process
+    because the frames go to the log writer process, which commits them."""
+    import sqlite3
+
+    from ucsproxy.logrow import RawExchange
+    from ucsproxy.logwriter import SHARE_MIN_BYTES
+    from ucsproxy.store import LogStore
+
+    def raw(i: int, size: int = 10) -> RawExchange:
+        return RawExchange("mock", 1700000000.0 + i, 1.0, f"c{i}", None, "POST", "/EWS/Exchange.asmx", 200, [],
+                           b"<x/>", [], b"y" * size)
+
+    store = LogStore(tmp_path / "log.db", writer="process")
+    sizes = [10, 10, 10, SHARE_MIN_BYTES + 1, 10, 10]
+    store.submit_many([raw(i, size) for i, size in enumerate(sizes)])
+    store.submit_many([raw(len(sizes))])
+    assert store.submitted == len(sizes) + 1
+    assert store.close() == 0
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        rows = db.execute("select client, length(response_body) from exchanges order by id").fetchall()
+    assert rows == [(f"c{i}", size) for i, size in enumerate([*sizes, 10])]
