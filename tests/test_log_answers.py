@@ -124,3 +124,30 @@ def test_remembered_personas_decode_alike_and_are_shared():
     personas, changed = first.message.payload.personas, again.message.payload.personas
     assert all(a is b for a, b in zip(personas[:29], changed[:29]))
     assert changed[29].display_name == "V <29>" and personas[29].display_name == "U <29>"
+
+
+def test_the_mock_requests_columns_travel_to_the_writer_instead_of_being_decoded_again(monkeypatch):
+    """Where the proxy decided the mailbox, a writer process gets the decoded request's columns
+    (a LoggedRequest), not the records, and builds the row a decode of the body gives."""
+    secret = R.AddImGroup("Team password=Hunter2")
+    extra = [(EwsRequest("AddImGroup", SoapHeaders("Exchange2010_SP1"), secret), None),
+             (EwsRequest("GetImItemList", SoapHeaders(None), GetImItemList()), None)]
+    service = UcsService(UcsModel(seed=5))
+    for request, _ in list(mock_answers()) + extra:
+        answer = answers.service_answer(service.handle(request, user=MB), request.is_ucs)
+        in_process = raw(request, answer, decoded_response=answer.logged(answer.body), mailbox=MB)
+        decoded_here = raw(request, answer, mailbox=MB)
+        decoded_here.decoded_request = None  # the writer decodes the body itself
+        expected = build_row(decoded_here)
+        logrow._MEMOS.clear()
+        shipped = pickle.loads(pickle.dumps(in_process))
+        assert isinstance(shipped.decoded_request, logrow.LoggedRequest)
+        calls = []
+        monkeypatch.setattr(codec, "decode_request", lambda *a, **k: calls.append(a))  # noqa: B023
+        assert build_row(shipped) == expected == build_row(in_process)
+        assert calls == [], "the request was decoded again"
+        monkeypatch.undo()
+        assert "Hunter2" not in str(expected)
+    # Without a mailbox the proxy decided (record mode), the writer decodes the request itself.
+    request, answer = next(iter(mock_answers()))
+    assert pickle.loads(pickle.dumps(raw(request, answer))).decoded_request is None

@@ -214,3 +214,22 @@ def test_no_credential_reaches_the_log_of_a_real_mock(tmp_path):
     con.close()
     assert faults[0]["params"]["headers"] == {"WWW-Authenticate": "Negotiate <redacted>",
                                               "Set-Cookie": "s=<redacted>; path=/"}
+
+
+def test_a_header_list_is_redacted_alike_from_the_cache_and_as_lists_of_lists():
+    import pickle
+
+    rules = [Redactor(), Redactor(builtin=False), Redactor.from_options(False, ["X-Ticket"], [r"sec\w+"])]
+    lists = [[("Host", "h"), ("Authorization", "Basic dXNlcjpwdw=="), ("Cookie", "a=1; b=2")],
+             [("X-Ticket", "t"), ("X-Note", "password=Hunter2"), ("Accept", "secret stuff")],
+             [("X-Note", "Bearer " + "A" * 30), ("X-Plain", "fine")], []]
+    for rules_ in rules:
+        for pairs in lists:
+            first = rules_.row({"request_headers": list(pairs)}, (), json.dumps)["request_headers"]
+            again = rules_.row({"request_headers": list(pairs)}, (), json.dumps)["request_headers"]
+            as_lists = rules_.row({"request_headers": [list(p) for p in pairs]}, (), json.dumps)["request_headers"]
+            alone = json.dumps([list(p) for p in rules_.headers_of(pairs)])
+            assert first == again == as_lists == alone
+            assert pickle.loads(pickle.dumps(rules_)).row({"request_headers": list(pairs)}, (), json.dumps) == \
+                {"request_headers": first}
+        assert "Hunter2" not in rules_.row({"h": lists[1]}, (), json.dumps)["h"] or not rules_.builtin

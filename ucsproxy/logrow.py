@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
+from .memo import IdentityCache
 from .identity import clean_name, request_mailbox, signed_in_user
 from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
@@ -41,7 +42,7 @@ class RawExchange:
     response_body: bytes | None  # content-decoded
     fault: str | None = None  # JSON text of an injected fault
     error: str | None = None
-    decoded_request: EwsRequest | DecodeError | None = None  # reused when the proxy already decoded
+    decoded_request: EwsRequest | DecodeError | LoggedRequest | None = None  # reused when the proxy already decoded
     # The records an answer the proxy made itself was encoded from (the mock's): the log
     # does not decode its own answers again. Sent to a writer process as a LoggedAnswer.
     decoded_response: EwsResponse | DecodeError | LoggedAnswer | None = None
@@ -53,15 +54,43 @@ class RawExchange:
         # (the JSON of a list the proxy hands out again is cached with its records), which
         # is far cheaper to send than the records of a 1,000-contact list.
         state = dict(self.__dict__)
-        # The decoded request is left to the writer to decode again: pickling its records costs
-        # the proxy 40-70 µs an exchange, more than decoding it costs the writer (at low priority).
-        state["decoded_request"] = None
+        # Pickling a decoded request's records costs the proxy 40-70 µs an exchange, more than
+        # decoding it again costs the writer. Where the proxy decided the mailbox (a model
+        # answered: mock, stateful replay), its columns travel instead, as a plain tuple (a few
+        # µs, the JSON kept with the request object: a polled request's is made once); else the
+        # writer decodes the request again.
+        request = self.decoded_request
+        state["decoded_request"] = (logged_request(request) if type(request) is EwsRequest and self.mailbox
+                                    else None)
         if isinstance(self.decoded_response, EwsResponse):
             state["decoded_response"] = logged_answer(self.decoded_response)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if type(self.decoded_request) is tuple:
+            self.decoded_request = LoggedRequest(*self.decoded_request)  # type: ignore[assignment]
+
+
+class LoggedRequest(NamedTuple):
+    """The log columns of a decoded request (what build_row takes from an EwsRequest), as a
+    writer process gets them from the proxy."""
+
+    operation: str
+    request_server_version: str | None
+    args: str | None  # the ``args`` column's JSON text, not redacted yet
+
+
+_REQUEST_ARGS = IdentityCache()
+
+
+def logged_request(request: EwsRequest) -> tuple[str, str | None, str | None]:
+    """A decoded request's log columns, as the plain tuple a LoggedRequest is made from."""
+    args = _REQUEST_ARGS.get(request)
+    if args is None:
+        args = _json(to_jsonable(request.body)) if request.body is not None else ""
+        _REQUEST_ARGS.put(request, args)
+    return request.operation, request.headers.request_server_version, args or None
 
 
 @dataclass(frozen=True)
@@ -91,7 +120,11 @@ from .logtable import COLUMNS  # noqa: E402,F401
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """``2026-12-01T22:03:18.123Z``: UTC, milliseconds cut (not rounded)."""
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    if moment.year < 1000:  # strftime's year is not padded to four digits everywhere
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # cut as strftime's [:-3]; "+00:00" off
 
 
 def header(headers: list[tuple[str, str]] | None, name: str) -> str | None:
@@ -319,6 +352,8 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
             args, args_done = request_side.json, True
         elif request.body is not None:
             args = _json(to_jsonable(request.body))
+    elif type(request) is LoggedRequest:  # the proxy's decode, by a writer process (its columns)
+        operation, version, args = request  # type: ignore[misc]
     elif isinstance(request, DecodeError) and ews_post:
         if request_side is not None and request_side.decoded is request:
             result, result_done = request_side.error_json, True

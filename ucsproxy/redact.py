@@ -107,6 +107,9 @@ class Redactor:
     headers: frozenset[str] = frozenset()  # the user's header names, lower case
     patterns: tuple[re.Pattern, ...] = ()
     _header_line: re.Pattern | None = field(default=None, compare=False, repr=False)
+    # A header list's redacted JSON, by the list's pairs and the encoder (Redactor.row): a
+    # function of the two, and the same few lists come with most exchanges.
+    _header_json: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = (SENSITIVE_HEADERS if self.builtin else frozenset()) | self.headers
@@ -116,6 +119,16 @@ class Redactor:
             # "Name: value" up to the end of its line (or markup), also inside a sentence (an error message).
             line = re.compile(rf'(?im)(?<![\w-])()({alternatives})([ \t]*:[ \t]*)([^\r\n<>"]*)')
         object.__setattr__(self, "_header_line", line)
+        object.__setattr__(self, "_header_json", {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_header_json"] = None  # a cache: not sent to the writer process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__["_header_json"] = {}
 
     @classmethod
     def from_options(cls, keep_secrets: bool = False, headers: Iterable[str] = (),
@@ -247,39 +260,54 @@ class Redactor:
         if type(done) is not frozenset:
             done = frozenset(done)
         active = self.active
-        clean_short = False
-        if active and not self.patterns:
-            # The short values and the header lists are looked at together, once: in the usual
-            # row no rule can match them (every credential header's name holds a trigger word),
-            # and then they are stored as they are. Each value's outcome is what redacting it
-            # alone gives, whichever way it takes: a value without a trigger word is kept.
-            # Credential headers (known by name) are redacted one by one in any case.
-            short = [value for name, value in row.items()
-                     if isinstance(value, str) and name not in json_columns and name not in done
-                     and len(value) < _SHORT]
-            for value in row.values():
-                if isinstance(value, list):
-                    short.extend(f"{k}: {v}" for k, v in value if not self._is_header(k))
-            clean_short = bool(short) and not self._may_match("\n".join(short))
+        texts = []  # (name, value) of the other texts to redact
         for name, value in row.items():
-            if name in done and not isinstance(value, list):
-                continue
-            if isinstance(value, list):
-                pairs: list[tuple[str, str]] | None
-                if not active:
-                    pairs = value
-                elif clean_short:
-                    pairs = [(k, self.header(k, v)) if self._is_header(k) else (k, v) for k, v in value]
-                else:
-                    pairs = self.headers_of(value)
-                row[name] = encode([list(p) for p in pairs or ()])
-            elif not active or not isinstance(value, str):
-                continue
-            elif name in json_columns:
+            kind = type(value)
+            if kind is list:
+                row[name] = self._header_list(value, encode, active)
+            elif active and (kind is str or isinstance(value, str)) and name not in done:
+                texts.append((name, value))
+        if not texts:
+            return row
+        clean_short = False
+        if not self.patterns:
+            # The short values are looked at together, once: in the usual row no rule can match
+            # them, and then they are stored as they are. Each value's outcome is what redacting
+            # it alone gives, whichever way it takes: a value without a trigger word is kept.
+            short = [value for name, value in texts if name not in json_columns and len(value) < _SHORT]
+            clean_short = bool(short) and not self._may_match("\n".join(short))
+        for name, value in texts:
+            if name in json_columns:
                 row[name] = self.json_text(value, encode)
             elif not (clean_short and len(value) < _SHORT):
                 row[name] = self.text(value)
         return row
+
+    def _header_list(self, pairs: list, encode: Callable[[Any], str], active: bool) -> str:
+        """A header list's column: its pairs redacted as headers (each value as redacting it
+        alone gives), encoded."""
+        if not active:
+            return encode([list(p) for p in pairs])
+        cache = self._header_json
+        key: tuple | None
+        try:
+            key = (encode, tuple(pairs))
+            found = cache.get(key) if cache is not None else None
+        except TypeError:  # pairs that are lists (an import): not kept
+            key = found = None
+        if found is not None:
+            return found
+        # Credential headers (known by name) are redacted one by one in any case; the others
+        # are looked at together, and kept as they are when no rule can match any of them.
+        if not self.patterns and not self._may_match("\n".join(f"{k}: {v}" for k, v in pairs if not self._is_header(k))):
+            text = encode([[k, self.header(k, v)] if self._is_header(k) else [k, v] for k, v in pairs])
+        else:
+            text = encode([list(p) for p in self.headers_of(pairs) or ()])
+        if key is not None and cache is not None:
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[key] = text
+        return text
 
 
 #: Values shorter than this are looked at together by Redactor.row.
