@@ -253,9 +253,10 @@ def test_persona_plans_read_every_shape_as_the_schema_order_reader(with_id, chil
         persona = persona[:at] + odd[1] + persona[at:]
     el = etree.fromstring(persona)
     codec._PLANS.clear()  # a plan made here, whatever the shapes kept before
+    codec._SIGHTINGS.clear()
     expected = _outcome(codec._persona, el)
-    assert _outcome(codec._persona_fast, el) == expected
-    assert _outcome(codec._persona_fast, el) == expected  # the second time from the kept plan
+    for _ in range(codec._PLAN_AFTER + 1):  # read as before, then by the plan made, then by the kept plan
+        assert _outcome(codec._persona_fast, el) == expected
     if not isinstance(expected, tuple):
         same_everywhere(codec._persona_fast(el), expected)
 
@@ -267,14 +268,19 @@ def test_personas_of_one_shape_share_a_plan_and_others_get_their_own():
         return etree.fromstring(f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{body}</Persona>')
 
     codec._PLANS.clear()
-    a = codec._persona_fast(persona("<DisplayName>A</DisplayName>"))
-    b = codec._persona_fast(persona("<DisplayName>B</DisplayName>"))
-    assert (a.display_name, b.display_name) == ("A", "B") and len(codec._PLANS) == 1
+    codec._SIGHTINGS.clear()
+    names = [codec._persona_fast(persona(f"<DisplayName>{n}</DisplayName>")).display_name for n in range(5)]
+    assert names == ["0", "1", "2", "3", "4"] and len(codec._PLANS) == 1  # planned at the third sighting
+    assert len(codec._SIGHTINGS) == 0
     c = codec._persona_fast(persona("<DisplayName>C</DisplayName><Surname>S</Surname>"))
-    assert (c.display_name, c.surname) == ("C", "S") and len(codec._PLANS) == 2
+    assert (c.display_name, c.surname) == ("C", "S") and len(codec._PLANS) == 1 and len(codec._SIGHTINGS) == 1
     # A comment keeps a persona off the plans; a shape without PersonaId is kept as "no plan".
-    assert codec._persona_fast(persona("<DisplayName>D<!-- c --></DisplayName>")).display_name == "D"
-    assert len(codec._PLANS) == 2
-    with pytest.raises(codec._Invalid):
-        codec._persona_fast(etree.fromstring(f'<Persona xmlns="{_T}"><DisplayName>E</DisplayName></Persona>'))
-    assert list(codec._PLANS.values()).count(None) == 1
+    for _ in range(codec._PLAN_AFTER):
+        assert codec._persona_fast(persona("<DisplayName>D<!-- c --></DisplayName>")).display_name == "D"
+        with pytest.raises(codec._Invalid):
+            codec._persona_fast(etree.fromstring(f'<Persona xmlns="{_T}"><DisplayName>E</DisplayName></Persona>'))
+    assert len(codec._PLANS) == 2 and list(codec._PLANS.values()).count(None) == 1
+    # One-off shapes are only counted, and the count is forgotten past its bound.
+    for n in range(codec._SIGHTINGS_MAX + 5):
+        codec._persona_fast(persona(f"<x{n} xmlns='urn:x'/>"))
+    assert len(codec._PLANS) == 2 and 0 < len(codec._SIGHTINGS) <= codec._SIGHTINGS_MAX

@@ -803,23 +803,27 @@ def _persona_by_reading(el: etree._Element) -> Persona:
 #
 # The personas of one list nearly all have the same shape: the same children, under the
 # same tags, in the same order. A persona's shape is its elements' tags in document order
-# with each one's number of children (which fixes the tree); for a shape met the first
-# time, _PersonaPlan writes a function that reads a persona of that shape from the list of
-# its elements (``list(el.iter())``) by position: the texts and attributes it needs, and
-# the records, in one expression, with no look-ups by tag. It reads what
+# with each one's number of children (which fixes the tree). For a shape met a few times
+# (_PLAN_AFTER), _PersonaPlan writes a function that reads a persona of that shape from the
+# list of its elements (``list(el.iter())``) by position: the texts and attributes it
+# needs, and the records, in one expression, with no look-ups by tag. It reads what
 # _persona_in_document_order reads (the first of each name, strangers skipped, a leaf's
 # text or a mixed element's text nodes joined) and calls the same readers for what it does
-# not spell out (item ids, flags, phone numbers, extended properties), so it gives the same
-# records; anything it does not handle (comments, processing instructions or entities
-# anywhere in the persona, a persona of more than _PLAN_MAX_ELEMENTS elements, a shape
-# with no PersonaId, more than _PLAN_MAX shapes) and any value it finds broken go to
-# _persona_by_reading, which reports errors as before. A plan's source holds positions and
-# the module's own names only, never text from the document. tests/test_codec_fast_decode.py
-# holds the plans to the schema-order reader on personas of every shape.
+# not spell out (item ids, phone numbers, extended properties), so it gives the same
+# records. Anything it does not handle (comments, processing instructions or entities
+# anywhere in the persona, more than _PLAN_MAX_ELEMENTS elements, no PersonaId, a shape
+# seen fewer than _PLAN_AFTER times, more than _PLAN_MAX shapes) and any value it finds
+# broken go to _persona_by_reading, which reports errors as before. A plan's source holds
+# positions and the module's own names only, never text from the document.
+# tests/test_codec_fast_decode.py holds the plans to the schema-order reader on personas of
+# every shape.
 
-_PLAN_MAX = 256  # shapes kept: a mailbox has a few dozen; hostile input cannot grow it past this
+_PLAN_MAX = 256  # shapes planned: a mailbox has a few dozen; hostile input cannot grow it past this
 _PLAN_MAX_ELEMENTS = 255  # (a count of children must also fit a byte of the shape's key)
+_PLAN_AFTER = 3  # sightings of a shape before it gets a plan
+_SIGHTINGS_MAX = 1024  # shapes counted but not planned yet (forgotten all at once past this)
 _PLANS: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}
+_SIGHTINGS: dict[tuple[str, bytes], int] = {}
 
 
 def _make_email(name: str | None, address: str | None, routing_type: str | None,
@@ -896,9 +900,12 @@ class _PersonaPlan:
         ident, source, display, writable, quick, hidden, folder = self.first_of(at, _ATTRIBUTION_NAMES)
         return (f"attribution({'' if ident is None else self.text(ident) + ' or '}'', "
                 f"{'None' if source is None else f'item_id(els[{source}])'}, {self.optional_text(display)}, "
-                + ", ".join("None" if c is None else f"flag(els[{c}], {name!r})"
+                + ", ".join("None" if c is None else self.flag(c, name)
                             for c, name in ((writable, "IsWritable"), (quick, "IsQuickContact"), (hidden, "IsHidden")))
                 + f", {'None' if folder is None else f'item_id(els[{folder}])'})")
+
+    def flag(self, at: int, name: str) -> str:  # _flag: the usual spellings by look-up, others by _bool
+        return f"(flags[t] if (t := {self.text(at)}) in flags else bool_(t, {name!r}))"
 
     def attributed(self, at: int) -> str:  # _attributed
         out = []
@@ -965,7 +972,7 @@ assert tuple(_EMAIL_SLOTS.numbers) == _EMAIL_NAMES and tuple(_ATTRIBUTION_SLOTS.
 assert tuple(_ADDRESS.numbers) == _ADDRESS_NAMES and tuple(_ITEM_PARTS.numbers) == ("Value", "Attributions")
 assert list(_ITEM_KINDS.numbers.values()) == [0, 1, 2, 3] and _KIND_READERS[2:] == (_phone, _extended_property)
 _PersonaPlan.NAMESPACE.update(
-    str_=_str, int_=lambda text: _int(text), item_id=_present_item_id, flag=_flag, email=_make_email,
+    str_=_str, int_=_int, item_id=_present_item_id, flags=_FLAGS, bool_=_bool, email=_make_email,
     attribution=_make_attribution, attributed=_make_attributed, phone=_phone, extended_property=_extended_property,
     persona=_make_persona_of)
 
@@ -980,18 +987,31 @@ def _persona_fast(el: etree._Element) -> Persona:
             return _persona_by_reading(el)
         plan = _PLANS.get(key, _UNSEEN)
         if plan is _UNSEEN:
-            try:
-                plan = _PersonaPlan(tags, key[1]).reader()
-            except ValueError:  # counts that do not make a tree: not from lxml
-                plan = None
-            if len(_PLANS) < _PLAN_MAX:
-                _PLANS[key] = plan
+            plan = _plan_for(key, tags)
         if plan is not None:
             try:
                 return plan(els)
             except _Invalid:
                 pass
     return _persona_by_reading(el)
+
+
+def _plan_for(key: tuple[str, bytes], tags: list[str]) -> Callable[[list[Any]], Persona] | None:
+    """The plan of a shape not planned yet: made at its _PLAN_AFTER-th sighting (writing one
+    costs about what reading a dozen personas does, so one-off shapes are read as before)."""
+    seen = _SIGHTINGS.get(key, 0) + 1
+    if seen < _PLAN_AFTER or len(_PLANS) >= _PLAN_MAX:
+        if len(_SIGHTINGS) >= _SIGHTINGS_MAX:
+            _SIGHTINGS.clear()
+        _SIGHTINGS[key] = seen
+        return None
+    _SIGHTINGS.pop(key, None)
+    try:
+        plan = _PersonaPlan(tags, key[1]).reader()
+    except ValueError:  # counts that do not make a tree: not from lxml
+        plan = None
+    _PLANS[key] = plan
+    return plan
 
 
 @contextmanager
