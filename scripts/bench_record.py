@@ -178,7 +178,7 @@ def main() -> None:
 
         writers = {name: child_pids(p.pid) for name, (_, p, db) in proxies.items() if db is not None}
         results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in proxies}
-        cpu = {name: 0.0 for name in proxies}
+        cpu: dict[str, list[float]] = {name: [] for name in proxies}  # CPU seconds of each round
         writer_cpu = {name: 0.0 for name in writers}
         drain: list[float] = []
         for _ in range(args.rounds):
@@ -186,7 +186,7 @@ def main() -> None:
                 before = cpu_seconds(p.pid)
                 w_before = sum(cpu_seconds(w) for w in writers.get(name, []))
                 results[name].append(asyncio.run(drive(port, args.requests, args.concurrency)))
-                cpu[name] += cpu_seconds(p.pid) - before
+                cpu[name].append(cpu_seconds(p.pid) - before)
                 if db is not None:
                     logged[name] += per_round
                     drain.append(wait_rows(db, logged[name], timeout=120))
@@ -200,17 +200,23 @@ def main() -> None:
         for name, runs in results.items():
             rps = statistics.median(len(lat) / elapsed for elapsed, lat in runs)
             lat = [x for _, runs_lat in runs for x in runs_lat]
-            summary[name] = (rps, pct(lat, 50), pct(lat, 99), cpu[name] / total * 1e6)
+            summary[name] = (rps, pct(lat, 50), pct(lat, 99), sum(cpu[name]) / total * 1e6)
             writer = f"{writer_cpu[name] / total * 1e6:>15.0f}" if name in writer_cpu else f"{'-':>15}"
             print(f"{name:<20}{rps:>10.0f}{summary[name][1]:>10.2f}{summary[name][2]:>10.2f}"
                   f"{summary[name][3]:>18.0f}{writer}")
         print(f"after a round the log writers needed {max(drain):.2f} s at most to write the rest")
         plain = summary["mitmdump"]
-        print("ratios to plain mitmdump (goal: req/s >= 0.9, p99 <= 1.3):")
+        print("ratios to plain mitmdump (goal: req/s >= 0.9, p99 <= 1.3); in brackets the median of the")
+        print("rounds' own ratios (each round against the mitmdump round just before it: less drift):")
+        base_runs, base_cpu = results["mitmdump"], cpu["mitmdump"]
         for name, (rps, p50, p99, us) in summary.items():
-            if name != "mitmdump":
-                print(f"  {name:<20} req/s {rps / plain[0]:.3f}  p50 {p50 / plain[1]:.3f}  p99 {p99 / plain[2]:.3f}"
-                      f"  proxy CPU/req {us / plain[3]:.3f}")
+            if name == "mitmdump":
+                continue
+            rate = statistics.median((len(lat) / el) / (len(b_lat) / b_el)
+                                     for (el, lat), (b_el, b_lat) in zip(results[name], base_runs))
+            work = statistics.median(c / b for c, b in zip(cpu[name], base_cpu) if b)
+            print(f"  {name:<20} req/s {rps / plain[0]:.3f} [{rate:.3f}]  p50 {p50 / plain[1]:.3f}  "
+                  f"p99 {p99 / plain[2]:.3f}  proxy CPU/req {us / plain[3]:.3f} [{work:.3f}]")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)

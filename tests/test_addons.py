@@ -589,6 +589,25 @@ def test_the_log_writes_what_the_client_received_and_opens_only_once_configured(
     assert json.loads(rows[0][3])["action"] == "truncate" and rows[1][3] is None
 
 
+def test_a_recorded_flows_raw_facts_are_what_mitmproxy_decodes_and_reading_makes_no_scratch_space():
+    from ucsproxy.flowfacts import _SCRATCH, facts_of, raw_exchange_from_flow
+
+    flow = tflow.tflow(resp=True)
+    flow.request.headers.add("X-Twice", "1")
+    flow.request.headers.add("X-Twice", "2")
+    flow.request.headers["X-Bytes"] = "caf\udce9"  # a byte that is not UTF-8, as mitmproxy keeps it
+    flow.response = upstream_answer(envelope("<m:GetImItemList/>"))
+    flow.response.encode("gzip")
+    assert facts_of(flow) == {} and flow not in _SCRATCH
+    raw = raw_exchange_from_flow(flow, "record")
+    assert flow not in _SCRATCH, "a flow nothing was put on gets no scratch space"
+    assert raw.request_headers == list(flow.request.headers.items(multi=True))
+    assert raw.response_headers == list(flow.response.headers.items(multi=True))
+    assert ("content-encoding", "gzip") in raw.response_headers, "the headers as the client got them"
+    assert raw.response_body == flow.response.get_content(strict=False) == envelope("<m:GetImItemList/>")
+    assert raw.request_body is flow.request.raw_content, "a plain body is handed over, not copied"
+
+
 def test_the_log_addon_alone_declares_only_its_options():
     with taddons.context(Log(_core())) as tctx:
         assert {n for n in tctx.options.keys() if n.startswith("ucs_")} == {o.name for o in options.of_addon("log")}

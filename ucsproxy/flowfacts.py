@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from mitmproxy import http
@@ -21,12 +23,21 @@ from .records import DecodeError, EwsRequest
 _SCRATCH: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
+_NO_FACTS: Mapping[str, Any] = MappingProxyType({})
+
+
 def scratch(flow: http.HTTPFlow) -> dict[str, Any]:
-    """This flow's scratch space (``ucs_request``, ``ucs_fault``, ``ucs_answer``, ...)."""
+    """This flow's scratch space (``ucs_request``, ``ucs_fault``, ``ucs_answer``, ...), made if it has none."""
     try:
         return _SCRATCH[flow]
     except KeyError:
         return _SCRATCH.setdefault(flow, {})
+
+
+def facts_of(flow: http.HTTPFlow) -> Mapping[str, Any]:
+    """This flow's scratch space to read; an empty one when nothing was put there (a recorded
+    flow no fault touched): reading makes no space for a flow, writing (:func:`scratch`) does."""
+    return _SCRATCH.get(flow, _NO_FACTS)
 
 
 def decoded_request_of(flow: http.HTTPFlow) -> EwsRequest | DecodeError | None:
@@ -34,10 +45,29 @@ def decoded_request_of(flow: http.HTTPFlow) -> EwsRequest | DecodeError | None:
     return scratch(flow).get("ucs_request")
 
 
+def _native(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    """Header fields as ``headers.items(multi=True)`` gives them (the same decoding), without its generator."""
+    return [(k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for k, v in fields]
+
+
+def _content(message: http.Message, fields: tuple[tuple[bytes, bytes], ...]) -> bytes | None:
+    """``message.get_content(strict=False)``: the body, content-decoded when it has a Content-Encoding.
+    Without one (nearly always) the raw bytes, not looked up by name: a header missing costs mitmproxy's
+    ``headers.get`` a KeyError raised and caught."""
+    raw = message.raw_content
+    if raw is not None:
+        for name, _ in fields:
+            if len(name) == 16 and name.lower() == b"content-encoding":
+                return message.get_content(strict=False)
+    return raw
+
+
 def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
-    """The raw facts of a finished flow, for the log (no decoding here: that is the writer thread's job)."""
+    """The raw facts of a finished flow, for the log (no decoding here: that is the writer's job).
+    Runs on the serving loop once per exchange: the bodies are not copied, and the headers are read
+    from their fields once."""
     req, resp = flow.request, flow.response
-    facts = scratch(flow)
+    facts = facts_of(flow)
     decision = facts.get("ucs_fault")
     started = req.timestamp_start
     ended = (resp.timestamp_end if resp is not None else None) or time.time()
@@ -46,7 +76,13 @@ def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
     server = flow.server_conn.address if forwarded else None
     error = flow.error.msg if flow.error else None
     answer = facts.get("ucs_answer")
-    response_body = resp.get_content(strict=False) if resp is not None else None
+    request_fields = req.headers.fields
+    if resp is not None:
+        response_fields = resp.headers.fields
+        response_headers: list[tuple[str, str]] | None = _native(response_fields)
+        response_body = _content(resp, response_fields)
+    else:
+        response_headers = response_body = None
     return RawExchange(
         mode=mode,
         started_at=started,
@@ -56,9 +92,9 @@ def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
         method=req.method,
         path=req.path,
         http_status=resp.status_code if resp is not None else None,
-        request_headers=[(k, v) for k, v in req.headers.items(multi=True)],
-        request_body=req.get_content(strict=False),
-        response_headers=[(k, v) for k, v in resp.headers.items(multi=True)] if resp is not None else None,
+        request_headers=_native(request_fields),
+        request_body=_content(req, request_fields),
+        response_headers=response_headers,
         response_body=response_body,
         fault=decision.describe() if decision is not None else None,
         error=error,

@@ -70,6 +70,21 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("mitmproxy.proxy.mode_servers").setLevel(logging.WARNING)
 
 
+def freeze_start_up() -> None:
+    """Put what start-up made (modules, options, the log's store) out of the cyclic collector's sight.
+
+    A recording proxy keeps all of it to the end, and mitmproxy makes garbage fast enough that
+    the collector's full passes, each walking every object the process holds, cost about 30 µs
+    of CPU per exchange; frozen, a pass walks only what was made since. Garbage is collected first,
+    so none is frozen with it. Record mode only: the mock and replay drop models made at start
+    (a reset, a reload), which must stay collectable.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     """Run until SIGINT / SIGTERM, then shut down cleanly (the log is flushed, state saved).
 
@@ -105,6 +120,8 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
                 loop.add_signal_handler(sig, master.shutdown)
         if hasattr(signal, "SIGPIPE"):
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if options.get("ucs_mode") == "record":
+            freeze_start_up()
         if early:
             await master.done()  # closes the log (nothing was served) and saves nothing new
             raise StoppedWhileStarting(early[0])

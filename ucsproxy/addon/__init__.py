@@ -157,9 +157,16 @@ def _call(hook: Callable[..., Any], *args: Any) -> Any:
 
 
 def _run(hooks: tuple[Callable[..., Any], ...], flow: http.HTTPFlow) -> Awaitable[None] | None:
-    """The parts' hooks on ``flow`` in order; from the first that returns an awaitable on, a coroutine."""
+    """The parts' hooks on ``flow`` in order (as :func:`_call` would call each, written out: this is
+    the per-flow path); from the first that returns an awaitable on, a coroutine."""
     for i, hook in enumerate(hooks):
-        result = _call(hook, flow)
+        try:
+            result = hook(flow)
+        except (exceptions.AddonHalt, exceptions.OptionsError):
+            raise
+        except Exception as e:
+            _mitm_log.error(f"Addon error: {e}", exc_info=True)
+            continue
         if result is not None and inspect.isawaitable(result):
             return _finish(result, hooks[i + 1:], flow)
     return None

@@ -14,7 +14,7 @@ from mitmproxy import ctx, http
 
 from .. import options
 from ..core import UcsCore
-from ..flowfacts import scratch
+from ..flowfacts import facts_of, scratch
 from .flows import pairs
 
 
@@ -33,6 +33,6 @@ class Decode:
     def request(self, flow: http.HTTPFlow) -> None:
         c = self.core
         req = flow.request
-        if c.mode == "off" or scratch(flow).get("ucs_settled") or not c.wants_decoded(req.method, req.path):
+        if c.mode == "off" or facts_of(flow).get("ucs_settled") or not c.wants_decoded(req.method, req.path):
             return
         scratch(flow)["ucs_request"] = c.decode(req.get_content(strict=False) or b"", pairs(req.headers))

@@ -24,7 +24,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from .. import core, faults, options
 from ..core import UcsCore
-from ..flowfacts import scratch
+from ..flowfacts import facts_of, scratch
 from .flows import operation_of, pairs, to_response
 
 log = logging.getLogger("ucsproxy")
@@ -49,13 +49,12 @@ class Faults:
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         c = self.core
-        if c.mode == "off" or (c.engine is None and c.watcher is None) or scratch(flow).get("ucs_settled"):
+        if c.mode == "off" or (c.engine is None and c.watcher is None) or facts_of(flow).get("ucs_settled"):
             return None
-        facts = scratch(flow)
-        decision = c.decide(facts.get("ucs_request"), pairs(flow.request.headers))
+        decision = c.decide(facts_of(flow).get("ucs_request"), pairs(flow.request.headers))
         if decision is None:
             return None
-        facts["ucs_fault"] = decision
+        scratch(flow)["ucs_fault"] = decision
         return self._before_answer(flow, decision)
 
     async def _before_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
@@ -75,14 +74,14 @@ class Faults:
             await spec.on_connection(FlowLink(flow, self.core), decision.args())
 
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        facts = scratch(flow)
+        facts = facts_of(flow)
         decision = facts.get("ucs_fault")
         if decision is None or not (decision.link or not facts.get("ucs_fault_applied")):
             return None
         return self._on_answer(flow, decision)
 
     async def _on_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
-        if not scratch(flow).get("ucs_fault_applied"):
+        if not facts_of(flow).get("ucs_fault_applied"):
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
             alter_answer(flow, decision)

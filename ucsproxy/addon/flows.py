@@ -21,7 +21,7 @@ from typing import Any
 from mitmproxy import http
 
 from .. import core
-from ..flowfacts import scratch
+from ..flowfacts import facts_of, scratch
 
 
 def pairs(headers: http.Headers) -> list[tuple[str, str]]:
@@ -39,13 +39,13 @@ def header_fields(items: Iterable[tuple[Any, Any]]) -> http.Headers:
 
 
 def operation_of(flow: http.HTTPFlow) -> str | None:
-    return core.operation_named(scratch(flow).get("ucs_request"))
+    return core.operation_named(facts_of(flow).get("ucs_request"))
 
 
 def answer(c: core.UcsCore, flow: http.HTTPFlow) -> core.Answer | None:
     """The mock's or the recording's answer put on the flow; None when a fall-through upstream answers."""
     req = flow.request
-    found = c.answer(req.method, req.path, pairs(req.headers), scratch(flow).get("ucs_request"))
+    found = c.answer(req.method, req.path, pairs(req.headers), facts_of(flow).get("ucs_request"))
     if found is not None:
         flow.response = to_response(found)
         scratch(flow)["ucs_answer"] = found

@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from .. import core, options
 from ..annotate import annotate_flow
 from ..core import UcsCore
-from ..flowfacts import raw_exchange_from_flow, scratch
+from ..flowfacts import facts_of, raw_exchange_from_flow
 
 
 class Log:
@@ -52,20 +52,21 @@ class Log:
             raise exceptions.OptionsError(str(e)) from e
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if not scratch(flow).get("ucs_control"):
-            self._log(flow)
+        self._log(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if not scratch(flow).get("ucs_control"):  # a control API call is never logged
-            self._log(flow)
+        self._log(flow)
 
     def done(self) -> None:
         self.core.close_log()
 
     def _log(self, flow: http.HTTPFlow) -> None:
         c = self.core
+        facts = facts_of(flow)
+        if facts.get("ucs_control"):  # a control API call is never logged
+            return
         if not c.logging and not c.reporter.active and c.journal is None and c.append is None:
             return
-        summary = c.log_exchange(raw_exchange_from_flow(flow, c.mode), scratch(flow).get("ucs_replay"))
+        summary = c.log_exchange(raw_exchange_from_flow(flow, c.mode), facts.get("ucs_replay"))
         if summary is not None:
             annotate_flow(flow, summary)

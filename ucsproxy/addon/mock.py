@@ -14,7 +14,7 @@ from mitmproxy import ctx, exceptions, http
 
 from .. import core, options
 from ..core import UcsCore
-from ..flowfacts import scratch
+from ..flowfacts import facts_of
 from .flows import answer
 
 
@@ -37,7 +37,7 @@ class Mock:
                 raise exceptions.OptionsError(str(e)) from e
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.core.mode == "mock" and not scratch(flow).get("ucs_settled"):
+        if self.core.mode == "mock" and not facts_of(flow).get("ucs_settled"):
             answer(self.core, flow)
 
     def done(self) -> None:

@@ -16,7 +16,7 @@ from mitmproxy import ctx, exceptions, http
 
 from .. import core, options
 from ..core import UcsCore
-from ..flowfacts import scratch
+from ..flowfacts import facts_of, scratch
 from .flows import answer
 
 
@@ -46,7 +46,7 @@ class Replay:
 
     def request(self, flow: http.HTTPFlow) -> None:
         c = self.core
-        if c.mode != "replay" or scratch(flow).get("ucs_settled"):
+        if c.mode != "replay" or facts_of(flow).get("ucs_settled"):
             return
         sent = answer(c, flow)
         if (note := c.replay_note(sent)) is not None:

@@ -13,7 +13,7 @@ from mitmproxy import ctx, http
 
 from .. import options
 from ..core import UcsCore
-from ..flowfacts import scratch
+from ..flowfacts import facts_of, scratch
 from .flows import pairs, to_response
 
 
@@ -31,7 +31,7 @@ class Routes:
 
     def request(self, flow: http.HTTPFlow) -> None:
         c = self.core
-        if not c.serving or scratch(flow).get("ucs_settled"):
+        if not c.serving or facts_of(flow).get("ucs_settled"):
             return
         req = flow.request
         scheme = "https" if flow.client_conn.tls_established else "http"
