@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from . import codec
 from .logrow import header, key_arguments, request_user
 from .protocol import is_ews_request
-from .records import DecodeError, EwsRequest, to_jsonable
+from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
 
 #: ``flow.metadata`` key of the summary (plain JSON data, so a saved flow file keeps it).
 METADATA_KEY = "ucsproxy"
@@ -159,8 +159,12 @@ def summarize(*, started_at: float, duration_ms: float | None, method: str, path
               decoded_request: EwsRequest | DecodeError | None = None,
               http_status: int | None = None, response_headers: list[tuple[str, str]] | None = None,
               response_body: bytes | None = None, fault: str | dict | None = None,
-              replay: str | None = None, error: str | None = None) -> ExchangeSummary:
-    """The summary of one exchange from its raw facts (any front can call this)."""
+              replay: str | None = None, error: str | None = None,
+              decoded_response: Any = None) -> ExchangeSummary:
+    """The summary of one exchange from its raw facts (any front can call this).
+
+    ``decoded_response``: the records ``response_body`` was encoded from, when the proxy made
+    the answer itself (the mock's): its ResponseClass and ResponseCode are read from them."""
     s = ExchangeSummary(started_at=started_at, duration_ms=duration_ms, method=method, path=path,
                         http_status=http_status, error=error, replay=replay)
     ews = is_ews_request(method, path)
@@ -178,7 +182,11 @@ def summarize(*, started_at: float, duration_ms: float | None, method: str, path
         s.arguments = f"(undecodable: {decoded_request.kind})"
     s.mailbox = (s.mailbox or request_user(request_headers) or "").lower() or None
     if ews and response_body:
-        s.response_class, s.response_code = peek_answer(response_body)
+        message = decoded_response.message if isinstance(decoded_response, EwsResponse) else None
+        if message is not None and decoded_response.fault is None:  # what peek_answer would read
+            s.response_class, s.response_code = message.response_class, message.response_code
+        else:
+            s.response_class, s.response_code = peek_answer(response_body)
     if header(response_headers, "X-Ucsproxy-Replay") == "no-match":
         s.replay = "no-match"
     if isinstance(fault, str):
@@ -199,7 +207,7 @@ def summarize_raw(raw, replay: tuple[str, str | None] | None = None) -> Exchange
         request_headers=raw.request_headers, request_body=raw.request_body,
         decoded_request=raw.decoded_request, http_status=raw.http_status,
         response_headers=raw.response_headers, response_body=raw.response_body,
-        fault=raw.fault, error=raw.error,
+        fault=raw.fault, error=raw.error, decoded_response=raw.decoded_response,
     )
     if replay is not None:
         s.replay, s.replay_reason = replay

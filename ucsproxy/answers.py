@@ -216,9 +216,25 @@ def _codec() -> ModuleType:
 _LIST_ANSWERS = IdentityCache()
 
 
+# Answers without a payload (RemoveImGroup's NoError, an error message) by everything they are
+# made of: the same few bodies over and over.
+_PLAIN_ANSWERS: dict[tuple, bytes] = {}
+_PLAIN_ANSWERS_MAX = 256
+
+
 def _encoded(response: UcsResponse) -> bytes:
     encode_response = _codec().encode_response
     items = response.payload
+    if items is None:
+        key = (response.operation, response.response_class, response.response_code, response.message_text,
+               response.descriptive_link_key, response.message_xml)
+        body = _PLAIN_ANSWERS.get(key)
+        if body is None:
+            body = encode_response(response)
+            if len(_PLAIN_ANSWERS) >= _PLAIN_ANSWERS_MAX:
+                _PLAIN_ANSWERS.clear()
+            _PLAIN_ANSWERS[key] = body
+        return body
     if type(items) is not ImItemList:
         return encode_response(response)
     # Everything else the body is made of (the list itself is the cache's key, by identity).

@@ -659,6 +659,22 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+#: The serving process's collector thresholds: a young generation of 700 objects (Python's
+#: default) is a collection every few exchanges, each walking the journal's and the model's
+#: newest records; at 10,000 a busy mock spends about a tenth of that CPU on collecting.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def _collect_less() -> None:
+    """Everything made while starting (modules, the schema, the model as loaded) is moved out of the
+    collector's sight (gc.freeze: it is never garbage), and young objects are collected less often."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _announce(server: LeanServer, options: dict[str, Any]) -> None:
     from .cli.banner import startup_banner
 
@@ -697,6 +713,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    _collect_less()
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     # Console lines are flushed at most every CONSOLE_FLUSH seconds, not once a request: a busy
