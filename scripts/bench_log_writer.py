@@ -203,7 +203,9 @@ def child(work: Path, name: str, tree: Path | None) -> None:
     import ucsproxy
 
     assert tree is None or Path(ucsproxy.__file__).resolve().parent.parent == tree.resolve(), ucsproxy.__file__
-    exchanges = pickle.loads(work.read_bytes())[name]
+    # The exchanges' fields as the proxy holds them (records included), not as they travel
+    # to a writer (RawExchange's own pickling keeps only what the writer needs).
+    exchanges = [RawExchange(**fields) for fields in pickle.loads(work.read_bytes())[name]]
     with tempfile.TemporaryDirectory(prefix="ucsbench-log-") as tmp:
         print(json.dumps(run(exchanges, Path(tmp))))
 
@@ -256,7 +258,7 @@ def main() -> None:
         if args.baseline is not None:
             import pickle
 
-            work.write_bytes(pickle.dumps(workloads))
+            work.write_bytes(pickle.dumps({name: [vars(r) for r in ex] for name, ex in workloads.items()}))
         for _ in range(args.rounds):
             for name, ex in workloads.items():
                 for label, tree in trees:
