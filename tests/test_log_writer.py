@@ -142,3 +142,23 @@ def test_a_frame_an_earlier_writer_committed_is_not_written_again(tmp_path):
     assert (body.encode() if isinstance(body, str) else body) == big.response_body
     assert con.execute("select count(*) from ucsproxy_writer").fetchone()[0] == 0
 
+
+
+def test_rows_of_other_columns_and_orders_and_an_unbindable_value_are_all_stored(tmp_path):
+    from ucsproxy.logtable import connect_for_writing
+    from ucsproxy.logwriter import insert_rows
+
+    conn = connect_for_writing(tmp_path / "log.db", 1.0)
+    rows = [
+        {"started_at": "a", "mode": "record", "path": "/1"},
+        {"path": "/2", "mode": "record", "started_at": "b"},  # the same columns, another order
+        {"started_at": "c", "mode": "mock", "path": "/3", "http_status": 200},
+        {"started_at": "d", "mode": "mock", "path": "/4", "http_status": 202, "args": object()},  # not bindable
+        {"started_at": "e", "mode": "mock", "path": "/5", "http_status": 201, "args": "{}"},
+    ]
+    insert_rows(conn, rows, mark=("session", 7))
+    stored = conn.execute("select started_at, mode, path, http_status, error from exchanges order by id").fetchall()
+    assert [r[:4] for r in stored] == [("a", "record", "/1", None), ("b", "record", "/2", None), ("c", "mock", "/3", 200),
+                                       ("d", "mock", "/4", 202), ("e", "mock", "/5", 201)]
+    assert stored[3][4].startswith("log: this exchange could not be stored as logged")
+    assert conn.execute("select seq from ucsproxy_writer where session = 'session'").fetchone() == (7,)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .logjson import group_json, item_list_json, persona_json
@@ -63,8 +64,9 @@ FRAMES = 64
 
 class Cut:
     """A body cut into its frame and its pieces: ``parts`` (the frame's bytes between the
-    containers' contents), ``fields`` (the ImItemList field each content fills) and
-    ``pieces`` (each content's pieces, in order)."""
+    containers' contents), ``fields`` (the ImItemList field each content fills), ``names``
+    (each content's pieces' tag name) and ``pieces`` (each content's pieces, in order: an
+    element's text but its end tag ``</name>``, the same for all)."""
 
     __slots__ = ("key", "parts", "fields", "names", "pieces")
 
@@ -75,6 +77,17 @@ class Cut:
         self.names = names
         self.pieces = pieces
         self.key = (parts, fields, names, context)
+
+    def document(self, pieces: list[list[bytes]]) -> bytes:
+        """The frame with ``pieces`` (per content) in its contents."""
+        out = [self.parts[0]]
+        for name, chunks, part in zip(self.names, pieces, self.parts[1:]):
+            close = b"</" + name + b">"
+            for chunk in chunks:
+                out.append(chunk)
+                out.append(close)
+            out.append(part)
+        return b"".join(out)
 
 
 def cut(body: bytes, content_type: str | None, operation: str | None) -> Cut | None:
@@ -202,26 +215,31 @@ _PIECE_STARTS: dict[bytes, re.Pattern] = {}
 
 
 def _pieces(content: bytes, piece_name: bytes) -> tuple[bytes, list[bytes]] | None:
-    """(the pieces' tag name, the pieces) of a container's content, or None when it is not
-    whitespace and pieces only (module docstring)."""
-    first = content.lstrip(_WS)
-    if not first:
-        return b"", []
-    m = _QNAME.match(first)
+    """(the pieces' tag name, the pieces without their end tag) of a container's content, or
+    None when it is not whitespace and pieces only (module docstring)."""
+    if not content.startswith(b"<"):
+        content = content.lstrip(_WS)
+        if not content:
+            return b"", []
+    m = _QNAME.match(content)
     if m is None or m.group(2) != piece_name:
         return None
     tag = m.group(1)
     open_tag = b"<" + tag + b">"
     close = b"</" + tag + b">"
     chunks = content.split(close)
-    if chunks[-1].strip(_WS):
-        return None
-    out = []
-    for chunk in chunks[:-1]:
-        chunk = chunk.lstrip(_WS)
-        if not chunk.startswith(open_tag):
+    last = chunks.pop()
+    if not last and content.count(close + open_tag) == len(chunks) - 1:
+        out = chunks  # pieces side by side (the usual way): each starts with <tag> (Cut, module docstring)
+    else:
+        if last.strip(_WS):
             return None
-        out.append(chunk + close)
+        out = []
+        for chunk in chunks:
+            chunk = chunk.lstrip(_WS)
+            if not chunk.startswith(open_tag):
+                return None
+            out.append(chunk)
     # No other start tag of that name anywhere in the content (written any way).
     starts = _PIECE_STARTS.get(tag)
     if starts is None:
@@ -245,7 +263,10 @@ class _Frame:
         self.response_class = decoded.response_class
         self.response_code = decoded.response_code
         self.clean = not any(has_trigger_word(p.decode("utf-8")) for p in parts)
-        self.pieces: dict[tuple[str, bytes], tuple[str, bool, bool]] = {}
+        self.pieces: dict[str, dict[bytes, tuple[str, bool, bool]]] = {"groups": {}, "personas": {}}
+
+    def size(self) -> int:
+        return sum(len(c) + len(v[0]) for known in self.pieces.values() for c, v in known.items())
 
 
 class ListColumns(NamedTuple):
@@ -266,6 +287,9 @@ class ListAnswer(NamedTuple):
     answer: Any
     body_clean: bool = False
     result_clean: bool = False
+
+
+_JSON_TEXT, _TEXT_CLEAN, _JSON_CLEAN = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 class ListPieces:
@@ -312,58 +336,54 @@ class ListPieces:
 
     def _from_pieces(self, frame: _Frame, pieces: Cut, content_type: str | None,
                      operation: str | None) -> ListAnswer | None:
-        known = frame.pieces
-        new: list[list[bytes]] = [[c for c in chunks if (field, c) not in known]
-                                  for field, chunks in zip(pieces.fields, pieces.pieces)]
-        got: dict[tuple[str, bytes], tuple[str, bool, bool]] = {}
+        found = []  # per content: each piece's (JSON, text clean, JSON clean), None where new
+        new: list[list[bytes]] = []
+        for field, chunks in zip(pieces.fields, pieces.pieces):
+            values = list(map(frame.pieces[field].get, chunks))
+            found.append(values)
+            new.append([c for c, v in zip(chunks, values) if v is None] if None in values else [])
         if any(new):
             # The new pieces alone, inside the frame: one small document, decoded by the codec.
-            parts = pieces.parts
-            document = [parts[0]]
-            for chunks, part in zip(new, parts[1:]):
-                document.extend(chunks)
-                document.append(part)
             from . import codec
 
-            decoded = codec.decode_response(b"".join(document), operation, content_type)
-            if not self._add(got, pieces.fields, new, decoded):
+            decoded = codec.decode_response(pieces.document(new), operation, content_type)
+            got = self._values(pieces.fields, new, decoded)
+            if got is None:
                 return None
-            self._keep(frame, got)
+            self._keep(frame, pieces.fields, new, got)
+            for values, chunks, kept, learnt in zip(found, pieces.pieces, new, got):
+                if kept:
+                    fresh = dict(zip(kept, learnt))
+                    values[:] = [v if v is not None else fresh[c] for c, v in zip(chunks, values)]
             self.partly += 1
         else:
             self.reused += 1
         lists: dict[str, list[str]] = {"groups": [], "personas": []}
-        body_clean = result_clean = True
-        for field, chunks in zip(pieces.fields, pieces.pieces):
-            texts = []
-            for c in chunks:
-                piece = got.get((field, c)) or known.get((field, c))
-                if piece is None:
-                    return None  # forgotten meanwhile (the bound): decoded whole
-                texts.append(piece[0])
-                body_clean = body_clean and piece[1]
-                result_clean = result_clean and piece[2]
-            lists[field] = texts
+        body_clean = frame.clean
+        result_clean = True
+        for field, values in zip(pieces.fields, found):
+            lists[field] = list(map(_JSON_TEXT, values))
+            body_clean = body_clean and all(map(_TEXT_CLEAN, values))
+            result_clean = result_clean and all(map(_JSON_CLEAN, values))
         return ListAnswer(ListColumns(frame.operation, frame.response_class, frame.response_code,
                                       item_list_json(lists["groups"], lists["personas"])),
-                          body_clean and frame.clean, result_clean)
+                          body_clean, result_clean)
 
     @staticmethod
-    def _add(got: dict, fields: tuple[str, ...], chunks: Any, decoded: EwsResponse | DecodeError) -> bool:
-        """Put the pieces' JSON (and what they hold) into ``got``, when ``decoded`` is an item
-        list holding exactly these pieces (_jsons); False when it is not."""
+    def _values(fields: tuple[str, ...], chunks: list[list[bytes]],
+                decoded: EwsResponse | DecodeError) -> list[list[tuple[str, bool, bool]]] | None:
+        """Per content, each piece's (JSON, text clean, JSON clean), when ``decoded`` is an item
+        list holding exactly these pieces (_jsons); None when it is not."""
         jsons = _jsons(fields, decoded, [len(c) for c in chunks])
         if jsons is None:
-            return False
-        for field, pieces, texts in zip(fields, chunks, jsons):
-            for piece, text in zip(pieces, texts):
-                got[field, piece] = (text, not has_trigger_word(piece.decode("utf-8")), not has_trigger_word(text))
-        return True
+            return None
+        return [[(text, not has_trigger_word(piece.decode("utf-8")), not has_trigger_word(text))
+                 for piece, text in zip(pieces, texts)] for pieces, texts in zip(chunks, jsons)]
 
     def _learn(self, pieces: Cut, decoded: EwsResponse | DecodeError) -> None:
         """Learn the frame and pieces of a body the codec decoded whole (when its list holds them all)."""
-        got: dict[tuple[str, bytes], tuple[str, bool, bool]] = {}
-        if not self._add(got, pieces.fields, pieces.pieces, decoded):
+        got = self._values(pieces.fields, list(pieces.pieces), decoded)
+        if got is None:
             return
         assert isinstance(decoded, EwsResponse)
         with self._lock:
@@ -372,20 +392,23 @@ class ListPieces:
                 frame = self._frames[pieces.key] = _Frame(decoded, pieces.parts)
                 while len(self._frames) > self.max_frames:
                     _, dropped = self._frames.popitem(last=False)
-                    self.size -= sum(len(c) + len(j[0]) for (_, c), j in dropped.pieces.items())
-        self._keep(frame, got)
+                    self.size -= dropped.size()
+        self._keep(frame, pieces.fields, list(pieces.pieces), got)
 
-    def _keep(self, frame: _Frame, got: dict[tuple[str, bytes], tuple[str, bool, bool]]) -> None:
+    def _keep(self, frame: _Frame, fields: tuple[str, ...], chunks: list[list[bytes]],
+              got: list[list[tuple[str, bool, bool]]]) -> None:
         with self._lock:
             if self.size > self.max_bytes:
                 for other in self._frames.values():
-                    other.pieces.clear()
+                    for known in other.pieces.values():
+                        known.clear()
                 self.size = 0
-            known = frame.pieces
-            for key, value in got.items():
-                if key not in known:
-                    known[key] = value
-                    self.size += len(key[1]) + len(value[0])
+            for field, pieces, values in zip(fields, chunks, got):
+                known = frame.pieces[field]
+                for piece, value in zip(pieces, values):
+                    if piece not in known:
+                        known[piece] = value
+                        self.size += len(piece) + len(value[0])
 
 
 def _jsons(fields: tuple[str, ...], decoded: EwsResponse | DecodeError, counts: list[int]) -> list[list[str]] | None:

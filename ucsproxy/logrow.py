@@ -14,7 +14,8 @@ from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
 from .memo import IdentityCache
-from .identity import clean_name, request_mailbox, signed_in_user
+from .shapes import ShapeMemo
+from .identity import anchor_mailbox, clean_name, impersonated, request_mailbox, signed_in_user
 from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
 # The JSON columns' one encoder and the JSON of records live in ucsproxy.logjson (also used
@@ -269,9 +270,7 @@ class BodyMemo:
         text, cut = self._text(body, content_type)
         if not decode:
             return BodyColumns(text, cut, None, None, None)
-        from . import codec
-
-        request = codec.decode_request(body, None, content_type)
+        request = _decode_request(body, content_type)
         if isinstance(request, EwsRequest):
             args = self._json(to_jsonable(request.body)) if request.body is not None else None
             return BodyColumns(text, cut, request, args, None)
@@ -300,6 +299,51 @@ class BodyMemo:
         if isinstance(answer, DecodeError):
             return BodyColumns(text, cut, answer, None, self._json({"response_decode_error": to_jsonable(answer)}))
         return BodyColumns(text, cut, None, None, None)
+
+
+_HEADER_MAILBOX: dict[tuple, str | None] = {}
+
+
+def _request_mailbox(headers: list[tuple[str, str]] | None, request: Any) -> str | None:
+    """``identity.request_mailbox(headers, request)``, what the headers say kept by them (a
+    Basic or NTLM user is decoded once per set of headers, not once per row)."""
+    found = impersonated(request)
+    if found:
+        return found
+    try:
+        key = tuple(headers) if headers is not None else ()
+        known = _HEADER_MAILBOX.get(key, _UNKNOWN)
+    except TypeError:  # pairs that are lists (an import)
+        return request_mailbox(headers, request)
+    if known is _UNKNOWN:
+        known = anchor_mailbox(headers) or signed_in_user(headers)
+        if len(_HEADER_MAILBOX) >= 4096:
+            _HEADER_MAILBOX.clear()
+        _HEADER_MAILBOX[key] = known
+    return known  # type: ignore[return-value]
+
+
+_UNKNOWN: Any = object()
+
+
+def _decode_request(body: bytes, content_type: str | None) -> EwsRequest | DecodeError:
+    """``codec.decode_request(body, None, content_type)``; a request that differs from one
+    decoded before only in a plain name or id is made from that one (ucsproxy.shapes: the
+    same records, tests/test_shapes.py)."""
+    from . import codec
+
+    def decode(data: bytes) -> EwsRequest | DecodeError:
+        return codec.decode_request(data, None, content_type)
+
+    made, token = _REQUEST_SHAPES.get(body, ("log", content_type), decode)
+    if made is not None:
+        return made
+    request = decode(body)
+    _REQUEST_SHAPES.put(token, request)
+    return request
+
+
+_REQUEST_SHAPES = ShapeMemo(256)
 
 
 _MEMOS: dict[Redactor, BodyMemo] = {}
@@ -368,7 +412,7 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
             operation = codec.operation_from_soap_action(soap_action)
     # The one rule of ucsproxy.identity; the proxy passes what it decided (with the
     # default mailbox when a model answered), an import decides here.
-    mailbox = raw.mailbox or request_mailbox(raw.request_headers, request)
+    mailbox = raw.mailbox or _request_mailbox(raw.request_headers, request)
     given = raw.decoded_response
     if isinstance(given, EwsResponse):
         given = logged_answer(given)

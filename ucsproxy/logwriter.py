@@ -427,15 +427,16 @@ def insert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
     try:
         start = 0
         while start < len(rows):
-            keys = list(rows[start])
+            keys = rows[start].keys()
             end = start + 1
-            while end < len(rows) and list(rows[end]) == keys:
+            while end < len(rows) and rows[end].keys() == keys:  # the same columns (in any order)
                 end += 1
-            sql = (f"insert into [{TABLE}] ({', '.join(f'[{k}]' for k in keys)}) "
-                   f"values ({', '.join('?' for _ in keys)})")
+            sql, by_name = _insert_sql(tuple(keys))
             conn.execute("savepoint run")
             try:
-                conn.executemany(sql, [tuple(row[k] for k in keys) for row in rows[start:end]])
+                # By name, SQLite reads each row's values from the dict itself.
+                conn.executemany(sql, rows[start:end] if by_name else
+                                 [tuple(row[k] for k in keys) for row in rows[start:end]])
             except sqlite3.OperationalError:
                 raise
             except Exception:
@@ -451,6 +452,22 @@ def insert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
     except BaseException:
         conn.rollback()
         raise
+
+
+_INSERT_SQL: dict[tuple[str, ...], tuple[str, bool]] = {}
+
+
+def _insert_sql(keys: tuple[str, ...]) -> tuple[str, bool]:
+    """The insert statement of a row with these columns, and whether it takes them by name
+    (``:column``; by position when a name is not one SQLite takes as a parameter)."""
+    found = _INSERT_SQL.get(keys)
+    if found is None:
+        by_name = all(k.isidentifier() and k.isascii() for k in keys)
+        values = ", ".join(":" + k if by_name else "?" for k in keys)
+        found = (f"insert into [{TABLE}] ({', '.join(f'[{k}]' for k in keys)}) values ({values})", by_name)
+        if len(_INSERT_SQL) < 64:
+            _INSERT_SQL[keys] = found
+    return found
 
 
 def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
