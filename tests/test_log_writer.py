@@ -149,7 +149,7 @@ def test_rows_of_other_columns_and_orders_and_an_unbindable_value_are_all_stored
     from ucsproxy.logwriter import insert_rows
 
     conn = connect_for_writing(tmp_path / "log.db", 1.0)
-    rows = [
+    rows: list[dict] = [
         {"started_at": "a", "mode": "record", "path": "/1"},
         {"path": "/2", "mode": "record", "started_at": "b"},  # the same columns, another order
         {"started_at": "c", "mode": "mock", "path": "/3", "http_status": 200},

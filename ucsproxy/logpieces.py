@@ -336,7 +336,7 @@ class ListPieces:
 
     def _from_pieces(self, frame: _Frame, pieces: Cut, content_type: str | None,
                      operation: str | None) -> ListAnswer | None:
-        found = []  # per content: each piece's (JSON, text clean, JSON clean), None where new
+        found: list[list[Any]] = []  # per content: each piece's (JSON, text clean, JSON clean), None where new
         new: list[list[bytes]] = []
         for field, chunks in zip(pieces.fields, pieces.pieces):
             values = list(map(frame.pieces[field].get, chunks))
