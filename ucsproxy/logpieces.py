@@ -339,7 +339,7 @@ class ListPieces:
         found: list[list[Any]] = []  # per content: each piece's (JSON, text clean, JSON clean), None where new
         new: list[list[bytes]] = []
         for field, chunks in zip(pieces.fields, pieces.pieces):
-            values = list(map(frame.pieces[field].get, chunks))
+            values: list[Any] = list(map(frame.pieces[field].get, chunks))
             found.append(values)
             new.append([c for c, v in zip(chunks, values) if v is None] if None in values else [])
         if any(new):
@@ -361,10 +361,10 @@ class ListPieces:
         lists: dict[str, list[str]] = {"groups": [], "personas": []}
         body_clean = frame.clean
         result_clean = True
-        for field, values in zip(pieces.fields, found):
-            lists[field] = list(map(_JSON_TEXT, values))
-            body_clean = body_clean and all(map(_TEXT_CLEAN, values))
-            result_clean = result_clean and all(map(_JSON_CLEAN, values))
+        for field, known in zip(pieces.fields, found):
+            lists[field] = list(map(_JSON_TEXT, known))
+            body_clean = body_clean and all(map(_TEXT_CLEAN, known))
+            result_clean = result_clean and all(map(_JSON_CLEAN, known))
         return ListAnswer(ListColumns(frame.operation, frame.response_class, frame.response_code,
                                       item_list_json(lists["groups"], lists["personas"])),
                           body_clean, result_clean)
