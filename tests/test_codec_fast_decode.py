@@ -284,3 +284,20 @@ def test_personas_of_one_shape_share_a_plan_and_others_get_their_own():
     for n in range(codec._SIGHTINGS_MAX + 5):
         codec._persona_fast(persona(f"<x{n} xmlns='urn:x'/>"))
     assert len(codec._PLANS) == 2 and 0 < len(codec._SIGHTINGS) <= codec._SIGHTINGS_MAX
+
+
+def test_hostile_shapes_are_read_as_before_and_kept_small():
+    # Past the bounds (elements, characters of tags) a persona is read without a plan, and
+    # nothing of it is kept.
+    from lxml import etree
+
+    codec._PLANS.clear()
+    codec._SIGHTINGS.clear()
+    many = "".join(f"<DisplayName>{n}</DisplayName>" for n in range(codec._PLAN_MAX_ELEMENTS))
+    long_ns = "urn:" + "x" * codec._PLAN_MAX_KEY
+    for body in (f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{many}</Persona>',
+                 f'<Persona xmlns="{long_ns}"><PersonaId Id="p"/><DisplayName>n</DisplayName></Persona>'):
+        el = etree.fromstring(body)
+        for _ in range(codec._PLAN_AFTER + 1):
+            assert codec._persona_fast(el) == codec._persona(el)
+    assert not codec._PLANS and not codec._SIGHTINGS

@@ -811,8 +811,9 @@ def _persona_by_reading(el: etree._Element) -> Persona:
 # text or a mixed element's text nodes joined) and calls the same readers for what it does
 # not spell out (item ids, phone numbers, extended properties), so it gives the same
 # records. Anything it does not handle (comments, processing instructions or entities
-# anywhere in the persona, more than _PLAN_MAX_ELEMENTS elements, no PersonaId, a shape
-# seen fewer than _PLAN_AFTER times, more than _PLAN_MAX shapes) and any value it finds
+# anywhere in the persona, more than _PLAN_MAX_ELEMENTS elements or _PLAN_MAX_KEY characters
+# of tags, no PersonaId, a shape seen fewer than _PLAN_AFTER times, more than _PLAN_MAX
+# shapes) and any value it finds
 # broken go to _persona_by_reading, which reports errors as before. A plan's source holds
 # positions and the module's own names only, never text from the document.
 # tests/test_codec_fast_decode.py holds the plans to the schema-order reader on personas of
@@ -820,6 +821,7 @@ def _persona_by_reading(el: etree._Element) -> Persona:
 
 _PLAN_MAX = 256  # shapes planned: a mailbox has a few dozen; hostile input cannot grow it past this
 _PLAN_MAX_ELEMENTS = 255  # (a count of children must also fit a byte of the shape's key)
+_PLAN_MAX_KEY = 16_384  # characters of a shape's tags (so the keys kept stay within a few MB)
 _PLAN_AFTER = 3  # sightings of a shape before it gets a plan
 _SIGHTINGS_MAX = 1024  # shapes counted but not planned yet (forgotten all at once past this)
 _PLANS: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}
@@ -982,9 +984,12 @@ def _persona_fast(el: etree._Element) -> Persona:
     if len(els) <= _PLAN_MAX_ELEMENTS:
         try:
             tags = [e.tag for e in els]
-            key = ("\0".join(tags), bytes([len(e) for e in els]))  # NUL: in no tag
+            joined = "\0".join(tags)  # NUL: in no tag
         except TypeError:  # a comment, processing instruction or entity: its tag is a function
             return _persona_by_reading(el)
+        if len(joined) > _PLAN_MAX_KEY:  # long namespaces: not worth keeping as a key
+            return _persona_by_reading(el)
+        key = (joined, bytes([len(e) for e in els]))
         plan = _PLANS.get(key, _UNSEEN)
         if plan is _UNSEEN:
             plan = _plan_for(key, tags)
