@@ -56,6 +56,9 @@ MAX_PIPELINED = 64  # queued requests per connection before it stops reading
 CONSOLE_FLUSH = 0.05  # seconds a console line may wait in stdout's buffer
 BIG_ANSWER = 64 * 1024  # answers at least this long are written without joining them to their head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# (status, *header pairs) -> (status line and header lines, the pairs sent): see _Connection._frame.
+_HEADS: dict[tuple, tuple[bytes, tuple[tuple[str, str], ...]]] = {}
+_HEADS_MAX = 256
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -401,12 +404,23 @@ class _Connection(asyncio.Protocol):
                 close = True
         if decision is not None and decision.link.close_after_ms is not None:
             close = True  # slow-close: the answer says so, and the close comes later
-        head = [_status_line(answer.status)]
-        sent_headers = []
-        for k, v in headers:
-            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
-                head.append(b"%s: %s\r\n" % (_wire(k), _wire(v)))
-                sent_headers.append((k, v))
+        # The status line and the answer's own headers, made once per distinct set (the mock
+        # answers with the same few), and the header pairs the log is given for them.
+        key = (answer.status, *headers)
+        known = _HEADS.get(key)
+        if known is None:
+            lines = [_status_line(answer.status)]
+            kept = []
+            for k, v in headers:
+                if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    lines.append(b"%s: %s\r\n" % (_wire(k), _wire(v)))
+                    kept.append((k, v))
+            known = (b"".join(lines), tuple(kept))
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[key] = known
+        head = [known[0]]
+        sent_headers = list(known[1])
         head.append(b"Content-Length: %d\r\n" % length)
         if close:
             head.append(b"Connection: close\r\n")
