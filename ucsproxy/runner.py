@@ -102,7 +102,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     from mitmproxy import options as mitm_options
     from mitmproxy.tools.dump import DumpMaster
 
-    from .addon import UcsProxy
+    from .addon import UcsProxy, dispatch
     from .core import StoppedWhileStarting, UcsCore
 
     previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -111,6 +111,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
     async def _main() -> None:
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
+        dispatch.install(master)  # events only to the addons that have a hook for them
         master.addons.add(UcsProxy(ucs_core))  # one addon in the chain: see UcsProxy
         try:
             opts.update(**options)
@@ -205,8 +206,11 @@ class BackgroundProxy:
         from mitmproxy import options as mitm_options
         from mitmproxy.tools.dump import DumpMaster
 
+        from .addon import dispatch
+
         opts = mitm_options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        dispatch.install(master)  # events only to the addons that have a hook for them
         master.addons.add(self.addon)
         opts.update(**self._options)
         self._master = master
