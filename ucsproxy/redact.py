@@ -260,27 +260,29 @@ class Redactor:
         if type(done) is not frozenset:
             done = frozenset(done)
         active = self.active
-        texts = []  # (name, value) of the other texts to redact
+        short: list[str] = []  # the short texts (JSON ones included) and their columns
+        short_names: list[str] = []
+        others: list[str] = []  # the long texts' columns
         for name, value in row.items():
             kind = type(value)
             if kind is list:
                 row[name] = self._header_list(value, encode, active)
-            elif active and (kind is str or isinstance(value, str)) and name not in done:
-                texts.append((name, value))
-        if not texts:
-            return row
-        clean_short = False
-        if not self.patterns:
+            elif (kind is str or (value is not None and isinstance(value, str))) and active and name not in done:
+                if len(value) < _SHORT:
+                    short.append(value)
+                    short_names.append(name)
+                else:
+                    others.append(name)
+        if short:
             # The short values are looked at together, once: in the usual row no rule can match
             # them, and then they are stored as they are. Each value's outcome is what redacting
-            # it alone gives, whichever way it takes: a value without a trigger word is kept.
-            short = [value for name, value in texts if name not in json_columns and len(value) < _SHORT]
-            clean_short = bool(short) and not self._may_match("\n".join(short))
-        for name, value in texts:
-            if name in json_columns:
-                row[name] = self.json_text(value, encode)
-            elif not (clean_short and len(value) < _SHORT):
-                row[name] = self.text(value)
+            # it alone gives, whichever way it takes: a value (a JSON text too) without a trigger
+            # word is kept as it is by text() and json_text() alike.
+            if self.patterns or self._may_match("\n".join(short)):
+                others.extend(short_names)
+        for name in others:
+            value = row[name]
+            row[name] = self.json_text(value, encode) if name in json_columns else self.text(value)
         return row
 
     def _header_list(self, pairs: list, encode: Callable[[Any], str], active: bool) -> str:
