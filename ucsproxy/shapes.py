@@ -7,7 +7,7 @@ one (lxml, the records, Exchange's schema) costs tens of microseconds; this memo
 the new values into the fields they come from.
 
 A request's shape is its bytes with every text node and every double-quoted attribute value
-taken out (the *spots*). Two requests of the same shape differ only in their spots' values.
+taken out (the *spots*), the pieces between the spots kept apart. Two requests of the same shape differ only in their spots' values.
 A request is made from a kept one only when every spot that differs
 
 - holds plain printable ASCII in both requests (no ``&``, ``<``, ``>`` or ``"``, no leading
@@ -168,7 +168,9 @@ class ShapeMemo:
         parts = _parts(body)
         if parts is None:
             return None, None
-        key = (b"".join(parts[0::2]), context)
+        # The fixed parts as a tuple, not joined: joined, a body with a tag's bytes moved across
+        # a spot (``<DisplayNam>x<e/DisplayName>``, not well formed) would share a good one's key.
+        key = (tuple(parts[0::2]), context)
         kept: _Shape | None = self._shapes.get(key)
         if kept is None:
             return None, (key, parts)
