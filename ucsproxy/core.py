@@ -427,9 +427,10 @@ class UcsCore:
                 return found
         context = (soap_action, content_type, checked)
         made, token = _SHAPES.get(body, context, lambda b: _decode(b, soap_action, content_type, checked))
-        decoded = made if made is not None else _decode(body, soap_action, content_type, checked)
-        if made is None:
-            _SHAPES.put(token, decoded)
+        if made is not None:
+            return made  # not kept by body too: a request made by shape is seldom sent again byte for byte
+        decoded = _decode(body, soap_action, content_type, checked)
+        _SHAPES.put(token, decoded)
         if key is not None:
             _DECODED.put(key, decoded)
         return decoded
