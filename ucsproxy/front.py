@@ -511,12 +511,16 @@ class LeanServer:
             transport = conn.transport
             if transport is None or transport.is_closing():
                 continue  # the client went away meanwhile
-            if len(content) < BIG_ANSWER:
-                transport.write(head + content)
-            else:  # no copy of a big answer (a 2 MB list): the transport sends both pieces as they are
-                transport.writelines((head, content))
-            if close:
-                transport.close()
+            try:
+                if len(content) < BIG_ANSWER:
+                    transport.write(head + content)
+                else:  # no copy of a big answer (a 2 MB list): the transport sends both pieces as they are
+                    transport.writelines((head, content))
+                if close:
+                    transport.close()
+            except Exception as e:  # one broken connection must not keep the others' answers back
+                log.error(f"ucsproxy: could not write an answer to {conn.client}: {e!r}")
+                transport.abort()
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Accept on ``sockets`` (already listening), or on new ones bound to host and port."""
