@@ -96,6 +96,8 @@ def cut(body: bytes, content_type: str | None, operation: str | None) -> Cut | N
 
     if type(body) is not bytes or body[:1] != b"<" or len(body) > codec.MAX_BODY_BYTES:
         return None
+    if b"Personas" not in body and b"Groups" not in body:
+        return None  # no list to cut (most answers): said before the scans below
     start = 0
     if body.startswith(b"<?"):
         m = _DECLARATION.match(body)
