@@ -261,6 +261,16 @@ def test_mock_flows_carry_operation_and_result():
     assert flowfilter.parse("~bs ErrorImGroupDisplayNameAlreadyExists")(dup)
 
 
+def test_without_marks_a_flow_is_not_annotated_though_the_console_line_is_printed(capsys):
+    """The CLI has no flow list (ucs_marks=False): the comment, marker and metadata are not made."""
+    addon = UcsProxy()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, ucs_mode="mock", ucs_db="", ucs_seed=1, ucs_console=True, ucs_marks=False)
+        flow = through(addon, add_group("Friends"))
+    assert (flow.comment, flow.marked) == ("", "") and "ucsproxy" not in flow.metadata
+    assert "AddImGroup" in capsys.readouterr().out
+
+
 def test_injected_faults_stand_out_and_are_shown_in_the_view():
     addon = UcsProxy()
     with taddons.context(addon) as tctx:

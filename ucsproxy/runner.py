@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # opens no upstream connection before one is needed, and none is.
 PLACEHOLDER_UPSTREAM = "http://127.0.0.1:9"
 
+CONSOLE_FLUSH = 0.05  # seconds a console line may wait in stdout's buffer (the lean front's too)
+
 
 def _addon_values(mode: str, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` by option name (``ucs_seed``, or ``seed`` for short) over the mode's defaults, from the table."""
@@ -74,10 +76,12 @@ def freeze_start_up() -> None:
     """Put what start-up made (modules, options, the log's store) out of the cyclic collector's sight.
 
     A recording proxy keeps all of it to the end, and mitmproxy makes garbage fast enough that
-    the collector's full passes, each walking every object the process holds, cost about 30 µs
+    the collector's full passes, each walking every object the process holds, cost tens of µs
     of CPU per exchange; frozen, a pass walks only what was made since. Garbage is collected first,
-    so none is frozen with it. Record mode only: the mock and replay drop models made at start
-    (a reset, a reload), which must stay collectable.
+    so none is frozen with it. Record mode only: the mock and replay on mitmproxy keep their
+    models collectable (a reset, a reload drops them). The young generation keeps Python's
+    threshold: mitmproxy's flows die in reference cycles, and collecting them 10,000 objects
+    at a time (the lean front's ``GC_THRESHOLDS``) took twice the CPU here.
     """
     import gc
 
@@ -123,6 +127,10 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False) -> int:
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         if options.get("ucs_mode") == "record":
             freeze_start_up()
+        # Console lines are flushed at most every CONSOLE_FLUSH seconds (as the lean front's), not
+        # with a system call per exchange; the summary at the end flushes what is left.
+        loop = asyncio.get_running_loop()
+        ucs_core.reporter.console.flush_soon = lambda flush: loop.call_later(CONSOLE_FLUSH, flush)
         if early:
             await master.done()  # closes the log (nothing was served) and saves nothing new
             raise StoppedWhileStarting(early[0])

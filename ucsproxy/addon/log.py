@@ -20,6 +20,7 @@ from .. import core, options
 from ..annotate import annotate_flow
 from ..core import UcsCore
 from ..flowfacts import facts_of, raw_exchange_from_flow
+from ..protocol import is_ews_request
 
 
 class Log:
@@ -67,6 +68,13 @@ class Log:
             return
         if not c.logging and not c.reporter.active and c.journal is None and c.append is None:
             return
-        summary = c.log_exchange(raw_exchange_from_flow(flow, c.mode), facts.get("ucs_replay"))
-        if summary is not None:
+        raw = raw_exchange_from_flow(flow, c.mode)
+        if c.reporter.active and raw.decoded_request is None and raw.request_body is not None \
+                and is_ews_request(raw.method, raw.path):
+            # The console line needs the request decoded (nothing else had to: record mode without
+            # faults): the core's decoding keeps a request repeated byte for byte (a client polling
+            # GetImItemList) decoded once. The log's writer decodes it again in its process.
+            raw.decoded_request = c.decode(raw.request_body, raw.request_headers)
+        summary = c.log_exchange(raw, facts.get("ucs_replay"))
+        if summary is not None and c.reporter.marks:  # a flow list shows them (the CLI has none)
             annotate_flow(flow, summary)
