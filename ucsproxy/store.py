@@ -104,7 +104,10 @@ class LogStore:
         from .logwriter import STOP_GRACE
 
         self.stop_grace = STOP_GRACE if stop_grace is None else stop_grace
-        self.db = open_db(self.path)  # refuses a file it cannot log to, before anything is handed over
+        # Refuses a file it cannot log to, before anything is handed over. A plain sqlite3
+        # connection: sqlite_utils (and numpy, which it imports where installed) would add
+        # 0.1-0.3 s to the start of every process that logs, for a wrapper nothing here uses.
+        self.conn = connect_for_writing(self.path, BUSY_TIMEOUT)
         _load_decoders()
         self._queue: queue.SimpleQueue[RawExchange | None] = queue.SimpleQueue()
         self.submitted = 0
@@ -123,7 +126,7 @@ class LogStore:
             self._sink: _ThreadSink | _ProcessSink = (
                 _ProcessSink(self, ready_timeout) if writer == "process" else _ThreadSink(self))
         except BaseException:
-            self.db.conn.close()
+            self.conn.close()
             raise
 
     def submit(self, raw: RawExchange) -> None:
@@ -178,7 +181,7 @@ class LogStore:
 
         with self._write_lock:
             try:
-                insert_rows(self.db.conn, rows)
+                insert_rows(self.conn, rows)
             except sqlite3.Error as e:
                 raise LogError(f"could not write {len(rows)} exchange(s) to {self.path}: "
                                f"{describe_error(e)}") from e
@@ -277,7 +280,7 @@ class LogStore:
         if self.unwritten:
             why = f": {self.problem}" if self.problem else ""
             log.error(f"ucsproxy: {self.unwritten} exchange(s) could not be written to the log {self.path}{why}")
-        self.db.conn.close()
+        self.conn.close()
         return self.unwritten
 
     def __enter__(self) -> LogStore:
@@ -312,7 +315,7 @@ class _ThreadSink:
         store = self.store
         from .logwriter import RETRY_DELAY, Committer
 
-        committer = Committer(store.db.conn, store.redactor, lock=store._write_lock)
+        committer = Committer(store.conn, store.redactor, lock=store._write_lock)
         seq = 0
         for batch, stop in store._batches():
             if batch:
