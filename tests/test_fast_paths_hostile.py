@@ -1,16 +1,34 @@
-"""Adversarial differential tests of this session's fast paths against their slow paths, on
-hostile and odd inputs: a request made by shape (ucsproxy.shapes) must be what the full decode
-gives (an error included), whatever bytes moved around the spots."""
+"""Adversarial tests of this session's fast paths against their slow paths, on hostile and odd
+inputs: a request made by shape (ucsproxy.shapes) must be what the full decode gives (an error
+included), whatever bytes moved around the spots; the record-mode hub (ucsproxy.addon.UcsProxy)
+must leave an observed exchange as it was and run the other parts when one fails."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import gzip
 import random
+import sqlite3
+from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ucsproxy import shapes
-from test_shapes import CT, MAKERS, envelope, full
+from lxml import etree
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+
+import ucsproxy.addon as addon_module
+from ucsproxy import codec, shapes
+
+from addon_hooks import exchange, run_hook
+from ews_client import envelope
+from test_codec_fast_decode import _T, _outcome, _persona_children
+from test_shapes import CT, MAKERS, full
+from test_shapes import envelope as shape_envelope
 
 
 def _same_as_full(bodies: list[bytes], checked: bool = True) -> None:
@@ -26,9 +44,9 @@ def _same_as_full(bodies: list[bytes], checked: bool = True) -> None:
 
 def test_a_tag_s_bytes_moved_across_a_spot_are_not_taken_for_the_kept_shape() -> None:
     # Joined, the pieces between spots are the same for these two: only the second is broken.
-    good = envelope("<m:AddImGroup><m:DisplayName>Friends</m:DisplayName></m:AddImGroup>")
+    good = shape_envelope("<m:AddImGroup><m:DisplayName>Friends</m:DisplayName></m:AddImGroup>")
     broken = good.replace(b"<m:DisplayName>Friends</m:DisplayName>", b"<m:DisplayNam>Friends<e/m:DisplayName>")
-    moved_quote = envelope('<m:RemoveImGroup><m:GroupId Id="x" ChangeKey="y"/></m:RemoveImGroup>')
+    moved_quote = shape_envelope('<m:RemoveImGroup><m:GroupId Id="x" ChangeKey="y"/></m:RemoveImGroup>')
     moved_broken = moved_quote.replace(b'Id="x" ChangeKey="y"', b'Id ChangeKey="x"="y"')
     _same_as_full([good, good, broken, good])
     _same_as_full([moved_quote, moved_quote, moved_broken])
@@ -47,7 +65,7 @@ def test_mutated_requests_made_by_shape_are_what_a_full_decode_gives(operation: 
     tag's name split around a text, a name moved over an attribute's value) or replaced by a
     byte that matters to XML; each must come out as the full decode gives it, errors included."""
     rng = random.Random(seed)
-    bodies = [envelope(MAKERS[operation](rng)) for _ in range(3)]
+    bodies = [shape_envelope(MAKERS[operation](rng)) for _ in range(3)]
     mutant = bodies[0]
     for kind, at, byte in mutations:
         parts = shapes._SPOTS.split(mutant)
@@ -63,3 +81,136 @@ def test_mutated_requests_made_by_shape_are_what_a_full_decode_gives(operation: 
             at %= len(mutant)
             mutant = mutant[:at] + byte + mutant[at + 1:]
     _same_as_full(bodies + [mutant, bodies[1]], checked)
+
+
+# -- the record-mode hub (ucsproxy.addon.UcsProxy): a failing part, sync or async ----------------
+
+_HUB_PARTS = [(part, name) for part in ("Mode", "Control", "Routes", "Decode", "Faults", "Mock", "Replay", "View", "Log")
+              for name in ("request", "response") if callable(getattr(getattr(addon_module, part), name, None))]
+
+
+@pytest.mark.parametrize("part, name, how", [(p, n, "raises") for p, n in _HUB_PARTS]
+                         + [("Decode", "request", "awaits then raises"), ("Routes", "response", "awaits then raises")])
+def test_a_failing_part_leaves_the_observed_exchange_as_it_was_and_the_others_run(
+        part: str, name: str, how: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record mode with one part's hook broken (raising, or returning an awaitable that raises):
+    the request and the answer, gzip and all, are the bytes and headers that passed; the parts
+    after it still ran (the log holds the exchange, unless the log's own hook is the broken one)."""
+    if how == "raises":
+        def broken(self: Any, flow: http.HTTPFlow) -> Any:
+            raise RuntimeError(f"{part} broke")
+    else:
+        def broken(self: Any, flow: http.HTTPFlow) -> Any:
+            async def later() -> None:
+                await asyncio.sleep(0)
+                raise RuntimeError(f"{part} broke")
+            return later()
+    monkeypatch.setattr(getattr(addon_module, part), name, broken)
+    db = tmp_path / "log.db"
+    addon = addon_module.UcsProxy()
+    body = envelope("<m:GetImItemList/>")
+    answer = http.Response.make(200, gzip.compress(envelope("<m:GetImItemListResponse/>")),
+                                {"Content-Type": "text/xml; charset=utf-8", "Content-Encoding": "gzip",
+                                 "Set-Cookie": "X-BackEndCookie=secret"})
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, ucs_mode="record", ucs_db=str(db))
+        flow = tflow.tflow()
+        flow.request.method, flow.request.path = "POST", "/EWS/Exchange.asmx"
+        flow.request.headers.clear()
+        flow.request.headers["Content-Type"] = "text/xml; charset=utf-8"
+        flow.request.headers["Authorization"] = "Basic dXNlcjpwYXNzd29yZA=="
+        flow.request.content = body
+        sent = flow.request.get_state()
+        got = answer.get_state()
+        exchange(addon, flow, answer)
+        run_hook(addon, "done")
+    assert flow.request.get_state() == sent and flow.response is not None
+    assert flow.response.get_state() == got, "observed traffic is never altered"
+    assert f"Addon error: {part} broke" in caplog.text
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("select count(*) from exchanges").fetchone()[0]
+        stored = " ".join(str(v) for row in con.execute("select * from exchanges") for v in row)
+    finally:
+        con.close()
+    assert rows == (0 if (part, name) == ("Log", "response") else 1)
+    assert "dXNlcjpwYXNzd29yZA" not in stored and "X-BackEndCookie=secret" not in stored
+
+
+# -- persona plans (codec._PersonaPlan): a plan made on one persona reads another of its shape -----
+
+_TEXTS = ["", " ", "x", " 7 ", "12", "true", "FALSE", "0", "maybe", "&amp;", "\u00e9", "a<b", "]]>"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), _persona_children, st.randoms(use_true_random=False))
+def test_a_plan_made_on_one_persona_reads_others_of_its_shape_as_the_schema_order_reader(
+        with_id: bool, children: list[str], rng: random.Random) -> None:
+    """Personas that share a shape (tags and child counts) but differ in every text, tail and
+    attribute (an Id there or not, empty, xsi:nil, a PropertyType missing): the plan made on the
+    first reads each of the others as the schema-order reader does, records or error."""
+    persona = ('<t:Persona xmlns:t="{t}" xmlns:u="{u}" xmlns:x="urn:x" xmlns="{t}" '
+               'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">{id}{c}</t:Persona>'
+               .format(t=_T, u=_T.replace("http:", "https:"), id='<PersonaId Id="p"/>' if with_id else "",
+                       c="".join(children)))
+    first = etree.fromstring(persona)
+    codec._PLANS.clear()
+    codec._SIGHTINGS.clear()
+    for _ in range(codec._PLAN_AFTER):
+        _outcome(codec._persona_fast, first)
+    els = list(first.iter())
+    if all(isinstance(e.tag, str) for e in els):
+        source = codec._PersonaPlan([e.tag for e in els], bytes(len(e) for e in els)).source()
+        if source is not None:
+            _only_the_module_s_names(source)
+    for _ in range(4):
+        other = copy.deepcopy(first)
+        for el in other.iter():
+            if rng.random() < 0.7:
+                el.text = rng.choice(_TEXTS) or None
+            if el is not other and rng.random() < 0.3:
+                el.tail = rng.choice(_TEXTS) or None
+            for name in list(el.attrib):
+                choice = rng.random()
+                if choice < 0.3:
+                    del el.attrib[name]
+                elif choice < 0.6:
+                    el.set(name, rng.choice(_TEXTS))
+            if rng.random() < 0.1:
+                el.set("{http://www.w3.org/2001/XMLSchema-instance}nil", "true")
+        # Text set through lxml is escaped when serialized: read back, it is the same tree.
+        other = etree.fromstring(etree.tostring(other))
+        assert _outcome(codec._persona_fast, other) == _outcome(codec._persona, other)
+
+
+_PLAN_NAMES = set(codec._PersonaPlan.NAMESPACE) | {"def", "read", "els", "text", "return", "t", "in", "if", "else", "or",
+                                                   "None", "True", "False"}
+_PLAN_STRINGS = {repr(n) for n in [*codec._PERSONA_TEMPLATE, "IsWritable", "IsQuickContact", "IsHidden", ""]}
+
+
+def _only_the_module_s_names(source: str) -> None:
+    """A plan's source holds positions, the plan namespace's names, field names and the flags'
+    names: nothing a document wrote (its tags, namespaces or texts)."""
+    import io
+    import tokenize
+
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NAME:
+            assert token.string in _PLAN_NAMES, (token, source)
+        elif token.type == tokenize.STRING:
+            assert token.string in _PLAN_STRINGS, (token, source)
+        elif token.type == tokenize.NUMBER:
+            assert token.string.isdigit(), (token, source)
+
+
+def test_a_plan_s_source_holds_no_tag_or_text_of_hostile_personas() -> None:
+    hostile = ["Persona'),__import__('os').system('x", "DisplayName", "a\\u0027b", "x" * 300]
+    for tag in hostile[:2]:
+        body = (f'<Persona xmlns="{_T}" xmlns:h="urn:{tag.replace(chr(39), "")}"><PersonaId Id="p\'"/>'
+                f'<DisplayName>{tag.replace("<", "")}</DisplayName><h:DisplayName>x</h:DisplayName></Persona>')
+        el = etree.fromstring(body)
+        els = list(el.iter())
+        source = codec._PersonaPlan([e.tag for e in els], bytes(len(e) for e in els)).source()
+        assert source is not None
+        _only_the_module_s_names(source)
