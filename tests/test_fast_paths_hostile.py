@@ -52,6 +52,18 @@ def test_a_tag_s_bytes_moved_across_a_spot_are_not_taken_for_the_kept_shape() ->
     _same_as_full([moved_quote, moved_quote, moved_broken])
 
 
+@pytest.mark.parametrize("encoding, odd", [("utf-7", "x+AGE-"), ("hz", "x~{VP~}"), ("shift_jis", "x\\y~"),
+                                           ("iso-8859-1", "x+AGE-~{VP~}")])
+def test_a_declared_encoding_that_reads_plain_bytes_otherwise_is_decoded_in_full(encoding: str, odd: str) -> None:
+    """UTF-7 reads "+AGE-" as "a", HZ "~{VP~}" as a Chinese character: a value made of plain
+    bytes is not the text the parser reads under every declared encoding."""
+    bodies = [shape_envelope(f"<m:AddImGroup><m:DisplayName>{name}</m:DisplayName></m:AddImGroup>",
+                             declaration=f'<?xml version="1.0" encoding="{encoding}"?>')
+              for name in ("Friends", "Other", odd)]
+    _same_as_full(bodies)
+    _same_as_full(bodies, checked=False)
+
+
 _MUTANTS = st.sampled_from([b"<", b">", b'"', b"'", b"=", b"&", b"/", b" ", b"x", b"\x00", b"\xff", b""])
 
 

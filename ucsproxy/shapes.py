@@ -71,11 +71,34 @@ FIELDS: dict[type, tuple[tuple[str, ...], ...]] = {
 }
 
 
+# The encoding an XML declaration names, and those that read every plain byte as that ASCII
+# character (not UTF-7's "+...-", HZ's "~{", Shift_JIS's yen sign for a backslash).
+_DECLARED = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+_PLAIN_ENCODINGS = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii", b"latin1", b"latin-1"}
+                             | {b"iso-8859-%d" % n for n in range(1, 17)} | {b"windows-125%d" % n for n in range(9)})
+
+
 def _parts(body: bytes) -> list[bytes] | None:
     """The body split as [fixed, spot, fixed, spot, ..., fixed] (a spot with its delimiters:
-    ``>text<`` or ``="value"``); None when it is not taken apart."""
+    ``>text<`` or ``="value"``); None when it is not taken apart: besides the markup above, a
+    body whose declaration names an encoding not known to read plain bytes as ASCII, or that
+    is not ASCII and not read as UTF-8 (the codec would fall back to the Content-Type's charset)."""
     if len(body) > MAX_BODY or b"<!" in body or body.find(b"<?", 1) != -1:
         return None
+    declared = None
+    if body.startswith(b"<?"):
+        m = _DECLARED.match(body)
+        if m is not None:
+            declared = m.group(1).lower()
+            if declared not in _PLAIN_ENCODINGS:
+                return None
+    if not body.isascii():
+        if declared not in (None, b"utf-8", b"utf8"):
+            return None
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     return _SPOTS.split(body)
 
 
