@@ -1,6 +1,8 @@
 """Adversarial tests of this session's fast paths against their slow paths, on hostile and odd
 inputs: a request made by shape (ucsproxy.shapes) must be what the full decode gives (an error
-included), whatever bytes moved around the spots; the record-mode hub (ucsproxy.addon.UcsProxy)
+included), whatever bytes moved around the spots or whatever encoding is declared; persona plans
+read every persona of their shape as the schema-order reader; an item list built from pieces
+(ucsproxy.logpieces) is the whole decode's, never called clean with a trigger word; the record-mode hub (ucsproxy.addon.UcsProxy)
 must leave an observed exchange as it was and run the other parts when one fails."""
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
 import ucsproxy.addon as addon_module
-from ucsproxy import codec, shapes
+from ucsproxy import codec, logrow, shapes
+from ucsproxy.logpieces import ListPieces
+from ucsproxy.redact import has_trigger_word
 
 from addon_hooks import exchange, run_hook
 from ews_client import envelope
 from test_codec_fast_decode import _T, _outcome, _persona_children
+from test_log_pieces import BASE, LISTS, columns, whole
+from test_log_pieces import CT as PIECES_CT
 from test_shapes import CT, MAKERS, full
 from test_shapes import envelope as shape_envelope
 
@@ -226,3 +232,45 @@ def test_a_plan_s_source_holds_no_tag_or_text_of_hostile_personas() -> None:
         source = codec._PersonaPlan([e.tag for e in els], bytes(len(e) for e in els)).source()
         assert source is not None
         _only_the_module_s_names(source)
+
+
+# -- item lists from pieces (ucsproxy.logpieces): more odd bodies against the whole decode ----------
+
+_TYPES = b"http://schemas.microsoft.com/exchange/services/2006/types"
+_PIECE_ODD = {
+    "escaped close tag in a name": BASE.replace(b"Contact 1 ", b"Contact &lt;/Persona&gt; 1 ", 1),
+    "a bare close tag's text and quotes": BASE.replace(b"Contact 1 ", b'Contact /Persona> "1" ', 1),
+    "close tag in an attribute": BASE.replace(b'<PersonaId Id="', b'<PersonaId X="</Persona><Persona>" Id="', 1),
+    "a bare close tag's text in an attribute": BASE.replace(b'<PersonaId Id="', b'<PersonaId X="/Persona>" Id="', 1),
+    "default namespace redeclared inside a piece": BASE.replace(b"<PersonaId ", b'<PersonaId xmlns="urn:other" ', 1),
+    "a prefix bound inside a piece": BASE.replace(b"<DisplayName>", b'<q:DisplayName xmlns:q="' + _TYPES + b'">', 1)
+                                         .replace(b"</DisplayName>", b"</q:DisplayName>", 1),
+    "a prefix bound to another namespace": BASE.replace(b"<DisplayName>", b'<q:DisplayName xmlns:q="urn:x">', 1)
+                                               .replace(b"</DisplayName>", b"</q:DisplayName>", 1),
+    "a token in an attribute": BASE.replace(b'<PersonaId Id="', b'<PersonaId X="Bearer abcdefghijklmnopqrstuv0123" Id="', 1),
+    "a trigger word in a group": BASE.replace(b"<DisplayName>Team", b"<DisplayName>canary secret Team", 1),
+    "a character reference to NUL": BASE.replace(b"Contact 1 ", b"Contact &#0; ", 1),
+    "a character reference to a surrogate": BASE.replace(b"Contact 1 ", b"Contact &#xD800; ", 1),
+    "a byte order mark": b"\xef\xbb\xbf" + BASE,
+    "a declaration in single quotes": BASE.replace(b'<?xml version="1.0" encoding="utf-8"?>',
+                                                   b"<?xml version='1.0' encoding='UTF-8'?>", 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PIECE_ODD))
+@pytest.mark.parametrize("content_type", [PIECES_CT, None])
+def test_more_odd_item_lists_give_what_decoding_them_whole_gives(name: str, content_type: str | None) -> None:
+    body = _PIECE_ODD[name]
+    assert body != BASE
+    pieces = ListPieces()
+    for known in LISTS:
+        pieces.answer(known, content_type, None)
+    for _ in range(2):  # learnt from (when cut at all), then read again
+        found = pieces.answer(body, content_type, None)
+        assert columns(found) == whole(body, content_type)
+        if found.body_clean:
+            assert not has_trigger_word(body.decode("utf-8", "replace"))
+        if found.result_clean:
+            assert not has_trigger_word(found.answer.result)
+    row = logrow.body_memo(logrow.DEFAULT_REDACTOR).answer(body, content_type, None, None, True)
+    assert "abcdefghijklmnop" not in (row.text or "") + (row.json or "")
