@@ -274,3 +274,20 @@ def test_more_odd_item_lists_give_what_decoding_them_whole_gives(name: str, cont
             assert not has_trigger_word(found.answer.result)
     row = logrow.body_memo(logrow.DEFAULT_REDACTOR).answer(body, content_type, None, None, True)
     assert "abcdefghijklmnop" not in (row.text or "") + (row.json or "")
+
+
+def test_tags_of_long_namespaces_are_read_but_not_kept() -> None:
+    """A body may hold namespaces of megabytes: the codec's tables by tag (local names, the
+    readers' slots, the persona readers) and the plans' sightings keep none of their tags, so
+    what they hold stays small whatever tags come; the personas still read as before."""
+    long_ns = "urn:" + "n" * (codec._TAG_KEPT_MAX + 1)
+    for n in range(codec._PLAN_AFTER + 1):
+        el = etree.fromstring(f'<Persona xmlns="{_T}"><PersonaId Id="p"/><x xmlns="{long_ns}{n}"/><EmailAddress>'
+                              f'<q xmlns="{long_ns}"/><Name>N</Name></EmailAddress><Attributions><Attribution>'
+                              f'<z xmlns="{long_ns}"/><Id>7</Id></Attribution></Attributions></Persona>')
+        assert codec._persona_fast(el) == codec._persona(el)
+        assert codec._persona_fast(el).email_address.name == "N"
+    tables: list[dict[Any, Any]] = [codec._LOCAL_NAMES, codec._PERSONA_BY_TAG, codec._EMAIL_SLOTS.by_tag,
+                                    codec._ATTRIBUTION_SLOTS.by_tag]
+    assert all(not isinstance(tag, str) or len(tag) <= codec._TAG_KEPT_MAX for table in tables for tag in table)
+    assert all(type(key) is int for key in codec._SIGHTINGS)

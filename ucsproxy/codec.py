@@ -319,13 +319,16 @@ def _child_texts(el: etree._Element) -> dict[str, str]:
 
 
 # Local names by full tag: the schema's few dozen names in one or two namespaces. A dict
-# lookup is cheaper than cutting the tag each time; hostile tags cannot grow it past the cap.
+# lookup is cheaper than cutting the tag each time; hostile tags cannot grow it past the cap,
+# and only tags of at most _TAG_KEPT_MAX characters are kept (the tables by tag below too):
+# a body may hold a namespace of megabytes, and 512 of those kept would be gigabytes.
+_TAG_KEPT_MAX = 1024
 _LOCAL_NAMES: dict[str, str] = {}
 
 
 def _local_name(tag: str) -> str:
     name = tag[tag.rfind("}") + 1:]
-    if len(_LOCAL_NAMES) < 512:
+    if len(_LOCAL_NAMES) < 512 and len(tag) <= _TAG_KEPT_MAX:
         _LOCAL_NAMES[tag] = name
     return name
 
@@ -345,7 +348,7 @@ class _TagSlots:
 
     def learn(self, tag: Any) -> int:
         at = self.numbers.get(_local_name(tag), -1) if isinstance(tag, str) else -1
-        if len(self.by_tag) < 512:
+        if len(self.by_tag) < 512 and (not isinstance(tag, str) or len(tag) <= _TAG_KEPT_MAX):
             self.by_tag[tag] = at
         return at
 
@@ -776,7 +779,7 @@ def _persona_in_document_order(el: etree._Element) -> Persona:
             if not isinstance(tag, str):  # a comment or processing instruction
                 continue
             entry = _PERSONA_BY_NAME.get(_local_name(tag))
-            if len(table) < 512:
+            if len(table) < 512 and len(tag) <= _TAG_KEPT_MAX:
                 table[tag] = entry
         if entry is None:
             continue
@@ -825,7 +828,10 @@ _PLAN_MAX_KEY = 16_384  # characters of a shape's tags (so the keys kept stay wi
 _PLAN_AFTER = 3  # sightings of a shape before it gets a plan
 _SIGHTINGS_MAX = 1024  # shapes counted but not planned yet (forgotten all at once past this)
 _PLANS: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}
-_SIGHTINGS: dict[tuple[str, bytes], int] = {}
+# Sightings by the shape's hash, not its key: a key may be 16 KB of tags, and a thousand
+# one-off shapes kept whole held some 17 MB. Two shapes of one hash share a count, which
+# only plans one of them sooner (a plan is made and kept under its own key).
+_SIGHTINGS: dict[int, int] = {}
 
 
 def _make_email(name: str | None, address: str | None, routing_type: str | None,
@@ -1004,13 +1010,14 @@ def _persona_fast(el: etree._Element) -> Persona:
 def _plan_for(key: tuple[str, bytes], tags: list[str]) -> Callable[[list[Any]], Persona] | None:
     """The plan of a shape not planned yet: made at its _PLAN_AFTER-th sighting (writing one
     costs about what reading a dozen personas does, so one-off shapes are read as before)."""
-    seen = _SIGHTINGS.get(key, 0) + 1
+    counted = hash(key)
+    seen = _SIGHTINGS.get(counted, 0) + 1
     if seen < _PLAN_AFTER or len(_PLANS) >= _PLAN_MAX:
         if len(_SIGHTINGS) >= _SIGHTINGS_MAX:
             _SIGHTINGS.clear()
-        _SIGHTINGS[key] = seen
+        _SIGHTINGS[counted] = seen
         return None
-    _SIGHTINGS.pop(key, None)
+    _SIGHTINGS.pop(counted, None)
     try:
         plan = _PersonaPlan(tags, key[1]).reader()
     except ValueError:  # counts that do not make a tree: not from lxml
