@@ -233,3 +233,24 @@ def test_a_header_list_is_redacted_alike_from_the_cache_and_as_lists_of_lists():
             assert pickle.loads(pickle.dumps(rules_)).row({"request_headers": list(pairs)}, (), json.dumps) == \
                 {"request_headers": first}
         assert "Hunter2" not in rules_.row({"h": lists[1]}, (), json.dumps)["h"] or not rules_.builtin
+
+
+@pytest.mark.parametrize("spelt", ["pa&#115;sword", "pa&#x73;sword", "&#112;&#x61;ssword", "pa\u017fsword"])
+def test_a_secret_name_spelt_with_character_references_or_a_long_s_is_redacted(spelt):
+    """An XML reader reads pa&#115;sword as password, and the rules' IGNORECASE reads the long s
+    as an s: neither may hide the value from the quick look for trigger words nor from the rules."""
+    row = build_row(add_group_raw(f"Team {spelt}={PASSWORD}"))
+    assert PASSWORD not in json.dumps(row)
+    assert "<redacted>" in row["request_body"] and "<redacted>" in row["response_body"]
+    big = '<t:Personas>' + "".join(f'<t:Persona Id="p{i}"><t:DisplayName>Contact {i}</t:DisplayName></t:Persona>'
+                                   for i in range(600)) + "</t:Personas>"
+    assert len(big) >= 32 * 1024  # looked at piece by piece
+    assert redact_text(big) == big  # its pieces are now known clean
+    hidden = big.replace("Contact 7<", f"Contact 7 {spelt}={PASSWORD}<")
+    assert PASSWORD not in redact_text(hidden)
+
+
+def test_character_references_stay_where_they_hide_nothing():
+    text = '<t:DisplayName>Caf&#233; &#38; Bar &#115;ecretary pass</t:DisplayName>'
+    assert redact_text(text) == text
+    assert redact_text(f"pa&#115;sword={PASSWORD} &#233;") == "password=<redacted> &#233;"

@@ -57,8 +57,11 @@ _SECRET_QUOTED = re.compile(rf"""(\b{_SECRET_NAMES}["']?\s*[:=]\s*)(["'])((?:(?!
                             re.IGNORECASE)
 _SECRET_BARE = re.compile(rf"""(\b{_SECRET_NAMES}\s*[:=]\s*)(?!["'\s<])([^&\s"'<>;,]+)""", re.IGNORECASE)
 # Words that must be in a text for any built-in rule to match (checked in lower case first: cheap).
+# Two more send a text to the rules: "&#" (a character reference can spell a name the rules look
+# for: pa&#115;sword, see _builtin) and "ſ" (the long s, which the rules' IGNORECASE reads as "s"
+# and lower() keeps as it is; the Kelvin sign, the other such letter, lower() makes a "k").
 _TRIGGERS = ("bearer", "eyj", "basic", "ntlm", "negotiate", "kerberos", "tlrmtvnt", "pass", "pwd", "secret",
-             "token", "cookie", "authori", "authenticat", "canary")
+             "token", "cookie", "authori", "authenticat", "canary", "&#", "\u017f")
 # _triggered_by_pieces cuts texts at these characters and joins pieces with "\0": no trigger word may hold one.
 assert not any(c in word for word in _TRIGGERS for c in '{"\0')
 
@@ -374,6 +377,35 @@ def _sub(text: str, bearer: re.Pattern) -> str:
 
 
 def _builtin(text: str) -> str:
+    """The built-in rules over ``text``. Where character references hide what a rule looks for
+    (``pa&#115;sword=...`` is ``password=...`` to an XML reader), the text is redacted with the
+    references to plain characters written as those characters (the same XML), as long as
+    that finds something the text as it stands does not."""
+    redacted = _builtin_plain(text)
+    if "&#" in text:
+        plain = _PLAIN_REF.sub(_plain_ref, text)
+        if plain != text:
+            found = _builtin_plain(plain)
+            if found != plain and found.count(REDACTED) > redacted.count(REDACTED):
+                return found
+    return redacted
+
+
+# A decimal or hexadecimal character reference.
+_PLAIN_REF = re.compile(r"&#(?:[0-9]{1,7}|x[0-9A-Fa-f]{1,6});")
+# What a reference may be replaced by: characters the same in an XML text or attribute value
+# whether written or referenced (not whitespace: an attribute value's literal tab is a space).
+_PLAIN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:=")
+
+
+def _plain_ref(match: re.Match) -> str:
+    ref = match.group()
+    code = int(ref[3:-1], 16) if ref[2] == "x" else int(ref[2:-1])
+    char = chr(code) if code < 128 else ""
+    return char if char in _PLAIN_CHARS and char else ref
+
+
+def _builtin_plain(text: str) -> str:
     text = _sub(text, _BEARER_IN_TEXT)
     text = _BASIC.sub(_basic, text)
     text = _NTLM.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
