@@ -83,6 +83,7 @@ LONG_FILES = (
     "test_mock_process.py", "test_model.py", "test_control_process.py", "test_store.py", "test_logrow.py",
     "test_layout.py", "test_plugin.py", "test_cli_mistakes.py", "test_log_writer.py", "test_codec_fast_decode.py",
     "test_shadow.py", "test_replay.py", "test_codec_schema.py", "test_codec_encoder.py",
+    "test_fast_paths_hostile.py", "test_log_pieces.py", "test_shapes.py",
 )
 
 

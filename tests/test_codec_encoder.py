@@ -148,7 +148,7 @@ def _plain_personas():
                      **strings, **arrays)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_plain_personas(), st.sampled_from(["", codec._TYPES_DEFAULT]))
 def test_the_generated_plain_writer_writes_every_plain_persona_as_w_persona_does(persona, decl):
     careful: list[str] = []
@@ -156,7 +156,7 @@ def test_the_generated_plain_writer_writes_every_plain_persona_as_w_persona_does
     assert codec._plain_persona_text(persona, decl) == "".join(careful)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_plain_personas(), st.sampled_from('&<>"\t\n\r\x01\x1f\ud800\ufffe'), st.integers(0, 10**6))
 def test_the_generated_plain_writer_steps_aside_for_any_value_to_escape(persona, special, where):
     # One character to escape, put into one of the persona's string values: the plain

@@ -238,7 +238,7 @@ def _outcome(read, el):
         return ("invalid", str(e))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), _persona_children, _persona_children,
        st.none() | st.tuples(st.integers(0, 10**6), st.sampled_from(["<!-- c -->", "<?pi x?>"])))
 def test_persona_plans_read_every_shape_as_the_schema_order_reader(with_id, children, more, odd):

@@ -73,7 +73,7 @@ def test_a_declared_encoding_that_reads_plain_bytes_otherwise_is_decoded_in_full
 _MUTANTS = st.sampled_from([b"<", b">", b'"', b"'", b"=", b"&", b"/", b" ", b"x", b"\x00", b"\xff", b""])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(MAKERS)), st.integers(0, 2**32), st.lists(
     st.tuples(st.sampled_from(["shift", "byte"]), st.integers(0, 10**6), _MUTANTS), min_size=1, max_size=3),
     st.booleans())
@@ -161,7 +161,7 @@ def test_a_failing_part_leaves_the_observed_exchange_as_it_was_and_the_others_ru
 _TEXTS = ["", " ", "x", " 7 ", "12", "true", "FALSE", "0", "maybe", "&amp;", "\u00e9", "a<b", "]]>"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), _persona_children, st.randoms(use_true_random=False))
 def test_a_plan_made_on_one_persona_reads_others_of_its_shape_as_the_schema_order_reader(
         with_id: bool, children: list[str], rng: random.Random) -> None:

@@ -192,7 +192,7 @@ for _body in LISTS:
     _SHARED.answer(_body, CT, None)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(LISTS), st.lists(st.tuples(st.floats(0, 1), _SNIPPETS), max_size=3),
        st.lists(st.tuples(st.floats(0, 1), st.integers(1, 60)), max_size=1))
 def test_a_changed_body_gives_what_decoding_it_whole_gives(body, inserts, cuts):
