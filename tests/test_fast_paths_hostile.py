@@ -26,26 +26,15 @@ from mitmproxy.test import taddons, tflow
 import ucsproxy.addon as addon_module
 from ucsproxy import codec, logrow, shapes
 from ucsproxy.logpieces import ListPieces
-from ucsproxy.redact import has_trigger_word
 
 from addon_hooks import exchange, run_hook
 from ews_client import envelope
 from test_codec_fast_decode import _T, _outcome, _persona_children
-from test_log_pieces import BASE, LISTS, columns, whole
+from test_log_pieces import BASE, LISTS, assert_as_whole
 from test_log_pieces import CT as PIECES_CT
-from test_shapes import CT, MAKERS, full
+from test_shapes import MAKERS
+from test_shapes import run as same_as_full
 from test_shapes import envelope as shape_envelope
-
-
-def _same_as_full(bodies: list[bytes], checked: bool = True) -> None:
-    memo = shapes.ShapeMemo()
-    for body in bodies:
-        made, token = memo.get(body, (None, CT, checked), lambda b: full(b, checked))
-        expected = full(body, checked)
-        if made is None:
-            memo.put(token, expected)
-        else:
-            assert repr(made) == repr(expected), body
 
 
 def test_a_tag_s_bytes_moved_across_a_spot_are_not_taken_for_the_kept_shape() -> None:
@@ -54,8 +43,8 @@ def test_a_tag_s_bytes_moved_across_a_spot_are_not_taken_for_the_kept_shape() ->
     broken = good.replace(b"<m:DisplayName>Friends</m:DisplayName>", b"<m:DisplayNam>Friends<e/m:DisplayName>")
     moved_quote = shape_envelope('<m:RemoveImGroup><m:GroupId Id="x" ChangeKey="y"/></m:RemoveImGroup>')
     moved_broken = moved_quote.replace(b'Id="x" ChangeKey="y"', b'Id ChangeKey="x"="y"')
-    _same_as_full([good, good, broken, good])
-    _same_as_full([moved_quote, moved_quote, moved_broken])
+    same_as_full([good, good, broken, good])
+    same_as_full([moved_quote, moved_quote, moved_broken])
 
 
 @pytest.mark.parametrize("encoding, odd", [("utf-7", "x+AGE-"), ("hz", "x~{VP~}"), ("shift_jis", "x\\y~"),
@@ -66,8 +55,8 @@ def test_a_declared_encoding_that_reads_plain_bytes_otherwise_is_decoded_in_full
     bodies = [shape_envelope(f"<m:AddImGroup><m:DisplayName>{name}</m:DisplayName></m:AddImGroup>",
                              declaration=f'<?xml version="1.0" encoding="{encoding}"?>')
               for name in ("Friends", "Other", odd)]
-    _same_as_full(bodies)
-    _same_as_full(bodies, checked=False)
+    same_as_full(bodies)
+    same_as_full(bodies, checked=False)
 
 
 _MUTANTS = st.sampled_from([b"<", b">", b'"', b"'", b"=", b"&", b"/", b" ", b"x", b"\x00", b"\xff", b""])
@@ -98,7 +87,7 @@ def test_mutated_requests_made_by_shape_are_what_a_full_decode_gives(operation: 
         else:
             at %= len(mutant)
             mutant = mutant[:at] + byte + mutant[at + 1:]
-    _same_as_full(bodies + [mutant, bodies[1]], checked)
+    same_as_full(bodies + [mutant, bodies[1]], checked)
 
 
 # -- the record-mode hub (ucsproxy.addon.UcsProxy): a failing part, sync or async ----------------
@@ -266,12 +255,7 @@ def test_more_odd_item_lists_give_what_decoding_them_whole_gives(name: str, cont
     for known in LISTS:
         pieces.answer(known, content_type, None)
     for _ in range(2):  # learnt from (when cut at all), then read again
-        found = pieces.answer(body, content_type, None)
-        assert columns(found) == whole(body, content_type)
-        if found.body_clean:
-            assert not has_trigger_word(body.decode("utf-8", "replace"))
-        if found.result_clean:
-            assert not has_trigger_word(found.answer.result)
+        assert_as_whole(pieces.answer(body, content_type, None), body, content_type, errors="replace")
     row = logrow.body_memo(logrow.DEFAULT_REDACTOR).answer(body, content_type, None, None, True)
     assert "abcdefghijklmnop" not in (row.text or "") + (row.json or "")
 
