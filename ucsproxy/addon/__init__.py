@@ -173,18 +173,19 @@ def _run(hooks: tuple[Callable[..., Any], ...], flow: http.HTTPFlow) -> Awaitabl
 
 
 async def _finish(pending: Awaitable[Any], hooks: tuple[Callable[..., Any], ...], flow: http.HTTPFlow) -> None:
+    await _awaited(pending)
+    for hook in hooks:
+        result = _call(hook, flow)
+        if result is not None and inspect.isawaitable(result):
+            await _awaited(result)
+
+
+async def _awaited(pending: Awaitable[Any]) -> None:
+    """``await pending`` as :func:`_call` calls a hook: halts and options errors go to mitmproxy,
+    anything else is logged and the chain goes on."""
     try:
         await pending
     except (exceptions.AddonHalt, exceptions.OptionsError):
         raise
     except Exception as e:
         _mitm_log.error(f"Addon error: {e}", exc_info=True)
-    for hook in hooks:
-        result = _call(hook, flow)
-        if result is not None and inspect.isawaitable(result):
-            try:
-                await result
-            except (exceptions.AddonHalt, exceptions.OptionsError):
-                raise
-            except Exception as e:
-                _mitm_log.error(f"Addon error: {e}", exc_info=True)
