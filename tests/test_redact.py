@@ -104,7 +104,7 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from conftest import ROOT, start_ucsproxy  # noqa: E402
-from ews_client import EwsClient  # noqa: E402
+from ews_client import EwsClient, envelope  # noqa: E402
 from ucsproxy.cli import main as cli  # noqa: E402
 from ucsproxy.logrow import JSON_COLUMNS, build_row  # noqa: E402
 from ucsproxy.redact import Redactor  # noqa: E402
@@ -199,6 +199,10 @@ def test_no_credential_reaches_the_log_of_a_real_mock(tmp_path):
         c = EwsClient(proc.url, user="kim@contoso.com", password=PASSWORD)
         echoed = c.add_im_group(f"Bearer {TOKEN} {JWT} case-1234")
         assert TOKEN.encode() in echoed.body, "the client gets its answer as it is"
+        # A secret's name spelt with a character reference is still a secret's name.
+        spelt = c.raw(envelope("<m:AddImGroup><m:DisplayName>Team pa&#115;sword=Spelt-Secret-77</m:DisplayName>"
+                               "</m:AddImGroup>"), "AddImGroup")
+        assert spelt.status == 200 and b"Spelt-Secret-77" in spelt.body
         answer = c.raw(b"<x/>", headers={"X-Ticket": "T-998877", "Cookie": f"s={COOKIE}"})
         assert answer.status == 500
         challenged = c.get_im_item_list()
@@ -206,7 +210,7 @@ def test_no_credential_reaches_the_log_of_a_real_mock(tmp_path):
     finally:
         assert proc.stop() == 0, proc.output()
     data = file_bytes(db)
-    for secret in (TOKEN, JWT, PASSWORD, COOKIE, NEGOTIATE_CHALLENGE, "T-998877", "case-1234",
+    for secret in (TOKEN, JWT, PASSWORD, COOKIE, NEGOTIATE_CHALLENGE, "T-998877", "case-1234", "Spelt-Secret-77",
                    base64.b64encode(f"kim@contoso.com:{PASSWORD}".encode()).decode()):
         assert secret.encode() not in data, secret
     con = sqlite3.connect(db)
