@@ -21,7 +21,7 @@ change: ``git show REV:ucsproxy/codec.py > /tmp/old_codec.py``) beside this one 
 its decode and encode in the same rounds, for an A/B on one machine at one load.
 
 The decoder reads personas by plans, one per persona shape, written at a shape's third
-sighting and kept for the process (``codec._PLANS``: code per shape, no decoded values).
+sighting and kept for the process (``codec._PLANS``: code per shape, no decoded values; ``codec.forget_plans()``).
 ``decode_response`` is timed with the answer's shape planned by earlier rounds, as in a
 mock or log writer that has read one answer; every other round clears the plans first and
 counts its decode on the line "decode, plans made afresh" instead (a process's first answer:
@@ -64,8 +64,7 @@ def load_copy(path: str) -> ModuleType:
 
 def forget_plans() -> None:
     """The decoder's persona plans dropped, as in a process that has read no answer yet."""
-    for name in ("_PLANS", "_SIGHTINGS"):
-        getattr(codec, name, {}).clear()
+    codec.forget_plans()
 
 
 def main() -> None:

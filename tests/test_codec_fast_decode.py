@@ -121,6 +121,40 @@ def test_the_collector_is_paused_while_a_list_is_read_and_left_as_it_was():
         codec._persona_fast = real
 
 
+def test_a_list_s_records_skip_the_young_collections_yet_stay_collectable_and_nothing_frozen_is_released():
+    import gc
+    import weakref
+
+    from ucsproxy.records import ImItemList, ItemId, Persona
+
+    body = codec.encode_response(UcsResponse("GetImItemList", payload=ImItemList(
+        personas=tuple(Persona(ItemId(f"p{n}")) for n in range(3)))))
+
+    class Cycle:
+        me: object
+
+    frozen = gc.get_freeze_count()
+    cycle = Cycle()
+    cycle.me = cycle
+    gone = weakref.ref(cycle)
+    del cycle  # young cyclic garbage, made before the list
+    decoded = codec.decode_response(body, "GetImItemList")
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    assert gc.is_tracked(decoded.message.payload.personas[0])
+    gc.collect()
+    assert gone() is None  # moved to the oldest generation, yet collected by a full pass
+    gc.freeze()  # a process that froze what it made (the lean front, record mode): left frozen
+    try:
+        held = gc.get_freeze_count()
+        assert held > 0
+        codec.decode_response(body, "GetImItemList")
+        assert gc.get_freeze_count() == held and gc.isenabled()
+    finally:
+        gc.unfreeze()
+        if frozen:
+            gc.freeze()
+
+
 def test_a_persona_s_records_read_the_first_of_each_name_under_any_prefix():
     # What the per-record readers must keep doing: any namespace spelling or prefix, comments
     # and strangers skipped, the first of a repeated child, xs:boolean in its four spellings.
@@ -252,8 +286,7 @@ def test_persona_plans_read_every_shape_as_the_schema_order_reader(with_id, chil
         at = ends[odd[0] % len(ends)] + 1
         persona = persona[:at] + odd[1] + persona[at:]
     el = etree.fromstring(persona)
-    codec._PLANS.clear()  # a plan made here, whatever the shapes kept before
-    codec._SIGHTINGS.clear()
+    codec.forget_plans()  # a plan made here, whatever the shapes kept before
     expected = _outcome(codec._persona, el)
     for _ in range(codec._PLAN_AFTER + 1):  # read as before, then by the plan made, then by the kept plan
         assert _outcome(codec._persona_fast, el) == expected
@@ -267,8 +300,7 @@ def test_personas_of_one_shape_share_a_plan_and_others_get_their_own():
     def persona(body):
         return etree.fromstring(f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{body}</Persona>')
 
-    codec._PLANS.clear()
-    codec._SIGHTINGS.clear()
+    codec.forget_plans()
     names = [codec._persona_fast(persona(f"<DisplayName>{n}</DisplayName>")).display_name for n in range(5)]
     assert names == ["0", "1", "2", "3", "4"] and len(codec._PLANS) == 1  # planned at the third sighting
     assert len(codec._SIGHTINGS) == 0
@@ -286,13 +318,45 @@ def test_personas_of_one_shape_share_a_plan_and_others_get_their_own():
     assert len(codec._PLANS) == 2 and 0 < len(codec._SIGHTINGS) <= codec._SIGHTINGS_MAX
 
 
+def _shape(el):
+    els = list(el.iter())
+    return "\0".join(e.tag for e in els), bytes(len(e) for e in els)
+
+
+def test_the_plan_tables_turn_over_keeping_the_shapes_in_use_and_planning_new_ones():
+    # Past _PLAN_MAX shapes the tables turn over: a shape read since the last turn keeps its
+    # plan, a new shape is still planned (it was not, once 256 shapes had filled the table),
+    # and no more than two tables' worth is kept.
+    from lxml import etree
+
+    def persona(body):
+        return etree.fromstring(f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{body}</Persona>')
+
+    codec.forget_plans()
+    used = persona("<DisplayName>u</DisplayName>")
+    for n in range(2 * codec._PLAN_MAX + 10):
+        junk = persona(f"<x{n} xmlns='urn:x'/>")
+        for _ in range(codec._PLAN_AFTER):
+            assert codec._persona_fast(junk) == codec._persona(junk)
+        if n % 32 == 0:
+            assert codec._persona_fast(used).display_name == "u"
+        assert len(codec._PLANS) <= codec._PLAN_MAX and len(codec._PLANS_BEFORE) <= codec._PLAN_MAX
+    assert codec._PLANS.get(_shape(used)) or codec._PLANS_BEFORE.get(_shape(used))
+    assert _shape(persona("<x0 xmlns='urn:x'/>")) not in {**codec._PLANS, **codec._PLANS_BEFORE}  # unused: dropped
+    new = persona("<Surname>s</Surname>")
+    for _ in range(codec._PLAN_AFTER):
+        assert codec._persona_fast(new).surname == "s"
+    assert codec._PLANS.get(_shape(new)) is not None
+    codec.forget_plans()
+    assert not codec._PLANS and not codec._PLANS_BEFORE and not codec._SIGHTINGS
+
+
 def test_hostile_shapes_are_read_as_before_and_kept_small():
     # Past the bounds (elements, characters of tags) a persona is read without a plan, and
     # nothing of it is kept.
     from lxml import etree
 
-    codec._PLANS.clear()
-    codec._SIGHTINGS.clear()
+    codec.forget_plans()
     many = "".join(f"<DisplayName>{n}</DisplayName>" for n in range(codec._PLAN_MAX_ELEMENTS))
     long_ns = "urn:" + "x" * codec._PLAN_MAX_KEY
     for body in (f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{many}</Persona>',

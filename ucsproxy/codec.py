@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import gc
+import operator
 import re
 import threading
 from collections import OrderedDict
@@ -808,56 +809,34 @@ def _persona_by_reading(el: etree._Element) -> Persona:
 # same tags, in the same order. A persona's shape is its elements' tags in document order
 # with each one's number of children (which fixes the tree). For a shape met a few times
 # (_PLAN_AFTER), _PersonaPlan writes a function that reads a persona of that shape from the
-# list of its elements (``list(el.iter())``) by position: the texts and attributes it
-# needs, and the records, in one expression, with no look-ups by tag. It reads what
-# _persona_in_document_order reads (the first of each name, strangers skipped, a leaf's
-# text or a mixed element's text nodes joined) and calls the same readers for what it does
-# not spell out (item ids, phone numbers, extended properties), so it gives the same
-# records. Anything it does not handle (comments, processing instructions or entities
-# anywhere in the persona, more than _PLAN_MAX_ELEMENTS elements or _PLAN_MAX_KEY characters
-# of tags, no PersonaId, a shape seen fewer than _PLAN_AFTER times, more than _PLAN_MAX
-# shapes) and any value it finds
-# broken go to _persona_by_reading, which reports errors as before. A plan's source holds
-# positions and the module's own names only, never text from the document.
+# list of its elements (``list(el.iter())``, unpacked into locals) by position: the texts
+# and attributes it needs, and the records, made in place in straight-line code (each
+# record's instance dict filled in field order, as _record_template's callers do; no call
+# per record, no look-ups by tag). It reads what _persona_in_document_order reads (the first
+# of each name, strangers skipped, a leaf's text or a mixed element's text nodes joined) and
+# calls the same readers for what it does not spell out (phone numbers, extended
+# properties, odd flags), so it gives the same records. Anything it does not handle
+# (comments, processing instructions or entities anywhere in the persona, more than
+# _PLAN_MAX_ELEMENTS elements or _PLAN_MAX_KEY characters of tags, no PersonaId, a shape
+# seen fewer than _PLAN_AFTER times) and any value it finds broken (an item id without its
+# Id among them) go to _persona_by_reading, which reports errors as before. A plan's source
+# holds positions and the module's own names only, never text from the document. Plans are
+# kept in two tables that turn over (_keep_plan), so hostile shapes cannot crowd out the
+# shapes in use.
 # tests/test_codec_fast_decode.py holds the plans to the schema-order reader on personas of
 # every shape.
 
-_PLAN_MAX = 256  # shapes planned: a mailbox has a few dozen; hostile input cannot grow it past this
+_PLAN_MAX = 128  # shapes in each of the two plan tables: a mailbox has a few dozen
 _PLAN_MAX_ELEMENTS = 255  # (a count of children must also fit a byte of the shape's key)
 _PLAN_MAX_KEY = 16_384  # characters of a shape's tags (so the keys kept stay within a few MB)
 _PLAN_AFTER = 3  # sightings of a shape before it gets a plan
 _SIGHTINGS_MAX = 1024  # shapes counted but not planned yet (forgotten all at once past this)
 _PLANS: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}
+_PLANS_BEFORE: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}  # see _keep_plan
 # Sightings by the shape's hash, not its key: a key may be 16 KB of tags, and a thousand
 # one-off shapes kept whole held some 17 MB. Two shapes of one hash share a count, which
 # only plans one of them sooner (a plan is made and kept under its own key).
 _SIGHTINGS: dict[int, int] = {}
-
-
-def _make_email(name: str | None, address: str | None, routing_type: str | None,
-                mailbox_type: str | None) -> EmailAddress:
-    obj = _new(EmailAddress)
-    d = obj.__dict__
-    d["name"] = name
-    d["email_address"] = address
-    d["routing_type"] = routing_type
-    d["mailbox_type"] = mailbox_type
-    return obj
-
-
-def _make_attributed(value: Any, attributions: tuple[str, ...]) -> AttributedValue:
-    obj = _new(AttributedValue)
-    d = obj.__dict__
-    d["value"] = value
-    d["attributions"] = attributions
-    return obj
-
-
-def _make_persona_of(values: dict[str, Any]) -> Persona:
-    """A Persona of a dict of all its fields in field order (a plan writes them so)."""
-    obj = _new(Persona)
-    obj.__dict__.update(values)
-    return obj
 
 
 class _PersonaPlan:
@@ -868,6 +847,7 @@ class _PersonaPlan:
 
     def __init__(self, tags: list[str], counts: bytes) -> None:
         self.tags, self.counts = tags, counts
+        self.lines: list[str] = []  # the reader's statements, as source() writes them
         self.children: list[list[int]] = [[] for _ in tags]
         ends = [0] * len(tags)  # one past the last element of each subtree
         for at in range(len(tags) - 1, -1, -1):
@@ -896,21 +876,40 @@ class _PersonaPlan:
 
     def text(self, at: int) -> str:
         """What _str reads of element ``at``."""
-        return f"(els[{at}].text or '')" if self.counts[at] == 0 else f"str_(els[{at}])"
+        return f"(e{at}.text or '')" if self.counts[at] == 0 else f"str_(e{at})"
 
     def optional_text(self, at: int | None) -> str:
         return "None" if at is None else self.text(at)
 
+    def record(self, cls: str, values: list[str]) -> str:
+        """Statements making a record of class ``cls`` (a name in NAMESPACE) from ``values``,
+        expressions of every field in field order: the name of the local that holds it. The
+        instance dict is filled as _record_template's callers fill it (same object as __init__
+        makes); a value is a text, a flag or a local made before, never another record."""
+        fields = _PLAN_RECORD_FIELDS[cls]
+        if len(values) != len(fields):
+            raise ValueError(f"{cls} has {len(fields)} fields")
+        name = f"v{len(self.lines)}"
+        self.lines += [f"{name} = new({cls})", f"r = {name}.__dict__"]
+        self.lines += [f"r[{field!r}] = {value}" for field, value in zip(fields, values)]
+        return name
+
+    def item_id(self, at: int) -> str:  # _present_item_id
+        self.lines.append(f"if (a := e{at}.get('Id')) is None: missing()")
+        return self.record("ItemId", ["a", f"e{at}.get('ChangeKey')"])
+
     def email(self, at: int) -> str:  # _present_email
-        return f"email({', '.join(self.optional_text(c) for c in self.first_of(at, _EMAIL_NAMES))})"
+        return self.record("EmailAddress", [self.optional_text(c) for c in self.first_of(at, _EMAIL_NAMES)])
 
     def attribution(self, at: int) -> str:  # _attribution
         ident, source, display, writable, quick, hidden, folder = self.first_of(at, _ATTRIBUTION_NAMES)
-        return (f"attribution({'' if ident is None else self.text(ident) + ' or '}'', "
-                f"{'None' if source is None else f'item_id(els[{source}])'}, {self.optional_text(display)}, "
-                + ", ".join("None" if c is None else self.flag(c, name)
-                            for c, name in ((writable, "IsWritable"), (quick, "IsQuickContact"), (hidden, "IsHidden")))
-                + f", {'None' if folder is None else f'item_id(els[{folder}])'})")
+        source_id = "None" if source is None else self.item_id(source)
+        folder_id = "None" if folder is None else self.item_id(folder)
+        return self.record("PersonaAttribution", [
+            "''" if ident is None else f"{self.text(ident)} or ''", source_id, self.optional_text(display),
+            *("None" if c is None else self.flag(c, name)
+              for c, name in ((writable, "IsWritable"), (quick, "IsQuickContact"), (hidden, "IsHidden"))),
+            folder_id])
 
     def flag(self, at: int, name: str) -> str:  # _flag: the usual spellings by look-up, others by _bool
         return f"(flags[t] if (t := {self.text(at)}) in flags else bool_(t, {name!r}))"
@@ -931,8 +930,8 @@ class _PersonaPlan:
             elif kind == 1:
                 text = self.email(value)
             else:
-                text = f"{('phone', 'extended_property')[kind - 2]}(els[{value}])"
-            out.append(f"attributed({text}, ({''.join(i + ', ' for i in ids)}))")
+                text = f"{('phone', 'extended_property')[kind - 2]}(e{value})"
+            out.append(self.record("AttributedValue", [text, f"({''.join(i + ', ' for i in ids)})"]))
         return f"({''.join(o + ', ' for o in out)})"
 
     def field(self, at: int, kind: str) -> str:
@@ -941,7 +940,7 @@ class _PersonaPlan:
         if kind == "int":
             return f"int_({self.text(at)})"
         if kind == "itemid":
-            return f"item_id(els[{at}])"
+            return self.item_id(at)
         if kind == "email":
             return self.email(at)
         if kind == "emails":
@@ -952,6 +951,7 @@ class _PersonaPlan:
 
     def source(self) -> str | None:
         """The reader's source, or None when a persona of this shape has no PersonaId."""
+        self.lines = []
         found: dict[str, str] = {}
         for child in self.children[0]:
             entry = _PERSONA_KINDS.get(self.local(child))
@@ -959,8 +959,11 @@ class _PersonaPlan:
                 found[entry[0]] = self.field(child, entry[1])
         if "persona_id" not in found:
             return None
-        fields = ", ".join(f"{name!r}: {found.get(name, repr(default))}" for name, default in _PERSONA_TEMPLATE.items())
-        return f"def read(els):\n    return persona({{{fields}}})\n"
+        used = {int(n) for n in re.findall(r"\be(\d+)\b", "\n".join(self.lines + list(found.values())))}
+        unpack = ", ".join(f"e{at}" if at in used else "_" for at in range(len(self.tags)))
+        lines = [f"{unpack}, = els", *self.lines, "p = new(Persona)", "r = p.__dict__"]
+        lines += [f"r[{name!r}] = {found.get(name, repr(default))}" for name, default in _PERSONA_TEMPLATE.items()]
+        return "def read(els):\n" + "".join(f"    {line}\n" for line in lines) + "    return p\n"
 
     def reader(self) -> Callable[[list[Any]], Persona] | None:
         """The reader of this shape, or None (no PersonaId: _persona_by_reading reports it)."""
@@ -979,26 +982,35 @@ _PERSONA_KINDS = {element: (field_name, kind.partition(":")[0]) for element, fie
 assert tuple(_EMAIL_SLOTS.numbers) == _EMAIL_NAMES and tuple(_ATTRIBUTION_SLOTS.numbers) == _ATTRIBUTION_NAMES
 assert tuple(_ADDRESS.numbers) == _ADDRESS_NAMES and tuple(_ITEM_PARTS.numbers) == ("Value", "Attributions")
 assert list(_ITEM_KINDS.numbers.values()) == [0, 1, 2, 3] and _KIND_READERS[2:] == (_phone, _extended_property)
+
+
+def _missing_id() -> None:
+    raise _Invalid("an item id without its Id")  # a plan steps aside; _persona_by_reading says which
+
+
+_PLAN_RECORD_CLASSES = (ItemId, EmailAddress, PersonaAttribution, AttributedValue)
+_PLAN_RECORD_FIELDS = {cls.__name__: tuple(_record_template(cls)) for cls in _PLAN_RECORD_CLASSES}
 _PersonaPlan.NAMESPACE.update(
-    str_=_str, int_=_int, item_id=_present_item_id, flags=_FLAGS, bool_=_bool, email=_make_email,
-    attribution=_make_attribution, attributed=_make_attributed, phone=_phone, extended_property=_extended_property,
-    persona=_make_persona_of)
+    {cls.__name__: cls for cls in (*_PLAN_RECORD_CLASSES, Persona)}, new=_new, missing=_missing_id,
+    str_=_str, int_=_int, flags=_FLAGS, bool_=_bool, phone=_phone, extended_property=_extended_property)
+
+
+_TAG_OF = operator.attrgetter("tag")
 
 
 def _persona_fast(el: etree._Element) -> Persona:
     els = list(el.iter())
     if len(els) <= _PLAN_MAX_ELEMENTS:
         try:
-            tags = [e.tag for e in els]
-            joined = "\0".join(tags)  # NUL: in no tag
+            joined = "\0".join(map(_TAG_OF, els))  # NUL: in no tag
         except TypeError:  # a comment, processing instruction or entity: its tag is a function
             return _persona_by_reading(el)
         if len(joined) > _PLAN_MAX_KEY:  # long namespaces: not worth keeping as a key
             return _persona_by_reading(el)
-        key = (joined, bytes([len(e) for e in els]))
+        key = (joined, bytes(map(len, els)))  # (at most 254 children: each count fits a byte)
         plan = _PLANS.get(key, _UNSEEN)
         if plan is _UNSEEN:
-            plan = _plan_for(key, tags)
+            plan = _plan_for(key, els)
         if plan is not None:
             try:
                 return plan(els)
@@ -1007,36 +1019,67 @@ def _persona_fast(el: etree._Element) -> Persona:
     return _persona_by_reading(el)
 
 
-def _plan_for(key: tuple[str, bytes], tags: list[str]) -> Callable[[list[Any]], Persona] | None:
-    """The plan of a shape not planned yet: made at its _PLAN_AFTER-th sighting (writing one
-    costs about what reading a dozen personas does, so one-off shapes are read as before)."""
+def _plan_for(key: tuple[str, bytes], els: list[Any]) -> Callable[[list[Any]], Persona] | None:
+    """The plan of a shape not in _PLANS: the one kept before the table last turned over
+    (moved back), else one made at the shape's _PLAN_AFTER-th sighting (writing one costs
+    about what reading a dozen personas does, so one-off shapes are read as before)."""
+    plan = _PLANS_BEFORE.pop(key, _UNSEEN)
+    if plan is not _UNSEEN:
+        _keep_plan(key, plan)
+        return plan
     counted = hash(key)
     seen = _SIGHTINGS.get(counted, 0) + 1
-    if seen < _PLAN_AFTER or len(_PLANS) >= _PLAN_MAX:
+    if seen < _PLAN_AFTER:
         if len(_SIGHTINGS) >= _SIGHTINGS_MAX:
             _SIGHTINGS.clear()
         _SIGHTINGS[counted] = seen
         return None
     _SIGHTINGS.pop(counted, None)
     try:
-        plan = _PersonaPlan(tags, key[1]).reader()
+        plan = _PersonaPlan([e.tag for e in els], key[1]).reader()
     except ValueError:  # counts that do not make a tree: not from lxml
         plan = None
-    _PLANS[key] = plan
+    _keep_plan(key, plan)
     return plan
+
+
+def _keep_plan(key: tuple[str, bytes], plan: Callable[[list[Any]], Persona] | None) -> None:
+    """``plan`` into _PLANS. A full _PLANS turns over first: it becomes _PLANS_BEFORE (whose
+    plans, unused since the last turn-over, are dropped) and starts empty; the plans in use
+    come back from _PLANS_BEFORE at their next persona. So shapes in use keep their plans,
+    a new shape is planned whatever came before it, and at most 2 * _PLAN_MAX are kept."""
+    if len(_PLANS) >= _PLAN_MAX:
+        _PLANS_BEFORE.clear()
+        _PLANS_BEFORE.update(_PLANS)
+        _PLANS.clear()
+    _PLANS[key] = plan
+
+
+def forget_plans() -> None:
+    """Every persona plan and sighting dropped, as in a process that has read no persona yet."""
+    _PLANS.clear()
+    _PLANS_BEFORE.clear()
+    _SIGHTINGS.clear()
 
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a list's records are made.
+    """Python's cyclic garbage collector paused while a list's records are made, and the
+    records then handed to its oldest generation without a pass over them.
 
     A 1,000-contact list makes some 15,000 records, all kept. With the collector on, every
     700 new objects start a pass over the young ones, and in a process holding many objects
     (a proxy) a full pass over all of them can start part way through a list: with 300,000
     other objects alive, that put about 10 ms on the median decode of the 1,000-contact
-    answer (the best decodes hardly change). Paused, the records are walked once, by the
-    first collection after the list (which counts them all). A collector that was off before
-    stays off."""
+    answer (the best decodes hardly change). Paused, the records would all be walked by the
+    first collection after the list (3-4 ms for that list) and again when they move up a
+    generation. ``gc.freeze()`` then ``gc.unfreeze()`` (two list splices) move every tracked
+    object to the oldest generation instead, as if it had survived the young collections:
+    nothing is walked, the collector's counts start afresh, and each object is still
+    collected by the full collections as before (a cycle made young waits for the next full
+    pass). Only where nothing is frozen: ``unfreeze`` would also release what the process
+    froze itself (the lean front and record mode freeze what start-up made), so there the
+    records are walked as before. A collector that was off before stays off, untouched."""
     if not gc.isenabled():
         yield
         return
@@ -1044,6 +1087,9 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
 
 
@@ -1053,7 +1099,7 @@ def _item_list(el: etree._Element, memo: bool = False) -> ImItemList:
     with _collector_paused():
         return ImItemList(
             groups=tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup")),
-            personas=tuple(read(p) for p in _children(fields.get("Personas"), "Persona")),
+            personas=tuple(map(read, _children(fields.get("Personas"), "Persona"))),
         )
 
 
