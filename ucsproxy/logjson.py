@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .memo import IdentityCache
-from .records import ImGroup, ImItemList, Persona, to_jsonable
+from .records import EwsResponse, ImGroup, ImItemList, Persona, to_jsonable
 
 # The JSON columns: keys sorted (an import of exported fixtures gives the same text back),
 # non-ASCII kept as it is. to_jsonable already gives its keys in sorted order and the dicts
@@ -69,3 +69,16 @@ def payload_json(payload: Any) -> str | None:
         text = item_list_json([group_json(g) for g in payload.groups], [persona_json(p) for p in payload.personas])
         _ITEM_LIST_JSON.put(payload, text)
     return text
+
+
+def answer_columns(response: EwsResponse) -> tuple[str | None, str | None, str | None, str | None]:
+    """A decoded answer's log columns: operation, response class, response code and the
+    ``result`` JSON text (of a UCS message's payload or MessageXml, or of the fault)."""
+    result = None
+    if response.fault is not None:
+        result = _json(to_jsonable(response.fault))
+    elif response.message is not None and response.message.payload is not None:
+        result = payload_json(response.message.payload)
+    elif response.message is not None and response.message.message_xml is not None:
+        result = _json({"message_xml": to_jsonable(response.message.message_xml)})
+    return response.operation, response.response_class, response.response_code, result

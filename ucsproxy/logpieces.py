@@ -39,9 +39,10 @@ from collections import OrderedDict
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from .logjson import group_json, item_list_json, persona_json
+from .logjson import answer_columns, group_json, item_list_json, persona_json
 from .records import DecodeError, EwsResponse, ImItemList
 from .redact import has_trigger_word
+from .shapes import AnswerShapes
 
 _WS = b" \t\r\n"
 # The XML declaration a cut body may start with: version 1.0, UTF-8 if an encoding is named.
@@ -305,14 +306,18 @@ class ListPieces:
         self._frames: OrderedDict[tuple, _Frame] = OrderedDict()
         self._lock = threading.Lock()
         self.size = 0
-        #: Answers built from known pieces only, with new pieces decoded, and decoded whole.
-        self.reused = self.partly = self.whole = 0
+        #: Small answers (not lists) by shape, their columns as ucsproxy.logjson.answer_columns gives them.
+        self.shapes = AnswerShapes(answer_columns)
+        #: Answers built from known pieces only, with new pieces decoded, made by shape
+        #: (ucsproxy.shapes.AnswerShapes), and decoded whole.
+        self.reused = self.partly = self.shaped = self.whole = 0
 
     def clear(self) -> None:
-        """Forget every frame and piece."""
+        """Forget every frame and piece, and the answers kept by shape."""
         with self._lock:
             self._frames.clear()
             self.size = 0
+            self.shapes = AnswerShapes(answer_columns)
 
     def answer(self, body: bytes, content_type: str | None, operation: str | None) -> ListAnswer:
         """An answer body's columns from pieces (ListColumns), or ``codec.decode_response(body,
@@ -320,7 +325,11 @@ class ListPieces:
         that decode."""
         from . import codec
 
+        def decode(data: bytes) -> EwsResponse | DecodeError:
+            return codec.decode_response(data, operation, content_type, memo=True)
+
         pieces = cut(body, content_type, operation)
+        token = None
         if pieces is not None:
             with self._lock:
                 frame = self._frames.get(pieces.key)
@@ -330,10 +339,21 @@ class ListPieces:
                 found = self._from_pieces(frame, pieces, content_type, operation)
                 if found is not None:
                     return found
+        else:
+            # Not a list: a small answer that differs from one decoded before only in plain
+            # names and ids is made from that one's columns (ucsproxy.shapes.AnswerShapes).
+            made, token = self.shapes.get(body, (content_type, operation), decode)
+            if made is not None:
+                self.shaped += 1
+                return ListAnswer(ListColumns(*made))
         self.whole += 1
-        decoded = codec.decode_response(body, operation, content_type, memo=True)
+        decoded = decode(body)
         if pieces is not None:
             self._learn(pieces, decoded)
+        elif token is not None:
+            columns = self.shapes.put(token, decoded)
+            if columns is not None:
+                return ListAnswer(ListColumns(*columns))
         return ListAnswer(decoded)
 
     def _from_pieces(self, frame: _Frame, pieces: Cut, content_type: str | None,

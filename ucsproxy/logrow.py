@@ -20,7 +20,7 @@ from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
 # The JSON columns' one encoder and the JSON of records live in ucsproxy.logjson (also used
 # by ucsproxy.logpieces); the names are kept here for older imports.
-from .logjson import JSON_ENCODER, _JSON, _json, group_json, item_list_json, payload_json, persona_json  # noqa: F401
+from .logjson import JSON_ENCODER, _JSON, _json, answer_columns, group_json, item_list_json, payload_json, persona_json  # noqa: F401
 from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor
 
 #: Bodies longer than this are stored cut, with a note in ``error``.
@@ -106,14 +106,7 @@ class LoggedAnswer:
 
 def logged_answer(response: EwsResponse) -> LoggedAnswer:
     """The log columns of a decoded answer (a UCS message or a fault)."""
-    result = None
-    if response.fault is not None:
-        result = _json(to_jsonable(response.fault))
-    elif response.message is not None and response.message.payload is not None:
-        result = payload_json(response.message.payload)
-    elif response.message is not None and response.message.message_xml is not None:
-        result = _json({"message_xml": to_jsonable(response.message.message_xml)})
-    return LoggedAnswer(response.operation, response.response_class, response.response_code, result)
+    return LoggedAnswer(*answer_columns(response))
 
 
 # The log table's columns are defined in one place, ucsproxy.logtable (re-exported for older imports).

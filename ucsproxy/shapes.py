@@ -22,6 +22,19 @@ A request is made from a kept one only when every spot that differs
 Bodies with comments, CDATA sections, a DOCTYPE or processing instructions (anything ``<!``,
 a ``<?`` past the XML declaration) are never taken apart. Anything else is decoded in full,
 as before; the result is the same either way (tests/test_shapes.py compares them).
+
+**Answers** (:class:`AnswerShapes`, the log writer's): the same for a small answer (an
+AddImGroup's new group, an AddNewImContactToGroup's persona) and its log columns (operation,
+response class and code, the ``result`` JSON). A spot of an answer may feed several fields
+(a contact's name stands in a persona's display names, e-mail names and attributed values:
+each is a spot of its own), so the probe looks for *every* string the probe's value went
+into: each must be a field of :data:`ANSWER_FIELDS` (or an item of :data:`ANSWER_ITEMS`) that
+held the kept answer's value, and the probe's records must be the kept records with only
+those fields changed. The probe's columns then say where the value stands in the kept
+columns' text, and an answer of that shape gets the kept columns with the new values put in
+at those places (a plain value is its own JSON text: no backslash is taken). Its records,
+when asked for (:meth:`AnswerShapes.response`), are the kept records with the new values put
+into those fields. tests/test_shapes.py compares both with the full decode.
 """
 
 from __future__ import annotations
@@ -35,6 +48,17 @@ from typing import Any
 from .memo import BoundedMemo
 from .records import (
     AddDistributionGroupToImList,
+    AttributedValue,
+    EmailAddress,
+    EwsResponse,
+    ExtendedProperty,
+    ImGroup,
+    ItemId,
+    Persona,
+    PersonaAttribution,
+    PhoneNumber,
+    SoapFault,
+    UcsResponse,
     AddImContactToGroup,
     AddImGroup,
     AddNewImContactToGroup,
@@ -78,12 +102,12 @@ _PLAIN_ENCODINGS = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii", b"latin1
                              | {b"iso-8859-%d" % n for n in range(1, 17)} | {b"windows-125%d" % n for n in range(9)})
 
 
-def _parts(body: bytes) -> list[bytes] | None:
+def _parts(body: bytes, max_body: int = MAX_BODY) -> list[bytes] | None:
     """The body split as [fixed, spot, fixed, spot, ..., fixed] (a spot with its delimiters:
     ``>text<`` or ``="value"``); None when it is not taken apart: besides the markup above, a
     body whose declaration names an encoding not known to read plain bytes as ASCII, or that
     is not ASCII and not read as UTF-8 (the codec would fall back to the Content-Type's charset)."""
-    if len(body) > MAX_BODY or b"<!" in body or body.find(b"<?", 1) != -1:
+    if len(body) > max_body or b"<!" in body or body.find(b"<?", 1) != -1:
         return None
     declared = None
     if body.startswith(b"<?"):
@@ -225,3 +249,257 @@ def _made(kept: _Shape, spots: list[bytes], decode: Callable[[bytes], Any]) -> E
     if not changes:
         return kept.request
     return _request_with(kept.request, changes)
+
+
+# ---------------------------------------------------------------------------
+# Answers by shape
+
+#: Answer bodies longer than this are not taken apart (a persona answer is about 4 KB).
+MAX_ANSWER = 16 * 1024
+
+# A plain value (_PLAIN) that is also its own JSON text: no backslash.
+_PLAIN_JSON = re.compile(rb"[!#-%'-;=?-\[\]-~](?:[ !#-%'-;=?-\[\]-~]*[!#-%'-;=?-\[\]-~])?")
+
+#: The fields of an answer's records a plain value goes into as it stands: the codec reads each
+#: as its element's text or its attribute's value, with no number, flag, default or other
+#: reading in between (an empty text, which some read as None or "", is never plain), and
+#: to_jsonable writes it as it is. Not the response class and code, numbers or flags.
+ANSWER_FIELDS: frozenset[tuple[type, str]] = frozenset({
+    (ItemId, "id"), (ItemId, "change_key"),
+    (ImGroup, "display_name"), (ImGroup, "group_type"), (ImGroup, "smtp_address"),
+    (EmailAddress, "name"), (EmailAddress, "email_address"), (EmailAddress, "routing_type"),
+    (EmailAddress, "mailbox_type"),
+    (PhoneNumber, "number"), (PhoneNumber, "type"),
+    (PersonaAttribution, "id"), (PersonaAttribution, "display_name"),
+    (AttributedValue, "value"),  # a string value (the others are records: their fields are paths of their own)
+    (ExtendedProperty, "value"),
+    *((Persona, name) for name in ("persona_type", "creation_time", "display_name", "display_name_first_last",
+                                   "display_name_last_first", "file_as", "file_as_id", "given_name", "surname",
+                                   "im_address")),
+    (UcsResponse, "message_text"),
+    (SoapFault, "faultstring"), (SoapFault, "message"),
+})
+#: ... and the fields whose items are such values (a tuple of strings).
+ANSWER_ITEMS: frozenset[tuple[type, str]] = frozenset({(AttributedValue, "attributions"), (ExtendedProperty, "values")})
+
+Path = tuple[Any, ...]  # field names and tuple indexes from the EwsResponse down to a string
+
+
+def _leaves(value: Any, text: str) -> list[Path]:
+    """The paths of the strings in a record tree that hold ``text``."""
+    out: list[Path] = []
+    stack: list[tuple[Any, Path]] = [(value, ())]
+    while stack:
+        value, path = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if text in value:
+                out.append(path)
+        elif kind is tuple:
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+        elif hasattr(value, "__dataclass_fields__"):
+            stack.extend((v, path + (name,)) for name, v in value.__dict__.items())
+    return out
+
+
+def _at(record: Any, path: Path) -> Any:
+    for step in path:
+        record = record[step] if type(step) is int else getattr(record, step)
+    return record
+
+
+def _free(record: Any, path: Path) -> bool:
+    """Whether the string at ``path`` is a field of ANSWER_FIELDS or an item of ANSWER_ITEMS."""
+    if not path:
+        return False
+    if type(path[-1]) is int:
+        return len(path) > 1 and (type(_at(record, path[:-2])), path[-2]) in ANSWER_ITEMS
+    return (type(_at(record, path[:-1])), path[-1]) in ANSWER_FIELDS
+
+
+def _put_at(record: Any, path: Path, value: Any) -> Any:
+    """``record`` with ``value`` at ``path`` (records copied as the codec makes them, tuples rebuilt)."""
+    step = path[0]
+    if len(path) > 1:
+        value = _put_at(record[step] if type(step) is int else getattr(record, step), path[1:], value)
+    if type(step) is int:
+        items = list(record)
+        items[step] = value
+        return tuple(items)
+    made = object.__new__(type(record))
+    state = made.__dict__
+    state.update(record.__dict__)
+    state[step] = value
+    return made
+
+
+#: Where a spot's value stands: its length, its places in the kept columns ((column, offset)
+#: each) and the paths of the fields it fills in the kept records.
+Source = tuple[int, tuple[tuple[int, int], ...], tuple[Path, ...]]
+#: An answer's log columns: operation, response class, response code, ``result`` JSON.
+Columns = tuple[Any, ...]
+
+
+class _AnswerShape:
+    """One kept answer, its columns, and where each spot's value goes (None: not a value alone)."""
+
+    __slots__ = ("parts", "response", "columns", "sources")
+
+    def __init__(self, parts: list[bytes], response: EwsResponse, columns: Columns):
+        self.parts = parts
+        self.response = response
+        self.columns = columns
+        self.sources: dict[int, Source | None] = {}
+
+    def source(self, i: int, decode: Callable[[bytes], Any], columns_of: Callable[[EwsResponse], Columns]
+               ) -> Source | None:
+        if i in self.sources:
+            return self.sources[i]
+        self.sources[i] = found = self._probe(i, decode, columns_of)
+        return found
+
+    def _probe(self, i: int, decode: Callable[[bytes], Any], columns_of: Callable[[EwsResponse], Columns]
+               ) -> Source | None:
+        spots = self.parts[1::2]
+        was = _inner(spots[i])
+        if _PLAIN_JSON.fullmatch(was) is None:
+            return None
+        text = was.decode("ascii")
+        probe = b"%sX%dX" % (_PROBE.encode(), i)
+        mark = probe.decode()
+        if any(probe in part for part in self.parts) or any(type(c) is str and mark in c for c in self.columns):
+            return None
+        parts = list(self.parts)
+        spot = spots[i]
+        parts[2 * i + 1] = spot[:-1 - len(was)] + probe + spot[-1:]
+        probed = decode(b"".join(parts))
+        if type(probed) is not EwsResponse:
+            return None
+        kept = self.response
+        paths = _leaves(probed, mark)
+        if not paths:
+            return None
+        try:
+            for path in paths:
+                if _at(probed, path) != mark or not _free(kept, path) or _at(kept, path) != text:
+                    return None
+        except (AttributeError, IndexError, KeyError, TypeError):  # the probe's records are built otherwise
+            return None
+        expected = kept
+        for path in paths:
+            expected = _put_at(expected, path, mark)
+        if expected != probed:
+            return None
+        at: list[tuple[int, int]] = []
+        for column, (old, new) in enumerate(zip(self.columns, columns_of(probed))):
+            if type(old) is not str or type(new) is not str:
+                if old != new:
+                    return None
+                continue
+            pieces = new.split(mark)
+            if text.join(pieces) != old:
+                return None
+            offset = 0
+            for piece in pieces[:-1]:
+                offset += len(piece)
+                at.append((column, offset))
+                offset += len(text)
+        return len(text), tuple(at), tuple(paths)
+
+
+class AnswerShapes:
+    """Answers' columns (and records) by (shape, ``context``), the newest ``size`` shapes
+    (module docstring). ``context``: whatever else decoding depends on (the operation asked,
+    the Content-Type); ``columns_of``: an answer's columns from its records."""
+
+    def __init__(self, columns_of: Callable[[EwsResponse], Columns], size: int = 256):
+        self.columns_of = columns_of
+        self._shapes = BoundedMemo(size)
+
+    def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> tuple[Columns | None, Any]:
+        """(the columns made from a kept answer of the same shape, or None; a token for :meth:`put`).
+
+        ``decode``: the full decoding in this ``context`` (for a probe)."""
+        kept, parts, token = self._kept(body, context)
+        if kept is None:
+            return None, token
+        changes = self._changes(kept, parts, decode)
+        made = None if changes is None else _spliced(kept.columns, changes)
+        return made, (None if made is not None else token)
+
+    def response(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> EwsResponse | None:
+        """The records made from a kept answer of the same shape, or None (as :meth:`get`)."""
+        kept, parts, _ = self._kept(body, context)
+        if kept is None:
+            return None
+        changes = self._changes(kept, parts, decode)
+        if changes is None:
+            return None
+        made = kept.response
+        for (_, _, paths), text in changes:
+            for path in paths:
+                made = _put_at(made, path, text)
+        return made
+
+    def put(self, token: Any, decoded: Any) -> Columns | None:
+        """Keep ``decoded``, the full decoding of the body :meth:`get` gave ``token`` for;
+        returns its columns (None when it is not kept)."""
+        if token is None or type(decoded) is not EwsResponse:
+            return None
+        key, parts = token
+        columns = tuple(self.columns_of(decoded))
+        self._shapes.put(key, _AnswerShape(parts, decoded, columns))
+        return columns
+
+    def _kept(self, body: bytes, context: tuple) -> tuple[_AnswerShape | None, list[bytes], Any]:
+        parts = _parts(body, MAX_ANSWER)
+        if parts is None:
+            return None, [], None
+        # The fixed parts as a tuple, not joined (see ShapeMemo.get).
+        key = (tuple(parts[0::2]), context)
+        kept: _AnswerShape | None = self._shapes.get(key)
+        return kept, parts, (key, parts)
+
+    def _changes(self, kept: _AnswerShape, parts: list[bytes], decode: Callable[[bytes], Any]
+                 ) -> list[tuple[Source, str]] | None:
+        """Each changed spot's source and new value; None when one is not plain or not a source."""
+        old = kept.parts[1::2]
+        spots = parts[1::2]
+        if len(old) != len(spots):
+            return None
+        changes: list[tuple[Source, str]] = []
+        for i in compress(count(), map(ne, spots, old)):  # the spots that differ, found in C
+            spot, was = spots[i], old[i]
+            value = _inner(spot)
+            if spot[0] != was[0] or _PLAIN_JSON.fullmatch(value) is None:
+                return None
+            source = kept.source(i, decode, self.columns_of)
+            if source is None:
+                return None
+            changes.append((source, value.decode("ascii")))
+        return changes
+
+
+def _spliced(columns: Columns, changes: list[tuple[Source, str]]) -> Columns | None:
+    """The kept columns with each change's value put in at its places."""
+    if not changes:
+        return columns
+    edits = sorted((column, offset, length, text) for (length, at, _), text in changes for column, offset in at)
+    out = list(columns)
+    i = 0
+    while i < len(edits):
+        column = edits[i][0]
+        old = columns[column]
+        pieces = []
+        end = 0
+        while i < len(edits) and edits[i][0] == column:
+            _, offset, length, text = edits[i]
+            if offset < end:
+                return None  # two values in one place: cannot be (each is one field's), but never guessed
+            pieces.append(old[end:offset])
+            pieces.append(text)
+            end = offset + length
+            i += 1
+        pieces.append(old[end:])
+        out[column] = "".join(pieces)
+    return tuple(out)
