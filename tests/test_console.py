@@ -60,3 +60,40 @@ def test_each_kind_of_exchange_reads_differently():
     assert console.summary(7) == ("ucsproxy: 7 exchanges, 3 errors, 2 faults, 1 injected, "
                                   "1 without a recorded answer, 1 divergence, 7 rows logged")
     assert console.summary(None).endswith("log off")
+
+
+def test_a_plain_line_reads_as_the_painted_one_without_its_colours():
+    """The line for a pipe (no painting, the usual case) is the terminal's line, colours taken out,
+    for every kind of exchange and each combination of notes."""
+    import re
+
+    kinds = [summary(), summary(arguments=""), summary(mailbox=None, operation=None, duration_ms=None),
+             summary(response_class="Fault", response_code="ErrorSchemaValidation", http_status=500),
+             summary(response_class=None, response_code=None, http_status=None, error="connection killed"),
+             summary(response_class="Warning", response_code="NoError"),
+             summary(response_class=None, response_code=None, http_status=404)]
+    notes = [{}, {"fault": {"action": "server-busy", "rule": "busy"}}, {"fault": {"action": "delay", "delay_ms": 5}},
+             {"fault": {"action": "delay"}}, {"replay": "no-match"}, {"replay": "no-match", "replay_reason": "none"},
+             {"replay": "fall-through"}, {"replay": "replayed"}, {"divergence": "differs"},
+             {"fault": {"action": "reset"}, "divergence": "x", "error": "gone"}]
+    for kind in kinds:
+        for extra in notes:
+            s = ExchangeSummary(**{**kind.__dict__, **extra})
+            plain, painted = format_line(s), format_line(s, color=True)
+            assert plain == re.sub("\x1b\\[[0-9;]*m", "", painted), (plain, painted)
+            pipe = io.StringIO()
+            Console(pipe).exchange(s)
+            assert pipe.getvalue() == plain + "\n"
+
+
+def test_the_time_of_any_moment_reads_as_strftime_would():
+    import random
+    from datetime import UTC, datetime
+
+    from ucsproxy.console import _moment
+
+    rng = random.Random(15)
+    moments = [rng.uniform(0, 4_000_000_000) for _ in range(3000)]
+    moments += [int(m) + f for m in moments[:200] for f in (0.0, 0.0005, 0.9995, 0.9999995, 0.9999996, 0.4999995)]
+    for at in moments:
+        assert _moment(at) == datetime.fromtimestamp(at, tz=UTC).strftime("%H:%M:%S.%f")[:-3], at

@@ -11,7 +11,6 @@ and hands it to :meth:`Console.exchange`. Colour only on a terminal (and never w
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -19,7 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .annotate import ExchangeSummary
+from .annotate import ExchangeSummary, summarize_raw
+from .protocol import is_ews_request
 
 if TYPE_CHECKING:
     from .shadow import ShadowModel
@@ -43,11 +43,15 @@ def _paint(text: str, style: str | None, color: bool) -> str:
 
 
 def _style(s: ExchangeSummary) -> str:
-    if s.failed:
+    return _style_of(s.failed, s.is_error, s.response_class)
+
+
+def _style_of(failed: bool, is_error: bool, response_class: str | None) -> str:
+    if failed:
         return "fault"
-    if s.is_error:
+    if is_error:
         return "error"
-    if s.response_class == "Warning":
+    if response_class == "Warning":
         return "warning"
     return "ok"
 
@@ -76,8 +80,10 @@ _SECOND: list = [None, ""]  # [whole second, its "HH:MM:SS"]: strftime once a se
 
 def _moment(started_at: float) -> str:
     """HH:MM:SS.mmm (UTC) of a timestamp, as strftime("%H:%M:%S.%f")[:-3] writes it."""
-    fraction_s, whole = math.modf(started_at)  # as datetime.fromtimestamp rounds
-    second, fraction = int(whole), round(fraction_s * 1_000_000)
+    # As datetime.fromtimestamp rounds: the microseconds of the exact fractional part (a float
+    # minus its integer part is exact, as math.modf gives it).
+    second = int(started_at)
+    fraction = round((started_at - second) * 1_000_000)
     if fraction >= 1_000_000:
         second, fraction = second + 1, fraction - 1_000_000
     elif fraction < 0:
@@ -93,16 +99,27 @@ def _moment(started_at: float) -> str:
 
 def format_line(s: ExchangeSummary, color: bool = False) -> str:
     """time, mailbox, operation, key argument, ResponseCode, ms (and notes), one line."""
+    return _line(s, color, s.failed, s.is_error, s.injected)
+
+
+def _line(s: ExchangeSummary, color: bool, failed: bool, is_error: bool, injected: bool) -> str:
+    """:func:`format_line`, given the summary's ``failed``, ``is_error`` and ``injected``."""
     moment = _moment(s.started_at)
     result = s.result
     if s.http_status is not None and s.http_status != 200 and s.response_code:
         result += f" (HTTP {s.http_status})"
     ms = f"{s.duration_ms:.1f} ms" if s.duration_ms is not None else "- ms"
-    cells = [_paint(moment, "dim", color), s.mailbox or "-", f"{s.operation or 'EWS':<33}"]
+    operation = f"{s.operation or 'EWS':<33}"
+    extra = notes(s) if injected or s.fault or s.replay or s.divergence or s.error else ()
+    if not color:  # the usual case (not a terminal): no painting
+        line = (f"{moment}  {s.mailbox or '-'}  {operation}  {s.arguments}  {result}  {ms}" if s.arguments
+                else f"{moment}  {s.mailbox or '-'}  {operation}  {result}  {ms}")
+        return line + "".join("  " + text for _, text in extra) if extra else line
+    cells = [_paint(moment, "dim", color), s.mailbox or "-", operation]
     if s.arguments:
         cells.append(s.arguments)
-    cells += [_paint(result, _style(s), color), ms]
-    cells += [_paint(text, style, color) for style, text in notes(s)]
+    cells += [_paint(result, _style_of(failed, is_error, s.response_class), color), ms]
+    cells += [_paint(text, style, color) for style, text in extra]
     return "  ".join(cells)
 
 
@@ -140,18 +157,24 @@ class Console:
             pass
 
     def exchange(self, s: ExchangeSummary) -> None:
-        if not s.is_ews:
+        if s.operation is None and not is_ews_request(s.method, s.path):  # s.is_ews
             return
+        # s.is_error, s.failed and s.injected, each once
+        is_error = s.response_class == "Error"
+        status = s.http_status
+        failed = s.response_class == "Fault" or s.error is not None or status is None or status >= 400
+        fault = s.fault
+        injected = bool(fault and fault.get("action") not in (None, "delay"))
         with self._lock:
             self.exchanges += 1
-            self.errors += s.is_error
-            self.faults += s.failed
-            self.injected += s.injected
+            self.errors += is_error
+            self.faults += failed
+            self.injected += injected
             self.no_match += s.replay == "no-match"
             self.diverged += bool(s.divergence)
         if self.enabled:
             out = self._out()
-            out.write(format_line(s, self._wants_color(out)) + "\n")
+            out.write(_line(s, self._wants_color(out), failed, is_error, injected) + "\n")
             flush_soon = self.flush_soon
             if flush_soon is None:
                 out.flush()
@@ -202,8 +225,6 @@ class Reporter:
         """Summarize a finished :class:`~ucsproxy.logrow.RawExchange`; None when nobody asks."""
         if not self.active:
             return None
-        from .annotate import summarize_raw
-
         s = summarize_raw(raw, replay)
         if self.shadow is not None and s.operation:
             s.divergence = self.shadow.observe(raw, s)

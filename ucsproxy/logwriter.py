@@ -14,7 +14,12 @@ it has received.
 Protocol (proxy -> writer, on a pipe): frames of ``kind (1 byte) | seq (8) | count (4) | length
 (4) | payload``; kind ``B`` carries ``count`` pickled :class:`RawExchange` objects numbered
 ``seq`` (:func:`frame_parts`: big bodies follow the pickle as they are, never copied into it),
-kind ``S`` asks the writer to finish and stop. An exchange with a body of at least
+kind ``S`` asks the writer to finish and stop. The proxy's usual frame is kind ``M``
+(:func:`marshal_payload`): ``count`` exchanges as one :mod:`marshal` list of plain tuples, each
+exchange's fields in :func:`_marshal_layout`'s order with its decoded request and answer as the
+log columns the proxy made of them (a ``LoggedRequest`` and a ``LoggedAnswer``, as tuples):
+about a fifth of pickling the same exchanges, on both ends; an exchange that holds anything
+``marshal`` does not take (a decode error, a subclass of ``str``) goes in a ``B`` frame. An exchange with a body of at least
 :data:`SHARE_MIN_BYTES` travels in a kind ``R`` frame (:class:`SharedValues`): each big value
 (a body, the JSON of a mock answer's records) is numbered the first time it is sent (beside the
 pickle, as in ``B`` frames) and later named by its number only, so the mock's unchanged 2 MB
@@ -45,6 +50,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import marshal
 import os
 import pickle
 import signal
@@ -65,7 +71,7 @@ if TYPE_CHECKING:  # the writer process imports the decoder after it has said it
 log = logging.getLogger("ucsproxy.store")
 
 HEADER = struct.Struct("!cQII")
-BATCH, STOP, REFS, DEFINE = b"B", b"S", b"R", b"D"
+BATCH, STOP, REFS, DEFINE, MARSHAL = b"B", b"S", b"R", b"D", b"M"
 #: Values (bodies, JSON text) at least this long are sent by number once the writer has them.
 SHARE_MIN_BYTES = 16 * 1024
 #: The values both ends keep by number, at most (bytes, values): the newest, and any that a
@@ -180,6 +186,74 @@ def load_payload(payload: bytes) -> list[RawExchange]:
     """The exchanges of a frame's payload (what :func:`frame_parts` made)."""
     data, buffers = _split(payload)
     return [_restored(state, answer) for state, answer in pickle.loads(data, buffers=buffers)]
+
+
+_LAYOUT: tuple[Any, tuple[str, ...]] | None = None
+
+
+def _marshal_layout() -> tuple[Any, tuple[str, ...]]:
+    """(a getter of a RawExchange's fields but its two decoded ones, as a tuple; the names of a
+    kind ``M`` exchange's values in order: those fields, then ``decoded_request`` and
+    ``decoded_response``). From the dataclass itself: a field added later travels too."""
+    global _LAYOUT
+    if _LAYOUT is None:
+        import dataclasses
+        import operator
+
+        from .logrow import RawExchange
+
+        plain = tuple(f.name for f in dataclasses.fields(RawExchange)
+                      if f.name not in ("decoded_request", "decoded_response"))
+        _LAYOUT = (operator.attrgetter(*plain), (*plain, "decoded_request", "decoded_response"))
+    return _LAYOUT
+
+
+def marshal_payload(raws: list[RawExchange]) -> bytes | None:
+    """The payload of a kind ``M`` frame carrying ``raws``, or None when one of them holds a value
+    :mod:`marshal` does not take (then a ``B`` frame carries them). What travels is what
+    :meth:`RawExchange.__getstate__ <ucsproxy.logrow.RawExchange.__getstate__>` gives a ``B`` frame:
+    the decoded request's log columns where the proxy decided the mailbox (else nothing: the
+    writer decodes it), the answer's log columns where the proxy made it from records."""
+    from .logrow import LoggedAnswer, logged_answer, logged_request
+    from .records import EwsRequest, EwsResponse
+
+    getter = _marshal_layout()[0]
+    items = []
+    for raw in raws:
+        request = raw.decoded_request
+        columns = logged_request(request) if type(request) is EwsRequest and raw.mailbox else None
+        answer: Any = raw.decoded_response
+        if answer is not None:
+            if isinstance(answer, EwsResponse):
+                answer = logged_answer(answer)
+            elif type(answer) is not LoggedAnswer:
+                return None  # a decode error: pickled
+            answer = (answer.operation, answer.response_class, answer.response_code, answer.result)
+        items.append(getter(raw) + (columns, answer))
+    try:
+        return marshal.dumps(items)
+    except ValueError:  # a value marshal does not take: the frame is pickled instead
+        return None
+
+
+def load_marshal(payload: bytes | memoryview) -> list[RawExchange]:
+    """The exchanges of a kind ``M`` frame's payload (what :func:`marshal_payload` made)."""
+    from .logrow import LoggedAnswer, LoggedRequest, RawExchange
+
+    names = _marshal_layout()[1]
+    new = RawExchange.__new__
+    out = []
+    for values in marshal.loads(payload):
+        raw = new(RawExchange)
+        state = dict(zip(names, values))
+        request, answer = values[-2], values[-1]
+        if request is not None:
+            state["decoded_request"] = LoggedRequest(*request)
+        if answer is not None:
+            state["decoded_response"] = LoggedAnswer(*answer)
+        raw.__dict__.update(state)
+        out.append(raw)
+    return out
 
 
 def frame(seq: int, raws: list[RawExchange]) -> bytes:
@@ -500,48 +574,78 @@ def clear_mark(conn: sqlite3.Connection, session: str) -> None:
 # The writer process
 
 
+#: After a read that found little in the pipe (less than READ_MUCH), the reader waits this long
+#: before it reads again (seconds): a busy proxy's frames are read a few at a time, not each on
+#: a wake-up of its own (two processes' context switches per frame). The pipe holds them meanwhile:
+#: a proxy killed now leaves them readable, and a full pipe is read again at once.
+READ_PAUSE = 0.002
+READ_MUCH = 64 * 1024
+READ_SIZE = 1 << 20
+
+
 class _FrameReader(threading.Thread):
     """Drains the proxy's pipe into memory as fast as it comes (at normal priority): the proxy's
     hand-overs never wait on the writer's decoding, and what has left the proxy survives it."""
 
     def __init__(self, fd: int):
         super().__init__(name="ucsproxy-log-reader", daemon=True)
-        self.stream = open(fd, "rb", buffering=1 << 20)
+        self.fd = fd
         self.frames: deque[tuple[bytes, int, int, bytes]] = deque()
         self.cond = threading.Condition()
         self.stop = False
         self.eof = False
         self.cut = 0  # exchanges of a frame the proxy's death cut short
+        self.waiting = False  # the main thread waits for a frame (else it is told only of the end)
 
     def run(self) -> None:
+        buf = bytearray()
+        size = HEADER.size
         try:
             while True:
-                head = self.stream.read(HEADER.size)
-                if len(head) < HEADER.size:
+                data = os.read(self.fd, READ_SIZE)
+                if not data:
                     break
-                kind, seq, count, length = HEADER.unpack(head)
-                if kind == STOP:
+                buf += data
+                found = []
+                stop = False
+                at = 0
+                while len(buf) - at >= size:
+                    kind, seq, count, length = HEADER.unpack_from(buf, at)
+                    if kind == STOP:
+                        stop = True
+                        at += size
+                        continue
+                    if len(buf) - at - size < length:
+                        break  # the rest of this frame is still on its way
+                    found.append((kind, seq, count, bytes(buf[at + size:at + size + length])))
+                    at += size + length
+                if at:
+                    del buf[:at]
+                if found or stop:
                     with self.cond:
-                        self.stop = True
-                        self.cond.notify()
-                    continue
-                payload = self.stream.read(length) if length else b""
-                if len(payload) < length:
-                    self.cut += count
-                    break
-                with self.cond:
-                    self.frames.append((kind, seq, count, payload))
-                    self.cond.notify()
+                        self.frames.extend(found)
+                        self.stop = self.stop or stop
+                        if self.waiting or stop:
+                            self.cond.notify()
+                if len(data) < READ_MUCH:
+                    time.sleep(READ_PAUSE)
         except (OSError, ValueError):
             pass
+        if len(buf) >= size:
+            self.cut += HEADER.unpack_from(buf)[2]
         with self.cond:
             self.eof = True
             self.cond.notify()
 
-    def take(self, timeout: float | None) -> list[tuple[bytes, int, int, bytes]]:
+    def take(self, timeout: float | None, gathering: bool = False) -> list[tuple[bytes, int, int, bytes]]:
+        """The frames read so far, after waiting up to ``timeout`` for one (None: as long as it
+        takes). ``gathering``: wait the whole ``timeout`` (frames arriving meanwhile are taken
+        together at its end), unless the proxy says stop or is gone."""
         with self.cond:
-            if not self.frames and not self.stop and not self.eof:
+            if not self.stop and not self.eof and (gathering or not self.frames):
+                self.waiting = not gathering
                 self.cond.wait(timeout)
+                self.waiting = False
             out = list(self.frames)
             self.frames.clear()
             return out
@@ -605,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout = max(0.0, since + GATHER_TIME - time.monotonic())
         else:
             timeout = 0.0
-        frames = reader.take(timeout)
+        frames = reader.take(timeout, gathering=bool(committer.pending) and bool(timeout))
         if frames and not committer.pending:
             since = time.monotonic()
         for kind, seq, _count, payload in frames:
@@ -616,7 +720,11 @@ def main(argv: list[str] | None = None) -> int:
                 raws = shared.load(payload)
                 if seq > committed:
                     committer.add(seq, raws, stored_size(raws))
-            elif seq > committed:  # else an earlier writer of this session committed it
+            elif seq <= committed:
+                continue  # an earlier writer of this session committed it
+            elif kind == MARSHAL:
+                committer.add(seq, load_marshal(payload), len(payload))
+            else:
                 committer.add(seq, load_payload(payload), len(payload))
         ending = reader.stop or reader.eof
         if not committer.pending:

@@ -492,10 +492,11 @@ class _ProcessSink:
         self.ready_timeout = ready_timeout
         import uuid
 
-        from .logwriter import REFS, SharedValues, frame_header, frame_parts, stop_frame
+        from .logwriter import BATCH, MARSHAL, REFS, SharedValues, frame_header, frame_parts, marshal_payload, stop_frame
 
         self._parts, self._header, self._stop_frame = frame_parts, frame_header, stop_frame
-        self._refs_kind = REFS
+        self._marshal = marshal_payload
+        self._refs_kind, self._batch_kind, self._marshal_kind = REFS, BATCH, MARSHAL
         self._shared = SharedValues()  # big values sent by number (logwriter's R frames)
         self._acked = 0  # the last frame the writer acknowledged
         self.session = uuid.uuid4().hex
@@ -566,12 +567,18 @@ class _ProcessSink:
         return done, error
 
     def _frame(self, raws: list[RawExchange]) -> None:
-        parts = self._parts(raws)
-        length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
+        payload = self._marshal(raws)  # plain tuples (kind M); pickled (kind B) when marshal refuses
+        parts: list[bytes | memoryview]
+        if payload is not None:
+            kind, parts = self._marshal_kind, [payload]
+            length = len(payload)
+        else:
+            kind, parts = self._batch_kind, self._parts(raws)
+            length = sum(len(p) for p in parts)  # memoryviews of bytes: len is their size
         with self._lock:
             self._seq += 1
             seq = self._seq
-            head = self._header(seq, len(raws), length)
+            head = self._header(seq, len(raws), length, kind)
             self._unacked[seq] = (len(raws), len(head) + length, (head, *parts))
 
     def _big_frame(self, raw: RawExchange) -> None:
