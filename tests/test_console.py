@@ -72,7 +72,7 @@ def test_a_plain_line_reads_as_the_painted_one_without_its_colours():
              summary(response_class=None, response_code=None, http_status=None, error="connection killed"),
              summary(response_class="Warning", response_code="NoError"),
              summary(response_class=None, response_code=None, http_status=404)]
-    notes = [{}, {"fault": {"action": "server-busy", "rule": "busy"}}, {"fault": {"action": "delay", "delay_ms": 5}},
+    notes: list[dict[str, Any]] = [{}, {"fault": {"action": "server-busy", "rule": "busy"}}, {"fault": {"action": "delay", "delay_ms": 5}},
              {"fault": {"action": "delay"}}, {"replay": "no-match"}, {"replay": "no-match", "replay_reason": "none"},
              {"replay": "fall-through"}, {"replay": "replayed"}, {"divergence": "differs"},
              {"fault": {"action": "reset"}, "divergence": "x", "error": "gone"}]
