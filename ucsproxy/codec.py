@@ -1079,15 +1079,27 @@ def _collector_paused() -> Iterator[None]:
     collected by the full collections as before (a cycle made young waits for the next full
     pass). Only where nothing is frozen: ``unfreeze`` would also release what the process
     froze itself (the lean front and record mode freeze what start-up made), so there the
-    records are walked as before. A collector that was off before stays off, untouched."""
-    if not gc.isenabled():
+    records are walked as before. A collector that was off before stays off, untouched (also
+    one whose young threshold is 0).
+
+    The move takes every young object of the process, not only the records, and a full pass
+    comes only after enough objects *survived* the young collections: the host's young cyclic
+    garbage moved with them (mitmproxy's flows, anything a content view's or the writer's
+    caller made since its last collection) was never collected, and a host decoding lists
+    grew without bound. So the young generations are collected first (a pass over the few
+    objects made since the last one, before the records exist): only the list's records, and
+    what the process makes while they are read, skip the young collections."""
+    if not gc.isenabled() or not gc.get_threshold()[0]:
         yield
         return
+    move = not gc.get_freeze_count()
+    if move:
+        gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
-        if not gc.get_freeze_count():
+        if move and not gc.get_freeze_count():
             gc.freeze()
             gc.unfreeze()
         gc.enable()
