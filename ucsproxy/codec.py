@@ -837,6 +837,13 @@ _PLANS_BEFORE: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = 
 # one-off shapes kept whole held some 17 MB. Two shapes of one hash share a count, which
 # only plans one of them sooner (a plan is made and kept under its own key).
 _SIGHTINGS: dict[int, int] = {}
+# How often each shape's plan was dropped by a turn-over (by hash, forgotten all at once past
+# _SIGHTINGS_MAX). A shape dropped _DROPS_MAX times is read without a plan from then on: more
+# shapes in turn than the two tables hold (a list of 300 shapes) would otherwise drop every plan
+# a cycle before its next use and write it again (each list writing hundreds of plans used once,
+# 9x the time of reading them), where the tables now keep what they hold and the rest is read.
+_DROPPED: dict[int, int] = {}
+_DROPS_MAX = 2
 
 
 class _PersonaPlan:
@@ -1029,7 +1036,7 @@ def _plan_for(key: tuple[str, bytes], els: list[Any]) -> Callable[[list[Any]], P
         return plan
     counted = hash(key)
     seen = _SIGHTINGS.get(counted, 0) + 1
-    if seen < _PLAN_AFTER:
+    if seen < _PLAN_AFTER or _DROPPED.get(counted, 0) >= _DROPS_MAX:
         if len(_SIGHTINGS) >= _SIGHTINGS_MAX:
             _SIGHTINGS.clear()
         _SIGHTINGS[counted] = seen
@@ -1049,6 +1056,10 @@ def _keep_plan(key: tuple[str, bytes], plan: Callable[[list[Any]], Persona] | No
     come back from _PLANS_BEFORE at their next persona. So shapes in use keep their plans,
     a new shape is planned whatever came before it, and at most 2 * _PLAN_MAX are kept."""
     if len(_PLANS) >= _PLAN_MAX:
+        if len(_DROPPED) >= _SIGHTINGS_MAX:
+            _DROPPED.clear()
+        for dropped in _PLANS_BEFORE:
+            _DROPPED[hash(dropped)] = _DROPPED.get(hash(dropped), 0) + 1
         _PLANS_BEFORE.clear()
         _PLANS_BEFORE.update(_PLANS)
         _PLANS.clear()
@@ -1060,6 +1071,7 @@ def forget_plans() -> None:
     _PLANS.clear()
     _PLANS_BEFORE.clear()
     _SIGHTINGS.clear()
+    _DROPPED.clear()
 
 
 @contextmanager
