@@ -68,6 +68,10 @@ def pytest_configure(config):
         from ucsproxy.tlscerts import ensure_ca
 
         ensure_ca()
+        # Compiled modules made once for the run, before the workers start (tests/bytecode.py).
+        import bytecode
+
+        config._ucs_pycache = bytecode.share_for_the_run(ROOT, config)
 
 
 #: The test files that take longest (on the project's 2-core machine), longest first. The README's
@@ -94,6 +98,12 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_sessionstart(session):
     session.config._ucs_tree = tree_snapshot()
+
+
+def pytest_unconfigure(config):
+    import bytecode
+
+    bytecode.remove(getattr(config, "_ucs_pycache", None))
 
 
 def pytest_sessionfinish(session, exitstatus):
