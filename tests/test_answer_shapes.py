@@ -16,8 +16,12 @@ from ucsproxy import records as R
 from ucsproxy.logjson import answer_columns
 from ucsproxy.logpieces import ListColumns, ListPieces
 from ucsproxy.model import UcsModel
+from ucsproxy.redact import has_trigger_word
 from ucsproxy.records import EwsResponse
 from ucsproxy.service import UcsService
+
+from test_shapes import MAKERS as REQUEST_MAKERS
+from test_shapes import envelope as request_envelope
 
 CT = "text/xml; charset=utf-8"
 MB = "kim.akers@contoso.com"
@@ -54,18 +58,29 @@ def run(bodies: list[bytes], operation: str | None = None, content_type: str | N
         expected = codec.decode_response(body, operation, content_type)
         if made is None:
             assert memo.response(body, context, decode) is None
-            kept = memo.put(token, expected)
+            kept = memo.put(token, expected, body.decode("utf-8", "replace"))
             if kept is not None:
                 assert isinstance(expected, EwsResponse)
-                assert kept == answer_columns(expected)
+                assert kept.columns == answer_columns(expected)
+                assert_clean_right(kept, body)
         else:
             made_count += 1
             assert isinstance(expected, EwsResponse), body
-            assert made == answer_columns(expected), body
+            assert made.columns == answer_columns(expected), body
+            assert_clean_right(made, body)
             response = memo.response(body, context, decode)
             assert response == expected
             assert repr(response) == repr(expected)
     return made_count
+
+
+def assert_clean_right(made: shapes.Made, body: bytes) -> None:
+    """A text or column called clean holds no redaction trigger word."""
+    if made.text_clean:
+        assert not has_trigger_word(body.decode("utf-8"))
+    for column, clean in zip(made.columns, made.columns_clean):
+        if clean and column is not None:
+            assert not has_trigger_word(column)
 
 
 def item_id(rng: random.Random) -> R.ItemId:
@@ -210,9 +225,14 @@ def test_the_log_s_list_pieces_make_small_answers_by_shape_and_give_the_whole_de
     rng = random.Random(9)
     bodies = [MAKERS["persona"](rng) for _ in range(20)]
     for body in bodies:
-        found = pieces.answer(body, CT, "AddNewImContactToGroup").answer
+        answered = pieces.answer(body, CT, "AddNewImContactToGroup")
+        found = answered.answer
         got = tuple(found) if isinstance(found, ListColumns) else answer_columns(found)
         assert got == full_columns(body, "AddNewImContactToGroup")
+        if answered.body_clean:
+            assert not has_trigger_word(body.decode())
+        if answered.result_clean:
+            assert not has_trigger_word(got[3])
     assert pieces.shaped >= 15
     assert pieces.whole <= 5
 
@@ -241,3 +261,61 @@ def test_mutated_answers_made_by_shape_are_what_a_full_decode_gives(kind: str, s
             at %= len(mutant)
             mutant = mutant[:at] + byte + mutant[at + 1:]
     run(bodies + [mutant, bodies[1], mutant], "AddImGroup" if kind == "group" else None)
+
+
+# -- requests' log columns by shape (ucsproxy.shapes.RequestShapes, the log writer's) ---------------
+
+
+def request_run(bodies: list[bytes]) -> int:
+    """Each request body through one RequestShapes against the full decode (records, columns,
+    clean flags); returns how many were made from a kept request."""
+    from ucsproxy.logrow import request_columns
+
+    memo = shapes.RequestShapes(request_columns)
+
+    def decode(data: bytes):
+        return codec.decode_request(data, None, CT)
+
+    made_count = 0
+    for body in bodies:
+        made, token = memo.get(body, ("log", CT), decode, record=True)
+        expected = decode(body)
+        if made is None:
+            kept = memo.put(token, expected, body.decode("utf-8", "replace"))
+            if kept is not None:
+                assert kept.columns == request_columns(expected)
+        else:
+            made_count += 1
+            assert made.record == expected and repr(made.record) == repr(expected), body
+            assert made.columns == request_columns(expected)
+            assert_clean_right(made, body)
+    return made_count
+
+
+@pytest.mark.parametrize("operation", sorted(REQUEST_MAKERS))
+def test_requests_columns_by_shape_are_the_full_decode_s(operation):
+    rng = random.Random(operation)
+    bodies = [request_envelope(REQUEST_MAKERS[operation](rng)) for _ in range(30)]
+    assert request_run(bodies) >= 20
+
+
+def test_a_secret_in_a_value_made_by_shape_is_redacted_in_the_row():
+    """A kept persona answer and request without trigger words, then one whose names hold a
+    password and a bearer token: the row is redacted as a fresh build redacts it."""
+    from ucsproxy.logrow import RawExchange, build_row
+
+    def raw(name: str) -> RawExchange:
+        request = request_envelope(f"<m:AddImGroup><m:DisplayName>{name}</m:DisplayName></m:AddImGroup>")
+        body = answer("AddImGroup", R.ImGroup(name, "IPM.DistList.MOC.UserGroup", R.ItemId("G" + name[:3])))
+        return RawExchange("record", 0.0, 1.0, None, None, "POST", "/EWS/Exchange.asmx", 200,
+                           [("Content-Type", CT)], request, [("Content-Type", CT)], body)
+
+    from ucsproxy.logpieces import LIST_PIECES
+
+    shaped = LIST_PIECES.shaped
+    for name in ("Friends", "Family", "password=hunter2", "Bearer abcdefghijklmnopqrstuvwxyz", "Team"):
+        row = build_row(raw(name))
+        assert "hunter2" not in repr(row) and "abcdefghijklmnopqrstuvwxyz" not in repr(row)
+        assert ("<redacted>" in row["args"]) == (name[0] in "pB")
+        assert ("<redacted>" in row["result"]) == (name[0] in "pB")
+    assert LIST_PIECES.shaped - shaped >= 3  # the answers were made by shape

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from .logjson import answer_columns, group_json, item_list_json, persona_json
 from .records import DecodeError, EwsResponse, ImItemList
 from .redact import has_trigger_word
-from .shapes import AnswerShapes
+from .shapes import AnswerShapes, RecordShape, split_plain
 
 _WS = b" \t\r\n"
 # The XML declaration a cut body may start with: version 1.0, UTF-8 if an encoding is named.
@@ -259,7 +259,7 @@ class _Frame:
     word a built-in redaction rule looks for, and its pieces: (JSON text, whether the piece's
     text holds none of those words, whether its JSON holds none)."""
 
-    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces")
+    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces", "shapes")
 
     def __init__(self, decoded: EwsResponse, parts: tuple[bytes, ...]) -> None:
         self.operation = decoded.operation
@@ -267,6 +267,9 @@ class _Frame:
         self.response_code = decoded.response_code
         self.clean = not any(has_trigger_word(p.decode("utf-8")) for p in parts)
         self.pieces: dict[str, dict[bytes, tuple[str, bool, bool]]] = {"groups": {}, "personas": {}}
+        #: Per field, a piece decoded in this frame by its shape (ucsproxy.shapes.RecordShape: a
+        #: new piece that differs from it only in plain names and ids is made from it).
+        self.shapes: dict[str, dict[tuple, RecordShape]] = {"groups": {}, "personas": {}}
 
     def size(self) -> int:
         return sum(len(c) + len(v[0]) for known in self.pieces.values() for c, v in known.items())
@@ -311,6 +314,8 @@ class ListPieces:
         #: Answers built from known pieces only, with new pieces decoded, made by shape
         #: (ucsproxy.shapes.AnswerShapes), and decoded whole.
         self.reused = self.partly = self.shaped = self.whole = 0
+        #: New pieces made by shape (not decoded).
+        self.shaped_pieces = 0
 
     def clear(self) -> None:
         """Forget every frame and piece, and the answers kept by shape."""
@@ -345,23 +350,27 @@ class ListPieces:
             made, token = self.shapes.get(body, (content_type, operation), decode)
             if made is not None:
                 self.shaped += 1
-                return ListAnswer(ListColumns(*made))
+                return ListAnswer(ListColumns(*made.columns), made.text_clean, made.columns_clean[3])
         self.whole += 1
         decoded = decode(body)
         if pieces is not None:
             self._learn(pieces, decoded)
         elif token is not None:
-            columns = self.shapes.put(token, decoded)
-            if columns is not None:
-                return ListAnswer(ListColumns(*columns))
+            from .logrow import _body_text  # the body's text as the log stores it
+
+            kept = self.shapes.put(token, decoded, _body_text(body, content_type)[0])
+            if kept is not None:
+                return ListAnswer(ListColumns(*kept.columns), kept.text_clean, kept.columns_clean[3])
         return ListAnswer(decoded)
 
     def _from_pieces(self, frame: _Frame, pieces: Cut, content_type: str | None,
                      operation: str | None) -> ListAnswer | None:
         found: list[list[Any]] = []  # per content: each piece's (JSON, text clean, JSON clean), None where new
         new: list[list[bytes]] = []
-        for field, chunks in zip(pieces.fields, pieces.pieces):
+        for index, (field, chunks) in enumerate(zip(pieces.fields, pieces.pieces)):
             values: list[Any] = list(map(frame.pieces[field].get, chunks))
+            if None in values:
+                self._by_shape(frame, pieces, index, values, content_type, operation)
             found.append(values)
             new.append([c for c, v in zip(chunks, values) if v is None] if None in values else [])
         if any(new):
@@ -373,6 +382,7 @@ class ListPieces:
             if got is None:
                 return None
             self._keep(frame, pieces.fields, new, got)
+            _learn_shapes(frame, pieces.fields, new, decoded, got)
             for values, chunks, kept, learnt in zip(found, pieces.pieces, new, got):
                 if kept:
                     fresh = dict(zip(kept, learnt))
@@ -390,6 +400,49 @@ class ListPieces:
         return ListAnswer(ListColumns(frame.operation, frame.response_class, frame.response_code,
                                       item_list_json(lists["groups"], lists["personas"])),
                           body_clean, result_clean)
+
+    def _by_shape(self, frame: _Frame, pieces: Cut, index: int, values: list[Any], content_type: str | None,
+                  operation: str | None) -> None:
+        """Fill in ``values`` (content ``index``'s, None where new) the new pieces made by shape
+        from a piece decoded in this frame (ucsproxy.shapes.RecordShape), and keep them."""
+        field = pieces.fields[index]
+        shapes = frame.shapes[field]
+        if not shapes:
+            return
+        columns_of = _group_columns if field == "groups" else _persona_columns
+
+        def decode(piece: bytes) -> Any:
+            """The one record of ``piece`` alone inside this frame (None if it is not that)."""
+            from . import codec
+
+            alone = [[piece] if k == index else [] for k in range(len(pieces.fields))]
+            items = _item_list(codec.decode_response(pieces.document(alone), operation, content_type))
+            if items is None or (items.groups and items.personas):
+                return None
+            records = getattr(items, field)
+            return records[0] if len(records) == 1 else None
+
+        made: list[bytes] = []
+        made_values: list[tuple[str, bool, bool]] = []
+        for k, (chunk, value) in enumerate(zip(pieces.pieces[index], values)):
+            if value is not None:
+                continue
+            parts = split_plain(chunk, PIECE_SHAPE_MAX)
+            shape = shapes.get(tuple(parts[0::2])) if parts is not None else None
+            if shape is None or parts is None:
+                continue
+            changes = shape.changes(parts, decode, columns_of)
+            columns = shape.made_columns(changes) if changes is not None else None
+            if columns is None or changes is None:
+                continue
+            # A trigger word in the made piece or its JSON can only stand inside a new value.
+            clean = shape.values_clean(changes)
+            values[k] = value = (columns[0], shape.text_clean and clean, shape.columns_clean[0] and clean)
+            made.append(chunk)
+            made_values.append(value)
+        if made:
+            self.shaped_pieces += len(made)
+            self._keep(frame, (field,), [made], [made_values])
 
     @staticmethod
     def _values(fields: tuple[str, ...], chunks: list[list[bytes]],
@@ -416,6 +469,7 @@ class ListPieces:
                     _, dropped = self._frames.popitem(last=False)
                     self.size -= dropped.size()
         self._keep(frame, pieces.fields, list(pieces.pieces), got)
+        _learn_shapes(frame, pieces.fields, list(pieces.pieces), decoded, got)
 
     def _keep(self, frame: _Frame, fields: tuple[str, ...], chunks: list[list[bytes]],
               got: list[list[tuple[str, bool, bool]]]) -> None:
@@ -431,6 +485,41 @@ class ListPieces:
                     if piece not in known:
                         known[piece] = value
                         self.size += len(piece) + len(value[0])
+
+
+#: Pieces longer than this are not kept by shape; shapes kept per frame and field at most
+#: (then forgotten all at once).
+PIECE_SHAPE_MAX = 256 * 1024
+PIECE_SHAPES = 64
+
+
+def _group_columns(group: Any) -> tuple[str]:
+    return (group_json(group),)
+
+
+def _persona_columns(persona: Any) -> tuple[str]:
+    return (persona_json(persona),)
+
+
+def _learn_shapes(frame: _Frame, fields: tuple[str, ...], chunks: list[list[bytes]], decoded: EwsResponse | DecodeError,
+                  got: list[list[tuple[str, bool, bool]]]) -> None:
+    """Keep a piece of each shape not kept yet among ``chunks`` (decoded, inside ``frame``, as
+    ``decoded``, whose list holds exactly them: _values said so), with its record and JSON."""
+    items = _item_list(decoded)
+    if items is None:
+        return
+    for field, pieces, values in zip(fields, chunks, got):
+        shapes = frame.shapes[field]
+        for piece, record, value in zip(pieces, getattr(items, field), values):
+            parts = split_plain(piece, PIECE_SHAPE_MAX)
+            if parts is None or len(parts) < 3:
+                continue
+            key = tuple(parts[0::2])
+            if key in shapes:
+                continue
+            if len(shapes) >= PIECE_SHAPES:
+                shapes.clear()
+            shapes[key] = RecordShape(parts, record, (value[0],), text_clean=value[1], columns_clean=(value[2],))
 
 
 def _jsons(fields: tuple[str, ...], decoded: EwsResponse | DecodeError, counts: list[int]) -> list[list[str]] | None:

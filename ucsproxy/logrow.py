@@ -14,7 +14,7 @@ from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
 from .memo import IdentityCache
-from .shapes import ShapeMemo
+from .shapes import Made, RequestShapes
 from .identity import anchor_mailbox, clean_name, impersonated, request_mailbox, signed_in_user
 from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
@@ -260,14 +260,19 @@ class BodyMemo:
         return self.redactor.json_text(_json(value), _JSON.encode)
 
     def _build_request(self, body: bytes, content_type: str | None, decode: bool) -> BodyColumns:
-        text, cut = self._text(body, content_type)
         if not decode:
+            text, cut = self._text(body, content_type)
             return BodyColumns(text, cut, None, None, None)
-        request = _decode_request(body, content_type)
-        if isinstance(request, EwsRequest):
-            args = self._json(to_jsonable(request.body)) if request.body is not None else None
-            return BodyColumns(text, cut, request, args, None)
-        return BodyColumns(text, cut, request, None, self._json(_decode_error(request)))
+        made = _request_columns(body, content_type)
+        if isinstance(made, Made):
+            # Parts known to hold no redaction trigger word are not searched again (ucsproxy.shapes).
+            text, cut = self._text(body, content_type, made.text_clean)
+            args = made.columns[2]
+            if not (made.columns_clean[2] and self.redactor.trigger_only):
+                args = self.redactor.json_text(args, _JSON.encode)
+            return BodyColumns(text, cut, made.record, args, None)
+        text, cut = self._text(body, content_type)
+        return BodyColumns(text, cut, made, None, self._json(_decode_error(made)))
 
     def _build_answer(self, body: bytes | None, content_type: str | None, operation: str | None,
                       given: LoggedAnswer | None, decode: bool) -> BodyColumns:
@@ -319,24 +324,36 @@ def _request_mailbox(headers: list[tuple[str, str]] | None, request: Any) -> str
 _UNKNOWN: Any = object()
 
 
-def _decode_request(body: bytes, content_type: str | None) -> EwsRequest | DecodeError:
-    """``codec.decode_request(body, None, content_type)``; a request that differs from one
-    decoded before only in a plain name or id is made from that one (ucsproxy.shapes: the
-    same records, tests/test_shapes.py)."""
+def _request_columns(body: bytes, content_type: str | None) -> Made | DecodeError:
+    """``codec.decode_request(body, None, content_type)`` and its log columns (operation,
+    version, ``args`` JSON before redaction); a request that differs from one decoded before
+    only in plain names and ids is made from that one (ucsproxy.shapes.RequestShapes: the same
+    records and columns, tests/test_shapes.py)."""
     from . import codec
 
     def decode(data: bytes) -> EwsRequest | DecodeError:
         return codec.decode_request(data, None, content_type)
 
-    made, token = _REQUEST_SHAPES.get(body, ("log", content_type), decode)
+    made, token = _REQUEST_COLUMNS.get(body, ("log", content_type), decode, record=True)
     if made is not None:
         return made
     request = decode(body)
-    _REQUEST_SHAPES.put(token, request)
+    kept = _REQUEST_COLUMNS.put(token, request, _body_text(body, content_type)[0])
+    if kept is not None:
+        return kept
+    if isinstance(request, EwsRequest):
+        return Made(request_columns(request), request, False, (False, False, False))
     return request
 
 
-_REQUEST_SHAPES = ShapeMemo(256)
+def request_columns(request: EwsRequest) -> tuple[str, str | None, str | None]:
+    """A decoded request's log columns: operation, RequestServerVersion and the ``args`` JSON
+    text (before redaction; None without a body)."""
+    return (request.operation, request.headers.request_server_version,
+            _json(to_jsonable(request.body)) if request.body is not None else None)
+
+
+_REQUEST_COLUMNS = RequestShapes(request_columns)
 
 
 _MEMOS: dict[Redactor, BodyMemo] = {}

@@ -43,9 +43,10 @@ import re
 from collections.abc import Callable
 from itertools import compress, count
 from operator import ne
-from typing import Any
+from typing import Any, NamedTuple
 
 from .memo import BoundedMemo
+from .redact import has_trigger_word
 from .records import (
     AddDistributionGroupToImList,
     AttributedValue,
@@ -308,13 +309,13 @@ def _at(record: Any, path: Path) -> Any:
     return record
 
 
-def _free(record: Any, path: Path) -> bool:
-    """Whether the string at ``path`` is a field of ANSWER_FIELDS or an item of ANSWER_ITEMS."""
+def _free(record: Any, path: Path, fields: frozenset, items: frozenset) -> bool:
+    """Whether the string at ``path`` is one of ``fields`` or an item of one of ``items``."""
     if not path:
         return False
     if type(path[-1]) is int:
-        return len(path) > 1 and (type(_at(record, path[:-2])), path[-2]) in ANSWER_ITEMS
-    return (type(_at(record, path[:-1])), path[-1]) in ANSWER_FIELDS
+        return len(path) > 1 and (type(_at(record, path[:-2])), path[-2]) in items
+    return (type(_at(record, path[:-1])), path[-1]) in fields
 
 
 def _put_at(record: Any, path: Path, value: Any) -> Any:
@@ -336,30 +337,78 @@ def _put_at(record: Any, path: Path, value: Any) -> Any:
 #: Where a spot's value stands: its length, its places in the kept columns ((column, offset)
 #: each) and the paths of the fields it fills in the kept records.
 Source = tuple[int, tuple[tuple[int, int], ...], tuple[Path, ...]]
-#: An answer's log columns: operation, response class, response code, ``result`` JSON.
+#: Log columns made from records (an answer's: operation, response class, response code,
+#: ``result`` JSON; a list piece's: its JSON).
 Columns = tuple[Any, ...]
 
 
-class _AnswerShape:
-    """One kept answer, its columns, and where each spot's value goes (None: not a value alone)."""
+class RecordShape:
+    """One kept record tree (an answer, a list's group or persona) of a text of one shape, the
+    columns made from it, and where each spot's value goes (None: not a value alone).
 
-    __slots__ = ("parts", "response", "columns", "sources")
+    ``decode`` (of :meth:`changes`): the full decoding of a text of the shape into its record
+    tree, None when it does not give one; ``columns_of``: the columns of a record tree."""
 
-    def __init__(self, parts: list[bytes], response: EwsResponse, columns: Columns):
+    __slots__ = ("parts", "record", "columns", "sources", "fields", "items", "text_clean", "columns_clean")
+
+    def __init__(self, parts: list[bytes], record: Any, columns: Columns, fields: frozenset = ANSWER_FIELDS,
+                 items: frozenset = ANSWER_ITEMS, text_clean: bool = False, columns_clean: tuple[bool, ...] = ()):
         self.parts = parts
-        self.response = response
+        self.record = record
         self.columns = columns
         self.sources: dict[int, Source | None] = {}
+        #: The (record type, field) pairs a value may go into, and those whose items it may be.
+        self.fields = fields
+        self.items = items
+        #: Whether the kept text and each kept column are known to hold no redaction trigger
+        #: word (ucsproxy.redact.has_trigger_word; False: not known). A made text or column
+        #: holds one only where a new value stands (:meth:`values_clean`).
+        self.text_clean = text_clean
+        self.columns_clean = columns_clean or tuple(False for _ in columns)
 
-    def source(self, i: int, decode: Callable[[bytes], Any], columns_of: Callable[[EwsResponse], Columns]
-               ) -> Source | None:
-        if i in self.sources:
-            return self.sources[i]
-        self.sources[i] = found = self._probe(i, decode, columns_of)
-        return found
+    def changes(self, parts: list[bytes], decode: Callable[[bytes], Any], columns_of: Callable[[Any], Columns]
+                ) -> list[tuple[Source, str]] | None:
+        """Each changed spot's source and new value, for a text split as ``parts`` (of this
+        shape); None when a changed value is not plain or not a field's alone."""
+        old = self.parts[1::2]
+        spots = parts[1::2]
+        if len(old) != len(spots):
+            return None
+        changes: list[tuple[Source, str]] = []
+        for i in compress(count(), map(ne, spots, old)):  # the spots that differ, found in C
+            spot, was = spots[i], old[i]
+            value = _inner(spot)
+            if spot[0] != was[0] or _PLAIN_JSON.fullmatch(value) is None:
+                return None
+            if i in self.sources:
+                source = self.sources[i]
+            else:
+                self.sources[i] = source = self._probe(i, decode, columns_of)
+            if source is None:
+                return None
+            changes.append((source, value.decode("ascii")))
+        return changes
 
-    def _probe(self, i: int, decode: Callable[[bytes], Any], columns_of: Callable[[EwsResponse], Columns]
-               ) -> Source | None:
+    @staticmethod
+    def values_clean(changes: list[tuple[Source, str]]) -> bool:
+        """Whether the new values hold no redaction trigger word. A trigger word holds none of
+        ``<>"`` and a value is a whole text node, attribute value or JSON string: in a text made
+        from a clean one, a word can only stand inside a new value."""
+        return not changes or not has_trigger_word("\0".join([text for _, text in changes]))
+
+    def made_columns(self, changes: list[tuple[Source, str]]) -> Columns | None:
+        """The kept columns with each change's value put in at its places."""
+        return _spliced(self.columns, changes)
+
+    def made_record(self, changes: list[tuple[Source, str]]) -> Any:
+        """The kept records with each change's value put into its fields."""
+        made = self.record
+        for (_, _, paths), text in changes:
+            for path in paths:
+                made = _put_at(made, path, text)
+        return made
+
+    def _probe(self, i: int, decode: Callable[[bytes], Any], columns_of: Callable[[Any], Columns]) -> Source | None:
         spots = self.parts[1::2]
         was = _inner(spots[i])
         if _PLAIN_JSON.fullmatch(was) is None:
@@ -373,15 +422,15 @@ class _AnswerShape:
         spot = spots[i]
         parts[2 * i + 1] = spot[:-1 - len(was)] + probe + spot[-1:]
         probed = decode(b"".join(parts))
-        if type(probed) is not EwsResponse:
+        if probed is None or type(probed) is not type(self.record):
             return None
-        kept = self.response
+        kept = self.record
         paths = _leaves(probed, mark)
         if not paths:
             return None
         try:
             for path in paths:
-                if _at(probed, path) != mark or not _free(kept, path) or _at(kept, path) != text:
+                if _at(probed, path) != mark or not _free(kept, path, self.fields, self.items) or _at(kept, path) != text:
                     return None
         except (AttributeError, IndexError, KeyError, TypeError):  # the probe's records are built otherwise
             return None
@@ -407,81 +456,115 @@ class _AnswerShape:
         return len(text), tuple(at), tuple(paths)
 
 
-class AnswerShapes:
-    """Answers' columns (and records) by (shape, ``context``), the newest ``size`` shapes
-    (module docstring). ``context``: whatever else decoding depends on (the operation asked,
-    the Content-Type); ``columns_of``: an answer's columns from its records."""
+def split_plain(text: bytes, max_size: int) -> list[bytes] | None:
+    """A text the caller knows to be plain markup (no ``<!``, no ``<?``, UTF-8: a list's piece)
+    split as [fixed, spot, ..., fixed]; None past ``max_size`` bytes."""
+    return _SPOTS.split(text) if len(text) <= max_size else None
 
-    def __init__(self, columns_of: Callable[[EwsResponse], Columns], size: int = 256):
+
+class Made(NamedTuple):
+    """What :meth:`ColumnShapes.get` makes: the columns, the records (when asked for), and
+    whether the text and each column are known to hold no redaction trigger word."""
+
+    columns: Columns
+    record: Any
+    text_clean: bool
+    columns_clean: tuple[bool, ...]
+
+
+class ColumnShapes:
+    """Decoded texts' log columns (and records) by (shape, ``context``), the newest ``size``
+    shapes (module docstring). ``context``: whatever else decoding depends on (the operation
+    asked, the Content-Type); ``columns_of``: a record tree's columns; ``kind``: the record
+    type a full decode gives; ``fields`` / ``items``: where a value may go (RecordShape);
+    ``max_body``: longer texts are not taken apart."""
+
+    def __init__(self, columns_of: Callable[[Any], Columns], kind: type, fields: frozenset, items: frozenset,
+                 max_body: int, size: int = 256):
         self.columns_of = columns_of
+        self.kind = kind
+        self.fields = fields
+        self.items = items
+        self.max_body = max_body
         self._shapes = BoundedMemo(size)
 
-    def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> tuple[Columns | None, Any]:
-        """(the columns made from a kept answer of the same shape, or None; a token for :meth:`put`).
+    def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any], record: bool = False
+            ) -> tuple[Made | None, Any]:
+        """(what is made from a kept text of the same shape, or None; a token for :meth:`put`).
 
-        ``decode``: the full decoding in this ``context`` (for a probe)."""
+        ``decode``: the full decoding in this ``context`` (for a probe); ``record``: make the
+        records too."""
         kept, parts, token = self._kept(body, context)
         if kept is None:
             return None, token
-        changes = self._changes(kept, parts, decode)
-        made = None if changes is None else _spliced(kept.columns, changes)
-        return made, (None if made is not None else token)
+        changes = kept.changes(parts, self._of_kind(decode), self.columns_of)
+        columns = None if changes is None else kept.made_columns(changes)
+        if columns is None or changes is None:
+            return None, token
+        clean = kept.values_clean(changes)
+        return Made(columns, kept.made_record(changes) if record else None, kept.text_clean and clean,
+                    tuple(c and clean for c in kept.columns_clean)), None
 
-    def response(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> EwsResponse | None:
-        """The records made from a kept answer of the same shape, or None (as :meth:`get`)."""
-        kept, parts, _ = self._kept(body, context)
-        if kept is None:
-            return None
-        changes = self._changes(kept, parts, decode)
-        if changes is None:
-            return None
-        made = kept.response
-        for (_, _, paths), text in changes:
-            for path in paths:
-                made = _put_at(made, path, text)
-        return made
-
-    def put(self, token: Any, decoded: Any) -> Columns | None:
-        """Keep ``decoded``, the full decoding of the body :meth:`get` gave ``token`` for;
-        returns its columns (None when it is not kept)."""
-        if token is None or type(decoded) is not EwsResponse:
+    def put(self, token: Any, decoded: Any, text: str | None = None) -> Made | None:
+        """Keep ``decoded``, the full decoding of the body :meth:`get` gave ``token`` for (and
+        ``text``, the body as the log stores it, to know whether it is clean); returns what
+        :meth:`get` would (None when it is not kept)."""
+        if token is None or type(decoded) is not self.kind:
             return None
         key, parts = token
         columns = tuple(self.columns_of(decoded))
-        self._shapes.put(key, _AnswerShape(parts, decoded, columns))
-        return columns
+        text_clean = text is not None and not has_trigger_word(text)
+        columns_clean = tuple(type(c) is str and not has_trigger_word(c) or c is None for c in columns)
+        self._shapes.put(key, RecordShape(parts, decoded, columns, self.fields, self.items, text_clean, columns_clean))
+        return Made(columns, decoded, text_clean, columns_clean)
 
-    def _kept(self, body: bytes, context: tuple) -> tuple[_AnswerShape | None, list[bytes], Any]:
-        parts = _parts(body, MAX_ANSWER)
+    def _kept(self, body: bytes, context: tuple) -> tuple[RecordShape | None, list[bytes], Any]:
+        parts = _parts(body, self.max_body)
         if parts is None:
             return None, [], None
         # The fixed parts as a tuple, not joined (see ShapeMemo.get).
         key = (tuple(parts[0::2]), context)
-        kept: _AnswerShape | None = self._shapes.get(key)
+        kept: RecordShape | None = self._shapes.get(key)
         return kept, parts, (key, parts)
 
-    def _changes(self, kept: _AnswerShape, parts: list[bytes], decode: Callable[[bytes], Any]
-                 ) -> list[tuple[Source, str]] | None:
-        """Each changed spot's source and new value; None when one is not plain or not a source."""
-        old = kept.parts[1::2]
-        spots = parts[1::2]
-        if len(old) != len(spots):
-            return None
-        changes: list[tuple[Source, str]] = []
-        for i in compress(count(), map(ne, spots, old)):  # the spots that differ, found in C
-            spot, was = spots[i], old[i]
-            value = _inner(spot)
-            if spot[0] != was[0] or _PLAIN_JSON.fullmatch(value) is None:
-                return None
-            source = kept.source(i, decode, self.columns_of)
-            if source is None:
-                return None
-            changes.append((source, value.decode("ascii")))
-        return changes
+    def _of_kind(self, decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        kind = self.kind
+
+        def decoded(body: bytes) -> Any:
+            found = decode(body)
+            return found if type(found) is kind else None
+        return decoded
+
+
+class AnswerShapes(ColumnShapes):
+    """Answers' columns (and records) by shape: ``columns_of`` gives an EwsResponse's."""
+
+    def __init__(self, columns_of: Callable[[EwsResponse], Columns], size: int = 256):
+        super().__init__(columns_of, EwsResponse, ANSWER_FIELDS, ANSWER_ITEMS, MAX_ANSWER, size)
+
+    def response(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> EwsResponse | None:
+        """The records made from a kept answer of the same shape, or None (as :meth:`get`)."""
+        made, _ = self.get(body, context, decode, record=True)
+        return None if made is None else made.record
+
+
+#: Requests: the fields a plain value goes into as it stands (those of FIELDS).
+REQUEST_FIELDS: frozenset[tuple[type, str]] = frozenset({
+    (AddImGroup, "display_name"), (AddNewImContactToGroup, "im_address"), (AddNewImContactToGroup, "display_name"),
+    (SetImGroup, "new_display_name"), (AddDistributionGroupToImList, "smtp_address"),
+    (AddDistributionGroupToImList, "display_name"), (ItemId, "id"), (ItemId, "change_key")})
+
+
+class RequestShapes(ColumnShapes):
+    """Requests' log columns and records by shape (the log writer's): ``columns_of`` gives an
+    EwsRequest's."""
+
+    def __init__(self, columns_of: Callable[[EwsRequest], Columns], size: int = 256):
+        super().__init__(columns_of, EwsRequest, REQUEST_FIELDS, frozenset(), MAX_BODY, size)
 
 
 def _spliced(columns: Columns, changes: list[tuple[Source, str]]) -> Columns | None:
-    """The kept columns with each change's value put in at its places."""
+    """``columns`` with each change's value put in at its places."""
     if not changes:
         return columns
     edits = sorted((column, offset, length, text) for (length, at, _), text in changes for column, offset in at)
