@@ -324,10 +324,12 @@ class ListPieces:
             self.size = 0
             self.shapes = AnswerShapes(answer_columns)
 
-    def answer(self, body: bytes, content_type: str | None, operation: str | None) -> ListAnswer:
+    def answer(self, body: bytes, content_type: str | None, operation: str | None,
+               text: str | None = None) -> ListAnswer:
         """An answer body's columns from pieces (ListColumns), or ``codec.decode_response(body,
         operation, content_type)``; the columns are what ucsproxy.logrow.logged_answer gives of
-        that decode."""
+        that decode. ``text``: the body as the log stores it (ucsproxy.logrow._body_text; None:
+        not known, and a small answer made by shape is then not called clean)."""
         from . import codec
 
         def decode(data: bytes) -> EwsResponse | DecodeError:
@@ -356,9 +358,7 @@ class ListPieces:
         if pieces is not None:
             self._learn(pieces, decoded)
         elif token is not None:
-            from .logrow import _body_text  # the body's text as the log stores it
-
-            kept = self.shapes.put(token, decoded, _body_text(body, content_type)[0])
+            kept = self.shapes.put(token, decoded, text)
             if kept is not None:
                 return ListAnswer(ListColumns(*kept.columns), kept.text_clean, kept.columns_clean[3])
         return ListAnswer(decoded)

@@ -248,10 +248,11 @@ class BodyMemo:
                 self.size -= dropped
         return value
 
-    def _text(self, body: bytes | None, content_type: str | None, clean: bool = False) -> tuple[str | None, bool]:
+    def _text(self, body: bytes | None, content_type: str | None, clean: bool = False,
+              stored: tuple[str | None, bool] | None = None) -> tuple[str | None, bool]:
         """The body's column, redacted. ``clean``: the text is known to hold no word a built-in
-        rule looks for (ucsproxy.redact.has_trigger_word)."""
-        text, cut = _body_text(body, content_type)
+        rule looks for (ucsproxy.redact.has_trigger_word); ``stored``: _body_text's, when known."""
+        text, cut = stored or _body_text(body, content_type)
         if clean and self.redactor.trigger_only:
             return text, cut
         return (self.redactor.text(text) if text else text), cut
@@ -278,18 +279,20 @@ class BodyMemo:
                       given: LoggedAnswer | None, decode: bool) -> BodyColumns:
         answer: LoggedAnswer | DecodeError | None = given
         body_clean = result_clean = False
+        stored = _body_text(body, content_type)
         if answer is None and decode and body:
             # An item list from the pieces seen before (ucsproxy.logpieces), else decoded whole.
             from .logpieces import LIST_PIECES
 
-            found, body_clean, result_clean = LIST_PIECES.answer(body, content_type, operation)
+            found, body_clean, result_clean = LIST_PIECES.answer(body, content_type, operation,
+                                                                 None if stored[1] else stored[0])
             if isinstance(found, EwsResponse):
                 answer = logged_answer(found)
             elif isinstance(found, DecodeError):
                 answer = found
             else:
                 answer = LoggedAnswer(*found)
-        text, cut = self._text(body, content_type, body_clean)
+        text, cut = self._text(body, content_type, body_clean, stored)
         if isinstance(answer, LoggedAnswer):
             result = answer.result if result_clean and self.redactor.trigger_only else \
                 self.redactor.json_text(answer.result, _JSON.encode)

@@ -108,8 +108,8 @@ def _parts(body: bytes, max_body: int = MAX_BODY) -> list[bytes] | None:
     ``>text<`` or ``="value"``); None when it is not taken apart: besides the markup above, a
     body whose declaration names an encoding not known to read plain bytes as ASCII, or that
     is not ASCII and not read as UTF-8 (the codec would fall back to the Content-Type's charset)."""
-    if len(body) > max_body or b"<!" in body or body.find(b"<?", 1) != -1:
-        return None
+    if len(body) > max_body or b"<!" in body or body.find(b"<?", 1) != -1 or b"\x00" in body:
+        return None  # (a NUL: UTF-16 or UTF-32 without a byte order mark, read otherwise)
     declared = None
     if body.startswith(b"<?"):
         m = _DECLARED.match(body)
