@@ -833,6 +833,12 @@ _PLAN_AFTER = 3  # sightings of a shape before it gets a plan
 _SIGHTINGS_MAX = 1024  # shapes counted but not planned yet (forgotten all at once past this)
 _PLANS: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}
 _PLANS_BEFORE: dict[tuple[str, bytes], Callable[[list[Any]], Persona] | None] = {}  # see _keep_plan
+# The shape (tags, counts) and plan of the last persona read by a plan: the personas of a list
+# nearly all share one shape, and comparing a key with the last one's (a memcmp) is cheaper
+# than hashing it afresh (some 4 KB of tags) for the table. One tuple, replaced whole, so a
+# thread never sees one shape's key with another's plan.
+_NO_LAST_PLAN: tuple[str, bytes, Callable[[list[Any]], Persona] | None] = ("", b"", None)
+_LAST_PLAN = _NO_LAST_PLAN
 # Sightings by the shape's hash, not its key: a key may be 16 KB of tags, and a thousand
 # one-off shapes kept whole held some 17 MB. Two shapes of one hash share a count, which
 # only plans one of them sooner (a plan is made and kept under its own key).
@@ -1006,18 +1012,24 @@ _TAG_OF = operator.attrgetter("tag")
 
 
 def _persona_fast(el: etree._Element) -> Persona:
+    global _LAST_PLAN
     els = list(el.iter())
     if len(els) <= _PLAN_MAX_ELEMENTS:
         try:
             joined = "\0".join(map(_TAG_OF, els))  # NUL: in no tag
         except TypeError:  # a comment, processing instruction or entity: its tag is a function
             return _persona_by_reading(el)
-        if len(joined) > _PLAN_MAX_KEY:  # long namespaces: not worth keeping as a key
-            return _persona_by_reading(el)
-        key = (joined, bytes(map(len, els)))  # (at most 254 children: each count fits a byte)
-        plan = _PLANS.get(key, _UNSEEN)
-        if plan is _UNSEEN:
-            plan = _plan_for(key, els)
+        counts = bytes(map(len, els))  # (at most 254 children: each count fits a byte)
+        last_joined, last_counts, plan = _LAST_PLAN
+        if joined != last_joined or counts != last_counts:
+            if len(joined) > _PLAN_MAX_KEY:  # long namespaces: not worth keeping as a key
+                return _persona_by_reading(el)
+            key = (joined, counts)
+            plan = _PLANS.get(key, _UNSEEN)
+            if plan is _UNSEEN:
+                plan = _plan_for(key, els)
+            if plan is not None:
+                _LAST_PLAN = (joined, counts, plan)
         if plan is not None:
             try:
                 return plan(els)
@@ -1068,6 +1080,8 @@ def _keep_plan(key: tuple[str, bytes], plan: Callable[[list[Any]], Persona] | No
 
 def forget_plans() -> None:
     """Every persona plan and sighting dropped, as in a process that has read no persona yet."""
+    global _LAST_PLAN
+    _LAST_PLAN = _NO_LAST_PLAN
     _PLANS.clear()
     _PLANS_BEFORE.clear()
     _SIGHTINGS.clear()
