@@ -351,6 +351,26 @@ def test_the_plan_tables_turn_over_keeping_the_shapes_in_use_and_planning_new_on
     assert not codec._PLANS and not codec._PLANS_BEFORE and not codec._SIGHTINGS
 
 
+def test_the_last_plan_is_reused_only_for_the_same_tags_and_the_same_child_counts():
+    # The shortcut past the table compares the whole key: personas alternating between shapes
+    # that share their tags in document order (but not the tree) or their tree (but not the
+    # tags) each read as the schema-order reader reads them.
+    from lxml import etree
+
+    def persona(body):
+        return etree.fromstring(f'<Persona xmlns="{_T}"><PersonaId Id="p"/>{body}</Persona>')
+
+    shapes = [persona("<EmailAddress><Name>n</Name></EmailAddress><Surname>s</Surname>"),
+              persona("<EmailAddress><Name>n</Name><Surname>s</Surname></EmailAddress>"),  # same tags
+              persona("<EmailAddress><Name>n</Name></EmailAddress><GivenName>s</GivenName>")]  # same counts
+    codec.forget_plans()
+    for _ in range(codec._PLAN_AFTER + 2):
+        for el in shapes + shapes[::-1]:
+            same_everywhere(codec._persona_fast(el), codec._persona(el))
+    assert sum(plan is not None for plan in codec._PLANS.values()) == 3
+    assert [codec._persona_fast(el).surname for el in shapes] == ["s", None, None]
+
+
 def test_hostile_shapes_are_read_as_before_and_kept_small():
     # Past the bounds (elements, characters of tags) a persona is read without a plan, and
     # nothing of it is kept.
