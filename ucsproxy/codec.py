@@ -1993,6 +1993,23 @@ def _persona_text(persona: Persona) -> str:
     return text
 
 
+def _personas_text(personas: tuple[Persona, ...]) -> list[str]:
+    """:func:`_persona_text` of each persona, in one loop with the cache and the writer at hand."""
+    get, put, write = _PERSONA_TEXT.get, _PERSONA_TEXT.put, _PLAIN_PERSONA_WRITERS[""]
+    texts = []
+    for persona in personas:
+        text = get(persona)
+        if text is None:
+            text = write(persona)
+            if text is None:
+                out: list[str] = []
+                _w_persona(out, persona, "")
+                text = "".join(out)
+            put(persona, text)
+        texts.append(text)
+    return texts
+
+
 def _item_list_bytes(items: ImItemList) -> bytes:
     """The ``<ImItemList>`` element of an answer, as UTF-8 (the messages namespace is the default)."""
     cached = _ITEM_LIST_BYTES.get(items)
@@ -2008,7 +2025,7 @@ def _item_list_bytes(items: ImItemList) -> bytes:
         out.append("</Groups>")
     if items.personas:
         out.append(f"<Personas{_TYPES_DEFAULT}>")
-        out.extend(_persona_text(p) for p in items.personas)
+        out += _personas_text(items.personas)
         out.append("</Personas>")
     out.append("</ImItemList>")
     data = "".join(out).encode("utf-8")
