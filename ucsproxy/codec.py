@@ -155,7 +155,10 @@ def _fallback_encodings(body: bytes, content_type: str | None) -> list[str]:
     return out
 
 
-def _parse(body: Any, content_type: str | None = None) -> etree._Element | DecodeError:
+def _parse(body: Any, content_type: str | None = None, as_declared: list[bool] | None = None
+           ) -> etree._Element | DecodeError:
+    """The root of an untrusted body, or why not. ``as_declared`` gets True appended when the
+    body parsed as it declares itself (not by a fallback encoding)."""
     if body is None:
         return DecodeError("empty-body", "The request has no body.")
     if isinstance(body, str):
@@ -177,6 +180,8 @@ def _parse(body: Any, content_type: str | None = None) -> etree._Element | Decod
         return DecodeError("forbidden-dtd", _DTD_REFUSED)
     try:
         root = etree.fromstring(body, _thread_parser())
+        if as_declared is not None:
+            as_declared.append(True)
     except etree.XMLSyntaxError as e:
         line, column = (e.position if e.position else (None, None))
         # lxml appends the position to its message; the position has fields of its own.
@@ -1012,30 +1017,37 @@ _TAG_OF = operator.attrgetter("tag")
 
 
 def _persona_fast(el: etree._Element) -> Persona:
-    global _LAST_PLAN
     els = list(el.iter())
-    if len(els) <= _PLAN_MAX_ELEMENTS:
+    plan = _plan_of(els)
+    if plan is not None:
         try:
-            joined = "\0".join(map(_TAG_OF, els))  # NUL: in no tag
-        except TypeError:  # a comment, processing instruction or entity: its tag is a function
-            return _persona_by_reading(el)
-        counts = bytes(map(len, els))  # (at most 254 children: each count fits a byte)
-        last_joined, last_counts, plan = _LAST_PLAN
-        if joined != last_joined or counts != last_counts:
-            if len(joined) > _PLAN_MAX_KEY:  # long namespaces: not worth keeping as a key
-                return _persona_by_reading(el)
-            key = (joined, counts)
-            plan = _PLANS.get(key, _UNSEEN)
-            if plan is _UNSEEN:
-                plan = _plan_for(key, els)
-            if plan is not None:
-                _LAST_PLAN = (joined, counts, plan)
-        if plan is not None:
-            try:
-                return plan(els)
-            except _Invalid:
-                pass
+            return plan(els)
+        except _Invalid:
+            pass
     return _persona_by_reading(el)
+
+
+def _plan_of(els: list[Any]) -> Callable[[list[Any]], Persona] | None:
+    """The plan of a persona's elements (``list(el.iter())``), or None: read it as before."""
+    global _LAST_PLAN
+    if len(els) > _PLAN_MAX_ELEMENTS:
+        return None
+    try:
+        joined = "\0".join(map(_TAG_OF, els))  # NUL: in no tag
+    except TypeError:  # a comment, processing instruction or entity: its tag is a function
+        return None
+    counts = bytes(map(len, els))  # (at most 254 children: each count fits a byte)
+    last_joined, last_counts, plan = _LAST_PLAN
+    if joined != last_joined or counts != last_counts:
+        if len(joined) > _PLAN_MAX_KEY:  # long namespaces: not worth keeping as a key
+            return None
+        key = (joined, counts)
+        plan = _PLANS.get(key, _UNSEEN)
+        if plan is _UNSEEN:
+            plan = _plan_for(key, els)
+        if plan is not None:
+            _LAST_PLAN = (joined, counts, plan)
+    return plan
 
 
 def _plan_for(key: tuple[str, bytes], els: list[Any]) -> Callable[[list[Any]], Persona] | None:
@@ -1082,6 +1094,9 @@ def forget_plans() -> None:
     """Every persona plan and sighting dropped, as in a process that has read no persona yet."""
     global _LAST_PLAN
     _LAST_PLAN = _NO_LAST_PLAN
+    _TEMPLATES.clear()
+    _TEMPLATE_SIGHTINGS.clear()
+    del _RECENT_TEMPLATES[:]
     _PLANS.clear()
     _PLANS_BEFORE.clear()
     _SIGHTINGS.clear()
@@ -1131,14 +1146,212 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _item_list(el: etree._Element, memo: bool = False) -> ImItemList:
+def _item_list(el: etree._Element, memo: bool = False, markup: bytes | None = None) -> ImItemList:
     fields = _child_index(el)
     read = _remembered_persona if memo else _persona_fast
+    container = fields.get("Personas")
+    children = _children(container, "Persona")
     with _collector_paused():
-        return ImItemList(
-            groups=tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup")),
-            personas=tuple(map(read, _children(fields.get("Personas"), "Persona"))),
-        )
+        groups = tuple(_im_group(g) for g in _children(fields.get("Groups"), "ImGroup"))
+        personas = None
+        # Every child a Persona element (no comments: _markup_readable refuses them).
+        if (markup is not None and not memo and len(children) >= _MARKUP_MIN and container is not None
+                and len(container) == len(children) and _markup_readable(markup)):
+            personas = _personas_by_markup(markup, container, children)
+        return ImItemList(groups=groups, personas=tuple(map(read, children) if personas is None else personas))
+
+
+# ---------------------------------------------------------------------------
+# A list's personas matched by their markup
+#
+# A plan needs the shape of a persona (_plan_of): every element's tag and child count, which
+# lxml builds as a new string per element, some 9 of a 1,000-contact list's 20 ms. Where the
+# body's markup can be trusted to show the tree (_markup_readable: the body parsed as it
+# declares itself, in UTF-8, with no comment, CDATA section, DOCTYPE or processing
+# instruction, so every "<" in it starts a tag and its n-th start tag is lxml's n-th
+# element), the Personas element's start tag is found by its place among them, and when its
+# children are all Persona elements each one's bytes are matched against a template instead:
+# the markup of a persona read before, with its texts and attribute values (namespace
+# declarations excepted) left open, "[^<]*" and '"[^"<]*"'. Bytes that match hold the same
+# tags under the same prefixes, in the same nesting, with the same attribute names: lxml's
+# tree of them has the shape the template was made from (up to namespace names, which no
+# reader looks at), so the template's plan reads it, from lxml's elements as ever (the values
+# never come from the bytes). The personas are walked in order: one that no recent template
+# matches is read by _plan_of, and its markup becomes a template (compiled at its second
+# sighting, a few per list; a list with too many such personas is read the usual way from
+# there). tests/test_codec_fast_decode.py holds this to the usual reading on lists of odd and
+# hostile markup.
+
+_MARKUP_MIN = 16  # personas in a list before its markup is matched
+_TEMPLATE_MAX = 64  # templates kept (all dropped past this); a mailbox has a few dozen shapes
+_TEMPLATE_RECENT = 4  # templates tried on a persona the last one does not match
+_TEMPLATE_COMPILES = 4  # templates compiled per list at most
+_TAG_SPELLING = rb"""<(/?)[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"<]*"|'[^'<]*'))*\s*(/?)>"""
+_MARKUP_TAG = re.compile(_TAG_SPELLING)
+_MARKUP_ATTRIBUTE = re.compile(rb"""(\s+([^\s=/>]+)\s*=\s*)("[^"<]*"|'[^'<]*')""")
+_PERSONAS_START = re.compile(rb"""<Personas(?:\s+[^\s=/>]+\s*=\s*(?:"[^"<]*"|'[^'<]*'))*\s*>""")
+_Template = tuple[re.Pattern[bytes], Callable[[list[Any]], Persona], int]  # matcher, plan, elements
+_TEMPLATES: dict[bytes, _Template] = {}
+_TEMPLATE_SIGHTINGS: dict[int, int] = {}  # by the pattern's hash, as _SIGHTINGS
+_RECENT_TEMPLATES: list[_Template] = []
+
+
+def _markup_readable(body: bytes) -> bool:
+    """Whether every "<" of ``body`` (parsed as it declares itself) starts a tag of the tree
+    lxml made: see the section's comment."""
+    at = 3 if body.startswith(b"\xef\xbb\xbf") else 0
+    if body.startswith(b"<?", at):  # the XML declaration, in UTF-8
+        head = body[at:at + 256]
+        end = head.find(b"?>")
+        if not head.startswith(b"<?xml") or head[5:6] not in (b" ", b"\t", b"\r", b"\n") or end < 0:
+            return False
+        declared = _DECLARED.match(head[:end + 2])
+        if declared is not None and declared.group(1).lower() not in (b"utf-8", b"utf8"):
+            return False
+        at += end + 2
+    elif not body.startswith(b"<", at) or body.startswith(b"<\x00", at):
+        return False
+    # "<?" or "<!" anywhere past that: a "?" or "!" found by memchr first (a text may hold
+    # them), then the slower search for the pair.
+    for mark, pair in ((b"?", b"<?"), (b"!", b"<!")):
+        if body.find(mark, at) >= 0 and body.find(pair, at) >= 0:
+            return False
+    return True
+
+
+def _after_declaration(body: bytes) -> int:
+    """Where a _markup_readable body's markup starts: past its byte order mark and declaration."""
+    at = 3 if body.startswith(b"\xef\xbb\xbf") else 0
+    return body.index(b"?>", at) + 2 if body.startswith(b"<?", at) else at
+
+
+def _markup_template(body: bytes, pos: int) -> tuple[bytes, int, int] | None:
+    """(pattern, end, elements) of the element whose start tag is at ``pos``: its markup with
+    its texts and attribute values (not namespace declarations) open; None when the markup
+    is not as _markup_readable promises."""
+    parts: list[bytes] = []
+    depth = elements = 0
+    while True:
+        m = _MARKUP_TAG.match(body, pos)
+        if m is None:
+            return None
+        tag = m.group(0)
+        if m.group(1):  # an end tag
+            depth -= 1
+            parts.append(re.escape(tag))
+        else:
+            elements += 1
+            done = 0
+            for a in _MARKUP_ATTRIBUTE.finditer(tag):
+                if a.group(2).startswith(b"xmlns"):
+                    continue
+                parts += (re.escape(tag[done:a.start(3)]), b'"[^"<]*"' if a.group(3)[:1] == b'"' else b"'[^'<]*'")
+                done = a.end(3)
+            parts.append(re.escape(tag[done:]))
+            if not m.group(2):
+                depth += 1
+        pos = m.end()
+        if depth <= 0:
+            return b"".join(parts), pos, elements
+        following = body.find(b"<", pos)
+        if following < 0:
+            return None
+        parts.append(b"[^<]*")
+        pos = following
+
+
+def _personas_by_markup(body: bytes, container: etree._Element, children: list[etree._Element]
+                        ) -> list[Persona] | None:
+    """The personas of ``children`` (all of ``container``'s children, in order), read by the
+    plans their markup's templates name; None: read them the usual way."""
+    # The container's start tag: the unprefixed <Personas ...> whose place among the start
+    # tags is the container's among the elements (each "<" a tag: _markup_readable).
+    before = 0
+    for e in container.getroottree().getroot().iter():
+        if e is container:
+            break
+        before += 1
+    tags, done = 0, _after_declaration(body)
+    start = _PERSONAS_START.search(body)
+    while start is not None:  # start tags counted once, from one candidate to the next
+        tags += body.count(b"<", done, start.start()) - body.count(b"</", done, start.start())
+        done = start.start()
+        if tags >= before:
+            break
+        start = _PERSONAS_START.search(body, start.end())
+    if start is None or tags != before:
+        return None
+    pos = start.end()
+    out: list[Persona] = []
+    recent = _RECENT_TEMPLATES  # (another thread may change it: iterated, never indexed)
+    last = next(iter(recent), None)
+    misses, compiles = 8 + len(children) // 16, _TEMPLATE_COMPILES
+    for at, el in enumerate(children):
+        if not body.startswith(b"<", pos):  # text between two personas
+            pos = body.find(b"<", pos)
+            if pos < 0:
+                return None
+        found = m = None
+        if last is not None:
+            m = last[0].match(body, pos)
+            found = last if m is not None else None
+        if found is None:
+            for kept in recent:
+                m = kept[0].match(body, pos)
+                if m is not None:
+                    found = kept
+                    break
+        els = list(el.iter())
+        if found is not None and m is not None and len(els) == found[2]:
+            try:
+                out.append(found[1](els))
+            except _Invalid:
+                out.append(_persona_by_reading(el))
+            pos = m.end()
+            last = found
+            continue
+        if len(els) > _PLAN_MAX_ELEMENTS:  # no plan for it, nor a template: the rest the usual way
+            out += map(_persona_fast, children[at:])
+            return out
+        plan = _plan_of(els)
+        persona = None
+        if plan is not None:
+            try:
+                persona = plan(els)
+            except _Invalid:
+                pass
+        out.append(_persona_by_reading(el) if persona is None else persona)
+        made = _markup_template(body, pos)
+        misses -= 1
+        if made is None or misses < 0:  # the rest the usual way
+            out += map(_persona_fast, children[at + 1:])
+            return out
+        pattern, pos, count = made
+        if plan is None or count != len(els):
+            continue
+        template = _TEMPLATES.get(pattern)
+        if template is None and compiles > 0:
+            counted = hash(pattern)
+            seen = _TEMPLATE_SIGHTINGS.get(counted, 0) + 1
+            if seen < 2:
+                if len(_TEMPLATE_SIGHTINGS) >= _SIGHTINGS_MAX:
+                    _TEMPLATE_SIGHTINGS.clear()
+                _TEMPLATE_SIGHTINGS[counted] = seen
+                continue
+            _TEMPLATE_SIGHTINGS.pop(counted, None)
+            compiles -= 1
+            if len(_TEMPLATES) >= _TEMPLATE_MAX:
+                _TEMPLATES.clear()
+            template = _TEMPLATES[pattern] = (re.compile(pattern), plan, count)
+        if template is not None:
+            last = template
+            if not any(other is template for other in recent):
+                recent.insert(0, template)
+                del recent[_TEMPLATE_RECENT:]
+    # What follows the last persona is text, then the Personas end tag (a last check that
+    # the walk kept step with lxml's children).
+    end = body.find(b"<", pos)
+    return out if end >= 0 and body.startswith(b"</Personas", end) else None
 
 
 # Personas decoded lately, by their XML (namespaces included, as lxml writes a subtree):
@@ -1278,11 +1491,13 @@ def decode_request_tree(body: bytes, soap_action: str | None = None, content_typ
     return decoded, (keep[0] if keep else None)
 
 
-def _open_envelope(body: bytes, content_type: str | None = None, keep: list[etree._Element] | None = None
+def _open_envelope(body: bytes, content_type: str | None = None, keep: list[etree._Element] | None = None,
+                   as_declared: list[bool] | None = None
                    ) -> tuple[etree._Element | None, etree._Element] | DecodeError:
     """(SOAP Header or None, the Body's first element) of an untrusted message; the parsed
-    root is appended to ``keep`` when given (for a schema check of the same tree)."""
-    root = _parse(body, content_type)
+    root is appended to ``keep`` when given (for a schema check of the same tree);
+    ``as_declared`` as for :func:`_parse`."""
+    root = _parse(body, content_type, as_declared)
     if isinstance(root, DecodeError):
         return root
     if keep is not None:
@@ -1376,7 +1591,8 @@ def _fault(el: etree._Element) -> SoapFault:
 
 def _decode_response(body: bytes, operation: str | None, content_type: str | None = None, memo: bool = False
                      ) -> EwsResponse | DecodeError:
-    opened = _open_envelope(body, content_type)
+    as_declared: list[bool] = []
+    opened = _open_envelope(body, content_type, as_declared=as_declared)
     if isinstance(opened, DecodeError):
         return opened
     header, first = opened
@@ -1388,7 +1604,9 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
         return DecodeError("not-ews", f"The body element {name} is not an EWS response.")
     op = name[: -len("Response")] if name.endswith("Response") else name[: -len("ResponseMessage")]
     if op in P.UCS_OPERATIONS:
-        return EwsResponse(operation=op, server_version=server_version, message=_ucs_message(op, first, memo))
+        markup = body if as_declared and isinstance(body, bytes) else None
+        return EwsResponse(operation=op, server_version=server_version,
+                           message=_ucs_message(op, first, memo, markup))
     # Any other EWS operation: its (first) message, without payload. The message is the
     # response element itself (FindPeople, GetPersona), the first of its ResponseMessages
     # (FindItem), or a ResponseMessage inside it (GetUserOofSettings, GetUserAvailability).
@@ -1410,13 +1628,14 @@ def _decode_response(body: bytes, operation: str | None, content_type: str | Non
     return EwsResponse(operation=op, server_version=server_version, message=message)
 
 
-def _ucs_message(op: str, el: etree._Element, memo: bool = False) -> UcsResponse:
+def _ucs_message(op: str, el: etree._Element, memo: bool = False, markup: bytes | None = None) -> UcsResponse:
+    """``markup``: the body, when it parsed as it declares itself (see _personas_by_markup)."""
     fields = _child_index(el)
     payload: Any = None
     if (g := fields.get("ImGroup")) is not None:
         payload = _im_group(g)
     elif (il := fields.get("ImItemList")) is not None:
-        payload = _item_list(il, memo)
+        payload = _item_list(il, memo, markup)
     elif (p := fields.get("Persona")) is not None:
         payload = _persona_fast(p)
     return UcsResponse(
