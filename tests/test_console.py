@@ -97,3 +97,55 @@ def test_the_time_of_any_moment_reads_as_strftime_would():
     moments += [int(m) + f for m in moments[:200] for f in (0.0, 0.0005, 0.9995, 0.9999995, 0.9999996, 0.4999995)]
     for at in moments:
         assert _moment(at) == datetime.fromtimestamp(at, tz=UTC).strftime("%H:%M:%S.%f")[:-3], at
+
+
+def _raws() -> list:
+    from ucsproxy.logrow import RawExchange
+
+    def raw(op: str, answer: bytes, status: int = 200, **kw):
+        body = (f'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+                f'<m:{op} xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"/></s:Body></s:Envelope>')
+        return RawExchange("mock", 1_700_000_000.5 + len(op), 1.5, "127.0.0.1:1", None, "POST", "/EWS/Exchange.asmx",
+                           status, [("Authorization", "Basic a2ltOnB3")], body.encode(), [], answer, **kw)
+
+    ok = b'<m:R ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode></m:R>'
+    bad = b'<m:R ResponseClass="Error"><m:ResponseCode>ErrorImGroupLimitReached</m:ResponseCode></m:R>'
+    return [raw("GetImItemList", ok), raw("AddImGroup", bad), raw("RemoveImGroup", ok, fault='{"action": "reset"}'),
+            raw("SetImGroup", b"", status=500, error="gone")]
+
+
+def test_a_line_made_later_reads_as_one_made_at_once_and_keeps_its_place():
+    """With a flush scheduler (the lean front's), the reporter leaves the line to the next flush:
+    nothing is written before it, then the same lines in the same order, and the exit summary
+    counts exchanges still waiting."""
+    from ucsproxy.console import Reporter
+
+    now, later = Reporter(), Reporter()
+    now_out, later_out = io.StringIO(), io.StringIO()
+    now.console = Console(now_out, enabled=True)
+    later.console = Console(later_out, enabled=True)
+    scheduled: list = []
+    later.console.flush_soon = scheduled.append
+    for i, raw in enumerate(_raws()):
+        assert now.exchange_done(raw, ("replayed", None) if i == 2 else None) is not None
+        assert later.exchange_done(raw, ("replayed", None) if i == 2 else None) is None  # nobody waits for it
+    assert later_out.getvalue() == "" and len(scheduled) == 1
+    scheduled.pop()()
+    assert later_out.getvalue() == now_out.getvalue()
+    assert now_out.getvalue().count("\n") == 4
+    for raw in _raws():
+        later.exchange_done(raw)
+    assert now.console.summary(4) == "ucsproxy: 4 exchanges, 1 error, 1 fault, 1 injected, 4 rows logged"
+    assert later.console.summary(8) == "ucsproxy: 8 exchanges, 2 errors, 2 faults, 2 injected, 8 rows logged"
+    assert later_out.getvalue().count("\n") == 8
+
+
+def test_a_flow_list_or_a_shadow_gets_its_summary_at_once():
+    from ucsproxy.console import Reporter
+
+    reporter, out = Reporter(), io.StringIO()
+    reporter.console = Console(out, enabled=True)
+    reporter.console.flush_soon = lambda flush: None
+    reporter.marks = True
+    assert reporter.exchange_done(_raws()[0]) is not None
+    assert out.getvalue().count("\n") == 1

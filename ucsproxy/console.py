@@ -11,6 +11,7 @@ and hands it to :meth:`Console.exchange`. Colour only on a terminal (and never w
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -23,6 +24,8 @@ from .protocol import is_ews_request
 
 if TYPE_CHECKING:
     from .shadow import ShadowModel
+
+log = logging.getLogger("ucsproxy")
 
 _RESET = "\x1b[0m"
 _COLORS = {"ok": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m", "fault": "\x1b[1;31m",
@@ -137,6 +140,8 @@ class Console:
         # are then flushed once per call, however many exchanges finished meanwhile, not once a line.
         self.flush_soon: Callable[[Callable[[], None]], Any] | None = None
         self._flush_due = False
+        # Exchanges whose line is made at the next flush (later): (RawExchange, replay note), in order.
+        self._pending: list[tuple[Any, tuple[str, str | None] | None]] = []
 
     def _out(self) -> TextIO:
         return self.stream or sys.stdout
@@ -150,11 +155,41 @@ class Console:
         return known[1]
 
     def flush(self) -> None:
-        self._flush_due = False
+        """Make the lines of the exchanges waiting for it (:meth:`later`), then flush the stream."""
+        self._flush_due = True  # the lines made now ask for no flush of their own
+        try:
+            self._drain()
+        finally:
+            self._flush_due = False
         try:
             self._out().flush()
         except (OSError, ValueError):  # a closed or broken stdout must not break serving
             pass
+
+    def later(self, raw: Any, replay: tuple[str, str | None] | None = None) -> None:
+        """Count and print a finished exchange (a RawExchange) at the next flush, which ``flush_soon``
+        (it must be set) schedules: the same line, in the same order, :meth:`exchange` would print now.
+
+        Made off the serving path: an answer is not held back by its line, and the lines of a
+        busy moment are made together, in one tight loop (about half the CPU of one at a time,
+        between the requests). The exchange must not change meanwhile (a front hands over a
+        finished one). Counted by then: :meth:`summary` makes the waiting lines first."""
+        self._pending.append((raw, replay))
+        if not self._flush_due:
+            self._flush_due = True
+            assert self.flush_soon is not None
+            self.flush_soon(self.flush)
+
+    def _drain(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        for raw, replay in pending:
+            try:
+                self.exchange(summarize_raw(raw, replay))
+            except Exception as e:  # reporting must never break serving
+                log.error(f"ucsproxy: could not report an exchange: {e}")
 
     def exchange(self, s: ExchangeSummary) -> None:
         if s.operation is None and not is_ews_request(s.method, s.path):  # s.is_ews
@@ -183,6 +218,9 @@ class Console:
                 flush_soon(self.flush)
 
     def summary(self, rows_logged: int | None) -> str:
+        if self._pending:
+            self.flush()  # the lines still waiting are counted (and printed) first
+
         def n(count: int, word: str) -> str:
             return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -222,8 +260,14 @@ class Reporter:
         return self.marks or self.console.enabled or self.shadow is not None
 
     def exchange_done(self, raw, replay: tuple[str, str | None] | None = None) -> ExchangeSummary | None:
-        """Summarize a finished :class:`~ucsproxy.logrow.RawExchange`; None when nobody asks."""
+        """Summarize a finished :class:`~ucsproxy.logrow.RawExchange`; None when nobody asks, and when
+        only the console line is wanted and a front schedules console flushes (``flush_soon``): the
+        line is then made at the next flush (:meth:`Console.later`), off the serving path."""
         if not self.active:
+            return None
+        console = self.console
+        if console.flush_soon is not None and console.enabled and not self.marks and self.shadow is None:
+            console.later(raw, replay)  # the line alone is wanted: made at the next console flush
             return None
         s = summarize_raw(raw, replay)
         if self.shadow is not None and s.operation:
