@@ -75,3 +75,39 @@ def test_plan_tables_settle_when_a_list_holds_more_shapes_than_they_keep(monkeyp
         assert len(codec._PLANS) + len(codec._PLANS_BEFORE) >= 100  # most shapes still read by a plan
     finally:
         codec.forget_plans()
+
+
+def _raw_with(path: str, headers: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    from ucsproxy.logrow import RawExchange
+
+    return RawExchange("record", 1700000000.0, 1.5, "127.0.0.1:5000", "mail.contoso.com:443", "POST", path, 200,
+                       headers, b"<x/>", [("Content-Type", "text/xml")], b"<y/>")
+
+
+def test_bytes_that_are_not_utf8_in_a_path_or_header_are_logged_and_lose_nothing_else(tmp_path) -> None:
+    # mitmproxy (record mode) and the lean front read a request's path and headers with
+    # surrogateescape: a client's byte that is not UTF-8 (a latin-1 name in a header, \xff in a
+    # path) is a lone surrogate, which SQLite cannot store. The row fell back to a stub (headers,
+    # bodies, columns gone), and a stub keeps the path: with the byte in the path the whole
+    # batch failed, was kept and retried for good, and no exchange after it reached the log.
+    import json
+    import sqlite3
+
+    from ucsproxy.store import LogStore
+
+    good = _raw_with("/EWS/Exchange.asmx", [("Host", "mail.contoso.com")])
+    in_path = _raw_with("/EWS/Exchange.asmx?q=caf\udce9", [("Host", "mail.contoso.com")])
+    in_header = _raw_with("/EWS/Exchange.asmx", [("X-Client", "M\udcfcller \ud800"), ("Authorization", "Basic dXNlcjpwYXNz")])
+    store = LogStore(tmp_path / "log.db", writer="thread")
+    for raw in (good, in_path, in_header, good):
+        store.submit(raw)
+    assert store.flush(30) and store.close() == 0
+    conn = sqlite3.connect(tmp_path / "log.db")
+    rows = conn.execute("select path, request_headers, request_body, response_body, http_status, error"
+                        " from exchanges order by id").fetchall()
+    assert [r[0] for r in rows] == ["/EWS/Exchange.asmx", "/EWS/Exchange.asmx?q=caf\\xe9", "/EWS/Exchange.asmx",
+                                    "/EWS/Exchange.asmx"]
+    assert all(r[2:5] == ("<x/>", "<y/>", 200) for r in rows)  # whole rows, not stubs
+    headers = json.loads(rows[2][1])  # still JSON, each string as the proxy had it
+    assert headers == [["X-Client", "M\udcfcller \ud800"], ["Authorization", "Basic <redacted>"]]
+    assert rows[0][5] is None and "not UTF-8" in rows[1][5] and "not UTF-8" in rows[2][5]

@@ -544,6 +544,34 @@ def _insert_sql(keys: tuple[str, ...]) -> tuple[str, bool]:
     return found
 
 
+#: The note a row whose texts held lone surrogates gets in its ``error`` column (see _storable).
+NOT_UTF8 = "log: text that is not UTF-8 stored escaped (\\xNN: a byte the peer sent; in JSON columns \\uDCNN)"
+_JSON_TEXT_COLUMNS = frozenset({"fault", "args", "result", "request_headers", "response_headers"})
+
+
+def _storable(value: Any, json_text: bool = False) -> Any:
+    """``value`` with its lone surrogates escaped, so SQLite (UTF-8) can store it. mitmproxy and
+    the lean front read a path's and headers' bytes that are not UTF-8 as surrogates
+    (surrogateescape): each becomes ``\\xNN`` of the byte (any other lone surrogate
+    ``\\uDNNN``); inside JSON text the JSON escape ``\\uDCNN``, which reads back as the very
+    string. The row was redacted before: an escape only spells a byte the redaction saw."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return str(value)
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for c in value:
+        n = ord(c)
+        if 0xD800 <= n <= 0xDFFF:
+            out.append(f"\\u{n:04x}" if json_text else f"\\x{n - 0xDC00:02x}" if n >= 0xDC80 else f"\\u{n:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
     conn.execute("savepoint one_row")
     try:
@@ -551,9 +579,17 @@ def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> No
                      f"values ({', '.join('?' for _ in row)})", tuple(row.values()))
     except sqlite3.OperationalError:
         raise
+    except UnicodeEncodeError:
+        # Lone surrogates (bytes the peer sent that are not UTF-8): the whole row, escaped.
+        conn.execute("rollback to one_row")
+        row = {k: _storable(v, k in _JSON_TEXT_COLUMNS) for k, v in row.items()}
+        row["error"] = f"{row['error']}; {NOT_UTF8}" if row.get("error") else NOT_UTF8
+        conn.execute("release one_row")
+        _insert_one(conn, table, row)
+        return
     except Exception as e:
         conn.execute("rollback to one_row")
-        keep = {k: row.get(k) for k in ("started_at", "mode", "method", "path", "http_status")}
+        keep = {k: _storable(row.get(k)) for k in ("started_at", "mode", "method", "path", "http_status")}
         keep["error"] = f"log: this exchange could not be stored as logged: {describe_error(e)}"
         conn.execute(f"insert into [{table}] ({', '.join(f'[{k}]' for k in keep)}) "
                      f"values ({', '.join('?' for _ in keep)})", tuple(keep.values()))
