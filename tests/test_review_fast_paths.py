@@ -111,3 +111,33 @@ def test_bytes_that_are_not_utf8_in_a_path_or_header_are_logged_and_lose_nothing
     headers = json.loads(rows[2][1])  # still JSON, each string as the proxy had it
     assert headers == [["X-Client", "M\udcfcller \ud800"], ["Authorization", "Basic <redacted>"]]
     assert rows[0][5] is None and "not UTF-8" in rows[1][5] and "not UTF-8" in rows[2][5]
+
+
+def _group_answer(name: str, smtp: str) -> bytes:
+    from ucsproxy.records import ImGroup
+
+    return codec.encode_response(UcsResponse("AddImGroup", payload=ImGroup(
+        name, "IPM.DistList.MOC.UserGroup", ItemId("G1", "CK"), smtp_address=smtp)))
+
+
+def test_values_that_are_not_plain_stay_so_beside_other_changed_values() -> None:
+    # Two changed texts whose delimiters, looked at together, could pass for plain values:
+    # 'a"' then '="x' (joined as '>a"<\n>="x<', with the delimiters taken out pair by pair,
+    # reads "a" and "x"), 'a"' then '>x'. A text may hold '"', '=' and '>': the log's columns
+    # must be the full decode's, never the kept ones with "a" and "x" put in.
+    from ucsproxy.logjson import answer_columns
+    from ucsproxy.logpieces import ListColumns, ListPieces
+    from ucsproxy.records import EwsResponse
+
+    ct = "text/xml; charset=utf-8"
+    pieces = ListPieces()
+    kept = [_group_answer("Alice", "alice@x"), _group_answer("Bob", "bob@x"), _group_answer("Carol", "carol@y")]
+    hostile = [kept[0].replace(b">Alice<", a).replace(b">alice@x<", b)
+               for a, b in ((b'>a"<', b'>="x<'), (b'>a"<', b'>>x<'), (b'>a=<', b'>"x<'), (b'>a"<', b'>=x<'))]
+    for body in kept + hostile + kept:
+        found = pieces.answer(body, ct, "AddImGroup").answer
+        full = codec.decode_response(body, "AddImGroup", ct)
+        assert isinstance(full, EwsResponse)
+        got = tuple(found) if isinstance(found, ListColumns) else answer_columns(found)
+        assert got == answer_columns(full), body
+    assert pieces.shaped >= 3  # the plain ones are made by shape
