@@ -319,3 +319,18 @@ def test_a_secret_in_a_value_made_by_shape_is_redacted_in_the_row():
         assert ("<redacted>" in row["args"]) == (name[0] in "pB")
         assert ("<redacted>" in row["result"]) == (name[0] in "pB")
     assert LIST_PIECES.shaped - shaped >= 3  # the answers were made by shape
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=6) | st.sampled_from(
+    [b"a", b"AU=", b"x y", b" x", b"x ", b"", b"a\nb", b'a"', b"a>", b"=", b'="', b"<", b"\\", b"&", b"\xc3\xa9"])),
+    min_size=1, max_size=6))
+def test_changed_spots_are_read_as_plain_values_as_one_by_one(spots) -> None:
+    """shapes._plain_values (the changed spots at once, in C) says what _PLAIN_JSON says of each."""
+    made = [(b">" + v + b"<") if text else (b'="' + v + b'"') for text, v in spots]
+    if any(shapes._SPOTS.fullmatch(m) is None for m in made):
+        return  # not a spot the split makes
+    expected = [v.decode("ascii") for _, v in spots] if all(
+        shapes._PLAIN_JSON.fullmatch(v) is not None for _, v in spots) else None
+    kinds = bytes(m[0] for m in made)
+    assert shapes._plain_values(b"\n".join(made), kinds) == expected

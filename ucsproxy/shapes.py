@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from itertools import compress, count
-from operator import ne
+from itertools import compress, count, repeat
+from operator import itemgetter, ne
 from typing import Any, NamedTuple
 
 from .memo import BoundedMemo
@@ -335,8 +335,8 @@ def _put_at(record: Any, path: Path, value: Any) -> Any:
 
 
 #: Where a spot's value stands: its length, its places in the kept columns ((column, offset)
-#: each) and the paths of the fields it fills in the kept records.
-Source = tuple[int, tuple[tuple[int, int], ...], tuple[Path, ...]]
+#: each), the paths of the fields it fills in the kept records, and the spot's number.
+Source = tuple[int, tuple[tuple[int, int], ...], tuple[Path, ...], int]
 #: Log columns made from records (an answer's: operation, response class, response code,
 #: ``result`` JSON; a list piece's: its JSON).
 Columns = tuple[Any, ...]
@@ -349,7 +349,8 @@ class RecordShape:
     ``decode`` (of :meth:`changes`): the full decoding of a text of the shape into its record
     tree, None when it does not give one; ``columns_of``: the columns of a record tree."""
 
-    __slots__ = ("parts", "record", "columns", "sources", "fields", "items", "text_clean", "columns_clean")
+    __slots__ = ("parts", "record", "columns", "sources", "fields", "items", "text_clean", "columns_clean",
+                 "_templates", "_spot_kinds")
 
     def __init__(self, parts: list[bytes], record: Any, columns: Columns, fields: frozenset = ANSWER_FIELDS,
                  items: frozenset = ANSWER_ITEMS, text_clean: bool = False, columns_clean: tuple[bool, ...] = ()):
@@ -365,6 +366,15 @@ class RecordShape:
         #: holds one only where a new value stands (:meth:`values_clean`).
         self.text_clean = text_clean
         self.columns_clean = columns_clean or tuple(False for _ in columns)
+        # Per column, the kept text cut at every known value (made_columns), built when needed.
+        self._templates: list[tuple[list[str], list[int], list[str]] | None] | None = None
+        self._spot_kinds: bytes | None = None
+
+    def _kinds(self) -> bytes:
+        """The first byte of each kept spot (``>`` a text, ``=`` an attribute value)."""
+        if self._spot_kinds is None:
+            self._spot_kinds = bytes(map(_FIRST, self.parts[1::2]))
+        return self._spot_kinds
 
     def changes(self, parts: list[bytes], decode: Callable[[bytes], Any], columns_of: Callable[[Any], Columns]
                 ) -> list[tuple[Source, str]] | None:
@@ -374,36 +384,105 @@ class RecordShape:
         spots = parts[1::2]
         if len(old) != len(spots):
             return None
-        changes: list[tuple[Source, str]] = []
-        for i in compress(count(), map(ne, spots, old)):  # the spots that differ, found in C
-            spot, was = spots[i], old[i]
-            value = _inner(spot)
-            if spot[0] != was[0] or _PLAIN_JSON.fullmatch(value) is None:
-                return None
-            if i in self.sources:
-                source = self.sources[i]
-            else:
-                self.sources[i] = source = self._probe(i, decode, columns_of)
-            if source is None:
-                return None
-            changes.append((source, value.decode("ascii")))
-        return changes
+        # A list's group may differ in a hundred ids: the spots are looked at together, in C
+        # where it can be (which differ, whether all are plain and of their kind, their text).
+        changed = list(compress(range(len(spots)), map(ne, spots, old)))
+        if not changed:
+            return []
+        new = [spots[i] for i in changed]
+        kinds = bytes(map(_FIRST, new))
+        if kinds != (bytes([old[changed[0]][0]]) if len(changed) == 1 else bytes(itemgetter(*changed)(self._kinds()))):
+            return None  # a text where an attribute value was, or the other way round
+        texts = _plain_values(b"\n".join(new), kinds)
+        if texts is None:
+            return None
+        sources = self.sources
+        found = list(map(sources.get, changed, repeat(_UNPROBED)))
+        if _UNPROBED in found:
+            unknown = [i for i, source in zip(changed, found) if source is _UNPROBED]
+            learnt = self._probe_together(unknown, decode, columns_of) if len(unknown) > 1 else None
+            for i in unknown:
+                sources[i] = learnt[i] if learnt is not None else self._probe(i, decode, columns_of)
+            self._templates = None
+            found = [sources[i] for i in changed]
+        if None in found:
+            return None
+        return list(zip(found, texts))
 
     @staticmethod
     def values_clean(changes: list[tuple[Source, str]]) -> bool:
         """Whether the new values hold no redaction trigger word. A trigger word holds none of
         ``<>"`` and a value is a whole text node, attribute value or JSON string: in a text made
-        from a clean one, a word can only stand inside a new value."""
-        return not changes or not has_trigger_word("\0".join([text for _, text in changes]))
+        from a clean one, a word can only stand inside a new value. (Values found clean are
+        remembered: ids come back in other places.)"""
+        if not changes:
+            return True
+        new = {text for _, text in changes}
+        if _CLEAN_VALUES:
+            new -= _CLEAN_VALUES
+            if not new:
+                return True
+        if has_trigger_word("\0".join(new)):  # (no trigger word holds a NUL)
+            return False
+        if len(_CLEAN_VALUES) + len(new) > _CLEAN_VALUES_MAX:
+            _CLEAN_VALUES.clear()
+        _CLEAN_VALUES.update(new)
+        return True
 
     def made_columns(self, changes: list[tuple[Source, str]]) -> Columns | None:
         """The kept columns with each change's value put in at its places."""
-        return _spliced(self.columns, changes)
+        if len(changes) < 12:
+            return _spliced(self.columns, changes)
+        # Many values (a group's members): the kept text cut at every known value once, then
+        # joined with the new values where they changed (no sort per text).
+        templates = self._templates
+        if templates is None:
+            templates = self._templates = self._cut_columns()
+        by_spot = {source[3]: text for source, text in changes}
+        out = list(self.columns)
+        for column, template in enumerate(templates):
+            if template is None:
+                continue
+            literals, spots, kept = template
+            values = list(map(by_spot.get, spots, kept))
+            joined = [None] * (2 * len(values) + 1)
+            joined[0::2] = literals
+            joined[1::2] = values
+            out[column] = "".join(joined)  # type: ignore[arg-type]
+        return tuple(out)
+
+    def _cut_columns(self) -> list[tuple[list[str], list[int], list[str]] | None]:
+        """Per column, (the kept text between the known values, each value's spot, the kept
+        value), or None when no value stands in it."""
+        places: dict[int, list[tuple[int, int, int]]] = {}
+        for source in self.sources.values():
+            if source is not None:
+                length, at, _, spot = source
+                for column, offset in at:
+                    places.setdefault(column, []).append((offset, length, spot))
+        out: list[tuple[list[str], list[int], list[str]] | None] = []
+        for column, text in enumerate(self.columns):
+            found = sorted(places.get(column, ()))
+            if not found:
+                out.append(None)
+                continue
+            literals, spots, kept = [], [], []
+            end = 0
+            for offset, length, spot in found:
+                if offset < end:
+                    raise AssertionError("two values in one place")  # each is one field's: cannot be
+                literals.append(text[end:offset])
+                spots.append(spot)
+                kept.append(text[offset:offset + length])
+                end = offset + length
+            literals.append(text[end:])
+            out.append((literals, spots, kept))
+        return out
 
     def made_record(self, changes: list[tuple[Source, str]]) -> Any:
         """The kept records with each change's value put into its fields."""
         made = self.record
-        for (_, _, paths), text in changes:
+        for (_, _, paths, _), text in changes:
             for path in paths:
                 made = _put_at(made, path, text)
         return made
@@ -453,7 +532,97 @@ class RecordShape:
                 offset += len(piece)
                 at.append((column, offset))
                 offset += len(text)
-        return len(text), tuple(at), tuple(paths)
+        return len(text), tuple(at), tuple(paths), i
+
+    def _probe_together(self, spots_at: list[int], decode: Callable[[bytes], Any],
+                        columns_of: Callable[[Any], Columns]) -> dict[int, Source | None] | None:
+        """:meth:`_probe` of several spots in one decode (each with a probe value of its own),
+        when each is a source; None when that is not shown (then each is probed alone)."""
+        spots = self.parts[1::2]
+        wases = [_inner(spots[i]) for i in spots_at]
+        if any(_PLAIN_JSON.fullmatch(was) is None for was in wases):
+            return None
+        texts = [was.decode("ascii") for was in wases]
+        marks = [f"{_PROBE}X{i}X" for i in spots_at]  # none is a part of another
+        if any(mark.encode() in part for part in self.parts for mark in marks) or \
+                any(type(c) is str and _PROBE in c for c in self.columns):
+            return None
+        parts = list(self.parts)
+        for i, was, mark in zip(spots_at, wases, marks):
+            spot = spots[i]
+            parts[2 * i + 1] = spot[:-1 - len(was)] + mark.encode() + spot[-1:]
+        probed = decode(b"".join(parts))
+        if probed is None or type(probed) is not type(self.record):
+            return None
+        kept = self.record
+        of_mark = {mark: k for k, mark in enumerate(marks)}
+        paths: list[list[Path]] = [[] for _ in marks]
+        try:
+            for path in _leaves(probed, _PROBE):
+                k = of_mark.get(_at(probed, path), -1)
+                if k < 0 or not _free(kept, path, self.fields, self.items) or _at(kept, path) != texts[k]:
+                    return None
+                paths[k].append(path)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
+        if not all(paths):
+            return None
+        expected = kept
+        for mark, found in zip(marks, paths):
+            for path in found:
+                expected = _put_at(expected, path, mark)
+        if expected != probed:
+            return None
+        at: list[list[tuple[int, int]]] = [[] for _ in marks]
+        split = re.compile("(" + "|".join(marks) + ")")
+        for column, (old, new) in enumerate(zip(self.columns, columns_of(probed))):
+            if type(old) is not str or type(new) is not str:
+                if old != new:
+                    return None
+                continue
+            pieces = split.split(new)
+            offset = 0
+            rebuilt = []
+            for n, piece in enumerate(pieces):
+                if n % 2:
+                    k = of_mark[piece]
+                    at[k].append((column, offset))
+                    piece = texts[k]
+                rebuilt.append(piece)
+                offset += len(piece)
+            if "".join(rebuilt) != old:
+                return None
+        return {i: (len(text), tuple(where), tuple(found), i)
+                for i, text, where, found in zip(spots_at, texts, at, paths)}
+
+
+_UNPROBED: Any = object()
+#: Values known to hold no redaction trigger word (RecordShape.values_clean), at most this many.
+_CLEAN_VALUES: set[str] = set()
+_CLEAN_VALUES_MAX = 100_000
+
+
+_FIRST = itemgetter(0)
+# Bytes a plain value may hold (_PLAIN_JSON), and the newline that joins them.
+_PLAIN_BYTES = bytes(c for c in range(0x20, 0x7F) if c not in b'"&<>\\') + b"\n"
+
+
+def _plain_values(joined: bytes, kinds: bytes) -> list[str] | None:
+    """The values of spots joined by newlines (``kinds``: each spot's first byte, ``>`` for a
+    text, ``=`` for an attribute value), or None when one is not plain (_PLAIN_JSON: then it
+    holds a byte not in _PLAIN_BYTES, a newline, or is empty or has a space at an end). All in
+    C: a group may change a hundred ids."""
+    # The delimiters between two spots, then the first spot's opening and the last one's closing.
+    # A value holds no '"' or '<' (the spot's pattern) nor '>' or a newline (plain): what is
+    # left of them after this is a value's own, and refused below.
+    values = joined.replace(b"<\n>", b"\n").replace(b'<\n="', b"\n").replace(b'"\n>', b"\n") \
+        .replace(b'"\n="', b"\n")[1 if kinds[0] == 0x3E else 2:-1]
+    if values.translate(None, _PLAIN_BYTES):
+        return None
+    texts = values.decode("ascii").split("\n")
+    if len(texts) != len(kinds) or not all(texts) or list(map(str.strip, texts)) != texts:
+        return None  # a newline in a value, an empty one, or one with a space at an end
+    return texts
 
 
 def split_plain(text: bytes, max_size: int) -> list[bytes] | None:
@@ -567,22 +736,23 @@ def _spliced(columns: Columns, changes: list[tuple[Source, str]]) -> Columns | N
     """``columns`` with each change's value put in at its places."""
     if not changes:
         return columns
-    edits = sorted((column, offset, length, text) for (length, at, _), text in changes for column, offset in at)
+    edits = sorted([(column, offset, length, text) for (length, at, _, _), text in changes for column, offset in at])
     out = list(columns)
-    i = 0
-    while i < len(edits):
-        column = edits[i][0]
-        old = columns[column]
-        pieces = []
-        end = 0
-        while i < len(edits) and edits[i][0] == column:
-            _, offset, length, text = edits[i]
-            if offset < end:
-                return None  # two values in one place: cannot be (each is one field's), but never guessed
-            pieces.append(old[end:offset])
-            pieces.append(text)
-            end = offset + length
-            i += 1
+    column = -1
+    old = ""
+    pieces: list[str] = []
+    end = 0
+    for at, offset, length, text in edits:
+        if at != column:
+            if column >= 0:
+                pieces.append(old[end:])
+                out[column] = "".join(pieces)
+            column, old, pieces, end = at, columns[at], [], 0
+        if offset < end:
+            return None  # two values in one place: cannot be (each is one field's), but never guessed
+        pieces += (old[end:offset], text)
+        end = offset + length
+    if column >= 0:
         pieces.append(old[end:])
         out[column] = "".join(pieces)
     return tuple(out)
