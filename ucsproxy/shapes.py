@@ -407,7 +407,7 @@ class RecordShape:
             found = [sources[i] for i in changed]
         if None in found:
             return None
-        return list(zip(found, texts))
+        return list(zip(found, texts))  # type: ignore[arg-type]  (no None left)
 
     @staticmethod
     def values_clean(changes: list[tuple[Source, str]]) -> bool:
@@ -444,11 +444,11 @@ class RecordShape:
             if template is None:
                 continue
             literals, spots, kept = template
-            values = list(map(by_spot.get, spots, kept))
-            joined = [None] * (2 * len(values) + 1)
+            values: list[str] = list(map(by_spot.get, spots, kept))  # type: ignore[arg-type]
+            joined: list[str] = [""] * (2 * len(values) + 1)
             joined[0::2] = literals
             joined[1::2] = values
-            out[column] = "".join(joined)  # type: ignore[arg-type]
+            out[column] = "".join(joined)
         return tuple(out)
 
     def _cut_columns(self) -> list[tuple[list[str], list[int], list[str]] | None]:
