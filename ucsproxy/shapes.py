@@ -407,7 +407,7 @@ class RecordShape:
             found = [sources[i] for i in changed]
         if None in found:
             return None
-        return list(zip(found, texts))  # type: ignore[arg-type]  (no None left)
+        return list(zip(found, texts))  # type: ignore[arg-type]
 
     @staticmethod
     def values_clean(changes: list[tuple[Source, str]]) -> bool:
