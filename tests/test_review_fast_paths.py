@@ -141,3 +141,25 @@ def test_values_that_are_not_plain_stay_so_beside_other_changed_values() -> None
         got = tuple(found) if isinstance(found, ListColumns) else answer_columns(found)
         assert got == answer_columns(full), body
     assert pieces.shaped >= 3  # the plain ones are made by shape
+
+
+def test_a_request_s_values_that_are_not_plain_stay_so_beside_other_changed_values() -> None:
+    # The same for the log's requests (their args made by shape): 'a"' and '="x' in two texts.
+    import json
+
+    from ews_client import envelope
+    from ucsproxy.logrow import build_row
+    from ucsproxy.records import EwsRequest, to_jsonable
+
+    def contact(address: bytes, name: bytes) -> bytes:
+        return envelope(f"<m:AddNewImContactToGroup><m:ImAddress>{address.decode()}</m:ImAddress>"
+                        f"<m:DisplayName>{name.decode()}</m:DisplayName></m:AddNewImContactToGroup>")
+
+    bodies = [contact(b"sip:a@x", b"Ann"), contact(b"sip:b@x", b"Ben"), contact(b"sip:c@y", b"Cy"),
+              contact(b'a"', b'="x'), contact(b'a"', b">x"), contact(b"a=", b'"x'), contact(b"sip:d@x", b"Di")]
+    for body in bodies:
+        raw = _raw_with("/EWS/Exchange.asmx", [("Content-Type", "text/xml; charset=utf-8")])
+        raw.request_body = body
+        full = codec.decode_request(body)
+        assert isinstance(full, EwsRequest)
+        assert json.loads(build_row(raw)["args"]) == to_jsonable(full.body), body
