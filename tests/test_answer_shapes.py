@@ -323,7 +323,8 @@ def test_a_secret_in_a_value_made_by_shape_is_redacted_in_the_row():
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=6) | st.sampled_from(
-    [b"a", b"AU=", b"x y", b" x", b"x ", b"", b"a\nb", b'a"', b"a>", b"=", b'="', b"<", b"\\", b"&", b"\xc3\xa9"])),
+    [b"a", b"AU=", b"x y", b" x", b"x ", b"", b"a\nb", b'a"', b"a>", b"=", b'="', b'="x', b'x"\n="y', b">x",
+     b"<", b"\\", b"&", b"\xc3\xa9"])),
     min_size=1, max_size=6))
 def test_changed_spots_are_read_as_plain_values_as_one_by_one(spots) -> None:
     """shapes._plain_values (the changed spots at once, in C) says what _PLAIN_JSON says of each."""

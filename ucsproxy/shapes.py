@@ -612,16 +612,20 @@ def _plain_values(joined: bytes, kinds: bytes) -> list[str] | None:
     text, ``=`` for an attribute value), or None when one is not plain (_PLAIN_JSON: then it
     holds a byte not in _PLAIN_BYTES, a newline, or is empty or has a space at an end). All in
     C: a group may change a hundred ids."""
-    # The delimiters between two spots, then the first spot's opening and the last one's closing.
-    # A value holds no '"' or '<' (the spot's pattern) nor '>' or a newline (plain): what is
-    # left of them after this is a value's own, and refused below.
+    # The delimiters between two spots, then the first spot's opening and the last one's closing
+    # taken out; a text's value may hold '"', '=' or '>', so what that gives is only a guess, and
+    # it is taken only when the spots written again around its values are the very spots.
     values = joined.replace(b"<\n>", b"\n").replace(b'<\n="', b"\n").replace(b'"\n>', b"\n") \
         .replace(b'"\n="', b"\n")[1 if kinds[0] == 0x3E else 2:-1]
     if values.translate(None, _PLAIN_BYTES):
         return None
+    found = values.split(b"\n")
+    if len(found) != len(kinds) or b"\n".join(
+            [b">" + v + b"<" if k == 0x3E else b'="' + v + b'"' for k, v in zip(kinds, found)]) != joined:
+        return None
     texts = values.decode("ascii").split("\n")
-    if len(texts) != len(kinds) or not all(texts) or list(map(str.strip, texts)) != texts:
-        return None  # a newline in a value, an empty one, or one with a space at an end
+    if not all(texts) or list(map(str.strip, texts)) != texts:
+        return None  # an empty value, or one with a space at an end
     return texts
 
 
