@@ -96,10 +96,21 @@ def version_fault(version: str | None) -> SoapFault | None:
     Missing or pre-2013: ErrorIncorrectSchemaVersion, as the GetImItemList page shows.
     A value that names no version at all: ErrorInvalidServerVersion. None: the version is fine.
     """
-    if P.supports_ucs(version):
-        return None
-    known = version is None or version in P.SERVER_VERSIONS
-    return soap_fault("ErrorIncorrectSchemaVersion" if known else "ErrorInvalidServerVersion")
+    try:
+        return _VERSION_FAULTS[version]  # a client sends the same version with every request
+    except (KeyError, TypeError):
+        pass
+    fault = None
+    if not P.supports_ucs(version):
+        known = version is None or version in P.SERVER_VERSIONS
+        fault = soap_fault("ErrorIncorrectSchemaVersion" if known else "ErrorInvalidServerVersion")
+    if len(_VERSION_FAULTS) >= 64:
+        _VERSION_FAULTS.clear()
+    _VERSION_FAULTS[version] = fault  # records are immutable: the same fault object serves again
+    return fault
+
+
+_VERSION_FAULTS: dict[str | None, SoapFault | None] = {}
 
 
 def unsupported_operation(operation: str) -> UcsResponse:
@@ -192,8 +203,12 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
     if not ucs:
         body = _codec().encode_unsupported(response.operation, response.response_code, response.message_text or "")
         return Answer(200, _pairs(XML_HEADERS), body)
-    return Answer(200, _pairs(XML_HEADERS), _encoded(response),
-                  decoded=EwsResponse(response.operation, ServerVersionInfo(), message=response))
+    return Answer(200, list(_XML_PAIRS), _encoded(response),
+                  decoded=EwsResponse(response.operation, _SERVER_VERSION, message=response))
+
+
+_XML_PAIRS = tuple(XML_HEADERS.items())
+_SERVER_VERSION = ServerVersionInfo()  # the mock's one version (records are immutable: shared)
 
 
 _CODEC: ModuleType | None = None

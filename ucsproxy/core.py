@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 from pathlib import Path
 
@@ -79,6 +79,42 @@ def operation_named(decoded: EwsRequest | DecodeError | None) -> str | None:
 def mailbox_of(decoded, headers: list[tuple[str, str]] | None, default: str | None = None) -> str | None:
     """The request's mailbox by ucsproxy.identity's one rule; ``default`` when nothing names one."""
     return identity.request_mailbox(headers, decoded if isinstance(decoded, EwsRequest) else None) or default
+
+
+_HEADERS_MAILBOX: dict[tuple[str | None, str | None], str | None] = {}
+
+
+def headers_mailbox(headers: Iterable[tuple[str, str]] | None) -> str | None:
+    """``identity.request_mailbox(headers)``, what the HTTP headers name: one pass over them for the
+    two it reads (the first of each, as identity reads them), the answer kept per pair of values
+    (a client sends the same Authorization with every request)."""
+    if headers is None:
+        return None
+    anchor = auth = None
+    for k, v in headers:
+        name = k.lower()
+        if name == "authorization":
+            if auth is None:
+                auth = v
+        elif name == "x-anchormailbox" and anchor is None:
+            anchor = v
+    if anchor is None and auth is None:
+        return None
+    key = (anchor, auth)
+    try:
+        return _HEADERS_MAILBOX[key]
+    except KeyError:
+        pass
+    named: list[tuple[str, str]] = []
+    if anchor is not None:
+        named.append(("x-anchormailbox", anchor))
+    if auth is not None:
+        named.append(("authorization", auth))
+    found = identity.request_mailbox(named)
+    if len(_HEADERS_MAILBOX) >= 1024:
+        _HEADERS_MAILBOX.clear()
+    _HEADERS_MAILBOX[key] = found
+    return found
 
 
 def refuse_logging_into_the_replayed(mode: str, db: str, source: str) -> None:
@@ -519,8 +555,10 @@ class UcsCore:
         """Whose mailbox this request works on (ucsproxy.identity); where a model answers
         (mock, stateful replay) a request naming nobody works on the default mailbox, and
         fault rules and the log say so too."""
-        default = identity.DEFAULT_MAILBOX if self.service is not None and isinstance(decoded, EwsRequest) else None
-        return mailbox_of(decoded, headers, default)
+        if isinstance(decoded, EwsRequest):
+            found = identity.impersonated(decoded) or headers_mailbox(headers)
+            return found or (identity.DEFAULT_MAILBOX if self.service is not None else None)
+        return headers_mailbox(headers)
 
     def log_exchange(self, raw: RawExchange, replay: tuple[str, str | None] | None = None,
                      batch: list[RawExchange] | None = None):

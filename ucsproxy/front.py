@@ -208,7 +208,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._started()
-        req.headers.append((_text(name), _text(value)))
+        req.headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
         if len(name) == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
             req.expect_continue = True
 
@@ -262,19 +262,24 @@ class _Connection(asyncio.Protocol):
     def _serve_now(self, req: _Request) -> None:
         """Answer one request: at once on the common path, on a task when a fault has to wait."""
         c = self.core
-        path = _text(b"".join(req.url))
-        body = b"".join(req.body)
-        if is_control_path(path):  # the control API: answered here, never logged
+        url = req.url
+        path = _text(url[0] if len(url) == 1 else b"".join(url))
+        body = req.body[0] if len(req.body) == 1 else b"".join(req.body)
+        kind = _PATHS.get(path)
+        if kind is None:
+            kind = _path_kind(path)
+        if kind is _CONTROL:  # the control API: answered here, never logged
             if self.server.logged:
                 self.server.flush()  # what it reports includes every exchange answered before it
             self._send(req, path, body, None, c.control_answer(req.method, path, req.headers, body, self.client),
                        logged=False)
             return
-        found = c.answer_autodiscover(req.method, path, req.headers, body, self.scheme, self.listen)
-        if found is not None:
+        if kind is _AUTODISCOVER:
+            found = c.answer_autodiscover(req.method, path, req.headers, body, self.scheme, self.listen)
+            assert found is not None  # an Autodiscover path
             self._send(req, path, body, None, found)
             return
-        decoded = c.decode(body, req.headers) if c.wants_decoded(req.method, path) else None
+        decoded = c.decode(body, req.headers) if kind is _EWS and c.wants_decoded(req.method, path) else None
         if c.service is not None and isinstance(decoded, EwsRequest):
             req.mailbox = c.mailbox(decoded, req.headers)
         if c.engine is not None or c.watcher is not None:
@@ -617,6 +622,29 @@ class LeanServer:
             await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.sleep(0)  # let the transports' close callbacks run
         self.core.shutdown(state)
+
+
+# What a path is, once per path: the control API, Autodiscover, the EWS endpoint, anything else.
+_CONTROL, _AUTODISCOVER, _EWS, _OTHER = "control", "autodiscover", "ews", "other"
+_PATHS: dict[str, str] = {}
+
+
+def _path_kind(path: str) -> str:
+    from .autodiscover import endpoint
+    from .protocol import is_ews_endpoint
+
+    if is_control_path(path):
+        kind = _CONTROL
+    elif endpoint(path) is not None:
+        kind = _AUTODISCOVER
+    elif is_ews_endpoint(path):
+        kind = _EWS
+    else:
+        kind = _OTHER
+    if len(_PATHS) >= 1024:
+        _PATHS.clear()
+    _PATHS[path] = kind
+    return kind
 
 
 def _request_size(req: _Request, path: str, body: bytes) -> int:
