@@ -645,16 +645,17 @@ class _FrameReader(threading.Thread):
                 found = []
                 stop = False
                 at = 0
-                while len(buf) - at >= size:
-                    kind, seq, count, length = HEADER.unpack_from(buf, at)
-                    if kind == STOP:
-                        stop = True
-                        at += size
-                        continue
-                    if len(buf) - at - size < length:
-                        break  # the rest of this frame is still on its way
-                    found.append((kind, seq, count, bytes(buf[at + size:at + size + length])))
-                    at += size + length
+                with memoryview(buf) as view:  # a payload is copied once, out of the buffer
+                    while len(buf) - at >= size:
+                        kind, seq, count, length = HEADER.unpack_from(buf, at)
+                        if kind == STOP:
+                            stop = True
+                            at += size
+                            continue
+                        if len(buf) - at - size < length:
+                            break  # the rest of this frame is still on its way
+                        found.append((kind, seq, count, bytes(view[at + size:at + size + length])))
+                        at += size + length
                 if at:
                     del buf[:at]
                 if found or stop:
