@@ -151,7 +151,8 @@ class UcsEndpoint:
             _import_mitmproxy_quietly()
             from .runner import BackgroundProxy
 
-            self._proxy = BackgroundProxy(dict(options, ucs_db=str(db)))
+            # The log on a thread of this process, as the lean front's: no writer process per test.
+            self._proxy = BackgroundProxy(dict(options, ucs_db=str(db)), log_writer="thread")
         else:
             raise ValueError(f"front must be 'lean' or 'mitmproxy', not {front!r}")
         self.faults = FaultRules(self)
