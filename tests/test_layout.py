@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -21,15 +22,27 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+@functools.cache
+def _parsed() -> dict[Path, ast.Module]:
+    """Every module of the package, parsed once for the tests of this file."""
+    return {path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
 def import_graph() -> dict[str, set[str]]:
     """Which ucsproxy modules each ucsproxy module imports, at the top or inside a function
-    (not under ``if TYPE_CHECKING:``, which never runs)."""
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    (not under ``if TYPE_CHECKING:``, which never runs). A new graph each call (the caller may change it)."""
+    return {name: set(deps) for name, deps in _import_graph().items()}
+
+
+@functools.cache
+def _import_graph() -> dict[str, set[str]]:
+    trees = _parsed()
+    modules = {_module_name(p): p for p in trees}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         deps: set[str] = set()
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = trees[path]
         typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
                        for stmt in block.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
@@ -103,8 +116,7 @@ def test_a_cycle_would_be_found():
 
 
 def test_every_module_says_its_job_first():
-    silent = [str(path.relative_to(PACKAGE.parent)) for path in sorted(PACKAGE.rglob("*.py"))
-              if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))]
+    silent = [str(path.relative_to(PACKAGE.parent)) for path, tree in _parsed().items() if not ast.get_docstring(tree)]
     assert silent == []
 
 
