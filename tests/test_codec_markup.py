@@ -127,6 +127,10 @@ _ODD: dict[str, Callable[[bytes], bytes]] = {
                                                                b'<DisplayName xmlns="urn:other">User 9<'),
     "entities and character references": lambda b: b.replace(b"User 10<", b"U&amp;s&#60;er &#x3E; 10<"),
     "a '!' and a '?' in texts": lambda b: b.replace(b"User 6<", b"Hi! ok? 6<"),
+    "many '?' in texts, then a processing instruction": lambda b: b.replace(b"User 6<", b"?!" * 300 + b"<")
+                                                                  .replace(b"User 3<", b"User 3<?pi x?><"),
+    "a long namespace": lambda b: b.replace(b"<DisplayName>User 9<",
+                                            b'<DisplayName xmlns="urn:' + b"n" * 40_000 + b'">User 9<'),
     "a comment": lambda b: b.replace(b"User 3<", b"User<!-- c --> 3<"),
     "a CDATA section": lambda b: b.replace(b"User 3<", b"<![CDATA[User 3]]><"),
     "a processing instruction": lambda b: b.replace(b"User 3<", b"User 3<?pi x?><"),
@@ -155,11 +159,12 @@ def test_odd_and_hostile_markup_reads_as_the_usual_reading_reads_it(name: str) -
     assert body != _body() or name == "no declaration"
     seen = _check(body)
     refused = {"a comment", "a CDATA section", "a processing instruction", "a declared encoding other than UTF-8",
-               "a stranger among the personas"}
+               "a stranger among the personas", "many '?' in texts, then a processing instruction"}
     if name in refused:
         assert not any(seen)
     elif name != "a broken persona":  # (which no reading gets to the end of)
         assert all(seen)
+    assert all(len(pattern) <= codec._TEMPLATE_MAX_BYTES for pattern in codec._TEMPLATES)
 
 
 def test_a_decoy_personas_element_of_other_shapes_is_not_taken_for_the_list() -> None:

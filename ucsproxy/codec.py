@@ -1186,6 +1186,7 @@ _MARKUP_MIN = 16  # personas in a list before its markup is matched
 _TEMPLATE_MAX = 64  # templates kept (all dropped past this); a mailbox has a few dozen shapes
 _TEMPLATE_RECENT = 4  # templates tried on a persona the last one does not match
 _TEMPLATE_COMPILES = 4  # templates compiled per list at most
+_TEMPLATE_MAX_BYTES = 32_768  # of a template's pattern (tag names and namespaces are in it whole)
 _TAG_SPELLING = rb"""<(/?)[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"<]*"|'[^'<]*'))*\s*(/?)>"""
 _MARKUP_TAG = re.compile(_TAG_SPELLING)
 _MARKUP_ATTRIBUTE = re.compile(rb"""(\s+([^\s=/>]+)\s*=\s*)("[^"<]*"|'[^'<]*')""")
@@ -1211,11 +1212,20 @@ def _markup_readable(body: bytes) -> bool:
         at += end + 2
     elif not body.startswith(b"<", at) or body.startswith(b"<\x00", at):
         return False
-    # "<?" or "<!" anywhere past that: a "?" or "!" found by memchr first (a text may hold
-    # them), then the slower search for the pair.
+    # No "<?" or "<!" past that. Each "?" and "!" is found by memchr (a text may hold a few:
+    # a URL's query) and the byte before it looked at; past a few hundred of them, the slower
+    # search for the pair ("<" is everywhere).
     for mark, pair in ((b"?", b"<?"), (b"!", b"<!")):
-        if body.find(mark, at) >= 0 and body.find(pair, at) >= 0:
-            return False
+        found = body.find(mark, at)
+        for _ in range(256):
+            if found < 0:
+                break
+            if body[found - 1] == 0x3C:  # "<"
+                return False
+            found = body.find(mark, found + 1)
+        else:
+            if body.find(pair, at) >= 0:
+                return False
     return True
 
 
@@ -1327,7 +1337,7 @@ def _personas_by_markup(body: bytes, container: etree._Element, children: list[e
             out += map(_persona_fast, children[at + 1:])
             return out
         pattern, pos, count = made
-        if plan is None or count != len(els):
+        if plan is None or count != len(els) or len(pattern) > _TEMPLATE_MAX_BYTES:
             continue
         template = _TEMPLATES.get(pattern)
         if template is None and compiles > 0:
