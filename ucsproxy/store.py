@@ -473,10 +473,14 @@ class _ProcessSink:
     acknowledged (it skips those its predecessor committed).
 
     The thread that submits an exchange writes its frame into the writer's pipe itself, without
-    blocking (:meth:`submit`): handing over never waits for another thread of this process to
-    get the interpreter, which on a busy proxy can take hundreds of milliseconds. What the pipe
-    cannot take at once (the writer is behind by more than the pipe's megabyte, or another
-    thread is writing this instant) waits in order and is written by the next submit, or by the
+    blocking (:meth:`submit`): handing over does not wait for another thread of this process to
+    do it, which on a busy proxy can take hundreds of milliseconds. Only when another thread is
+    writing into the pipe this instant (the sender thread's write never blocks) does the
+    submitting thread wait for that write to end, and then writes its own: its caller writes the
+    answer next, and a client must not hold an answer whose exchange is still only in this
+    process's memory while the pipe has room (a SIGKILL would lose it). What the pipe cannot take
+    at once (the writer is behind by more than the pipe's megabyte), or what comes while a dead
+    writer is being restarted, waits in order and is written by the next submit, or by the
     sender thread, which looks every hand-over interval and otherwise only restarts a dead
     writer and stops it at the end."""
 
@@ -486,6 +490,9 @@ class _ProcessSink:
     SILENT_TIMEOUT = 60.0
     #: Frames written by one system call at most (writev), when a backlog is written.
     FRAMES_PER_WRITE = 64
+    #: How long a submitting thread waits at most for another thread's write into the pipe to end
+    #: (seconds; that write never blocks, so the wait is for that thread to get the interpreter).
+    HANDOVER_WAIT = 1.0
 
     def __init__(self, store: LogStore, ready_timeout: float):
         self.store = store
@@ -501,13 +508,14 @@ class _ProcessSink:
         self._acked = 0  # the last frame the writer acknowledged
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()  # _unacked, _seq, _next, _offset: held briefly, never across a call out
-        self._pipe = threading.Lock()  # one writer of the pipe at a time; the submitting thread never waits for it
+        self._pipe = threading.Lock()  # one writer of the pipe at a time (see _write: who waits for it)
         # seq -> (exchanges, bytes, (header, *payload pieces)), in order
         self._unacked: dict[int, tuple[int, int, tuple[bytes | memoryview, ...]]] = {}
         self._seq = 0  # the last frame made
         self._next = 1  # the next frame to write into the current writer's pipe
         self._offset = 0  # bytes of frame _next already written
         self._dead = False  # the current writer's pipe refused a write: the sender thread restarts it
+        self._recovering = False  # the sender thread holds the pipe while it restarts the writer: no submit waits
         self._closing = False
         self._kick = threading.Event()
         self._restarts = 0
@@ -597,9 +605,12 @@ class _ProcessSink:
 
     def _write(self, wait: bool) -> bool:
         """Write waiting frames, in order, as far as the pipe takes them without blocking. True
-        when nothing is left waiting. ``wait``: wait for another thread's write to end (else give up)."""
+        when nothing is left waiting. ``wait``: wait for another thread's hold of the pipe to end;
+        else (a submitting thread) wait only for another thread's write, not for a writer's restart
+        or the stop at the end."""
         if not self._pipe.acquire(blocking=wait):
-            return False
+            if self._recovering or self._closing or not self._pipe.acquire(timeout=self.HANDOVER_WAIT):
+                return False
         try:
             while True:
                 with self._lock:
@@ -707,6 +718,13 @@ class _ProcessSink:
 
     def _recover(self) -> None:
         """Restart a dead writer and give it every frame not acknowledged yet."""
+        self._recovering = True
+        try:
+            self._restart()
+        finally:
+            self._recovering = False
+
+    def _restart(self) -> None:
         while not self.broken:
             with self._pipe:
                 old = self.writer
