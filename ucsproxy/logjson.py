@@ -52,12 +52,14 @@ def group_json(group: ImGroup) -> str:
 def item_list_json(groups: list[str], personas: list[str]) -> str:
     """The ``result`` of an ImItemList from its groups' and personas' JSON texts:
     ``_json(to_jsonable(ImItemList(...)))``, its non-empty fields in sorted order."""
-    parts = []
+    # Two copies of a list's text (each field's join, then the whole), not five.
+    out = ["{"]
     if groups:
-        parts.append('"groups": [' + ", ".join(groups) + "]")
+        out += ('"groups": [', ", ".join(groups), "]")
     if personas:
-        parts.append('"personas": [' + ", ".join(personas) + "]")
-    return "{" + ", ".join(parts) + "}"
+        out += (', "personas": [' if groups else '"personas": [', ", ".join(personas), "]")
+    out.append("}")
+    return "".join(out)
 
 
 def payload_json(payload: Any) -> str | None:

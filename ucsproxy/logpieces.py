@@ -36,7 +36,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import Any, NamedTuple
 
 from .logjson import answer_columns, group_json, item_list_json, persona_json
@@ -91,8 +92,10 @@ class Cut:
         return b"".join(out)
 
 
-def cut(body: bytes, content_type: str | None, operation: str | None) -> Cut | None:
-    """``body`` cut into frame and pieces, or None when it cannot be cut safely (module docstring)."""
+def cut(body: bytes, content_type: str | None, operation: str | None, check: bool = True) -> Cut | None:
+    """``body`` cut into frame and pieces, or None when it cannot be cut safely (module docstring).
+    ``check=False``: that no piece holds a start tag of its name but its own first one is left
+    to the caller (single_starts; ListPieces checks only the pieces it does not know)."""
     from . import codec
 
     if type(body) is not bytes or body[:1] != b"<" or len(body) > codec.MAX_BODY_BYTES:
@@ -145,7 +148,7 @@ def cut(body: bytes, content_type: str | None, operation: str | None) -> Cut | N
         parts.append(body[at:begin])
         at = end
         split = _pieces(body[begin:end], piece_name)
-        if split is None:
+        if split is None or (check and not single_starts(split[1], split[0])):
             return None
         tags.append(split[0])
         pieces.append(split[1])
@@ -243,15 +246,24 @@ def _pieces(content: bytes, piece_name: bytes) -> tuple[bytes, list[bytes]] | No
             if not chunk.startswith(open_tag):
                 return None
             out.append(chunk)
-    # No other start tag of that name anywhere in the content (written any way).
+    # That no other start tag of that name stands anywhere in the content (written any way) is
+    # checked piece by piece (single_starts), and only for pieces not known yet: those learnt
+    # were checked then.
+    return tag, out
+
+
+def single_starts(chunks: list[bytes], tag: bytes) -> bool:
+    """Whether each piece holds no start tag of its name but its own first one (every piece
+    starts with one: _pieces). Whitespace and end tags between pieces hold none, so this is
+    the whole content holding no other."""
+    if not chunks:
+        return True
     starts = _PIECE_STARTS.get(tag)
     if starts is None:
         if len(_PIECE_STARTS) > 64:
             _PIECE_STARTS.clear()
         starts = _PIECE_STARTS[tag] = re.compile(b"<" + re.escape(tag) + rb"[\s/>]")
-    if len(starts.findall(content)) != len(out):
-        return None
-    return tag, out
+    return len(starts.findall(b"".join(chunks))) == len(chunks)
 
 
 class _Frame:
@@ -335,7 +347,7 @@ class ListPieces:
         def decode(data: bytes) -> EwsResponse | DecodeError:
             return codec.decode_response(data, operation, content_type, memo=True)
 
-        pieces = cut(body, content_type, operation)
+        pieces = cut(body, content_type, operation, check=False)
         token = None
         if pieces is not None:
             with self._lock:
@@ -370,6 +382,8 @@ class ListPieces:
         for index, (field, chunks) in enumerate(zip(pieces.fields, pieces.pieces)):
             values: list[Any] = list(map(frame.pieces[field].get, chunks))
             if None in values:
+                if not single_starts([c for c, v in zip(chunks, values) if v is None], pieces.names[index]):
+                    return None  # (known pieces were checked when they were learnt)
                 self._by_shape(frame, pieces, index, values, content_type, operation)
             found.append(values)
             new.append([c for c, v in zip(chunks, values) if v is None] if None in values else [])
@@ -424,9 +438,9 @@ class ListPieces:
 
         made: list[bytes] = []
         made_values: list[tuple[str, bool, bool]] = []
-        for k, (chunk, value) in enumerate(zip(pieces.pieces[index], values)):
-            if value is not None:
-                continue
+        chunks = pieces.pieces[index]
+        for k in compress(range(len(values)), map(is_, values, repeat(None))):  # the new ones, found in C
+            chunk = chunks[k]
             parts = split_plain(chunk, PIECE_SHAPE_MAX)
             shape = shapes.get(tuple(parts[0::2])) if parts is not None else None
             if shape is None or parts is None:
@@ -457,6 +471,8 @@ class ListPieces:
 
     def _learn(self, pieces: Cut, decoded: EwsResponse | DecodeError) -> None:
         """Learn the frame and pieces of a body the codec decoded whole (when its list holds them all)."""
+        if not all(single_starts(chunks, tag) for chunks, tag in zip(pieces.pieces, pieces.names)):
+            return
         got = self._values(pieces.fields, list(pieces.pieces), decoded)
         if got is None:
             return
