@@ -1178,13 +1178,13 @@ def _item_list(el: etree._Element, memo: bool = False, markup: bytes | None = No
 # reader looks at), so the template's plan reads it, from lxml's elements as ever (the values
 # never come from the bytes). The personas are walked in order: one that no recent template
 # matches is read by _plan_of, and its markup becomes a template (compiled at its second
-# sighting, a few per list; a list with too many such personas is read the usual way from
+# sighting, a few per list; a list whose personas keep missing is read the usual way from
 # there). tests/test_codec_fast_decode.py holds this to the usual reading on lists of odd and
 # hostile markup.
 
 _MARKUP_MIN = 16  # personas in a list before its markup is matched
 _TEMPLATE_MAX = 64  # templates kept (all dropped past this); a mailbox has a few dozen shapes
-_TEMPLATE_RECENT = 4  # templates tried on a persona the last one does not match
+_TEMPLATE_RECENT = 8  # templates tried on a persona the last one does not match
 _TEMPLATE_COMPILES = 4  # templates compiled per list at most
 _TEMPLATE_MAX_BYTES = 32_768  # of a template's pattern (tag names and namespaces are in it whole)
 _TAG_SPELLING = rb"""<(/?)[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"<]*"|'[^'<]*'))*\s*(/?)>"""
@@ -1295,7 +1295,11 @@ def _personas_by_markup(body: bytes, container: etree._Element, children: list[e
     out: list[Persona] = []
     recent = _RECENT_TEMPLATES  # (another thread may change it: iterated, never indexed)
     last = next(iter(recent), None)
-    misses, compiles = 8 + len(children) // 16, _TEMPLATE_COMPILES
+    # A miss costs more than the usual reading (the persona's markup is read for a template):
+    # a list whose personas keep missing (more shapes in turn than _TEMPLATE_RECENT) is read
+    # the usual way once its misses pass 6 and an eighth of its hits.
+    misses = hits = 0
+    compiles = _TEMPLATE_COMPILES
     for at, el in enumerate(children):
         if not body.startswith(b"<", pos):  # text between two personas
             pos = body.find(b"<", pos)
@@ -1319,6 +1323,7 @@ def _personas_by_markup(body: bytes, container: etree._Element, children: list[e
                 out.append(_persona_by_reading(el))
             pos = m.end()
             last = found
+            hits += 1
             continue
         if len(els) > _PLAN_MAX_ELEMENTS:  # no plan for it, nor a template: the rest the usual way
             out += map(_persona_fast, children[at:])
@@ -1332,8 +1337,8 @@ def _personas_by_markup(body: bytes, container: etree._Element, children: list[e
                 pass
         out.append(_persona_by_reading(el) if persona is None else persona)
         made = _markup_template(body, pos)
-        misses -= 1
-        if made is None or misses < 0:  # the rest the usual way
+        misses += 1
+        if made is None or misses > 6 + hits // 8:  # the rest the usual way
             out += map(_persona_fast, children[at + 1:])
             return out
         pattern, pos, count = made
