@@ -335,3 +335,16 @@ def test_changed_spots_are_read_as_plain_values_as_one_by_one(spots) -> None:
         shapes._PLAIN_JSON.fullmatch(v) is not None for _, v in spots) else None
     kinds = bytes(m[0] for m in made)
     assert shapes._plain_values(b"\n".join(made), kinds) == expected
+
+
+def test_piece_shapes_are_forgotten_past_their_bound(monkeypatch) -> None:
+    """The lists' piece shapes are bounded (logpieces.SHAPE_BYTES); forgetting them changes no row."""
+    from test_log_pieces import LISTS, assert_as_whole
+    from ucsproxy import logpieces
+
+    monkeypatch.setattr(logpieces, "SHAPE_BYTES", 1)
+    monkeypatch.setattr(logpieces, "_SHAPE_BYTES", 0)
+    pieces = ListPieces()
+    for body in LISTS:
+        assert_as_whole(pieces.answer(body, CT, None), body)
+        assert sum(len(s) for frame in pieces._frames.values() for s in frame.shapes.values()) <= 2

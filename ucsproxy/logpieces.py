@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from itertools import compress, repeat
 from operator import is_, itemgetter
@@ -271,7 +272,7 @@ class _Frame:
     word a built-in redaction rule looks for, and its pieces: (JSON text, whether the piece's
     text holds none of those words, whether its JSON holds none)."""
 
-    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces", "shapes")
+    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces", "shapes", "__weakref__")
 
     def __init__(self, decoded: EwsResponse, parts: tuple[bytes, ...]) -> None:
         self.operation = decoded.operation
@@ -505,7 +506,7 @@ class ListPieces:
 
 #: Pieces longer than this are not kept by shape; shapes kept per frame and field at most
 #: (then forgotten all at once).
-PIECE_SHAPE_MAX = 256 * 1024
+PIECE_SHAPE_MAX = 64 * 1024
 PIECE_SHAPES = 64
 
 
@@ -521,6 +522,7 @@ def _learn_shapes(frame: _Frame, fields: tuple[str, ...], chunks: list[list[byte
                   got: list[list[tuple[str, bool, bool]]]) -> None:
     """Keep a piece of each shape not kept yet among ``chunks`` (decoded, inside ``frame``, as
     ``decoded``, whose list holds exactly them: _values said so), with its record and JSON."""
+    global _SHAPE_BYTES
     items = _item_list(decoded)
     if items is None:
         return
@@ -535,7 +537,21 @@ def _learn_shapes(frame: _Frame, fields: tuple[str, ...], chunks: list[list[byte
                 continue
             if len(shapes) >= PIECE_SHAPES:
                 shapes.clear()
+            if _SHAPE_BYTES > SHAPE_BYTES:  # every frame's shapes forgotten at once (a few MB kept at most)
+                _SHAPE_BYTES = 0
+                for kept in list(_FRAMES_WITH_SHAPES):
+                    kept.shapes["groups"].clear()
+                    kept.shapes["personas"].clear()
+                _FRAMES_WITH_SHAPES.clear()
+            _FRAMES_WITH_SHAPES.add(frame)
+            _SHAPE_BYTES += 4 * len(piece)  # the piece, its parts, its JSON and records, about
             shapes[key] = RecordShape(parts, record, (value[0],), text_clean=value[1], columns_clean=(value[2],))
+
+
+#: About the bytes piece shapes hold, in all frames, at most.
+SHAPE_BYTES = 16 * 1024 * 1024
+_SHAPE_BYTES = 0
+_FRAMES_WITH_SHAPES: weakref.WeakSet = weakref.WeakSet()
 
 
 def _jsons(fields: tuple[str, ...], decoded: EwsResponse | DecodeError, counts: list[int]) -> list[list[str]] | None:

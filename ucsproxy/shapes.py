@@ -424,9 +424,13 @@ class RecordShape:
                 return True
         if has_trigger_word("\0".join(new)):  # (no trigger word holds a NUL)
             return False
-        if len(_CLEAN_VALUES) + len(new) > _CLEAN_VALUES_MAX:
+        global _CLEAN_SIZE
+        size = sum(map(len, new))
+        if len(_CLEAN_VALUES) + len(new) > _CLEAN_VALUES_MAX or _CLEAN_SIZE + size > _CLEAN_CHARS_MAX:
             _CLEAN_VALUES.clear()
+            _CLEAN_SIZE = 0
         _CLEAN_VALUES.update(new)
+        _CLEAN_SIZE += size
         return True
 
     def made_columns(self, changes: list[tuple[Source, str]]) -> Columns | None:
@@ -435,9 +439,13 @@ class RecordShape:
             return _spliced(self.columns, changes)
         # Many values (a group's members): the kept text cut at every known value once, then
         # joined with the new values where they changed (no sort per text).
+        if self._templates is None:
+            cut = self._cut_columns()
+            # (one more than there are columns: the kept columns could not be cut)
+            self._templates = cut if cut is not None else [None] * (len(self.columns) + 1)
         templates = self._templates
-        if templates is None:
-            templates = self._templates = self._cut_columns()
+        if len(templates) > len(self.columns):
+            return _spliced(self.columns, changes)
         by_spot = {source[3]: text for source, text in changes}
         out = list(self.columns)
         for column, template in enumerate(templates):
@@ -451,7 +459,7 @@ class RecordShape:
             out[column] = "".join(joined)
         return tuple(out)
 
-    def _cut_columns(self) -> list[tuple[list[str], list[int], list[str]] | None]:
+    def _cut_columns(self) -> list[tuple[list[str], list[int], list[str]] | None] | None:
         """Per column, (the kept text between the known values, each value's spot, the kept
         value), or None when no value stands in it."""
         places: dict[int, list[tuple[int, int, int]]] = {}
@@ -470,7 +478,7 @@ class RecordShape:
             end = 0
             for offset, length, spot in found:
                 if offset < end:
-                    raise AssertionError("two values in one place")  # each is one field's: cannot be
+                    return None  # two values in one place: cannot be (each is one field's), but never guessed
                 literals.append(text[end:offset])
                 spots.append(spot)
                 kept.append(text[offset:offset + length])
@@ -600,6 +608,8 @@ _UNPROBED: Any = object()
 #: Values known to hold no redaction trigger word (RecordShape.values_clean), at most this many.
 _CLEAN_VALUES: set[str] = set()
 _CLEAN_VALUES_MAX = 100_000
+_CLEAN_CHARS_MAX = 8 * 1024 * 1024  # ... and characters of them
+_CLEAN_SIZE = 0
 
 
 _FIRST = itemgetter(0)
