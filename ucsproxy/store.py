@@ -130,13 +130,14 @@ class LogStore:
             raise
 
     def submit(self, raw: RawExchange) -> None:
-        """Hand one exchange to the log. Thread-safe, never blocks.
+        """Hand one exchange to the log. Thread-safe; never blocks on the pipe.
 
-        With a writer process the exchange is pickled and written into the writer's pipe here,
-        on the caller's thread (unless the pipe is full: then it waits, in order, for the next
-        submit or the sender thread): once this returns, the exchange is in the writer's hands
-        even if this process is killed the next instant. An exchange that cannot be pickled
-        raises and is not counted."""
+        With a writer process the exchange is framed (marshal, or pickle for what marshal
+        refuses) and written into the writer's pipe here, on the caller's thread (unless the pipe
+        is full: then it waits, in order, for the next submit or the sender thread; another
+        thread's write under way is waited for, a second at most): once this returns, the
+        exchange is in the writer's hands even if this process is killed the next instant. An
+        exchange that cannot be framed raises and is not counted."""
         if self._closed:
             return
         # Uncontended on the proxy's single event loop; keeps flush()'s count exact
@@ -152,7 +153,7 @@ class LogStore:
     def submit_many(self, raws: list[RawExchange]) -> None:
         """Hand several exchanges to the log at once, in order, as :meth:`submit` does one: with a
         writer process in one frame and one system call (big bodies each in a frame of their own).
-        An exchange that cannot be pickled is left out (the others are handed over) and the first
+        An exchange that cannot be framed is left out (the others are handed over) and the first
         such error is raised once the others are."""
         if self._closed or not raws:
             return
@@ -540,7 +541,7 @@ class _ProcessSink:
         if self._shared.worth(raw):
             self._big_frame(raw)
         else:
-            self._frame([raw])  # pickled before it is counted: a failure counts nothing
+            self._frame([raw])  # framed before it is counted: a failure counts nothing
         if not self._write(wait=False):
             self._kick.set()
 
@@ -556,7 +557,7 @@ class _ProcessSink:
                 try:
                     self._frame(run)
                     done += len(run)
-                except Exception:  # one exchange that cannot be pickled: the others alone
+                except Exception:  # one exchange that cannot be framed: the others alone
                     for one in run:
                         try:
                             self._frame([one])
