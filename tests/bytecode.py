@@ -90,5 +90,5 @@ def _rewrite_ahead(files: list[Path], config) -> None:
             with open(tmp, "wb") as fp:
                 rewrite._write_pyc_fp(fp, source_hash, co)
             os.replace(tmp, pyc)
-        except (OSError, SyntaxError, ValueError):
+        except Exception:  # pytest's private functions may change: anything that fails is the workers' to do
             continue
