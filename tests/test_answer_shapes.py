@@ -21,18 +21,11 @@ from ucsproxy.records import EwsResponse
 from ucsproxy.service import UcsService
 
 from test_shapes import MAKERS as REQUEST_MAKERS
+from test_shapes import plain
 from test_shapes import envelope as request_envelope
 
 CT = "text/xml; charset=utf-8"
 MB = "kim.akers@contoso.com"
-PLAIN = "abcXYZ019 -_.+/=@:;,!#$%'()*?[]^`{|}~"
-
-
-def plain(rng: random.Random) -> str:
-    while True:
-        text = "".join(rng.choice(PLAIN) for _ in range(rng.randint(1, 24))).strip()
-        if text:
-            return text
 
 
 def decoder(operation: str | None, content_type: str | None = CT):
