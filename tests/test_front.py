@@ -176,3 +176,32 @@ def test_a_batch_handed_to_the_writer_process_is_logged_whole_and_in_order(tmp_p
     with sqlite3.connect(tmp_path / "log.db") as db:
         rows = db.execute("select client, length(response_body) from exchanges order by id").fetchall()
     assert rows == [(f"c{i}", size) for i, size in enumerate([*sizes, 10])]
+
+
+def test_a_head_past_its_limit_is_refused_with_431_and_a_big_one_under_it_is_served():
+    """A target or a run of header fields past HEAD_MAX gets 431 and a closed connection (they no
+    longer grow in memory without end); 40 KB of headers, as big Kerberos tickets make, is served."""
+    from ucsproxy.front import HEAD_MAX, BackgroundLean
+    from ucsproxy.runner import mock_options
+
+    endpoint = BackgroundLean(dict(mock_options(seed=0), ucs_db=""))
+    body = envelope("<m:GetImItemList/>")
+
+    def exchange(head: bytes) -> bytes:
+        with socket.create_connection(endpoint.address, timeout=10) as sock:
+            sock.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            out = b""
+            while chunk := sock.recv(65536):
+                out += chunk
+        return out
+
+    try:
+        long_target = b"POST /EWS/Exchange.asmx?" + b"a" * HEAD_MAX + b" HTTP/1.1\r\nHost: x\r\n"
+        assert exchange(long_target).startswith(b"HTTP/1.1 431 ")
+        many = b"".join(b"X-Filler-%05d: %s\r\n" % (i, b"v" * 30) for i in range(HEAD_MAX // 40 + 10))
+        assert exchange(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\n" + many).startswith(b"HTTP/1.1 431 ")
+        big = b"Authorization: Negotiate " + b"Y" * 40_000 + b"\r\n"
+        out = exchange(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + big)
+        assert out.startswith(b"HTTP/1.1 ") and not out.startswith(b"HTTP/1.1 431 "), out[:80]
+    finally:
+        endpoint.stop()

@@ -53,6 +53,10 @@ KILLED = "Connection killed."  # the error mitmproxy logs for a flow a fault kil
 CLIENT_GONE = "Client disconnected."
 TLS_HANDSHAKE = 0x16
 MAX_PIPELINED = 64  # queued requests per connection before it stops reading
+#: Bytes of a request's target and header fields at most. http.sys allows 16 KB by default and
+#: sites raise it for big Kerberos tickets in Authorization; past this the answer is 431 and the
+#: connection closes, rather than a head that never ends growing in memory.
+HEAD_MAX = 64 * 1024
 CONSOLE_FLUSH = 0.05  # seconds a console line may wait in stdout's buffer
 BIG_ANSWER = 64 * 1024  # answers at least this long are written without joining them to their head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -75,7 +79,8 @@ def _wire(s: str) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10", "mailbox")
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10", "mailbox",
+                 "head")
 
     def __init__(self, started: float):
         self.method = ""
@@ -87,6 +92,7 @@ class _Request:
         self.expect_continue = False
         self.http10 = False
         self.mailbox: str | None = None  # whose mailbox the model answers from (found once, logged too)
+        self.head = 0  # bytes of the target and header fields so far (HEAD_MAX)
 
 
 class _Connection(asyncio.Protocol):
@@ -106,6 +112,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.upgrading: tuple[_Request, int] | None = None  # (request, body bytes still to read)
+        self.head_too_large = False
 
     # -- transport events --------------------------------------------------
 
@@ -140,7 +147,10 @@ class _Connection(asyncio.Protocol):
                 data = data[e.args[0]:] if e.args and isinstance(e.args[0], int) else b""
                 self.parser = httptools.HttpRequestParser(self)
             except httptools.HttpParserError:
-                self._refuse(b"ucsproxy: malformed HTTP request.\n", 400)
+                if self.head_too_large:
+                    self._refuse(b"ucsproxy: the request's head is larger than %d bytes.\n" % HEAD_MAX, 431)
+                else:
+                    self._refuse(b"ucsproxy: malformed HTTP request.\n", 400)
                 return
 
     def _upgrade_body(self, data: bytes) -> bytes:
@@ -203,11 +213,20 @@ class _Connection(asyncio.Protocol):
         assert req is not None  # httptools calls on_message_begin before any other callback
         return req
 
+    def _grown(self, req: _Request, size: int) -> None:
+        req.head += size
+        if req.head > HEAD_MAX:
+            self.head_too_large = True
+            raise ValueError("request head too large")  # httptools stops and raises HttpParserError
+
     def on_url(self, url: bytes) -> None:
-        self._started().url.append(url)
+        req = self._started()
+        self._grown(req, len(url))
+        req.url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._started()
+        self._grown(req, len(name) + len(value))
         req.headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
         if len(name) == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
             req.expect_continue = True
