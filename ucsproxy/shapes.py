@@ -496,56 +496,15 @@ class RecordShape:
         return made
 
     def _probe(self, i: int, decode: Callable[[bytes], Any], columns_of: Callable[[Any], Columns]) -> Source | None:
-        spots = self.parts[1::2]
-        was = _inner(spots[i])
-        if _PLAIN_JSON.fullmatch(was) is None:
-            return None
-        text = was.decode("ascii")
-        probe = b"%sX%dX" % (_PROBE.encode(), i)
-        mark = probe.decode()
-        if any(probe in part for part in self.parts) or any(type(c) is str and mark in c for c in self.columns):
-            return None
-        parts = list(self.parts)
-        spot = spots[i]
-        parts[2 * i + 1] = spot[:-1 - len(was)] + probe + spot[-1:]
-        probed = decode(b"".join(parts))
-        if probed is None or type(probed) is not type(self.record):
-            return None
-        kept = self.record
-        paths = _leaves(probed, mark)
-        if not paths:
-            return None
-        try:
-            for path in paths:
-                if _at(probed, path) != mark or not _free(kept, path, self.fields, self.items) or _at(kept, path) != text:
-                    return None
-        except (AttributeError, IndexError, KeyError, TypeError):  # the probe's records are built otherwise
-            return None
-        expected = kept
-        for path in paths:
-            expected = _put_at(expected, path, mark)
-        if expected != probed:
-            return None
-        at: list[tuple[int, int]] = []
-        for column, (old, new) in enumerate(zip(self.columns, columns_of(probed))):
-            if type(old) is not str or type(new) is not str:
-                if old != new:
-                    return None
-                continue
-            pieces = new.split(mark)
-            if text.join(pieces) != old:
-                return None
-            offset = 0
-            for piece in pieces[:-1]:
-                offset += len(piece)
-                at.append((column, offset))
-                offset += len(text)
-        return len(text), tuple(at), tuple(paths), i
+        """Whether spot ``i`` is a source (one probe decode): :meth:`_probe_together` of it alone."""
+        learnt = self._probe_together([i], decode, columns_of)
+        return None if learnt is None else learnt[i]
 
     def _probe_together(self, spots_at: list[int], decode: Callable[[bytes], Any],
                         columns_of: Callable[[Any], Columns]) -> dict[int, Source | None] | None:
-        """:meth:`_probe` of several spots in one decode (each with a probe value of its own),
-        when each is a source; None when that is not shown (then each is probed alone)."""
+        """Whether the spots are sources, learnt in one decode with a probe value in each: for each,
+        its value's length, where it stands in the columns, its paths in the record; None when that
+        is not shown for every one of them (the caller then probes each alone)."""
         spots = self.parts[1::2]
         wases = [_inner(spots[i]) for i in spots_at]
         if any(_PLAIN_JSON.fullmatch(was) is None for was in wases):
