@@ -205,3 +205,33 @@ def test_a_head_past_its_limit_is_refused_with_431_and_a_big_one_under_it_is_ser
         assert out.startswith(b"HTTP/1.1 ") and not out.startswith(b"HTTP/1.1 431 "), out[:80]
     finally:
         endpoint.stop()
+
+
+def test_one_header_line_that_never_ends_is_refused_with_431():
+    """httptools holds a header line whole until it ends, before any callback sees it: the bytes read
+    while a head is incomplete are counted, so a line that never ends gets 431 and a closed connection
+    instead of growing in memory. (Before, the server waited for the line's end and never answered.)"""
+    from ucsproxy.front import HEAD_MAX, BackgroundLean
+    from ucsproxy.runner import mock_options
+
+    endpoint = BackgroundLean(dict(mock_options(seed=0), ucs_db=""))
+    try:
+        with socket.create_connection(endpoint.address, timeout=10) as sock:
+            sock.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+            sent = 0
+            try:
+                while sent < 64 * HEAD_MAX:  # 4 MB of one line, never ended
+                    sock.sendall(b"v" * HEAD_MAX)
+                    sent += HEAD_MAX
+            except OSError:
+                pass  # the server closed while this side was still sending: that is the point
+            out = b""
+            try:
+                while chunk := sock.recv(65536):
+                    out += chunk
+            except ConnectionResetError:
+                pass  # closed with unread bytes: the answer read before the reset is what counts
+        assert out.startswith(b"HTTP/1.1 431 "), out[:80]
+        assert b"Connection: close" in out
+    finally:
+        endpoint.stop()

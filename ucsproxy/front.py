@@ -57,6 +57,7 @@ MAX_PIPELINED = 64  # queued requests per connection before it stops reading
 #: sites raise it for big Kerberos tickets in Authorization; past this the answer is 431 and the
 #: connection closes, rather than a head that never ends growing in memory.
 HEAD_MAX = 64 * 1024
+_HEAD_TOO_LARGE = b"ucsproxy: the request's head is larger than %d bytes.\n" % HEAD_MAX
 CONSOLE_FLUSH = 0.05  # seconds a console line may wait in stdout's buffer
 BIG_ANSWER = 64 * 1024  # answers at least this long are written without joining them to their head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -80,7 +81,7 @@ def _wire(s: str) -> bytes:
 
 class _Request:
     __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10", "mailbox",
-                 "head")
+                 "head", "fed")
 
     def __init__(self, started: float):
         self.method = ""
@@ -93,6 +94,7 @@ class _Request:
         self.http10 = False
         self.mailbox: str | None = None  # whose mailbox the model answers from (found once, logged too)
         self.head = 0  # bytes of the target and header fields so far (HEAD_MAX)
+        self.fed = 0  # bytes read while its head was incomplete, after the read it began in (HEAD_MAX)
 
 
 class _Connection(asyncio.Protocol):
@@ -138,20 +140,31 @@ class _Connection(asyncio.Protocol):
             if self.upgrading is not None:
                 data = self._upgrade_body(data)
                 continue
+            before = self.current
             try:
                 self.parser.feed_data(data)
-                return
             except httptools.HttpParserUpgrade as e:
                 # An Upgrade offer (curl's h2c): llhttp stops after the headers. No 101 is sent, so
                 # the client goes on in HTTP/1.1: read the body by its length, answer, parse on.
                 data = data[e.args[0]:] if e.args and isinstance(e.args[0], int) else b""
                 self.parser = httptools.HttpRequestParser(self)
+                continue
             except httptools.HttpParserError:
                 if self.head_too_large:
-                    self._refuse(b"ucsproxy: the request's head is larger than %d bytes.\n" % HEAD_MAX, 431)
+                    self._refuse(_HEAD_TOO_LARGE, 431)
                 else:
                     self._refuse(b"ucsproxy: malformed HTTP request.\n", 400)
                 return
+            # httptools holds a header line whole until its end, before any callback sees it: a line
+            # that never ends is bounded here, by the bytes read while the same request's head is
+            # still incomplete (the read a request began in is not counted: one read is bounded).
+            req = self.current
+            if req is not None and req is before and not req.method:
+                req.fed += len(data)
+                if req.fed > HEAD_MAX:
+                    self.head_too_large = True
+                    self._refuse(_HEAD_TOO_LARGE, 431)
+            return
 
     def _upgrade_body(self, data: bytes) -> bytes:
         assert self.upgrading is not None  # data_received calls this only while upgrading
