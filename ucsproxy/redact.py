@@ -57,11 +57,13 @@ _SECRET_QUOTED = re.compile(rf"""(\b{_SECRET_NAMES}["']?\s*[:=]\s*)(["'])((?:(?!
                             re.IGNORECASE)
 _SECRET_BARE = re.compile(rf"""(\b{_SECRET_NAMES}\s*[:=]\s*)(?!["'\s<])([^&\s"'<>;,]+)""", re.IGNORECASE)
 # Words that must be in a text for any built-in rule to match (checked in lower case first: cheap).
-# Two more send a text to the rules: "&#" (a character reference can spell a name the rules look
-# for: pa&#115;sword, see _builtin) and "ſ" (the long s, which the rules' IGNORECASE reads as "s"
-# and lower() keeps as it is; the Kelvin sign, the other such letter, lower() makes a "k").
+# More send a text to the rules: "&#" (a character reference can spell a name the rules look
+# for: pa&#115;sword, see _builtin), and the letters the rules' IGNORECASE reads as ASCII ones
+# that lower() does not make those: "ſ" (the long s, kept as it is), "ı" (the dotless i, kept)
+# and U+0307, which lower() puts after the "i" it makes of "İ" ("Basİc" is "basi\u0307c"). The
+# Kelvin sign, the only other such letter, lower() makes a "k" (tests/test_review_fast_paths_2.py).
 _TRIGGERS = ("bearer", "eyj", "basic", "ntlm", "negotiate", "kerberos", "tlrmtvnt", "pass", "pwd", "secret",
-             "token", "cookie", "authori", "authenticat", "canary", "&#", "\u017f")
+             "token", "cookie", "authori", "authenticat", "canary", "&#", "\u017f", "\u0131", "\u0307")
 # _triggered_by_pieces cuts texts at these characters and joins pieces with "\0": no trigger word may hold one.
 assert not any(c in word for word in _TRIGGERS for c in '{"\0')
 

@@ -1,0 +1,73 @@
+"""Adversarial review, second round: cases where a fast path (a shortcut, a cache, a look at a few
+bytes) could give another result than the slow path it stands for, or break a trust promise
+(a credential kept out of the log, observed traffic never changed or dropped, no crash on bad
+input). In-process and cheap; each test names the shortcut it holds to its slow path."""
+
+from __future__ import annotations
+
+import re
+import string
+
+from ucsproxy import redact
+from ucsproxy.logrow import RawExchange, build_row
+
+CT = "text/xml; charset=utf-8"
+
+
+def _ignorecase_letters() -> dict[str, list[str]]:
+    """Per ASCII letter, the other characters a rule's re.IGNORECASE reads as that letter."""
+    every = "".join(chr(c) for c in range(0x80, 0x30000) if not 0xD800 <= c < 0xE000)
+    out: dict[str, list[str]] = {letter: [] for letter in string.ascii_lowercase}
+    for found in re.findall("[a-z]", every, re.IGNORECASE):  # one pass; then which letter each is
+        out[next(a for a in string.ascii_lowercase if re.fullmatch(a, found, re.IGNORECASE))].append(found)
+    return out
+
+
+def _every_rule(text: str) -> str:
+    """Redactor.text of the built-in rules without its look for trigger words first."""
+    rules = redact.DEFAULT
+    assert rules._header_line is not None
+    return redact._builtin(rules._header_line.sub(rules._header_line_value, text))
+
+
+# Credentials the built-in rules take out, each with the word its rule reads case-insensitively.
+_CREDENTIALS = [
+    ("Basic", "Basic dXNlcjpodW50ZXIy"),  # user:hunter2
+    ("Negotiate", "Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnagMDAuBgkqhkiG9xIBAgIGCSqG"),
+    ("Kerberos", "Kerberos YIIGhgYGKwYBBQUCoIIGejCCBnagMDAuBgkqhkiG9xIBAgIGCSqG"),
+    ("password", "password=hunter2"),
+    ("client_secret", "client_secret=hunter2"),
+    ("Bearer", "Bearer abcdefghijklmnopqrstuvwxyz0123"),
+    ("Cookie", "Set-Cookie: session=hunter2"),
+    ("Authorization", "Authorization: Basic dXNlcjpodW50ZXIy"),
+]
+
+
+def test_the_trigger_words_see_every_letter_the_rules_read_case_insensitively() -> None:
+    # Redactor.text runs the built-in rules only on a text holding a trigger word, looked for in
+    # text.lower(); the rules themselves match with re.IGNORECASE, which also reads the dotless
+    # "ı" (U+0131) as "i" and "İ" (U+0130) as "i", while lower() keeps "ı" and makes "İ" two
+    # characters ("i" + U+0307). "Basıc dXNlcjpodW50ZXIy" (user:hunter2) then had no trigger
+    # word, and the credential the rule takes out of "Basic ..." went into the log as it was.
+    letters = _ignorecase_letters()
+    assert {c for found in letters.values() for c in found} >= {"\u0130", "\u0131", "\u017f", "\u212a"}
+    for word, credential in _CREDENTIALS:
+        for at, letter in enumerate(word.lower()):
+            for other in letters.get(letter, ()):
+                text = f"<Notes>{credential[:at]}{other}{credential[at + 1:]}</Notes>"
+                slow = _every_rule(text)
+                if slow == text:
+                    continue  # no rule reads it
+                assert redact.has_trigger_word(text), text
+                assert redact.DEFAULT.text(text) == slow, text
+
+
+def test_a_basic_credential_spelt_with_a_dotless_i_stays_out_of_the_log() -> None:
+    request = (b'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/'
+               b'envelope/"><s:Body><x>Bas\xc4\xb1c dXNlcjpodW50ZXIy</x></s:Body>'
+               b'</s:Envelope>')
+    raw = RawExchange("record", 0.0, 1.0, None, None, "POST", "/EWS/Exchange.asmx", 200,
+                      [("Content-Type", CT), ("X-Note", "Bas\u0130c dXNlcjpodW50ZXIy")], request,
+                      [("Content-Type", CT)], b"")
+    row = build_row(raw)
+    assert "dXNlcjpodW50ZXIy" not in repr(row)
