@@ -10,7 +10,7 @@ import random
 from ucsproxy import answers, autodiscover, identity, protocol
 from ucsproxy.control import is_control_path
 from ucsproxy.core import UcsCore, headers_mailbox
-from ucsproxy.front import _AUTODISCOVER, _CONTROL, _EWS, _OTHER, _path_kind
+from ucsproxy.front import _AUTODISCOVER, _CONTROL, _EWS, _OTHER, _PATHS, _PATHS_MAX, _path_kind
 
 
 def _basic(user: str) -> str:
@@ -64,6 +64,19 @@ def test_what_a_path_is_is_what_the_functions_say():
         expected = (_CONTROL if is_control_path(path) else _AUTODISCOVER if autodiscover.endpoint(path) is not None
                     else _EWS if protocol.is_ews_endpoint(path) else _OTHER)
         assert _path_kind(path) == expected, path
+
+
+def test_the_paths_kept_are_bounded_in_number_and_length():
+    """What a path is is kept for short paths only, and for at most _PATHS_MAX of them: a client
+    sending ever new 60 KB targets does not make the front keep 1,024 of them (60 MB)."""
+    long_ews = "/EWS/Exchange.asmx?" + "a" * 60_000
+    for i in range(_PATHS_MAX + 10):
+        assert _path_kind(f"{long_ews}{i}") == _EWS
+        assert _path_kind(f"/other/{i}") == _OTHER
+    assert len(_PATHS) <= _PATHS_MAX
+    assert sum(len(p) for p in _PATHS) <= _PATHS_MAX * 256
+    assert not any(p.startswith(long_ews) for p in _PATHS)
+    assert _path_kind("/EWS/Exchange.asmx") == _EWS and "/EWS/Exchange.asmx" in _PATHS
 
 
 def test_the_version_fault_is_the_same_every_time():

@@ -657,8 +657,12 @@ class LeanServer:
 
 
 # What a path is, once per path: the control API, Autodiscover, the EWS endpoint, anything else.
+# At most _PATHS_MAX paths of at most _PATH_KEPT characters are kept (together about 256 KB): a
+# longer path (a target may be up to HEAD_MAX) is looked at each time, not kept.
 _CONTROL, _AUTODISCOVER, _EWS, _OTHER = "control", "autodiscover", "ews", "other"
 _PATHS: dict[str, str] = {}
+_PATHS_MAX = 1024
+_PATH_KEPT = 256
 
 
 def _path_kind(path: str) -> str:
@@ -673,9 +677,10 @@ def _path_kind(path: str) -> str:
         kind = _EWS
     else:
         kind = _OTHER
-    if len(_PATHS) >= 1024:
-        _PATHS.clear()
-    _PATHS[path] = kind
+    if len(path) <= _PATH_KEPT:
+        if len(_PATHS) >= _PATHS_MAX:
+            _PATHS.clear()
+        _PATHS[path] = kind
     return kind
 
 
