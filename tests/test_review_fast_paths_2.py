@@ -71,3 +71,41 @@ def test_a_basic_credential_spelt_with_a_dotless_i_stays_out_of_the_log() -> Non
                       [("Content-Type", CT)], b"")
     row = build_row(raw)
     assert "dXNlcjpodW50ZXIy" not in repr(row)
+
+
+def test_one_trailer_line_that_never_ends_is_refused_with_431() -> None:
+    # The lean front's head limit (HEAD_MAX) counts the bytes read while a request's head is
+    # incomplete, since httptools holds a header line whole until it ends. A chunked body's
+    # trailer fields come after the head is complete and are held the same way: one trailer line
+    # that never ends grew in memory without end (400 MB for 400 MB sent) and was never answered.
+    import socket
+
+    from ucsproxy.front import HEAD_MAX, BackgroundLean
+    from ucsproxy.runner import mock_options
+
+    endpoint = BackgroundLean(dict(mock_options(seed=0), ucs_db=""))
+    try:
+        with socket.create_connection(endpoint.address, timeout=10) as sock:
+            sock.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n0\r\nX-Endless: ")
+            sent = 0
+            try:
+                while sent < 64 * HEAD_MAX:  # 4 MB of one trailer line, never ended
+                    sock.sendall(b"v" * HEAD_MAX)
+                    sent += HEAD_MAX
+            except OSError:
+                pass  # the server closed while this side was still sending
+            out = b""
+            try:
+                while chunk := sock.recv(65536):
+                    out += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+        assert out.startswith(b"HTTP/1.1 431 "), out[:80]
+        # A trailer that ends is read as before: the request is answered.
+        with socket.create_connection(endpoint.address, timeout=10) as sock:
+            sock.sendall(b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n0\r\nX-T: " + b"v" * 1000 + b"\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 500 "), "a schema fault for a body that is not XML"
+    finally:
+        endpoint.stop()

@@ -81,7 +81,7 @@ def _wire(s: str) -> bytes:
 
 class _Request:
     __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10", "mailbox",
-                 "head", "fed")
+                 "head", "fed", "chunk_at")
 
     def __init__(self, started: float):
         self.method = ""
@@ -95,6 +95,7 @@ class _Request:
         self.mailbox: str | None = None  # whose mailbox the model answers from (found once, logged too)
         self.head = 0  # bytes of the target and header fields so far (HEAD_MAX)
         self.fed = 0  # bytes read while its head was incomplete, after the read it began in (HEAD_MAX)
+        self.chunk_at = -1  # body pieces before its last chunk header (a chunked body's trailer fields)
 
 
 class _Connection(asyncio.Protocol):
@@ -141,6 +142,7 @@ class _Connection(asyncio.Protocol):
                 data = self._upgrade_body(data)
                 continue
             before = self.current
+            pieces = len(before.body) if before is not None else 0
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as e:
@@ -158,8 +160,11 @@ class _Connection(asyncio.Protocol):
             # httptools holds a header line whole until its end, before any callback sees it: a line
             # that never ends is bounded here, by the bytes read while the same request's head is
             # still incomplete (the read a request began in is not counted: one read is bounded).
+            # A chunked body's trailer fields are held alike: after the last chunk header, reads
+            # that bring no body are counted too.
             req = self.current
-            if req is not None and req is before and not req.method:
+            if req is not None and req is before and (
+                    not req.method or (req.chunk_at == len(req.body) == pieces)):
                 req.fed += len(data)
                 if req.fed > HEAD_MAX:
                     self.head_too_large = True
@@ -250,6 +255,10 @@ class _Connection(asyncio.Protocol):
         if req.expect_continue and self.task is None and not self.pending:
             self._write(_CONTINUE)
             req.expect_continue = False
+
+    def on_chunk_header(self) -> None:
+        req = self._started()
+        req.chunk_at = len(req.body)
 
     def on_body(self, body: bytes) -> None:
         self._started().body.append(body)
