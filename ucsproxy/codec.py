@@ -6,6 +6,60 @@ naming the problem. Encoding produces what Exchange produces: the ``s:``
 envelope with a ``ServerVersionInfo`` header, ``http://`` namespaces, and the
 element order of the schema ([MS-OXWSCOS] section 7; PersonaType as in EWS's
 types.xsd).
+
+How a list is read (``decode_response`` of a GetImItemList answer, top to bottom):
+
+- ``decode_response`` -> ``_decode_response`` -> ``_open_envelope``: ``_parse`` picks the
+  encoding (``xml_encoding``: byte order mark, declaration, Content-Type charset), parses with
+  :mod:`ucsproxy.safexml` (DTDs refused) and finds the Body's element; ``_ucs_message`` reads
+  the response message, ``_item_list`` its groups (``_im_group``) and personas, with the
+  garbage collector paused (``_collector_paused``).
+- The personas go through up to four layers, each a shortcut over the one below it that
+  must give the very same records (or the same error):
+
+  1. **markup templates** (``_personas_by_markup``; lists of ``_MARKUP_MIN`` personas or
+     more, a body whose markup can be trusted, ``_markup_readable``): a persona's bytes that
+     match a template of one read before (``_TEMPLATES``, ``_RECENT_TEMPLATES``) are read by
+     that template's plan; a miss goes to layers 2-4 and may become a template
+     (``_markup_template``). Held to the usual reading (layers 2-4, the shortcut off) by
+     ``tests/test_codec_markup.py``.
+  2. **last-plan shortcut** (``_LAST_PLAN`` in ``_plan_of``, called by ``_persona_fast``): a
+     persona with the very tags and child counts of the last one planned takes its plan
+     without a table look-up.
+  3. **plan tables** (``_plan_of``, ``_plan_for``, ``_keep_plan``; ``_PLANS``,
+     ``_PLANS_BEFORE``, ``_SIGHTINGS``): at a shape's ``_PLAN_AFTER``-th sighting
+     ``_PersonaPlan`` writes a reader for it (straight-line code by position). Layers 2 and 3
+     are held to layer 4's ``_persona`` on personas of every shape by
+     ``tests/test_codec_fast_decode.py`` (also: records equal to what their ``__init__``
+     makes, tables that stay small under hostile shapes).
+  4. **schema-order reader** (``_persona_by_reading``): ``_persona_in_document_order`` reads
+     the children in one pass; on a broken value ``_persona`` (the schema's order, the
+     reference every layer above answers to) says which error is reported.
+
+  ``memo=True`` (the log writer, replay) puts ``_remembered_persona`` in front: a persona
+  whose XML was decoded lately is that record again (``PERSONA_MEMO_SIZE``).
+- Requests: ``decode_request`` -> ``_decode_request``: the same envelope, then one decoder per
+  operation (``_REQUEST_DECODERS``). Requests that differ only in a name or an id are made
+  outside this module (:mod:`ucsproxy.shapes`). ``tests/test_codec.py`` holds both directions
+  to the protocol documents' examples, round trips and hostile input.
+
+How an answer is written (``encode_response``, the mock's answers):
+
+- ``_envelope_head`` (kept per ``ServerVersionInfo``) + the response element's own text
+  (``_w_leaf``, ``_w_message_xml``) + the payload + ``_ENVELOPE_TAIL``, built as strings,
+  not lxml elements.
+- An ImItemList: ``_item_list_bytes`` (kept per list record, ``_ITEM_LIST_BYTES``: an
+  unchanged mailbox costs one look-up) -> ``_personas_text`` (kept per persona record,
+  ``_PERSONA_TEXT``) -> the generated plain writer (``_plain_persona_writer``, values as they
+  are), or ``_w_persona``, which escapes each value (``_esc``, ``_esc_attr``) when any needs it.
+  An ImGroup: ``_w_im_group``; a Persona: ``_w_persona``.
+- ``tests/test_codec_encoder.py`` holds the string encoder to lxml's serialization byte for
+  byte (``tests/lxml_encoder.py``, the encoder it replaced) and the plain writer to
+  ``_w_persona``; ``tests/test_codec_schema.py`` validates what is written against the
+  shipped XSD.
+- ``encode_unsupported`` (other EWS operations' error shapes), ``encode_fault`` and
+  ``encode_request`` (the test client's and the scripts' requests) build lxml trees: rare
+  enough not to need the string encoder.
 """
 
 from __future__ import annotations
