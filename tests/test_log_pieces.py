@@ -100,6 +100,33 @@ def test_new_pieces_are_decoded_alone(monkeypatch):
     assert len(sizes) == 1 and sizes[0] < len(LISTS[-2]) / 3
 
 
+def test_pieces_at_the_places_of_the_last_list_are_told_by_their_bytes():
+    """A list with as many pieces as the last one built in its frame is compared with it place by
+    place (_Frame.last); a piece moved, changed, or given a secret at its place still gives what
+    decoding the whole body gives."""
+    pieces = ListPieces()
+    body = LISTS[-2]
+    c = cut(body, CT, None)
+    assert c is not None and c.document(list(c.pieces)) == body
+    at = c.fields.index("personas")
+
+    def with_personas(personas):
+        return c.document([personas if k == at else list(chunks) for k, chunks in enumerate(c.pieces)])
+
+    first, second, *rest = c.pieces[at]
+    assert b"Contact 0" in first and b"Contact 1" in second
+    bodies = [body, body, with_personas([second, first, *rest]), body,
+              with_personas([first.replace(b"Contact 0", b"Contact X"), second, *rest]),
+              with_personas([first, second.replace(b"Contact 1", b"password=hunter2"), *rest])]
+    found = []
+    for one in bodies:
+        found.append(pieces.answer(one, CT, None))
+        assert_as_whole(found[-1], one)
+    (frame,) = pieces._frames.values()
+    assert set(frame.last) == set(c.fields)
+    assert pieces.whole == 1 and found[1].body_clean and not found[-1].body_clean
+
+
 def test_a_secret_in_a_piece_is_never_called_clean():
     body = LISTS[-2].replace(b"Contact 3 ", b"Contact 3 password=Hunter2 ", 1)
     pieces = ListPieces()

@@ -38,7 +38,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from itertools import compress, repeat
-from operator import is_, itemgetter
+from operator import is_, itemgetter, methodcaller
 from typing import Any, NamedTuple
 
 from .logjson import answer_columns, group_json, item_list_json, persona_json
@@ -157,10 +157,11 @@ def cut(body: bytes, content_type: str | None, operation: str | None, check: boo
     if any(_start_tags(last, name) for name in names):
         return None
     parts.append(last)
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    if not body.isascii():  # (ASCII is UTF-8: a word-at-a-time look instead of a decode)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     return Cut(tuple(parts), tuple(f[3] for f in found), tuple(tags), tuple(pieces), (content_type, operation))
 
 
@@ -236,7 +237,9 @@ def _pieces(content: bytes, piece_name: bytes) -> tuple[bytes, list[bytes]] | No
     close = b"</" + tag + b">"
     chunks = content.split(close)
     last = chunks.pop()
-    if not last and content.count(close + open_tag) == len(chunks) - 1:
+    # Each chunk after the first starting with <tag> is what counting close + <tag> in the
+    # content showed (an end tag starts at every split and no two occurrences of either overlap).
+    if not last and all(map(methodcaller("startswith", open_tag), chunks)):
         out = chunks  # pieces side by side (the usual way): each starts with <tag> (Cut, module docstring)
     else:
         if last.strip(_WS):
@@ -272,7 +275,8 @@ class _Frame:
     word a built-in redaction rule looks for, and its pieces: (JSON text, whether the piece's
     text holds none of those words, whether its JSON holds none)."""
 
-    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces", "shapes", "__weakref__")
+    __slots__ = ("operation", "response_class", "response_code", "clean", "pieces", "shapes", "last", "last_size",
+                 "__weakref__")
 
     def __init__(self, decoded: EwsResponse, parts: tuple[bytes, ...]) -> None:
         self.operation = decoded.operation
@@ -283,9 +287,14 @@ class _Frame:
         #: Per field, a piece decoded in this frame by its shape (ucsproxy.shapes.RecordShape: a
         #: new piece that differs from it only in plain names and ids is made from it).
         self.shapes: dict[str, dict[tuple, RecordShape]] = {"groups": {}, "personas": {}}
+        #: Per field, the pieces of the list built last in this frame and their values (as in
+        #: ``pieces``), place by place: the next list is mostly these pieces at the same places,
+        #: told equal by comparing bytes instead of hashing each one again. Its bytes: last_size.
+        self.last: dict[str, tuple[list[bytes], list[tuple[str, bool, bool]]]] = {}
+        self.last_size = 0
 
     def size(self) -> int:
-        return sum(len(c) + len(v[0]) for known in self.pieces.values() for c, v in known.items())
+        return self.last_size + sum(len(c) + len(v[0]) for known in self.pieces.values() for c, v in known.items())
 
 
 class ListColumns(NamedTuple):
@@ -309,6 +318,11 @@ class ListAnswer(NamedTuple):
 
 
 _JSON_TEXT, _TEXT_CLEAN, _JSON_CLEAN = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def _if_equal(piece: bytes, was: bytes, value: Any) -> Any:
+    """``value`` (the value of ``was``) when ``piece`` is ``was``'s bytes, else None."""
+    return value if piece == was else None
 
 
 class ListPieces:
@@ -381,7 +395,17 @@ class ListPieces:
         found: list[list[Any]] = []  # per content: each piece's (JSON, text clean, JSON clean), None where new
         new: list[list[bytes]] = []
         for index, (field, chunks) in enumerate(zip(pieces.fields, pieces.pieces)):
-            values: list[Any] = list(map(frame.pieces[field].get, chunks))
+            last = frame.last.get(field)
+            values: list[Any]
+            if last is not None and len(last[0]) == len(chunks):
+                # A piece equal to the one at its place last time has its value (a value is the
+                # piece's, in this frame); the others are looked up.
+                values = list(map(_if_equal, chunks, last[0], last[1]))
+                if None in values:
+                    by_bytes = frame.pieces[field]
+                    values = [by_bytes.get(c) if v is None else v for c, v in zip(chunks, values)]
+            else:
+                values = list(map(frame.pieces[field].get, chunks))
             if None in values:
                 if not single_starts([c for c, v in zip(chunks, values) if v is None], pieces.names[index]):
                     return None  # (known pieces were checked when they were learnt)
@@ -405,6 +429,7 @@ class ListPieces:
             self.partly += 1
         else:
             self.reused += 1
+        self._remember(frame, pieces.fields, pieces.pieces, found)
         lists: dict[str, list[str]] = {"groups": [], "personas": []}
         body_clean = frame.clean
         result_clean = True
@@ -488,6 +513,15 @@ class ListPieces:
         self._keep(frame, pieces.fields, list(pieces.pieces), got)
         _learn_shapes(frame, pieces.fields, list(pieces.pieces), decoded, got)
 
+    def _remember(self, frame: _Frame, fields: tuple[str, ...], chunks: tuple[list[bytes], ...],
+                  values: list[list[Any]]) -> None:
+        """Keep the pieces of the list just built, and their values, as the frame's last (_Frame.last)."""
+        size = sum(map(len, chunks[0])) + (sum(map(len, chunks[1])) if len(chunks) > 1 else 0)
+        with self._lock:
+            self.size += size - frame.last_size
+            frame.last = dict(zip(fields, zip(chunks, values)))
+            frame.last_size = size
+
     def _keep(self, frame: _Frame, fields: tuple[str, ...], chunks: list[list[bytes]],
               got: list[list[tuple[str, bool, bool]]]) -> None:
         with self._lock:
@@ -495,6 +529,8 @@ class ListPieces:
                 for other in self._frames.values():
                     for known in other.pieces.values():
                         known.clear()
+                    other.last = {}
+                    other.last_size = 0
                 self.size = 0
             for field, pieces, values in zip(fields, chunks, got):
                 known = frame.pieces[field]
