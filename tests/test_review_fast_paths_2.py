@@ -109,3 +109,49 @@ def test_one_trailer_line_that_never_ends_is_refused_with_431() -> None:
             assert sock.recv(65536).startswith(b"HTTP/1.1 500 "), "a schema fault for a body that is not XML"
     finally:
         endpoint.stop()
+
+
+def _ask(address: tuple[str, int], request: bytes) -> tuple[bytes, bytes]:
+    """(head, body) of the answer to one request on a connection of its own."""
+    import socket
+
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request)
+        out = b""
+        while b"\r\n\r\n" not in out or len(out.partition(b"\r\n\r\n")[2]) < int(
+                re.search(rb"Content-Length: (\d+)", out.partition(b"\r\n\r\n")[0]).group(1)):
+            chunk = sock.recv(65536)
+            assert chunk, out
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_header_byte_that_is_not_utf8_leaves_the_journal_readable_as_the_log_has_it(tmp_path) -> None:
+    # The lean front reads a header's bytes that are not UTF-8 as lone surrogates (surrogateescape);
+    # the log stores them escaped (logwriter, \xNN). The control API's journal gave the row as
+    # build_row made it, and its JSON could not be encoded: GET /_ucsproxy/exchanges answered 500
+    # for as long as that one exchange stayed among the last thousand.
+    import json
+    import sqlite3
+
+    from ucsproxy.front import BackgroundLean
+    from ucsproxy.runner import mock_options
+
+    db = tmp_path / "log.db"
+    endpoint = BackgroundLean(dict(mock_options(seed=0), ucs_db=str(db)))
+    try:
+        head, _ = _ask(endpoint.address, b"GET /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nX-Name: Jos\xe9\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ")
+        head, body = _ask(endpoint.address, b"GET /_ucsproxy/exchanges?bodies=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), body
+        body.decode("utf-8")  # valid UTF-8
+        (row,) = json.loads(body)["exchanges"]
+    finally:
+        endpoint.stop()
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        (logged,) = [dict(r) for r in conn.execute("select * from exchanges")]
+    assert ["X-Name", "Jos\udce9"] in row["request_headers"]
+    assert json.loads(logged["request_headers"]) == row["request_headers"]
+    assert row["error"] == logged["error"] and "not UTF-8" in row["error"]

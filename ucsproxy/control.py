@@ -103,7 +103,9 @@ class ControlError(Exception):
 
 
 def json_answer(status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> Answer:
-    body = json.dumps(value, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+    # A lone surrogate (a byte a client sent that is not UTF-8, as the log's JSON columns keep it)
+    # stands only inside a JSON string: written as its JSON escape \udcNN, the body stays UTF-8.
+    body = json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace") + b"\n"
     return Answer(status, [*JSON_HEADERS, *headers], body)
 
 

@@ -116,9 +116,11 @@ class Journal:
             import json
 
             from .logrow import JSON_COLUMNS, build_row
+            from .logwriter import storable_row
 
             assert entry.raw is not None
-            row = build_row(entry.raw, redactor=self.redactor)
+            # As the log stores it: text that is not UTF-8 escaped (a header byte a client sent).
+            row = storable_row(build_row(entry.raw, redactor=self.redactor))
             for column in JSON_COLUMNS:  # JSON inside JSON would make every client parse twice
                 if isinstance(row.get(column), str):
                     try:

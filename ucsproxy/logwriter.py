@@ -572,6 +572,26 @@ def _storable(value: Any, json_text: bool = False) -> Any:
     return "".join(out)
 
 
+def escaped_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as the log stores a row whose texts hold lone surrogates: each text escaped
+    (_storable), and the note in ``error``."""
+    row = {k: _storable(v, k in _JSON_TEXT_COLUMNS) for k, v in row.items()}
+    row["error"] = f"{row['error']}; {NOT_UTF8}" if row.get("error") else NOT_UTF8
+    return row
+
+
+def storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as the log stores it (the request journal shows it so): as it is, or
+    :func:`escaped_row` when a text in it holds lone surrogates."""
+    for value in row.values():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return escaped_row(row)
+    return row
+
+
 def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
     conn.execute("savepoint one_row")
     try:
@@ -582,8 +602,7 @@ def _insert_one(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> No
     except UnicodeEncodeError:
         # Lone surrogates (bytes the peer sent that are not UTF-8): the whole row, escaped.
         conn.execute("rollback to one_row")
-        row = {k: _storable(v, k in _JSON_TEXT_COLUMNS) for k, v in row.items()}
-        row["error"] = f"{row['error']}; {NOT_UTF8}" if row.get("error") else NOT_UTF8
+        row = escaped_row(row)
         conn.execute("release one_row")
         _insert_one(conn, table, row)
         return
