@@ -7,6 +7,7 @@ the slow part: decoding both bodies, finding the mailbox, redacting secrets.
 
 from __future__ import annotations
 
+import codecs
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -134,9 +135,24 @@ def request_user(headers: list[tuple[str, str]] | None) -> str | None:
     return signed_in_user(headers)
 
 
+def _escaped_bytes(e: UnicodeError) -> tuple[str, int]:
+    """The error handler bodies are read with (``"ucsproxy-bytes"``): each byte that is not text in
+    the body's encoding becomes the lone surrogate U+DCNN, as surrogateescape makes of a path's or a
+    header's byte (bytes below 0x80 too, which surrogateescape refuses: an odd byte of a UTF-16
+    body). The writer stores each as ``\\xNN`` and says so in ``error`` (logwriter._storable), as
+    for a path or a header: one rule, nothing replaced by U+FFFD."""
+    if not isinstance(e, UnicodeDecodeError):
+        raise e
+    return "".join([chr(0xDC00 + b) for b in e.object[e.start:e.end]]), e.end
+
+
+codecs.register_error("ucsproxy-bytes", _escaped_bytes)
+
+
 def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str | None, bool]:
     """The body as text, read in its own encoding (a UTF-16 request stays readable), and
-    whether it was cut."""
+    whether it was cut. A byte that is not text in that encoding is kept as a lone surrogate
+    (:func:`_escaped_bytes`); a character the cut splits is left out whole."""
     if body is None:
         return None, False
     cut = len(body) > MAX_STORED_BODY
@@ -151,7 +167,10 @@ def _body_text(body: bytes | None, content_type: str | None = None) -> tuple[str
     from . import codec
 
     encoding = codec.xml_encoding(body, content_type)
-    text = body[:MAX_STORED_BODY].decode(encoding, errors="replace")
+    if cut:  # an incremental decoder keeps back the bytes of a character the cut splits
+        text = codecs.getincrementaldecoder(encoding)("ucsproxy-bytes").decode(body[:MAX_STORED_BODY])
+    else:
+        text = body.decode(encoding, "ucsproxy-bytes")
     if encoding != "utf-8":
         text = text[1:] if text.startswith("\ufeff") else text  # the byte order mark, not a character
     return text, cut

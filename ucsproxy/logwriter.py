@@ -552,9 +552,10 @@ _JSON_TEXT_COLUMNS = frozenset({"fault", "args", "result", "request_headers", "r
 def _storable(value: Any, json_text: bool = False) -> Any:
     """``value`` with its lone surrogates escaped, so SQLite (UTF-8) can store it. mitmproxy and
     the lean front read a path's and headers' bytes that are not UTF-8 as surrogates
-    (surrogateescape): each becomes ``\\xNN`` of the byte (any other lone surrogate
-    ``\\uDNNN``); inside JSON text the JSON escape ``\\uDCNN``, which reads back as the very
-    string. The row was redacted before: an escape only spells a byte the redaction saw."""
+    (surrogateescape), and the log reads a body's so too (logrow._escaped_bytes, also bytes below
+    0x80): each becomes ``\\xNN`` of the byte (any other lone surrogate ``\\uDNNN``); inside
+    JSON text the JSON escape ``\\uDCNN``, which reads back as the very string. The row was
+    redacted before: an escape only spells a byte the redaction saw."""
     if not isinstance(value, str):
         return value
     try:
@@ -566,7 +567,7 @@ def _storable(value: Any, json_text: bool = False) -> Any:
     for c in value:
         n = ord(c)
         if 0xD800 <= n <= 0xDFFF:
-            out.append(f"\\u{n:04x}" if json_text else f"\\x{n - 0xDC00:02x}" if n >= 0xDC80 else f"\\u{n:04x}")
+            out.append(f"\\u{n:04x}" if json_text else f"\\x{n - 0xDC00:02x}" if n >= 0xDC00 else f"\\u{n:04x}")
         else:
             out.append(c)
     return "".join(out)
