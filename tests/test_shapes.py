@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ucsproxy import core, shapes
+from ucsproxy import core, logrow, shapes
 from ucsproxy.records import EwsRequest
 
 NS = ('xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
@@ -40,6 +40,7 @@ def run(bodies: list[bytes], checked: bool = True) -> int:
             made_count += 1
             assert made == expected, body
             assert repr(made) == repr(expected)
+            assert logrow.logged_request(made) == logrow.logged_request(expected)
     return made_count
 
 
@@ -154,3 +155,54 @@ def test_the_core_decodes_by_shape_and_gives_what_a_full_decode_gives():
     for i in range(20):
         body = envelope(f"<m:AddImGroup><m:DisplayName>Shape test {i}</m:DisplayName></m:AddImGroup>")
         assert c.decode(body, headers) == full(body)
+
+
+def test_the_hot_spot_shortcut_gives_what_a_full_decode_gives_for_any_byte_change():
+    """Once requests of a shape differ in one spot alone (the next AddImGroup's name), the memo
+    looks at the bytes before and after that spot's value without splitting the body: bytes
+    changed, inserted or removed anywhere (the value, its delimiters, the rest) either give the
+    full decode's request or fall back to the split."""
+    rng = random.Random(15)
+    template = "<m:AddImGroup><m:DisplayName>{}</m:DisplayName></m:AddImGroup>"
+    memo = shapes.ShapeMemo()
+    context = (None, CT, True)
+
+    def check(body: bytes) -> EwsRequest | None:
+        made, token = memo.get(body, context, full)
+        expected = full(body)
+        if made is None:
+            memo.put(token, expected)
+        else:
+            assert made == expected, body
+            assert repr(made) == repr(expected)
+            # the args log column a made request may come with is the full decode's
+            assert logrow.logged_request(made) == logrow.logged_request(expected)
+        return made
+
+    check(envelope(template.format("Friends")))
+    check(envelope(template.format("Family")))  # one spot changed: it is hot now
+    hot = memo._hot[context]
+    assert len(hot) == 1 and hot[0].hot is not None
+    shortcut = 0
+    for _ in range(150):
+        body = envelope(template.format(plain(rng) + rng.choice(["", "\\", "\\n"])))
+        made = check(body)
+        assert made is not None
+        shortcut += 1
+        # and a change anywhere else: a byte replaced, inserted or dropped
+        data = bytearray(body)
+        at = rng.randrange(len(data))
+        how = rng.choice("rid")
+        if how == "r":
+            data[at] = rng.choice(b'<>"&= x/\'!?\x00\xc3')
+        elif how == "i":
+            data[at:at] = bytes([rng.choice(b'<>"&= x/\'!?')])
+        else:
+            del data[at]
+        check(bytes(data))
+    assert shortcut == 150
+    # a value that spans the delimiters, or is not plain, is never put into the field
+    for value in ("a</m:DisplayName><m:DisplayName>b", "", " x", "x ", "a&amp;b", "caf\u00e9", 'q"q'):
+        body = envelope(template.format(value))
+        assert hot[0].made_at_hot(body) is None
+        check(body)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
-from .memo import IdentityCache
-from .shapes import Made, RequestShapes
+from .shapes import REQUEST_ARGS, Made, RequestShapes
 from .identity import anchor_mailbox, clean_name, impersonated, request_mailbox, signed_in_user
 from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
@@ -83,7 +82,7 @@ class LoggedRequest(NamedTuple):
     args: str | None  # the ``args`` column's JSON text, not redacted yet
 
 
-_REQUEST_ARGS = IdentityCache()
+_REQUEST_ARGS = REQUEST_ARGS  # a request the core made by shape comes with its JSON (ucsproxy.shapes)
 
 
 def logged_request(request: EwsRequest) -> tuple[str, str | None, str | None]:

@@ -45,7 +45,8 @@ from itertools import compress, count, repeat
 from operator import itemgetter, ne
 from typing import Any, NamedTuple
 
-from .memo import BoundedMemo
+from .logjson import _json
+from .memo import BoundedMemo, IdentityCache
 from .redact import has_trigger_word
 from .records import (
     AddDistributionGroupToImList,
@@ -69,10 +70,14 @@ from .records import (
     RemoveImContactFromGroup,
     RemoveImGroup,
     SetImGroup,
+    to_jsonable,
 )
 
 #: Bodies longer than this are not taken apart (a client's small requests are a few hundred bytes).
 MAX_BODY = 4096
+#: Shapes with a hot spot looked for first, per context, and contexts that keep such a list.
+HOT_SHAPES = 8
+HOT_CONTEXTS = 64
 
 # A text node with the ">" and "<" around it, or a double-quoted attribute value with its '="'
 # and '"'. Attribute values are reached before a ">" inside them (the scan runs left to right).
@@ -162,16 +167,82 @@ def _request_with(request: EwsRequest, changes: list[tuple[tuple[str, ...], str]
 
 _PROBE = "ucsproxyShapeProbe"
 
+#: The ``args`` log column (JSON text) of requests, by identity: the log (ucsproxy.logrow.logged_request)
+#: makes it once per request object; a request made at a hot spot comes with it.
+REQUEST_ARGS = IdentityCache()
+
 
 class _Shape:
-    """One kept request, its spots, and which spot feeds which field (None: no field alone)."""
+    """One kept request, its spots, and which spot feeds which field (None: no field alone).
 
-    __slots__ = ("parts", "request", "sources")
+    ``hot``: once a request of this shape differed from the kept one in one spot alone, that
+    spot's field and the kept bytes before and after its value (see :meth:`made_at_hot`)."""
+
+    __slots__ = ("parts", "request", "sources", "hot")
 
     def __init__(self, parts: list[bytes], request: EwsRequest):
         self.parts = parts
         self.request = request
         self.sources: dict[int, tuple[str, ...] | None] = {}
+        self.hot: tuple[bytes, bytes, tuple[str, ...], bytes, tuple[str, str] | None] | None = None
+
+    def heat(self, i: int) -> None:
+        """Remember spot ``i`` (a field's source) as the one the next requests will change."""
+        path = self.sources.get(i)
+        if path is None or self.hot is not None:
+            return
+        parts = self.parts
+        spot = parts[2 * i + 1]
+        opening = 1 if spot[0] == 0x3E else 2  # ">text<" / '="value"'
+        before = b"".join(parts[:2 * i + 1]) + spot[:opening]
+        after = spot[-1:] + b"".join(parts[2 * i + 2:])
+        was = spot[opening:-1]
+        self.hot = (before, after, path, was, self._args_around(path, was.decode("ascii")))
+
+    def _args_around(self, path: tuple[str, ...], was: str) -> tuple[str, str] | None:
+        """The request's ``args`` log column (JSON) before and after the value of the field at
+        ``path``, when a value of the field stands once in it, as it is; None when not."""
+        body = self.request.body
+        if body is None or "\\" in was:
+            return None
+        probe = _PROBE + "Args"
+        text = _json(to_jsonable(_with(body, path, probe)))
+        if text is None or text.count(probe) != 1:
+            return None
+        head, tail = text.split(probe)
+        if head + was + tail != _json(to_jsonable(body)):
+            return None
+        return head, tail
+
+    def made_at_hot(self, body: bytes) -> EwsRequest | None:
+        """The request ``body`` decodes to when it is the kept body with only the hot spot's value
+        changed, to a plain one; None when it is not.
+
+        Checked on the bytes, without splitting ``body``: it starts with the kept bytes up to the
+        value and their delimiter (``>`` or ``="``) and ends with the value's closing delimiter
+        (``<`` or ``"``) and the kept rest. A plain value holds none of ``<>"&``, so the spots
+        a split finds in ``body`` are the kept ones with this value in place of the old: the
+        very request :func:`_made` would make."""
+        hot = self.hot
+        if hot is None:
+            return None
+        before, after, path, was, args = hot
+        if not (body.startswith(before) and body.endswith(after)):
+            return None
+        end = len(body) - len(after)
+        if end <= len(before):
+            return None
+        value = body[len(before):end]
+        if value == was:
+            return self.request
+        if _PLAIN.fullmatch(value) is None:
+            return None
+        text = value.decode("ascii")
+        made = _request_with(self.request, [(path, text)])
+        if args is not None and "\\" not in text:
+            # A plain value without a backslash is its own JSON string's text.
+            REQUEST_ARGS.put(made, args[0] + text + args[1])
+        return made
 
     def source(self, i: int, decode: Callable[[bytes], Any]) -> tuple[str, ...] | None:
         """The path of the field spot ``i`` alone is the source of (probed once), None if none."""
@@ -208,11 +279,21 @@ class ShapeMemo:
 
     def __init__(self, size: int = 256):
         self._shapes = BoundedMemo(size)
+        # Per context, the newest HOT_SHAPES shapes that have a hot spot (newest last).
+        self._hot: dict[tuple, list[_Shape]] = {}
 
     def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> tuple[EwsRequest | None, Any]:
         """(the request made from a kept one of the same shape, or None; a token for :meth:`put`).
 
         ``decode``: the full decoding in this ``context`` (for a probe)."""
+        hot = self._hot.get(context)
+        if hot is not None and len(body) <= MAX_BODY:
+            # A client's next AddImGroup differs from its last in the name alone: looked for
+            # first, on the bytes (a few comparisons), before the body is split.
+            for shape in reversed(hot):
+                made = shape.made_at_hot(body)
+                if made is not None:
+                    return made, None
         parts = _parts(body)
         if parts is None:
             return None, None
@@ -223,7 +304,19 @@ class ShapeMemo:
         if kept is None:
             return None, (key, parts)
         made = _made(kept, parts[1::2], decode)
+        if made is not None and kept.hot is not None and (hot is None or kept not in hot):
+            self._remember_hot(context, kept)
         return made, (None if made is not None else (key, parts))
+
+    def _remember_hot(self, context: tuple, shape: _Shape) -> None:
+        hot = self._hot.get(context)
+        if hot is None:
+            if len(self._hot) >= HOT_CONTEXTS:
+                self._hot.clear()
+            hot = self._hot[context] = []
+        hot.append(shape)
+        if len(hot) > HOT_SHAPES:
+            del hot[0]
 
     def put(self, token: Any, decoded: Any) -> None:
         """Keep ``decoded``, the full decoding of the body :meth:`get` gave ``token`` for."""
@@ -238,6 +331,7 @@ def _made(kept: _Shape, spots: list[bytes], decode: Callable[[bytes], Any]) -> E
     if len(old) != len(spots):
         return None
     changes: list[tuple[tuple[str, ...], str]] = []
+    last = -1
     for i in compress(count(), map(ne, spots, old)):  # the spots that differ, found in C
         spot, was = spots[i], old[i]
         value = _inner(spot)
@@ -247,8 +341,11 @@ def _made(kept: _Shape, spots: list[bytes], decode: Callable[[bytes], Any]) -> E
         if path is None or any(path == p for p, _ in changes):
             return None
         changes.append((path, value.decode("ascii")))
+        last = i
     if not changes:
         return kept.request
+    if len(changes) == 1 and kept.hot is None:
+        kept.heat(last)
     return _request_with(kept.request, changes)
 
 
