@@ -155,3 +155,71 @@ def test_a_header_byte_that_is_not_utf8_leaves_the_journal_readable_as_the_log_h
     assert ["X-Name", "Jos\udce9"] in row["request_headers"]
     assert json.loads(logged["request_headers"]) == row["request_headers"]
     assert row["error"] == logged["error"] and "not UTF-8" in row["error"]
+
+
+def test_a_shaped_answer_is_handed_to_the_log_before_its_last_piece_is_written() -> None:
+    # The lean front hands an exchange to the log before it writes the answer, so a SIGKILL can
+    # never keep out of the log an answer a client holds. A link fault's answer (slicer, slow-body,
+    # bandwidth, latency) was written piece by piece and only then handed over, at the end of the
+    # loop turn after the last piece: a kill in between lost an exchange whose answer the client had.
+    import asyncio
+
+    from ucsproxy import front
+    from ucsproxy.runner import mock_options
+
+    core = front.core_from_options(dict(mock_options(seed=0, fault=["GetImItemList:slicer:size=200,gap_ms=1"]),
+                                        ucs_db=""))
+    events: list[str] = []
+
+    class Store:
+        def submit(self, raw) -> None:  # type: ignore[no-untyped-def]
+            events.append("logged")
+
+        def submit_many(self, raws) -> None:  # type: ignore[no-untyped-def]
+            events.extend("logged" for _ in raws)
+
+        def close(self) -> int:
+            return 0
+
+        written = 0
+
+    core.store = Store()  # type: ignore[assignment]
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            events.append("written")
+
+        def writelines(self, data: list[bytes]) -> None:
+            events.append("written")
+
+        def get_extra_info(self, name: str, default=None):  # type: ignore[no-untyped-def]
+            return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    body = (b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.'
+            b'microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/'
+            b'2006/messages"><soap:Header><t:RequestServerVersion Version="Exchange2013"/></soap:Header>'
+            b'<soap:Body><m:GetImItemList/></soap:Body></soap:Envelope>')
+    request = b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    async def serve() -> None:
+        server = front.LeanServer(core)
+        conn = front._Connection(server)
+        conn.connection_made(Transport())
+        conn.data_received(request)
+        for _ in range(2000):  # until the shaped answer is written whole and logged
+            if conn.task is None and "logged" in events:
+                break
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0)
+
+    asyncio.run(serve())
+    core.store = None
+    core.shutdown()
+    assert events.count("logged") == 1 and events.count("written") > 2, events
+    assert events.index("logged") < len(events) - 1 - events[::-1].index("written"), events

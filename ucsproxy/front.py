@@ -407,20 +407,27 @@ class _Connection(asyncio.Protocol):
     async def _send_shaped(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
                            decision: FaultDecision) -> bool:
         """Write the answer in the pieces the decision's link shaping makes, each after its pause,
-        log it, then (slow-close) keep the connection open before closing it. True once logged."""
+        handing it to the log before the piece that completes it (log before write, as _send), then
+        (slow-close) keep the connection open before closing it. True once logged."""
         if self.closing:
             return False
         plan = decision.link
         head, content, close, sent_headers = self._frame(req, answer, decision)
         if self.server.outbox:
             self.server.flush()  # the answers before it go first
-        for piece in plan.pieces(head, content):
+        pieces = plan.pieces(head, content)
+        for n, piece in enumerate(pieces, 1 - len(pieces)):  # n == 0: the last piece
             if piece.wait_ms:
                 await asyncio.sleep(piece.wait_ms / 1000)
             if self.closing or self.transport is None:
                 return False  # the client went away (connection_lost cancels this task)
+            if not n:
+                self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+                if self.server.logged:
+                    self.server.flush()  # handed over now, not at the end of the loop turn
             self.transport.write(piece.data)
-        self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
+        if not pieces:
+            self._log(req, path, body, decoded, (answer.status, sent_headers, content), decision, None, answer)
         if close:
             self.closing = True  # nothing more is read or answered on this connection
             linger = plan.close_after_ms
