@@ -291,6 +291,31 @@ def test_chunked_request_with_chunk_extensions(mock):
     assert response_code(answer.split(b"\r\n\r\n", 1)[1]) == "NoError"
 
 
+def test_an_endless_body_gets_413_from_the_default_body_limit(mock):
+    """`ucsproxy mock` on either front reads at most --body-limit (default 4 MB) of a body: a chunked
+    body that never ends and a Content-Length past the limit get 413 and a closed connection, and
+    the log has a row saying so (the shared process: its command line's default reaches both fronts)."""
+    head = (f"POST {EWS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nX-Body-Limit: %s\r\n").encode()
+    chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
+    for kind, extra, body in (("chunked", b"Transfer-Encoding: chunked\r\n\r\n", chunk * 80),  # 5 MB, never ended
+                              ("declared", b"Content-Length: 4194305\r\n\r\n", b"a" * 4194305)):
+        with socket.create_connection(("127.0.0.1", mock.port), timeout=30) as s:
+            s.sendall(head % kind.encode() + extra)
+            try:
+                s.sendall(body)
+            except OSError:
+                pass  # the server closed while this side was still sending
+            out = b""
+            try:
+                while data := s.recv(65536):
+                    out += data
+            except ConnectionResetError:
+                pass  # closed with unread bytes: the answer read before the reset is what counts
+        assert out.startswith(b"HTTP/1.1 413 "), (kind, out[:100])
+        rows = logged(mock.db, "request_headers like ?", (f'%"X-Body-Limit", "{kind}"%',))
+        assert len(rows) == 1 and rows[0]["request_body"] is None and "body" in rows[0]["error"], rows
+
+
 def test_http_1_0_client(mock):
     head = f"POST {EWS} HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: {len(GET_LIST)}\r\n\r\n".encode()
     answer = _raw_exchange(mock.port, head, GET_LIST)  # the server closes: HTTP/1.0 without keep-alive

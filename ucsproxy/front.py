@@ -81,7 +81,7 @@ def _wire(s: str) -> bytes:
 
 class _Request:
     __slots__ = ("method", "url", "headers", "body", "keep_alive", "started", "expect_continue", "http10", "mailbox",
-                 "head", "fed", "chunk_at")
+                 "head", "fed", "chunk_at", "size")
 
     def __init__(self, started: float):
         self.method = ""
@@ -96,6 +96,7 @@ class _Request:
         self.head = 0  # bytes of the target and header fields so far (HEAD_MAX)
         self.fed = 0  # bytes read while its head was incomplete, after the read it began in (HEAD_MAX)
         self.chunk_at = -1  # body pieces before its last chunk header (a chunked body's trailer fields)
+        self.size = 0  # bytes of its body so far (the server's body_limit)
 
 
 class _Connection(asyncio.Protocol):
@@ -116,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.upgrading: tuple[_Request, int] | None = None  # (request, body bytes still to read)
         self.head_too_large = False
+        self.body_too_large = False
+        self.body_limit = server.body_limit
 
     # -- transport events --------------------------------------------------
 
@@ -154,6 +157,8 @@ class _Connection(asyncio.Protocol):
             except httptools.HttpParserError:
                 if self.head_too_large:
                     self._refuse(_HEAD_TOO_LARGE, 431)
+                elif self.body_too_large:
+                    self._refuse_body()
                 else:
                     self._refuse(b"ucsproxy: malformed HTTP request.\n", 400)
                 return
@@ -183,6 +188,24 @@ class _Connection(asyncio.Protocol):
             self.upgrading = None
             self._dispatch(req)
         return data[len(take):]
+
+    def _refuse_body(self) -> None:
+        """413 and a closed connection for a request whose body is past the body limit, which the
+        log is told (the body is not kept), as mitmproxy's front logs its body_size_limit."""
+        req = self.current
+        limit = self.server.body_limit
+        text = b"ucsproxy: the request's body is larger than %d bytes (--body-limit).\n" % limit
+        if req is not None and req.method:
+            answered = self.task is None and not self.pending and not self.closing
+            sent = (413, [("Content-Type", "text/plain"), ("Content-Length", str(len(text))), ("Connection", "close")],
+                    text) if answered else None
+            self._log(req, _text(b"".join(req.url)), None, None, sent, None,
+                      f"Request body exceeds ucsproxy's body limit of {limit} bytes (--body-limit): "
+                      f"{'answered 413 and ' if answered else ''}closed the connection; the {req.size} bytes "
+                      "read were not kept.")
+            if self.server.logged:
+                self.server.flush()  # logged before the answer is written, as every exchange
+        self._refuse(text, 413)
 
     def _refuse(self, body: bytes, status: int) -> None:
         if self.task is None and not self.pending and not self.closing:
@@ -252,6 +275,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         req = self._started()
         req.method = self.parser.get_method().decode("ascii", "replace")
+        if req.expect_continue and _declared_length(req) > self.body_limit:
+            self.body_too_large = True  # 413 instead of 100 Continue: the client need not send it
+            raise ValueError("request body too large")
         if req.expect_continue and self.task is None and not self.pending:
             self._write(_CONTINUE)
             req.expect_continue = False
@@ -261,7 +287,12 @@ class _Connection(asyncio.Protocol):
         req.chunk_at = len(req.body)
 
     def on_body(self, body: bytes) -> None:
-        self._started().body.append(body)
+        req = self._started()
+        req.body.append(body)
+        req.size += len(body)
+        if req.size > self.body_limit:
+            self.body_too_large = True
+            raise ValueError("request body too large")  # httptools stops and raises HttpParserError
 
     def on_message_complete(self) -> None:
         req = self._started()
@@ -276,6 +307,10 @@ class _Connection(asyncio.Protocol):
                 missing = -1
             if missing < 0 or any(k.lower() == "transfer-encoding" for k, _ in req.headers):
                 self._refuse(b"ucsproxy: an Upgrade request needs a Content-Length body.\n", 400)
+                return
+            if missing > self.body_limit:
+                self.current = req
+                self._refuse_body()
                 return
             if missing:
                 self.upgrading = (req, missing)
@@ -487,7 +522,7 @@ class _Connection(asyncio.Protocol):
             content = b""  # the headers a GET would get, no body (RFC 9110 9.3.2)
         return b"".join(head), content, close, sent_headers
 
-    def _log(self, req: _Request, path: str, body: bytes, decoded, sent, decision, error: str | None,
+    def _log(self, req: _Request, path: str, body: bytes | None, decoded, sent, decision, error: str | None,
              answer: Answer | None = None) -> None:
         c = self.core
         server = self.server
@@ -523,8 +558,10 @@ class LeanServer:
     """The lean front listening on ``host:port`` (port 0 picks a free one), serving ``core``."""
 
     def __init__(self, ucs_core: UcsCore, host: str = "127.0.0.1", port: int = 0, *,
-                 confdir: str = "~/.mitmproxy", verbose: bool = False):
+                 confdir: str = "~/.mitmproxy", verbose: bool = False, body_limit: int | None = None):
         self.core = ucs_core
+        #: Bytes of a request body at most (413 past it); None: options.BODY_LIMIT.
+        self.body_limit = body_limit_of({}) if body_limit is None else body_limit
         self.host, self.port = host, port
         self.verbose = verbose
         self.confdir = confdir
@@ -700,6 +737,26 @@ def _path_kind(path: str) -> str:
     return kind
 
 
+def _declared_length(req: _Request) -> int:
+    """The Content-Length a request's headers declare (-1: none, or not a number)."""
+    for k, v in req.headers:
+        if k.lower() == "content-length":
+            v = v.strip()
+            return int(v) if v.isascii() and v.isdigit() else -1
+    return -1
+
+
+def body_limit_of(options: dict[str, Any]) -> int:
+    """The body limit an option dict names (mitmproxy's ``body_size_limit``, the CLI's ``--body-limit``;
+    options.BODY_LIMIT when it names none, no limit for None); raises core.ConfigError for a bad size."""
+    value = options.get("body_size_limit", options_mod.BODY_LIMIT)
+    try:
+        limit = options_mod.parse_size(value)
+    except ValueError as e:
+        raise core_mod.ConfigError(f"--body-limit: {e}") from None
+    return 1 << 62 if limit is None else limit
+
+
 def _request_size(req: _Request, path: str, body: bytes) -> int:
     """About how many bytes a request took on the wire (request line, headers, body)."""
     return (len(req.method) + len(path) + 12 + sum(len(k) + len(v) + 4 for k, v in req.headers)
@@ -802,6 +859,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
     previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        body_limit = body_limit_of(options)
         c = core_from_options(options)
         if early:
             c.shutdown()
@@ -821,7 +879,7 @@ def run_foreground(options: dict[str, Any], *, verbose: bool = False,
     c.reporter.console.flush_soon = lambda flush: loop.call_later(CONSOLE_FLUSH, flush)
     server = LeanServer(c, options.get("listen_host", options_mod.BY_NAME["listen_host"].default),
                         options.get("listen_port", options_mod.BY_NAME["listen_port"].default),
-                        confdir=options.get("confdir", "~/.mitmproxy"), verbose=verbose)
+                        confdir=options.get("confdir", "~/.mitmproxy"), verbose=verbose, body_limit=body_limit)
     stopped = asyncio.Event()
 
     async def main() -> None:
@@ -881,9 +939,10 @@ class BackgroundLean:
     def __init__(self, options: dict[str, Any], listen_host: str = "127.0.0.1", listen_port: int = 0,
                  startup_timeout: float = 30.0):
         self._options = options
+        body_limit = body_limit_of(options)
         self.core = core_from_options(dict(options, listen_host=listen_host), writer="thread", lazy_log=True)
         self._loop = _SharedLoop.get()
-        self.server = LeanServer(self.core, listen_host, listen_port)
+        self.server = LeanServer(self.core, listen_host, listen_port, body_limit=body_limit)
         try:
             asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(startup_timeout)
         except BaseException:

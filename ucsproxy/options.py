@@ -30,6 +30,11 @@ MATCH_MODES = ("strict", "operation", "sequence")
 #: The fronts a serving command can run on.
 FRONTS = ("lean", "mitmproxy")
 
+#: The largest request body a serving front (``mock``, ``replay`` without ``--fallthrough``) reads
+#: unless told otherwise (``--body-limit``): a UCS request is a few KB, so 4 MB is generous.
+BODY_LIMIT = "4m"
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
 SERVING = ("mock", "record", "replay")
 ANSWERING = ("mock", "replay")
 #: The commands that write a log: the serving ones, and ``import``.
@@ -65,6 +70,8 @@ class Option:
     negated: bool = False
     #: An environment variable the command line reads when the flag is not given.
     envvar: str | None = None
+    #: A size (bytes, or with a k/m/g suffix): the command line refuses one :func:`parse_size` does not read.
+    size: bool = False
 
     @property
     def repeatable(self) -> bool:
@@ -118,6 +125,11 @@ OPTIONS: tuple[Option, ...] = (
            "lean: ucsproxy's own asyncio HTTP/1.1 server (fast start, fast answers); mitmproxy: mitmproxy's "
            "server (also HTTP/2, mitmproxy's options and commands). Default: lean (mitmproxy for a replay that "
            "forwards its misses).", None, ANSWERING, ("--front",), choices=FRONTS),
+    Option("body_limit", str, BODY_LIMIT,
+           "Largest request body a mock or replay reads (bytes, or with k/m/g): a bigger one gets 413 and a closed "
+           "connection, and a row in the log saying so (mitmproxy's body_size_limit on the mitmproxy front). Not "
+           "with --fallthrough: forwarded requests are never limited.", None, ANSWERING, ("--body-limit",),
+           metavar="SIZE", show_default=True, size=True),
     Option("upstream", str, None, "Exchange base URL, e.g. https://mail.contoso.com (reverse mode).", None,
            ("record",), ("--upstream",), metavar="URL"),
     Option("proxy_mode", str, "reverse",
@@ -172,6 +184,18 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 #: Every command that takes options from this table, in table order.
 COMMANDS: tuple[str, ...] = tuple(dict.fromkeys(c for o in OPTIONS for c in o.commands))
+
+
+def parse_size(value: str | int | None) -> int | None:
+    """Bytes of a size as mitmproxy's ``body_size_limit`` reads it: a number of bytes, or one with a
+    b/k/m/g/t suffix (``4m``: 4 MiB); None stays None (no limit). Raises ValueError for anything else."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value)
+    number, unit = (text[:-1], _SIZE_UNITS[text[-1]]) if text[-1:] in _SIZE_UNITS else (text, 1)
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError(f"{value!r} is not a size: a number of bytes, or one with k, m or g ({BODY_LIMIT})")
+    return int(number) * unit
 
 
 def _fresh(value: Any) -> Any:
@@ -244,6 +268,8 @@ def _click_kwargs(o: Option, click: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"help": o.help, "show_default": o.show_default}
     if o.envvar:
         kwargs.update(envvar=o.envvar, show_envvar=True)
+    if o.size:
+        kwargs["callback"] = _checked_size
     if o.type is bool:
         kwargs["is_flag"] = True
         if o.negated:
@@ -262,6 +288,16 @@ def _click_kwargs(o: Option, click: Any) -> dict[str, Any]:
         kwargs["type"] = int
     kwargs["default"] = None if o.path else o.default  # an unset path is None to click ("" to mitmproxy)
     return kwargs
+
+
+def _checked_size(ctx: Any, param: Any, value: Any) -> Any:
+    import click
+
+    try:
+        parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 def markdown_table() -> str:

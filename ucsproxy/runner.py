@@ -34,10 +34,13 @@ def _addon_values(mode: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def mock_options(**values: Any) -> dict[str, Any]:
     """mitmproxy's options for the mock; ``values``: ucsproxy options by name, e.g. ``seed=0``, ``state="s.json"``."""
+    from .options import BODY_LIMIT
+
     return dict(
         mode=[f"reverse:{PLACEHOLDER_UPSTREAM}"],
         connection_strategy="lazy",
         keep_host_header=True,  # Autodiscover answers name the host the client asked for
+        body_size_limit=BODY_LIMIT,  # a mock reads no endless body (the lean front reads this too)
         ucs_mode="mock",
         **_addon_values("mock", values),
     )
@@ -46,10 +49,15 @@ def mock_options(**values: Any) -> dict[str, Any]:
 def replay_options(source: str, *, fallthrough: str | None = None, **values: Any) -> dict[str, Any]:
     """mitmproxy's options for replaying ``source`` (forwarding misses to ``fallthrough``, a URL);
     ``values``: ucsproxy options by name, e.g. ``match="operation"``, ``stateful=True``, ``seed=0``."""
+    from .options import BODY_LIMIT
+
     return dict(
         mode=[f"reverse:{fallthrough or PLACEHOLDER_UPSTREAM}"],
         connection_strategy="lazy",
         keep_host_header=not fallthrough,  # Autodiscover answers name the host the client asked for
+        # A replay that answers everything itself reads no endless body; one that forwards its misses
+        # passes every request on as it came (mitmproxy's limit would refuse those too).
+        **({} if fallthrough else {"body_size_limit": BODY_LIMIT}),
         ucs_mode="replay",
         **_addon_values("replay", dict(values, replay=str(source), fallthrough=bool(fallthrough))),
     )

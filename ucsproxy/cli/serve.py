@@ -47,6 +47,8 @@ def _serve(mode_options: dict[str, Any], params: dict[str, Any], front: str = "m
         ucs_console=not params["quiet"],
         ucs_marks=False,  # no flow list to show them in
     )
+    if "body_size_limit" in mode_options:  # a mock or a replay that forwards nothing (see replay_options)
+        options["body_size_limit"] = params["body_limit"]
     verbose = params["verbose"]
     from ..core import StoppedWhileStarting
 
@@ -131,6 +133,10 @@ def replay(source: str, **params: Any) -> None:
     if fallthrough and front == "lean":
         raise click.UsageError("--fallthrough forwards requests, which only the mitmproxy front does: "
                                "drop --front lean (or use --front mitmproxy)")
+    if fallthrough and click.get_current_context().get_parameter_source("body_limit") \
+            is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--body-limit limits what a replay answers itself; with --fallthrough it forwards "
+                               "requests, which are never limited: drop --body-limit")
     if params["ucs_append"] and not fallthrough:
         raise click.UsageError("--append DIR appends what the upstream answers: add --fallthrough URL")
     _serve(replay_options(source, fallthrough=fallthrough), params,
