@@ -283,7 +283,8 @@ class _Connection(asyncio.Protocol):
             req.expect_continue = False
 
     def on_chunk_header(self) -> None:
-        req = self._started()
+        req = self.current
+        assert req is not None  # httptools calls on_message_begin before any other callback
         req.chunk_at = len(req.body)
 
     def on_body(self, body: bytes) -> None:
