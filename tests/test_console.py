@@ -149,3 +149,75 @@ def test_a_flow_list_or_a_shadow_gets_its_summary_at_once():
     reporter.marks = True
     assert reporter.exchange_done(_raws()[0]) is not None
     assert out.getvalue().count("\n") == 1
+
+
+def test_the_usual_line_is_made_without_a_summary_word_for_word():
+    """Console._plain_line (a mock's usual exchange, made at the next flush without its
+    ExchangeSummary) writes and counts what exchange(summarize_raw(raw)) does, for every request
+    of the shipped recordings sent to an in-process lean mock as several users (Basic, NTLM-less
+    anchors, impersonation, none), plus a repeat that fails (a duplicate group), a schema fault,
+    a bad version, 404 and 405: the others fall back to the summary and read the same."""
+    import asyncio
+    import base64
+    from pathlib import Path
+
+    from ucsproxy import front
+    from ucsproxy.annotate import summarize_raw
+    from ucsproxy.runner import mock_options
+
+    core = front.core_from_options(dict(mock_options(seed=0), ucs_db=""))
+    out, scheduled = io.StringIO(), []
+    core.reporter.console = Console(out, enabled=True)
+    core.reporter.console.flush_soon = scheduled.append
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def get_extra_info(self, name: str, default=None):
+            return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    root = Path(__file__).resolve().parent.parent / "recordings"
+    bodies = [p.read_bytes() for p in sorted(root.glob("*/*.request.xml"))]
+    assert len(bodies) > 20
+    bodies.append(bodies[0].replace(b"Exchange2013", b"Exchange2007"))  # a version fault
+    bodies.append(b"<not xml")  # a fault the decoder gives
+    identities = [b"", b"Authorization: Basic " + base64.b64encode(b"Kim@Contoso.com:pw") + b"\r\n",
+                  b"X-AnchorMailbox: SMTP:lee@contoso.com\r\n", b"Authorization: Bearer x.y.z\r\n"]
+
+    def request(body: bytes, extra: bytes, method: bytes = b"POST", path: bytes = b"/EWS/Exchange.asmx") -> bytes:
+        return (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n" + extra
+                + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    async def serve() -> None:
+        server = front.LeanServer(core)
+        conn = front._Connection(server)
+        conn.connection_made(Transport())
+        for extra in identities:
+            for body in bodies + bodies[:3]:  # the repeats: a group that exists already, ...
+                conn.data_received(request(body, extra))
+                await asyncio.sleep(0)
+        conn.data_received(request(bodies[0], b"", b"GET"))
+        conn.data_received(request(bodies[0], b"", path=b"/EWS/other"))
+        await asyncio.sleep(0)
+
+    asyncio.run(serve())
+    pending = list(core.reporter.console._pending)
+    assert len(pending) == len(identities) * (len(bodies) + 3) + 2 and len(scheduled) == 1
+    plain = sum(Console(io.StringIO(), enabled=True)._plain_line(raw) for raw, _ in pending)
+    assert len(pending) / 2 < plain < len(pending)  # most exchanges take the short way, not all
+    scheduled.pop()()
+    summarized = io.StringIO()
+    reference = Console(summarized, enabled=True)
+    for raw, replay in pending:
+        reference.exchange(summarize_raw(raw, replay))
+    assert out.getvalue() == summarized.getvalue()
+    assert core.reporter.console.summary(1) == reference.summary(1)
+    core.reporter.console.enabled = False
+    core.shutdown()

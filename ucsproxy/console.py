@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .annotate import ExchangeSummary, summarize_raw
+from .logrow import key_arguments, request_user
 from .protocol import is_ews_request
+from .records import _PLAIN_TYPES, EwsRequest, EwsResponse, _json_keys, to_jsonable
 
 if TYPE_CHECKING:
     from .shadow import ShadowModel
@@ -126,6 +128,52 @@ def _line(s: ExchangeSummary, color: bool, failed: bool, is_error: bool, injecte
     return "  ".join(cells)
 
 
+_USERS: dict[str, str | None] = {}  # Authorization value -> the signed-in user it names
+
+
+def _signed_in(headers: list[tuple[str, str]] | None) -> str | None:
+    """``request_user(headers)``, kept per Authorization value (a client sends the same one each time)."""
+    for k, v in headers or ():
+        if k.lower() == "authorization":
+            try:
+                return _USERS[v]
+            except KeyError:
+                pass
+            user = request_user([(k, v)])
+            if len(_USERS) >= 256:
+                _USERS.clear()
+            _USERS[v] = user
+            return user
+    return None
+
+
+#: The arguments logsummary.key_arguments reads, and per record class those it has.
+_ARGUMENT_KEYS = ("im_address", "smtp_address", "display_name", "new_display_name", "contact_id", "group_id",
+                  "contact_ids", "group_ids", "im_list_migration_completed", "extended_properties")
+_KEYS_OF: dict[type, tuple[str, ...] | None] = {}
+
+
+def _key_arguments(operation: str, body: Any) -> str:
+    """``key_arguments(operation, to_jsonable(body))``, turning only the fields it reads into JSON data."""
+    cls = type(body)
+    try:
+        keys = _KEYS_OF[cls]
+    except KeyError:
+        names = _json_keys(cls)
+        keys = _KEYS_OF[cls] = None if names is None else tuple(k for k in _ARGUMENT_KEYS if k in names)
+    if keys is None:
+        return key_arguments(operation, to_jsonable(body))
+    args: dict[str, Any] = {}
+    for name in keys:  # as to_jsonable keeps a field
+        v = getattr(body, name)
+        if type(v) in _PLAIN_TYPES:
+            if v is not None:
+                args[name] = v
+        elif v != ():
+            args[name] = to_jsonable(v)
+    return key_arguments(operation, args)
+
+
 class Console:
     """Counts every exchange and prints its line when enabled; :meth:`summary` at exit."""
 
@@ -185,11 +233,59 @@ class Console:
         if not pending:
             return
         self._pending = []
+        plain = self.enabled and not self._wants_color(self._out())
         for raw, replay in pending:
             try:
-                self.exchange(summarize_raw(raw, replay))
+                if not (plain and replay is None and self._plain_line(raw)):
+                    self.exchange(summarize_raw(raw, replay))
             except Exception as e:  # reporting must never break serving
                 log.error(f"ucsproxy: could not report an exchange: {e}")
+
+    def _plain_line(self, raw: Any) -> bool:
+        """The usual exchange of a serving front, a mock's answer to a decoded request with nothing
+        else to tell (no fault, replay, error), counted and written as :meth:`exchange` writes
+        ``summarize_raw(raw)``'s line without colour, word for word, without making the summary.
+        False, having done nothing, for any other exchange."""
+        request = raw.decoded_request
+        answer = raw.decoded_response
+        if (type(request) is not EwsRequest or type(answer) is not EwsResponse or raw.fault is not None
+                or raw.error is not None):
+            return False
+        message = answer.message
+        status = raw.http_status
+        headers = raw.response_headers
+        if message is None or answer.fault is not None or status is None or not raw.response_body:
+            return False
+        for name, _ in headers or ():
+            if name.lower() == "x-ucsproxy-replay":
+                return False  # a replay's note: the summary tells
+        if not is_ews_request(raw.method, raw.path):
+            return False
+        operation = request.operation
+        if not operation:
+            return False
+        mailbox = (request.mailbox or _signed_in(raw.request_headers) or "").lower() or None
+        arguments = _key_arguments(operation, request.body) if request.body is not None else ""
+        response_class = message.response_class
+        code = message.response_code
+        is_error = response_class == "Error"
+        failed = response_class == "Fault" or status >= 400
+        with self._lock:
+            self.exchanges += 1
+            self.errors += is_error
+            self.faults += failed
+        # _line's plain text for this summary (no notes: no fault, replay, divergence or error)
+        if code:
+            result = f"{code} (HTTP {status})" if status != 200 else code
+        else:
+            result = f"HTTP {status}"
+        duration = raw.duration_ms
+        ms = f"{duration:.1f} ms" if duration is not None else "- ms"
+        moment = _moment(raw.started_at)
+        line = (f"{moment}  {mailbox or '-'}  {operation:<33}  {arguments}  {result}  {ms}\n" if arguments
+                else f"{moment}  {mailbox or '-'}  {operation:<33}  {result}  {ms}\n")
+        self._out().write(line)
+        return True
 
     def exchange(self, s: ExchangeSummary) -> None:
         if s.operation is None and not is_ews_request(s.method, s.path):  # s.is_ews

@@ -531,26 +531,21 @@ class _Connection(asyncio.Protocol):
             log.info(f"{self.client} {req.method} {path} -> {sent[0] if sent else error}")
         if not c.logging and not c.reporter.active and c.journal is None:
             return
+        started = req.started
+        if sent:
+            status, sent_headers, content = sent
+            # answer.logged(content): the records the answer was encoded from, unless a fault altered it
+            made = answer.decoded if answer is not None else None
+            if made is not None and not (content is answer.body or content == answer.body):  # type: ignore[union-attr]
+                made = None
+        else:
+            status = sent_headers = content = made = None
         batch = server.logged
         c.log_exchange(RawExchange(
-            mode=c.mode,
-            started_at=req.started,
-            duration_ms=round((time.time() - req.started) * 1000, 3),
-            client=self.client,
-            server=None,
-            method=req.method,
-            path=path,
-            http_status=sent[0] if sent else None,
-            request_headers=req.headers,
-            request_body=body,
-            response_headers=sent[1] if sent else None,
-            response_body=sent[2] if sent else None,
-            fault=decision.describe() if decision is not None else None,
-            error=error,
-            decoded_request=decoded,
-            decoded_response=answer.logged(sent[2]) if answer is not None and sent else None,
-            mailbox=req.mailbox,
-        ), c.replay_note(answer) if answer is not None else None, batch)
+            c.mode, started, round((time.time() - started) * 1000, 3), self.client, None, req.method, path, status,
+            req.headers, body, sent_headers, content, decision.describe() if decision is not None else None, error,
+            decoded, made, mailbox=req.mailbox,
+        ), c.replay_note(answer) if answer is not None and c.replay is not None else None, batch)
         if batch:
             server.later()
 

@@ -214,7 +214,7 @@ def marshal_payload(raws: list[RawExchange]) -> bytes | None:
     :meth:`RawExchange.__getstate__ <ucsproxy.logrow.RawExchange.__getstate__>` gives a ``B`` frame:
     the decoded request's log columns where the proxy decided the mailbox (else nothing: the
     writer decodes it), the answer's log columns where the proxy made it from records."""
-    from .logrow import LoggedAnswer, logged_answer, logged_request
+    from .logrow import LoggedAnswer, answer_columns, logged_request
     from .records import EwsRequest, EwsResponse
 
     getter = _marshal_layout()[0]
@@ -225,10 +225,11 @@ def marshal_payload(raws: list[RawExchange]) -> bytes | None:
         answer: Any = raw.decoded_response
         if answer is not None:
             if isinstance(answer, EwsResponse):
-                answer = logged_answer(answer)
-            elif type(answer) is not LoggedAnswer:
+                answer = answer_columns(answer)  # logged_answer's values, without the LoggedAnswer
+            elif type(answer) is LoggedAnswer:
+                answer = (answer.operation, answer.response_class, answer.response_code, answer.result)
+            else:
                 return None  # a decode error: pickled
-            answer = (answer.operation, answer.response_class, answer.response_code, answer.result)
         items.append(getter(raw) + (columns, answer))
     try:
         return marshal.dumps(items)
