@@ -249,31 +249,34 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = _Request(time.time())
 
-    def _started(self) -> _Request:
-        req = self.current
-        assert req is not None  # httptools calls on_message_begin before any other callback
-        return req
+    # Each callback reads self.current itself (one call per header, not three): httptools calls
+    # them for every request's target, header fields and body.
 
-    def _grown(self, req: _Request, size: int) -> None:
-        req.head += size
-        if req.head > HEAD_MAX:
-            self.head_too_large = True
-            raise ValueError("request head too large")  # httptools stops and raises HttpParserError
+    def _too_large(self) -> None:
+        self.head_too_large = True
+        raise ValueError("request head too large")  # httptools stops and raises HttpParserError
 
     def on_url(self, url: bytes) -> None:
-        req = self._started()
-        self._grown(req, len(url))
+        req = self.current
+        assert req is not None  # httptools calls on_message_begin before any other callback
+        req.head += len(url)
+        if req.head > HEAD_MAX:
+            self._too_large()
         req.url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._started()
-        self._grown(req, len(name) + len(value))
+        req = self.current
+        assert req is not None
+        req.head += len(name) + len(value)
+        if req.head > HEAD_MAX:
+            self._too_large()
         req.headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
         if len(name) == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
             req.expect_continue = True
 
     def on_headers_complete(self) -> None:
-        req = self._started()
+        req = self.current
+        assert req is not None
         req.method = self.parser.get_method().decode("ascii", "replace")
         if req.expect_continue and _declared_length(req) > self.body_limit:
             self.body_too_large = True  # 413 instead of 100 Continue: the client need not send it
@@ -288,7 +291,8 @@ class _Connection(asyncio.Protocol):
         req.chunk_at = len(req.body)
 
     def on_body(self, body: bytes) -> None:
-        req = self._started()
+        req = self.current
+        assert req is not None
         req.body.append(body)
         req.size += len(body)
         if req.size > self.body_limit:
@@ -296,7 +300,8 @@ class _Connection(asyncio.Protocol):
             raise ValueError("request body too large")  # httptools stops and raises HttpParserError
 
     def on_message_complete(self) -> None:
-        req = self._started()
+        req = self.current
+        assert req is not None
         self.current = None
         req.keep_alive = self.parser.should_keep_alive()
         req.http10 = self.parser.get_http_version() == "1.0"
@@ -340,8 +345,9 @@ class _Connection(asyncio.Protocol):
         """Answer one request: at once on the common path, on a task when a fault has to wait."""
         c = self.core
         url = req.url
-        path = _text(url[0] if len(url) == 1 else b"".join(url))
-        body = req.body[0] if len(req.body) == 1 else b"".join(req.body)
+        path = (url[0] if len(url) == 1 else b"".join(url)).decode("utf-8", "surrogateescape")
+        pieces = req.body
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         kind = _PATHS.get(path)
         if kind is None:
             kind = _path_kind(path)
