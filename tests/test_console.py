@@ -166,7 +166,7 @@ def test_the_usual_line_is_made_without_a_summary_word_for_word():
     from ucsproxy.runner import mock_options
 
     core = front.core_from_options(dict(mock_options(seed=0), ucs_db=""))
-    out, scheduled = io.StringIO(), []
+    out, scheduled = io.StringIO(), []  # type: tuple[io.StringIO, list]
     core.reporter.console = Console(out, enabled=True)
     core.reporter.console.flush_soon = scheduled.append
 
