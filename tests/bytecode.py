@@ -13,16 +13,28 @@ pytest's assertion rewriting would write (the same checked-hash files pytest rea
 Where byte code may be written anyway, Python's own ``__pycache__`` directories serve, and only
 the rewritten test modules are made beforehand, once, instead of by four workers at the same time.
 Nothing here changes what a test runs: a missing or stale file is compiled from source as before.
+
+A prefix directory is the only place Python then looks for compiled modules, so the standard
+library's and the virtual environment's own ``__pycache__`` files (written when they were
+installed) would go unused and every worker would compile mitmproxy, pytest and the standard
+library again, all four at the same moment (about 3 s of CPU each). :func:`_link_installed`
+makes the prefix show those files where Python looks for them (a symbolic link per file, or per
+directory inside the virtual environment), so they are read as they would be without a prefix.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import py_compile
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+#: Parts of the standard library no test imports (and the interpreter's own site-packages, which a
+#: virtual environment does not see): not linked, to keep the links few.
+_STDLIB_SKIPS = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages", "dist-packages"}
 
 
 def share_for_the_run(root: Path, config) -> str | None:
@@ -35,18 +47,70 @@ def share_for_the_run(root: Path, config) -> str | None:
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         sys.pycache_prefix = prefix
         sys.dont_write_bytecode = False
+        _link_installed(prefix, root)
     if not sys.dont_write_bytecode and getattr(config.option, "numprocesses", None):
         files = _rewritten_files(root)
         # Two halves at once, one in a forked child: the machine has two cores, and the workers wait.
         child = os.fork() if hasattr(os, "fork") else -1
         try:
             _rewrite_ahead(files[child == 0::2] if child >= 0 else files, config)
+            if prefix:  # the package as the processes tests start import it (not rewritten)
+                plain = sorted((root / "ucsproxy").rglob("*.py"))
+                _compile_plain(plain[child == 0::2] if child >= 0 else plain)
         finally:
             if child == 0:
                 os._exit(0)
         if child > 0:
             os.waitpid(child, 0)
     return prefix
+
+
+def _link_installed(prefix: str, root: Path) -> None:
+    """Show the installed modules' own compiled files (``DIR/__pycache__/NAME.TAG.pyc``) where Python
+    looks for them under ``prefix`` (``PREFIX/DIR/NAME.TAG.pyc``). Inside the virtual environment a
+    directory without packages below it is linked whole (a module compiled there later goes into the
+    environment's own ``__pycache__``, as without a prefix); elsewhere (the standard library) each
+    file is linked, so nothing is ever written there. The working tree's own modules are left out."""
+    suffix = f".{sys.implementation.cache_tag}.pyc"
+    venv, tree = os.path.realpath(sys.prefix) + os.sep, str(root.resolve()) + os.sep
+    tops = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    tops = {p for p in tops if not (p + os.sep).startswith(tree) or (p + os.sep).startswith(venv)}
+    done: set[str] = set()
+    for top in sorted(tops):
+        stdlib = not (top + os.sep).startswith(venv)
+        for folder, dirs, _ in os.walk(top):
+            if folder in done:
+                dirs[:] = []
+                continue
+            done.add(folder)
+            if stdlib and folder == top:
+                dirs[:] = [d for d in dirs if d not in _STDLIB_SKIPS]
+            if "__pycache__" not in dirs:
+                continue
+            dirs.remove("__pycache__")
+            cache, mirror = os.path.join(folder, "__pycache__"), prefix + folder
+            try:
+                if not stdlib and not any(os.path.isdir(os.path.join(folder, d, "__pycache__"))
+                                          or os.path.isfile(os.path.join(folder, d, "__init__.py")) for d in dirs):
+                    os.makedirs(os.path.dirname(mirror), exist_ok=True)
+                    os.symlink(cache, mirror)
+                    continue
+                names = [n for n in os.listdir(cache) if n.endswith(suffix)]
+                if names:
+                    os.makedirs(mirror, exist_ok=True)
+                for name in names:
+                    os.symlink(os.path.join(cache, name), os.path.join(mirror, name))
+            except OSError:  # a link that cannot be made: that module is compiled from source, as before
+                continue
+
+
+def _compile_plain(files: list[Path]) -> None:
+    """Compile ``files`` where an import looks for them (the prefix), as the import would."""
+    for fn in files:
+        try:
+            py_compile.compile(str(fn), doraise=True)
+        except (OSError, py_compile.PyCompileError):
+            continue
 
 
 def remove(prefix: str | None) -> None:
