@@ -87,3 +87,24 @@ def test_the_version_fault_is_the_same_every_time():
         if first is not None:
             known = version is None or version in protocol.SERVER_VERSIONS
             assert first == answers.soap_fault("ErrorIncorrectSchemaVersion" if known else "ErrorInvalidServerVersion")
+
+
+def test_what_is_kept_per_value_is_bounded_by_length_too():
+    """The per-value shortcuts keep short values only: a client sending ever new megabyte-long
+    Authorization values, version strings or names gets the same answers, and none is kept."""
+    from ucsproxy import codec, core
+    from ucsproxy.records import UcsResponse
+
+    ticket = "Negotiate " + "Y" * 40_000
+    anchor = "SMTP:" + "a" * 5000 + "@contoso.com"
+    for headers in ([("Authorization", ticket)], [("X-AnchorMailbox", anchor)]):
+        assert headers_mailbox(headers) == identity.request_mailbox(headers)
+    assert not any(len(a or "") + len(b or "") > core._HEADER_KEPT for a, b in core._HEADERS_MAILBOX)
+    version = "V" * 100_000
+    assert answers.version_fault(version) == answers.version_fault("Nonsense")
+    assert version not in answers._VERSION_FAULTS
+    long_text = UcsResponse("AddImGroup", "Error", "ErrorInvalidRequest", message_text="x" * 100_000)
+    assert answers._encoded(long_text) == codec.encode_response(long_text)
+    assert all(len(body) <= answers._PLAIN_ANSWER_KEPT for body in answers._PLAIN_ANSWERS.values())
+    short = UcsResponse("AddImGroup", "Error", "ErrorInvalidRequest", message_text="short")
+    assert answers._encoded(short) is answers._encoded(short), "a short one is kept as before"

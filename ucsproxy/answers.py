@@ -104,9 +104,10 @@ def version_fault(version: str | None) -> SoapFault | None:
     if not P.supports_ucs(version):
         known = version is None or version in P.SERVER_VERSIONS
         fault = soap_fault("ErrorIncorrectSchemaVersion" if known else "ErrorInvalidServerVersion")
-    if len(_VERSION_FAULTS) >= 64:
-        _VERSION_FAULTS.clear()
-    _VERSION_FAULTS[version] = fault  # records are immutable: the same fault object serves again
+    if version is None or len(version) <= 256:  # a version string of megabytes is not kept
+        if len(_VERSION_FAULTS) >= 64:
+            _VERSION_FAULTS.clear()
+        _VERSION_FAULTS[version] = fault  # records are immutable: the same fault object serves again
     return fault
 
 
@@ -235,6 +236,7 @@ _LIST_ANSWERS = IdentityCache()
 # made of: the same few bodies over and over.
 _PLAIN_ANSWERS: dict[tuple, bytes] = {}
 _PLAIN_ANSWERS_MAX = 256
+_PLAIN_ANSWER_KEPT = 8192  # bytes of an answer kept (its key's texts are in it): a request's long name is not
 
 
 def _encoded(response: UcsResponse) -> bytes:
@@ -246,9 +248,10 @@ def _encoded(response: UcsResponse) -> bytes:
         body = _PLAIN_ANSWERS.get(key)
         if body is None:
             body = encode_response(response)
-            if len(_PLAIN_ANSWERS) >= _PLAIN_ANSWERS_MAX:
-                _PLAIN_ANSWERS.clear()
-            _PLAIN_ANSWERS[key] = body
+            if len(body) <= _PLAIN_ANSWER_KEPT:
+                if len(_PLAIN_ANSWERS) >= _PLAIN_ANSWERS_MAX:
+                    _PLAIN_ANSWERS.clear()
+                _PLAIN_ANSWERS[key] = body
         return body
     if type(items) is not ImItemList:
         return encode_response(response)

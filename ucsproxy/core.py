@@ -82,6 +82,8 @@ def mailbox_of(decoded, headers: list[tuple[str, str]] | None, default: str | No
 
 
 _HEADERS_MAILBOX: dict[tuple[str | None, str | None], str | None] = {}
+_HEADERS_MAILBOX_MAX = 1024
+_HEADER_KEPT = 4096  # characters of the two values together: a longer pair (a big Kerberos ticket) is not kept
 
 
 def headers_mailbox(headers: Iterable[tuple[str, str]] | None) -> str | None:
@@ -111,9 +113,10 @@ def headers_mailbox(headers: Iterable[tuple[str, str]] | None) -> str | None:
     if auth is not None:
         named.append(("authorization", auth))
     found = identity.request_mailbox(named)
-    if len(_HEADERS_MAILBOX) >= 1024:
-        _HEADERS_MAILBOX.clear()
-    _HEADERS_MAILBOX[key] = found
+    if len(anchor or "") + len(auth or "") <= _HEADER_KEPT:  # at most about 4 MB kept
+        if len(_HEADERS_MAILBOX) >= _HEADERS_MAILBOX_MAX:
+            _HEADERS_MAILBOX.clear()
+        _HEADERS_MAILBOX[key] = found
     return found
 
 
