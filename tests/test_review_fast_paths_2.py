@@ -223,3 +223,22 @@ def test_a_shaped_answer_is_handed_to_the_log_before_its_last_piece_is_written()
     core.shutdown()
     assert events.count("logged") == 1 and events.count("written") > 2, events
     assert events.index("logged") < len(events) - 1 - events[::-1].index("written"), events
+
+
+def test_the_writer_s_per_header_list_shortcuts_keep_no_big_header_lists() -> None:
+    # The log writer keeps, per whole list of request headers, the mailbox they name
+    # (logrow._request_mailbox) and each list's redacted JSON (Redactor._header_list), 4,096 lists
+    # each. A client whose every request carries a different 60 KB header (a lean front takes
+    # 64 KB of head) made them hold 4,096 x 60 KB = 240 MB each in the writer process; the
+    # fronts' own per-value shortcuts keep long values out (tests/test_front_shortcuts.py).
+    from ucsproxy import logrow
+
+    big = 60 * 1024
+    for n in range(40):
+        headers = [("Host", "x"), ("X-Big", f"{n:04d}" + "v" * big), ("Content-Type", CT)]
+        build_row(RawExchange("mock", 0.0, 1.0, None, None, "POST", "/EWS/Exchange.asmx", 200, headers, b"<x/>",
+                              [("X-Echo", f"{n}" + "w" * big)], b"<y/>"))
+    kept = [key for key in logrow._HEADER_MAILBOX if any(k == "X-Big" for k, _ in key)]
+    assert not kept, f"{len(kept)} big header lists kept for the mailbox"
+    kept = [key for key in redact.DEFAULT._header_json or {} if any(k in ("X-Big", "X-Echo") for k, _ in key[1])]
+    assert not kept, f"{len(kept)} big header lists kept for their JSON"

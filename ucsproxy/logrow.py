@@ -336,10 +336,16 @@ def _request_mailbox(headers: list[tuple[str, str]] | None, request: Any) -> str
         return request_mailbox(headers, request)
     if known is _UNKNOWN:
         known = anchor_mailbox(headers) or signed_in_user(headers)
-        if len(_HEADER_MAILBOX) >= 4096:
-            _HEADER_MAILBOX.clear()
-        _HEADER_MAILBOX[key] = known
+        if sum(len(k) + len(v) for k, v in key) <= HEADERS_KEPT:  # a 60 KB header list is not kept
+            if len(_HEADER_MAILBOX) >= 4096:
+                _HEADER_MAILBOX.clear()
+            _HEADER_MAILBOX[key] = known
     return known  # type: ignore[return-value]
+
+
+#: Characters of a header list a per-list shortcut keeps (here and Redactor._header_list) at most:
+#: 4,096 lists of up to 64 KB each (a lean front's head) would be 256 MB.
+HEADERS_KEPT = 8192
 
 
 _UNKNOWN: Any = object()

@@ -310,7 +310,7 @@ class Redactor:
             text = encode([[k, self.header(k, v)] if self._is_header(k) else [k, v] for k, v in pairs])
         else:
             text = encode([list(p) for p in self.headers_of(pairs) or ()])
-        if key is not None and cache is not None:
+        if key is not None and cache is not None and len(text) <= 8192:  # (not a 60 KB list: logrow.HEADERS_KEPT)
             if len(cache) >= 4096:
                 cache.clear()
             cache[key] = text
