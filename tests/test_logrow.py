@@ -118,3 +118,32 @@ def test_hostile_input_never_raises(auth, request, response, status):
     row = build_row(raw(request, response, headers=[("Authorization", auth), ("SOAPAction", auth)], status=status))
     json.dumps(row)  # every column is plain data
     assert row["mailbox"] is None or isinstance(row["mailbox"], str)
+
+
+def _iso_by_datetime(ts: float) -> str:
+    """started_at as datetime writes it (the rule iso_utc keeps): UTC, milliseconds cut."""
+    from datetime import UTC, datetime
+
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    if moment.year < 1000:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def test_started_at_is_what_datetime_writes_at_every_rounding_edge():
+    """iso_utc writes a whole second's date and time once and the milliseconds by datetime's own
+    arithmetic (microseconds rounded half to even, then cut): the same text, at the edges too."""
+    import math
+    import random
+
+    from ucsproxy.logrow import iso_utc
+
+    rng = random.Random(7)
+    edges = [0.0, 1.0, 0.9999995, 1.0000005, 59.9995, 86399.9999995, 1e11 - 0.001, 1e11, 2e11 + 0.5, 1.5e9]
+    values = edges + [math.nextafter(v, d) for v in edges for d in (0.0, math.inf)]
+    values += [1_700_000_000 + k * 0.5e-6 for k in range(0, 4_000_000, 997)]  # every half microsecond's side
+    values += [rng.uniform(0, 4e9) for _ in range(20_000)] + [float(rng.randrange(0, 4 * 10**9)) for _ in range(1_000)]
+    # one after another, as rows come (the kept second), and each alone after another second
+    assert [iso_utc(v) for v in values] == [_iso_by_datetime(v) for v in values]
+    assert [iso_utc(v) for v in reversed(values)] == [_iso_by_datetime(v) for v in reversed(values)]
+    assert iso_utc(5) == _iso_by_datetime(5) and iso_utc(-1.5) == _iso_by_datetime(-1.5)

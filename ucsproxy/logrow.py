@@ -8,6 +8,7 @@ the slow part: decoding both bodies, finding the mailbox, redacting secrets.
 from __future__ import annotations
 
 import codecs
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -113,8 +114,24 @@ def logged_answer(response: EwsResponse) -> LoggedAnswer:
 from .logtable import COLUMNS  # noqa: E402,F401
 
 
+_last_second: tuple[float, str] = (-1.0, "")  # the whole second iso_utc wrote last, and its text
+
+
 def iso_utc(ts: float) -> str:
     """``2026-12-01T22:03:18.123Z``: UTC, milliseconds cut (not rounded)."""
+    global _last_second
+    if type(ts) is float and 0.0 <= ts < 1e11:
+        # datetime's own arithmetic (the microseconds of the fraction, rounded half to even),
+        # the date and time of a whole second written once (rows come many to a second).
+        fraction, whole = math.modf(ts)
+        micros = round(fraction * 1e6)
+        if micros >= 1_000_000:
+            whole += 1.0
+            micros -= 1_000_000
+        last = _last_second
+        if last[0] != whole:
+            last = _last_second = (whole, datetime.fromtimestamp(whole, tz=UTC).isoformat()[:-6])
+        return f"{last[1]}.{micros // 1000:03d}Z"
     moment = datetime.fromtimestamp(ts, tz=UTC)
     if moment.year < 1000:  # strftime's year is not padded to four digits everywhere
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
