@@ -154,9 +154,27 @@ def test_the_memo_is_bounded():
         assert len(memo._entries) <= 5 and memo.size <= 40_000
     big = REQUEST.replace(b"NAME", b"x" * 20_000)
     assert memo.request(big, "text/xml", True).decoded.body.display_name == "x" * 20_000
-    assert big not in {key[0] for key in memo._entries}  # more than a quarter of the memo: not kept
+    assert big not in {entry[2] for entry in memo._entries.values()}  # more than a quarter of the memo: not kept
     assert memo.request(REQUEST.replace(b"NAME", b"Team 19"), "text/xml", True) is \
         memo.request(REQUEST.replace(b"NAME", b"Team 19"), "text/xml", True)
+
+
+def test_bodies_with_the_same_print_are_told_apart_by_their_bytes():
+    """A long body is known to the memo by a print (its length and some of its bytes): two bodies
+    that differ only where the print does not look share it, and each still gets its own row."""
+    names = ["Team " + "a" * 3000, "Team " + "a" * 1500 + "b" + "a" * 1499]
+    raws = [exchange(name) for name in names]
+    assert logrow._print(raws[0].request_body) == logrow._print(raws[1].request_body)
+    assert logrow._print(raws[0].response_body) == logrow._print(raws[1].response_body)
+    expected = [fresh_aside(raw) for raw in raws]
+    assert expected[0] != expected[1]
+    for _ in range(2):
+        for raw, row in zip(raws, expected):
+            assert build_row(raw) == row
+    # The same bytes in another object are a hit.
+    memo = logrow.body_memo(logrow.DEFAULT_REDACTOR)
+    hits = memo.hits
+    assert build_row(exchange(names[1])) == expected[1] and memo.hits == hits + 2
 
 
 def test_done_columns_are_left_as_they_are():
