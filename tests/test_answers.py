@@ -46,7 +46,7 @@ def test_the_mock_keeps_the_records_of_a_ucs_answer_for_the_log():
     response = answers.ews_error("AddImGroup", "ErrorImGroupLimitReached")
     sent = answers.service_answer(response)
     assert sent.status == 200 and sent.headers == list(answers.XML_HEADERS.items())
-    assert sent.decoded is not None and sent.decoded.message is response and sent.logged(sent.body) is sent.decoded
+    assert sent.decoded is not None and sent.decoded.message == response and sent.logged(sent.body) is sent.decoded
     assert sent.logged(sent.body[:10]) is None, "a body a fault cut is decoded by the log, not taken from here"
     other = answers.service_answer(answers.unsupported_operation("FindItem"), ucs=False)
     assert other.decoded is None and b"FindItemResponseMessage" in other.body
@@ -85,3 +85,57 @@ def test_replay_no_match_is_marked_and_names_the_reason():
 def test_plain_text_answers():
     assert (answers.not_found().status, answers.not_post().status) == (404, 405)
     assert ("Allow", "POST") in answers.not_post(b"x").headers and answers.not_post(b"x").body == b"x"
+
+
+def _slow(response):
+    """The body and log columns of a mock answer as made without templates or kept records."""
+    from ucsproxy.logjson import answer_columns
+    from ucsproxy.records import EwsResponse, ServerVersionInfo
+
+    return codec.encode_response(response), answer_columns(EwsResponse(response.operation, ServerVersionInfo(),
+                                                                        message=response))
+
+
+def test_new_group_answers_from_templates_are_the_encoders_bytes_and_columns():
+    """A mock's new group (AddImGroup, AddDistributionGroupToImList) is answered from a template cut
+    at the name, id and change key: for plain and odd values, members, extended properties and an
+    SMTP address, the body and the log columns are what the encoder and the column builder make."""
+    import random
+
+    from ucsproxy.logrow import logged_answer
+    from ucsproxy.records import ExtendedFieldURI, ExtendedProperty, ImGroup, ItemId, UcsResponse
+
+    rng = random.Random(15)
+    odd = ["a&b", "x<y", 'q"q', "it's", "back\\slash", "caf\u00e9", " lead", "trail ", "", "tab\there", "G1"]
+    prop = ExtendedProperty(ExtendedFieldURI(property_tag="0x3001", property_type="String"), value="Friends")
+
+    def value() -> str:
+        return f"Group {rng.randrange(10**6)}" if rng.random() < 0.7 else rng.choice(odd)
+
+    for _ in range(300):
+        group = ImGroup(display_name=value(), group_type=rng.choice(["IPM.DistList.MOC.UserGroup", "IPM.DistList.MOC.DG"]),
+                        exchange_store_id=ItemId(rng.choice(["AAMkAGI=", "AAMk/+x=", value()]),
+                                                 rng.choice(["EgAAAA==", None, value()])),
+                        member_correlation_key=rng.choice([(), (ItemId("AAMkc1", "EQ=="),)]),
+                        extended_properties=rng.choice([(), (prop,)]),
+                        smtp_address=rng.choice([None, "dl@contoso.com"]))
+        response = UcsResponse(rng.choice(["AddImGroup", "AddDistributionGroupToImList"]), "Success", "NoError",
+                               payload=group)
+        answer = answers.service_answer(response)
+        body, columns = _slow(response)
+        assert answer.body == body
+        assert tuple(vars(logged_answer(answer.decoded)).values()) == columns
+
+
+def test_answers_without_payload_share_their_records_and_columns():
+    from ucsproxy.logrow import logged_answer
+    from ucsproxy.records import UcsResponse
+
+    for response in (UcsResponse("RemoveImGroup", "Success", "NoError"),
+                     answers.ews_error("RemoveImGroup", "ErrorInvalidImGroupId"),
+                     answers.ews_error("SetImGroup", "ErrorImGroupDisplayNameAlreadyExists", "x & <y>")):
+        first, second = answers.service_answer(response), answers.service_answer(response)
+        assert first.decoded is second.decoded and first.body is second.body
+        body, columns = _slow(response)
+        assert first.body == body
+        assert tuple(vars(logged_answer(first.decoded)).values()) == columns

@@ -19,11 +19,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 from collections.abc import Mapping
 
 from . import protocol as P
+from .logjson import ANSWER_COLUMNS
 from .memo import IdentityCache
-from .records import DecodeError, EwsResponse, ImItemList, MessageXml, ServerVersionInfo, SoapFault, UcsResponse
+from .records import (DecodeError, EwsResponse, ImGroup, ImItemList, ItemId, MessageXml, ServerVersionInfo, SoapFault,
+                      UcsResponse)
+
+#: An answer's log columns: operation, response class, response code, ``result`` JSON text.
+LoggedColumns = tuple[Any, ...]
 
 #: The headers of an XML answer the mock or a replay makes, as Exchange sends them.
 XML_HEADERS: dict[str, str] = {"Content-Type": "text/xml; charset=utf-8", "Cache-Control": "private"}
@@ -204,8 +210,18 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
     if not ucs:
         body = _codec().encode_unsupported(response.operation, response.response_code, response.message_text or "")
         return Answer(200, _pairs(XML_HEADERS), body)
-    return Answer(200, list(_XML_PAIRS), _encoded(response),
-                  decoded=EwsResponse(response.operation, _SERVER_VERSION, message=response))
+    payload = response.payload
+    if payload is None:
+        body, decoded = _plain_answer(response)
+        return Answer(200, list(_XML_PAIRS), body, decoded=decoded)
+    decoded = EwsResponse(response.operation, _SERVER_VERSION, message=response)
+    if type(payload) is ImGroup:
+        made = _group_answer(response, payload)
+        if made is not None:
+            body, columns = made
+            ANSWER_COLUMNS.put(decoded, columns)
+            return Answer(200, list(_XML_PAIRS), body, decoded=decoded)
+    return Answer(200, list(_XML_PAIRS), _encoded(response), decoded=decoded)
 
 
 _XML_PAIRS = tuple(XML_HEADERS.items())
@@ -237,6 +253,126 @@ _LIST_ANSWERS = IdentityCache()
 _PLAIN_ANSWERS: dict[tuple, bytes] = {}
 _PLAIN_ANSWERS_MAX = 256
 _PLAIN_ANSWER_KEPT = 8192  # bytes of an answer kept (its key's texts are in it): a request's long name is not
+# ... and with their records, whose log columns are then made once (records are immutable: the
+# same EwsResponse object serves every such answer).
+_PLAIN_DECODED: dict[tuple, tuple[bytes, EwsResponse]] = {}
+
+
+def _plain_answer(response: UcsResponse) -> tuple[bytes, EwsResponse]:
+    """The body and records of an answer without a payload, the same objects for the same answer."""
+    key = (response.operation, response.response_class, response.response_code, response.message_text,
+           response.descriptive_link_key, response.message_xml)
+    found = _PLAIN_DECODED.get(key)
+    if found is None:
+        decoded = EwsResponse(response.operation, _SERVER_VERSION, message=response)
+        found = (_encoded(response), decoded)
+        from .logjson import answer_columns
+
+        ANSWER_COLUMNS.put(decoded, answer_columns(decoded))  # kept alive here: made once
+        if len(found[0]) <= _PLAIN_ANSWER_KEPT:
+            if len(_PLAIN_DECODED) >= _PLAIN_ANSWERS_MAX:
+                _PLAIN_DECODED.clear()
+            _PLAIN_DECODED[key] = found
+    return found
+
+
+# Answers with a new group (AddImGroup's, AddDistributionGroupToImList's): by everything but the
+# group's name, id and change key, the body and the ``result`` log column cut where those three
+# values stand, made once from probe values (None: this kind of answer is encoded each time).
+# A value of plain ASCII without ``"&'<>\`` stands as it is in element text, an attribute value
+# and a JSON string alike.
+_GROUP_TEMPLATES: dict[tuple, _GroupTemplates | None] = {}
+_GROUP_TEMPLATES_MAX = 64
+_KEY_TEXT_KEPT = 256
+_AS_IS = re.compile(r"[ !#-%(-;=?-\[\]-~]+")
+_PROBES = ("ucsproxyProbeName", "ucsproxyProbeId", "ucsproxyProbeKey")
+
+
+class _Template:
+    """A text cut at the places of numbered values: ``pieces[0] + values[slots[0]] + pieces[1] + ...``."""
+
+    __slots__ = ("pieces", "slots")
+
+    def __init__(self, text: str, probes: tuple[str, ...]):
+        places = sorted((text.index(p), n) for n, p in enumerate(probes))
+        self.pieces: list[str] = []
+        self.slots = tuple(n for _, n in places)
+        at = 0
+        for where, n in places:
+            self.pieces.append(text[at:where])
+            at = where + len(probes[n])
+        self.pieces.append(text[at:])
+
+    @staticmethod
+    def fits(text: str, probes: tuple[str, ...]) -> bool:
+        return all(text.count(p) == 1 for p in probes)
+
+    def fill(self, values: tuple[str, ...]) -> str:
+        pieces = self.pieces
+        out = [pieces[0]]
+        for i, slot in enumerate(self.slots, 1):
+            out.append(values[slot])
+            out.append(pieces[i])
+        return "".join(out)
+
+
+#: The body's template, the ``result`` column's, and the other three columns.
+_GroupTemplates = tuple[_Template, _Template, tuple[Any, ...]]
+
+
+def _group_answer(response: UcsResponse, group: ImGroup) -> tuple[bytes, LoggedColumns] | None:
+    """The body and log columns of a UCS answer with ``group`` as payload, made from this kind's
+    templates when the group's name, id and change key are values that stand as they are."""
+    store_id = group.exchange_store_id
+    if store_id is None:
+        return None
+    name, ident, change_key = group.display_name, store_id.id, store_id.change_key
+    if change_key is None:
+        return None
+    texts = (name, ident, change_key)
+    for value in texts:
+        if type(value) is not str or _AS_IS.fullmatch(value) is None:
+            return None
+    if len(group.smtp_address or "") > _KEY_TEXT_KEPT or len(response.message_text or "") > _KEY_TEXT_KEPT:
+        return None  # not kept in a template's key: a request's long address is encoded each time
+    key = (response.operation, response.response_class, response.response_code, response.message_text,
+           response.descriptive_link_key, response.message_xml, group.group_type, group.member_correlation_key,
+           group.extended_properties, group.smtp_address)
+    try:
+        templates = _GROUP_TEMPLATES[key]
+    except KeyError:
+        templates = _GROUP_TEMPLATES[key] = _group_templates(response, group, texts)
+        if len(_GROUP_TEMPLATES) > _GROUP_TEMPLATES_MAX:
+            del _GROUP_TEMPLATES[next(iter(_GROUP_TEMPLATES))]
+    if templates is None:
+        return None
+    body, result, columns = templates
+    return body.fill(texts).encode(), columns + (result.fill(texts),)
+
+
+def _group_templates(response: UcsResponse, group: ImGroup, values: tuple[str, ...]) -> _GroupTemplates | None:
+    """The templates of the body and the ``result`` column of answers like ``response`` (probed with
+    marker values), when both give back this answer's own body and columns; None when not."""
+    from dataclasses import replace
+
+    from .logjson import answer_columns
+
+    def made(name: str, ident: str, key: str) -> UcsResponse:
+        return replace(response, payload=replace(group, display_name=name, exchange_store_id=ItemId(ident, key)))
+
+    probed = made(*_PROBES)
+    body = _codec().encode_response(probed).decode()
+    columns = answer_columns(EwsResponse(probed.operation, _SERVER_VERSION, message=probed))
+    result = columns[3]
+    if result is None or not _Template.fits(body, _PROBES) or not _Template.fits(result, _PROBES):
+        return None
+    templates = (_Template(body, _PROBES), _Template(result, _PROBES), columns[:3])
+    real = made(*values)
+    expected = answer_columns(EwsResponse(real.operation, _SERVER_VERSION, message=real))
+    if templates[0].fill(values).encode() != _codec().encode_response(real) or \
+            templates[2] + (templates[1].fill(values),) != expected:
+        return None
+    return templates
 
 
 def _encoded(response: UcsResponse) -> bytes:

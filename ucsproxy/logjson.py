@@ -73,9 +73,16 @@ def payload_json(payload: Any) -> str | None:
     return text
 
 
+#: The columns of answers made with them (ucsproxy.answers: a mock's new group), by identity.
+ANSWER_COLUMNS = IdentityCache()
+
+
 def answer_columns(response: EwsResponse) -> tuple[str | None, str | None, str | None, str | None]:
     """A decoded answer's log columns: operation, response class, response code and the
     ``result`` JSON text (of a UCS message's payload or MessageXml, or of the fault)."""
+    known = ANSWER_COLUMNS.get(response)
+    if known is not None:
+        return known
     result = None
     if response.fault is not None:
         result = _json(to_jsonable(response.fault))
