@@ -387,6 +387,56 @@ def test_journal_is_bounded_by_entries_and_body_bytes():
     assert [r["id"] for r in j.rows()] == [7] and j.last_id == 7
 
 
+def test_packed_journal_entries_show_what_the_exchanges_kept_whole_show(core):
+    """Small exchanges are kept packed (marshal bytes of their fields and log columns): their rows,
+    bodies included, are the rows of the same exchanges kept as objects, for mock answers, EWS
+    errors, a request that is not XML, a header byte that is not UTF-8, a str subclass, a fault
+    column, an exchange without a decoded request and one whose mailbox the row decides."""
+
+    from ews_client import envelope
+
+    class Name(str):
+        pass
+
+    packed = core.journal
+    assert packed is not None
+    whole = journal.Journal(redactor=packed.redactor)
+    whole.pack_max_bytes = -1
+
+    class Both:
+        def add(self, raw, replay=None):
+            packed.add(raw, replay)
+            whole.add(raw, replay)
+
+    core.journal = Both()
+    for name in ("Friends", "a&amp;b", "caf\u00e9", "Friends", "back\\slash"):
+        exchange(core, add_group(name))
+    exchange(core, get_list(), user="ben@contoso.com")
+    exchange(core, b"<not xml")
+    odd: list[tuple[str, str, int, list[tuple[str, str]], bytes, str | None]] = [
+        ("GET", "/x", 404, [("X-Name", "Jos\udce9")], b"", None),
+        ("POST", "/EWS/Exchange.asmx", 500, [("X-Name", Name("sub"))], add_group("Sub"), None),
+        ("POST", "/EWS/Exchange.asmx", 200, [("Content-Type", "text/xml")], get_list(),
+         '{"action": "ews-error", "rule": "r1"}'),
+        ("POST", "/EWS/Exchange.asmx", 200, [("Content-Type", "text/xml")],
+         envelope("<m:GetImItemList/>", impersonate="Ann@Contoso.com"), None)]
+    raws = [RawExchange(mode="mock", started_at=1.5, duration_ms=0.25, client="127.0.0.1:2", server=None,
+                        method=method, path=path, http_status=status, request_headers=headers, request_body=body,
+                        response_headers=[("Content-Type", "text/plain")], response_body=b"no", fault=fault)
+            for method, path, status, headers, body, fault in odd]
+    raws[2].mailbox = "kim@contoso.com"
+    for raw in raws[2:]:
+        raw.decoded_request = core.decode(raw.request_body, raw.request_headers)
+    assert raws[3].mailbox is None  # the row decides it: the impersonated mailbox
+    for raw in raws:
+        core.journal.add(raw)
+    assert sum(e.packed is not None for e in packed._entries) >= 8
+    assert all(e.packed is None for e in whole._entries)
+    rows = packed.rows(bodies=True)
+    assert rows == whole.rows(bodies=True)
+    assert rows[-1]["mailbox"] == "ann@contoso.com" and rows[-2]["fault"] == {"action": "ews-error", "rule": "r1"}
+
+
 def test_the_journal_replay_note(tmp_path):
     c = make_core(**replay_options(str(LYNC)))
     try:

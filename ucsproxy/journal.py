@@ -13,13 +13,16 @@ grow without end. ``dropped`` counts what fell out.
 
 from __future__ import annotations
 
+import marshal
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .logrow import RawExchange
+from .logjson import answer_columns
+from .logrow import LoggedAnswer, LoggedRequest, RawExchange, logged_request
+from .records import EwsRequest, EwsResponse
 
 #: Entries kept (the oldest goes first).
 MAX_ENTRIES = 1000
@@ -29,7 +32,11 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 BODY_COLUMNS = ("request_body", "response_body")
 
 
-@dataclass
+#: Exchanges whose bodies are at most this long are kept packed (see :func:`_pack`).
+PACK_MAX_BYTES = 16 * 1024
+
+
+@dataclass(slots=True)
 class _Entry:
     id: int
     started_at: float
@@ -37,10 +44,61 @@ class _Entry:
     replay: tuple[str, str | None] | None
     size: int
     row: dict[str, Any] | None = field(default=None)
+    packed: bytes | None = None  # the exchange as _pack made it (then raw is None)
 
 
 def _size(raw: RawExchange) -> int:
     return len(raw.request_body or b"") + len(raw.response_body or b"")
+
+
+_FIELDS: tuple[str, ...] | None = None
+_GET: Any = None
+
+
+def _pack(raw: RawExchange) -> bytes | None:
+    """A small exchange as one byte string: its fields, its decoded request and answer as the log
+    columns a writer process gets of them (LoggedRequest, LoggedAnswer), in :mod:`marshal`'s format;
+    None when it holds anything else (then the entry keeps the exchange itself).
+
+    A thousand exchanges kept as objects (headers, records, bodies: some forty objects each) keep
+    the serving process's memory churning through megabytes and its collector walking them; one
+    byte string each is written once and read only when the journal is asked for."""
+    global _FIELDS, _GET
+    request = raw.decoded_request
+    columns: Any = None
+    if request is None:
+        pass
+    elif type(request) is EwsRequest and raw.mailbox:
+        columns = logged_request(request)
+    else:
+        return None  # a DecodeError, or a request whose mailbox the row decides: kept as it is
+    answer: Any = raw.decoded_response
+    if answer is not None:
+        if type(answer) is not EwsResponse:
+            return None
+        answer = answer_columns(answer)
+    if _GET is None:
+        import operator
+        from dataclasses import fields
+
+        _FIELDS = tuple(f.name for f in fields(RawExchange) if f.name not in ("decoded_request", "decoded_response"))
+        _GET = operator.attrgetter(*_FIELDS)
+    try:
+        return marshal.dumps((_GET(raw), columns, answer))
+    except ValueError:  # a value marshal does not take (a str subclass)
+        return None
+
+
+def _unpack(packed: bytes) -> RawExchange:
+    """The exchange :func:`_pack` packed, its decoded request and answer as their log columns."""
+    values, columns, answer = marshal.loads(packed)
+    assert _FIELDS is not None  # set by the _pack that made it
+    raw = RawExchange(**dict(zip(_FIELDS, values)))
+    if columns is not None:
+        raw.decoded_request = LoggedRequest(*columns)
+    if answer is not None:
+        raw.decoded_response = LoggedAnswer(*answer)
+    return raw
 
 
 class Journal:
@@ -56,11 +114,14 @@ class Journal:
         self._next_id = 1
         self.dropped = 0
         self._lock = threading.Lock()
+        self.pack_max_bytes = PACK_MAX_BYTES
 
     def add(self, raw: RawExchange, replay: tuple[str, str | None] | None = None) -> None:
+        size = _size(raw)
+        packed = _pack(raw) if size <= self.pack_max_bytes else None
+        kept = raw if packed is None else None
         with self._lock:
-            size = _size(raw)
-            self._entries.append(_Entry(self._next_id, raw.started_at, raw, replay, size))
+            self._entries.append(_Entry(self._next_id, raw.started_at, kept, replay, size, None, packed))
             self._next_id += 1
             self._bytes += size
             while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_body_bytes):
@@ -118,9 +179,12 @@ class Journal:
             from .logrow import JSON_COLUMNS, build_row
             from .logwriter import storable_row
 
-            assert entry.raw is not None
+            raw = entry.raw
+            if raw is None:
+                assert entry.packed is not None
+                raw = _unpack(entry.packed)
             # As the log stores it: text that is not UTF-8 escaped (a header byte a client sent).
-            row = storable_row(build_row(entry.raw, redactor=self.redactor))
+            row = storable_row(build_row(raw, redactor=self.redactor))
             for column in JSON_COLUMNS:  # JSON inside JSON would make every client parse twice
                 if isinstance(row.get(column), str):
                     try:
@@ -130,7 +194,7 @@ class Journal:
             note = entry.replay
             entry.row = {"id": entry.id, **row, "replay": None if note is None else
                          {"outcome": note[0], "reason": note[1]}}
-            entry.raw = None  # the row holds what is needed now
+            entry.raw = entry.packed = None  # the row holds what is needed now
         return entry.row
 
 
