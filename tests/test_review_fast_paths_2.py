@@ -242,3 +242,21 @@ def test_the_writer_s_per_header_list_shortcuts_keep_no_big_header_lists() -> No
     assert not kept, f"{len(kept)} big header lists kept for the mailbox"
     kept = [key for key in redact.DEFAULT._header_json or {} if any(k in ("X-Big", "X-Echo") for k, _ in key[1])]
     assert not kept, f"{len(kept)} big header lists kept for their JSON"
+
+
+def test_the_pieces_known_clean_are_bounded_in_characters_too() -> None:
+    # Redaction looks at a big text (32 KB or more) piece by piece, cut at each '"' or '{', and
+    # remembers the pieces that held no trigger word, up to 200,000 pieces. A text without those
+    # characters is one piece: a client's big bodies, each different, were kept whole, without
+    # end in characters (100 bodies of 200 KB: 20 MB; at the 4 MB body limit, 400 MB).
+    old = getattr(redact, "_CLEAN_PIECES_CHARS", None)
+    try:
+        redact._CLEAN_PIECES_CHARS = 250_000  # (the bound, made small)
+        for n in range(8):
+            text = f"<x>{n:08d} " * 10_000 + "</x>"  # 120 KB, one piece
+            assert redact.DEFAULT.text(text) == text
+            assert sum(map(len, redact._clean_pieces)) <= 250_000
+            secret = text + "password=hunter2"
+            assert "hunter2" not in redact.DEFAULT.text(secret)
+    finally:
+        redact._CLEAN_PIECES_CHARS = old  # type: ignore[assignment]

@@ -344,9 +344,12 @@ def _has_trigger(lower: str) -> bool:
 
 #: Texts this long are looked at piece by piece (:func:`_triggered_by_pieces`).
 _PIECES_MIN = 32 * 1024
-#: Pieces known to hold no trigger word, at most this many (then forgotten all at once).
+#: Pieces known to hold no trigger word, at most this many and this many characters of them
+#: (then forgotten all at once): big texts without a '"' or '{' are one piece each.
 _CLEAN_PIECES_MAX = 200_000
+_CLEAN_PIECES_CHARS = 32 * 1024 * 1024
 _clean_pieces: set[str] = set()
+_clean_chars = 0
 
 
 def _triggered_by_pieces(lower: str) -> bool:
@@ -362,11 +365,15 @@ def _triggered_by_pieces(lower: str) -> bool:
     new = pieces - _clean_pieces if _clean_pieces else pieces
     if not new:
         return False
-    if _has_trigger("\0".join(new)):
+    joined = "\0".join(new)
+    if _has_trigger(joined):
         return True
-    if len(_clean_pieces) + len(new) > _CLEAN_PIECES_MAX:
+    global _clean_chars
+    if len(_clean_pieces) + len(new) > _CLEAN_PIECES_MAX or _clean_chars + len(joined) > _CLEAN_PIECES_CHARS:
         _clean_pieces.clear()
+        _clean_chars = 0
     _clean_pieces.update(new)
+    _clean_chars += len(joined)
     return False
 
 
