@@ -221,3 +221,56 @@ def test_the_usual_line_is_made_without_a_summary_word_for_word():
     assert core.reporter.console.summary(1) == reference.summary(1)
     core.reporter.console.enabled = False
     core.shutdown()
+
+
+def test_the_key_arguments_read_from_the_record_are_key_arguments_of_its_json():
+    """console._key_arguments (fields read off the request's record) against
+    key_arguments(operation, to_jsonable(body)) for every shipped request, and for each with its
+    fields given odd values: None, empty, a list, a number, a dict, an id without an id, a record
+    without an id field, non-ASCII, a bool, an attributed value."""
+    import dataclasses
+    import random
+    from pathlib import Path
+
+    from ucsproxy import codec
+    from ucsproxy.console import _key_arguments
+    from ucsproxy.logsummary import key_arguments
+    from ucsproxy.records import AttributedValue, EwsRequest, ItemId, to_jsonable
+
+    root = Path(__file__).resolve().parent.parent / "recordings"
+    bodies = []
+    for path in sorted(root.glob("*/*.request.xml")):
+        decoded = codec.decode_request(path.read_bytes())
+        if isinstance(decoded, EwsRequest) and decoded.body is not None:
+            bodies.append((decoded.operation, decoded.body))
+    assert len(bodies) > 20
+    odd = [None, "", "Kät <x>", (), [], (ItemId("AAMk" + "x" * 40),), [ItemId("a"), ItemId("b")], 0, 7, 1.5, True,
+           False, {"id": "dict-id"}, {}, ItemId("short"), ItemId("AAMkADk" + "y" * 60, "CK"),
+           ItemId(None), ItemId(3), AttributedValue("v") if _takes_one(AttributedValue) else "v"]  # type: ignore[arg-type]
+    def both(operation: str, body) -> tuple:
+        out = []
+        for way in (lambda: _key_arguments(operation, body), lambda: key_arguments(operation, to_jsonable(body))):
+            try:
+                out.append(way())
+            except Exception as e:  # a value key_arguments cannot take: both ways fail alike
+                out.append(type(e))
+        return tuple(out)
+
+    rng = random.Random(15)
+    checked = 0
+    for operation, body in bodies:
+        fast, slow = both(operation, body)
+        assert fast == slow
+        names = [f.name for f in dataclasses.fields(body)]
+        for _ in range(60):
+            changed = dataclasses.replace(body, **{name: rng.choice(odd) for name in rng.sample(names, min(2, len(names)))})
+            fast, slow = both(operation, changed)
+            assert fast == slow, changed
+            checked += 1
+    assert checked > 1000
+
+
+def _takes_one(cls) -> bool:
+    import dataclasses
+
+    return len([f for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]) == 1

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .annotate import ExchangeSummary, summarize_raw
 from .logrow import key_arguments, request_user
+from .logsummary import short_id
 from .protocol import is_ews_request
 from .records import _PLAIN_TYPES, EwsRequest, EwsResponse, _json_keys, to_jsonable
 
@@ -80,6 +81,7 @@ def notes(s: ExchangeSummary) -> list[tuple[str, str]]:
     return out
 
 
+_MILLIS = tuple(f"{i:03d}" for i in range(1000))  # "000" .. "999": no format spec parsed per line
 _SECOND: list = [None, ""]  # [whole second, its "HH:MM:SS"]: strftime once a second, not once a line
 
 
@@ -99,7 +101,7 @@ def _moment(started_at: float) -> str:
         cached[0], cached[1] = second, text
     else:
         text = cached[1]
-    return f"{text}.{fraction // 1000:03d}"
+    return f"{text}.{_MILLIS[fraction // 1000]}"
 
 
 def format_line(s: ExchangeSummary, color: bool = False) -> str:
@@ -128,13 +130,23 @@ def _line(s: ExchangeSummary, color: bool, failed: bool, is_error: bool, injecte
     return "  ".join(cells)
 
 
+# Header names a client or this front sends as they are here, which are neither of the two the
+# line looks for (a set lookup instead of a lower() per header).
+_REQUEST_NAMES = frozenset({"Host", "host", "Content-Type", "content-type", "Content-Length", "content-length",
+                            "SOAPAction", "soapaction", "User-Agent", "user-agent", "Accept", "accept",
+                            "Connection", "connection", "Accept-Encoding", "accept-encoding", "Expect"})
+_ANSWER_NAMES = frozenset({"Content-Type", "Cache-Control", "Content-Length", "Connection", "Server", "Date",
+                           "X-Ucsproxy-Fault", "Transfer-Encoding"})
+_EWS_REQUESTS: dict[tuple[str, str], bool] = {}  # (method, path) -> is_ews_request
+_MS: dict[float, str] = {}  # duration_ms -> "1.2 ms"
+_PADDED: dict[str, str] = {}  # operation -> the operation padded to 33
 _USERS: dict[str, str | None] = {}  # Authorization value -> the signed-in user it names
 
 
 def _signed_in(headers: list[tuple[str, str]] | None) -> str | None:
     """``request_user(headers)``, kept per Authorization value (a client sends the same one each time)."""
     for k, v in headers or ():
-        if k.lower() == "authorization":
+        if k not in _REQUEST_NAMES and k.lower() == "authorization":
             try:
                 return _USERS[v]
             except KeyError:
@@ -154,7 +166,9 @@ _KEYS_OF: dict[type, tuple[str, ...] | None] = {}
 
 
 def _key_arguments(operation: str, body: Any) -> str:
-    """``key_arguments(operation, to_jsonable(body))``, turning only the fields it reads into JSON data."""
+    """``key_arguments(operation, to_jsonable(body))``, read from the record's fields themselves: each
+    field it reads, as to_jsonable would give it (None left out), formatted as key_arguments does;
+    a value of any other kind than these gets key_arguments(operation, to_jsonable(body)) itself."""
     cls = type(body)
     try:
         keys = _KEYS_OF[cls]
@@ -163,15 +177,43 @@ def _key_arguments(operation: str, body: Any) -> str:
         keys = _KEYS_OF[cls] = None if names is None else tuple(k for k in _ARGUMENT_KEYS if k in names)
     if keys is None:
         return key_arguments(operation, to_jsonable(body))
-    args: dict[str, Any] = {}
-    for name in keys:  # as to_jsonable keeps a field
+    parts = []
+    for name in keys:  # in key_arguments' order
         v = getattr(body, name)
-        if type(v) in _PLAIN_TYPES:
-            if v is not None:
-                args[name] = v
-        elif v != ():
-            args[name] = to_jsonable(v)
-    return key_arguments(operation, args)
+        if v is None:
+            continue  # to_jsonable leaves it out
+        kind = type(v)
+        label = _LABELS[name]
+        if name in _LISTS:
+            if kind is not tuple and kind is not list:
+                return key_arguments(operation, to_jsonable(body))
+            if v:
+                parts.append(f"{label}=[{len(v)}]")
+        elif name in _IDS:
+            fields = _json_keys(kind)
+            ident = getattr(v, "id", None) if fields is not None and "id" in fields else _ODD
+            if ident is None:
+                parts.append(f"{label}=")
+            elif type(ident) is str:
+                parts.append(f"{label}={short_id(ident)}")
+            else:
+                return key_arguments(operation, to_jsonable(body))
+        elif kind not in _PLAIN_TYPES:
+            return key_arguments(operation, to_jsonable(body))
+        elif name == "im_list_migration_completed":
+            parts.append(f"{label}={str(v).lower()}")
+        else:
+            parts.append(f"{label}={v}")
+    return " ".join(parts)
+
+
+_LABELS = {"im_address": "ImAddress", "smtp_address": "SmtpAddress", "display_name": "DisplayName",
+           "new_display_name": "NewDisplayName", "contact_id": "ContactId", "group_id": "GroupId",
+           "contact_ids": "ContactIds", "group_ids": "GroupIds", "im_list_migration_completed": "ImListMigrationCompleted",
+           "extended_properties": "ExtendedProperties"}
+_LISTS = frozenset({"contact_ids", "group_ids", "extended_properties"})
+_IDS = frozenset({"contact_id", "group_id"})
+_ODD = object()  # an id field's value that is not a record with an id
 
 
 class Console:
@@ -257,14 +299,19 @@ class Console:
         if message is None or answer.fault is not None or status is None or not raw.response_body:
             return False
         for name, _ in headers or ():
-            if name.lower() == "x-ucsproxy-replay":
+            if name not in _ANSWER_NAMES and name.lower() == "x-ucsproxy-replay":
                 return False  # a replay's note: the summary tells
-        if not is_ews_request(raw.method, raw.path):
-            return False
+        method_path = (raw.method, raw.path)
+        ews = _EWS_REQUESTS.get(method_path)
+        if ews is None:
+            ews = is_ews_request(*method_path)
+            if len(_EWS_REQUESTS) >= 256:
+                _EWS_REQUESTS.clear()
+            _EWS_REQUESTS[method_path] = ews
         operation = request.operation
-        if not operation:
+        if not ews or not operation:
             return False
-        mailbox = (request.mailbox or _signed_in(raw.request_headers) or "").lower() or None
+        mailbox = (request.mailbox or _signed_in(raw.request_headers) or "").lower() or "-"
         arguments = _key_arguments(operation, request.body) if request.body is not None else ""
         response_class = message.response_class
         code = message.response_code
@@ -280,10 +327,24 @@ class Console:
         else:
             result = f"HTTP {status}"
         duration = raw.duration_ms
-        ms = f"{duration:.1f} ms" if duration is not None else "- ms"
+        if type(duration) is float and duration > 0:  # kept per value (not -0.0, which prints "-0.0")
+            ms = _MS.get(duration)
+            if ms is None:
+                ms = f"{duration:.1f} ms"
+                if len(_MS) >= 4096:
+                    _MS.clear()
+                _MS[duration] = ms
+        else:
+            ms = f"{duration:.1f} ms" if duration is not None else "- ms"
+        padded = _PADDED.get(operation)
+        if padded is None:
+            padded = f"{operation:<33}"
+            if len(_PADDED) >= 256:
+                _PADDED.clear()
+            _PADDED[operation] = padded
         moment = _moment(raw.started_at)
-        line = (f"{moment}  {mailbox or '-'}  {operation:<33}  {arguments}  {result}  {ms}\n" if arguments
-                else f"{moment}  {mailbox or '-'}  {operation:<33}  {result}  {ms}\n")
+        line = (f"{moment}  {mailbox}  {padded}  {arguments}  {result}  {ms}\n" if arguments
+                else f"{moment}  {mailbox}  {padded}  {result}  {ms}\n")
         self._out().write(line)
         return True
 
