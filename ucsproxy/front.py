@@ -62,8 +62,9 @@ CONSOLE_FLUSH = 0.05  # seconds a console line may wait in stdout's buffer
 BIG_ANSWER = 64 * 1024  # answers at least this long are written without joining them to their head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # (status, *header pairs) -> (status line and header lines, the pairs sent): see _Connection._frame.
-_HEADS: dict[tuple, tuple[bytes, tuple[tuple[str, str], ...]]] = {}
+_HEADS: dict[tuple, tuple[bytes, tuple[tuple[str, str], ...], dict[tuple[int, bool, bool], tuple[bytes, tuple]]]] = {}
 _HEADS_MAX = 256
+_ENDS_MAX = 256  # whole heads kept per set of headers (by length and ending)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -510,24 +511,31 @@ class _Connection(asyncio.Protocol):
                 if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                     lines.append(b"%s: %s\r\n" % (_wire(k), _wire(v)))
                     kept.append((k, v))
-            known = (b"".join(lines), tuple(kept))
+            known = (b"".join(lines), tuple(kept), {})
             if len(_HEADS) >= _HEADS_MAX:
                 _HEADS.clear()
             _HEADS[key] = known
-        head = [known[0]]
-        sent_headers = list(known[1])
-        head.append(b"Content-Length: %d\r\n" % length)
-        if close:
-            head.append(b"Connection: close\r\n")
-        elif req.http10:
-            head.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 client asked to keep the connection
-        head.append(b"\r\n")
-        sent_headers.append(("Content-Length", str(length)))
-        if close:
-            sent_headers.append(("Connection", "close"))
+        # ... and the whole head, with Content-Length and Connection, once per length and ending.
+        ends = known[2]
+        end = (length, close, req.http10)
+        done = ends.get(end)
+        if done is None:
+            head = [known[0], b"Content-Length: %d\r\n" % length]
+            sent = [*known[1], ("Content-Length", str(length))]
+            if close:
+                head.append(b"Connection: close\r\n")
+                sent.append(("Connection", "close"))
+            elif req.http10:
+                head.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 client asked to keep the connection
+            head.append(b"\r\n")
+            done = (b"".join(head), tuple(sent))
+            if len(ends) >= _ENDS_MAX:
+                ends.clear()
+            ends[end] = done
+        head_bytes, sent_headers = done[0], list(done[1])
         if req.method == "HEAD":
             content = b""  # the headers a GET would get, no body (RFC 9110 9.3.2)
-        return b"".join(head), content, close, sent_headers
+        return head_bytes, content, close, sent_headers
 
     def _log(self, req: _Request, path: str, body: bytes | None, decoded, sent, decision, error: str | None,
              answer: Answer | None = None) -> None:

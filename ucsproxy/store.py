@@ -500,12 +500,14 @@ class _ProcessSink:
         self.ready_timeout = ready_timeout
         import uuid
 
-        from .logwriter import BATCH, MARSHAL, REFS, SharedValues, frame_header, frame_parts, marshal_payload, stop_frame
+        from .logwriter import (BATCH, MARSHAL, REFS, SHARE_MIN_BYTES, SharedValues, frame_header, frame_parts,
+                                marshal_payload, stop_frame)
 
         self._parts, self._header, self._stop_frame = frame_parts, frame_header, stop_frame
         self._marshal = marshal_payload
         self._refs_kind, self._batch_kind, self._marshal_kind = REFS, BATCH, MARSHAL
         self._shared = SharedValues()  # big values sent by number (logwriter's R frames)
+        self._small_bytes = SHARE_MIN_BYTES  # a body at least this long is such a value (SharedValues.worth)
         self._acked = 0  # the last frame the writer acknowledged
         self.session = uuid.uuid4().hex
         self._lock = threading.Lock()  # _unacked, _seq, _next, _offset: held briefly, never across a call out
@@ -549,6 +551,21 @@ class _ProcessSink:
         """Frames for ``raws`` in order (a run of small ones in one frame), written into the pipe now
         if it takes them. Returns how many were framed, and the first error of one that was not."""
         done, error, run = 0, None, []
+        small = self._small_bytes
+        for each in raws:  # the usual turn: every body small, the whole batch one frame
+            body, answer = each.request_body, each.response_body
+            if (body is not None and len(body) >= small) or (answer is not None and len(answer) >= small):
+                break
+        else:
+            try:
+                self._frame(raws)
+                done = len(raws)
+            except Exception:
+                done = 0  # framed one by one below, the one that cannot be left out
+            else:
+                if not self._write(wait=False):
+                    self._kick.set()
+                return done, None
         for raw in [*raws, None]:
             if raw is not None and not self._shared.worth(raw):
                 run.append(raw)
