@@ -248,7 +248,7 @@ def test_the_key_arguments_read_from_the_record_are_key_arguments_of_its_json():
            False, {"id": "dict-id"}, {}, ItemId("short"), ItemId("AAMkADk" + "y" * 60, "CK"),
            ItemId(None), ItemId(3), AttributedValue("v") if _takes_one(AttributedValue) else "v"]  # type: ignore[arg-type]
     def both(operation: str, body) -> tuple:
-        out = []
+        out: list = []
         for way in (lambda: _key_arguments(operation, body), lambda: key_arguments(operation, to_jsonable(body))):
             try:
                 out.append(way())
@@ -263,7 +263,8 @@ def test_the_key_arguments_read_from_the_record_are_key_arguments_of_its_json():
         assert fast == slow
         names = [f.name for f in dataclasses.fields(body)]
         for _ in range(60):
-            changed = dataclasses.replace(body, **{name: rng.choice(odd) for name in rng.sample(names, min(2, len(names)))})
+            values: dict = {name: rng.choice(odd) for name in rng.sample(names, min(2, len(names)))}
+            changed = dataclasses.replace(body, **values)
             fast, slow = both(operation, changed)
             assert fast == slow, changed
             checked += 1
