@@ -139,3 +139,31 @@ def test_answers_without_payload_share_their_records_and_columns():
         body, columns = _slow(response)
         assert first.body == body
         assert tuple(vars(logged_answer(first.decoded)).values()) == columns
+
+
+def test_records_the_mock_fills_directly_are_those_init_makes():
+    """The service's success record, the answer's EwsResponse and the model's new group are made by
+    filling their instance dicts (as the codec makes records): equal, same hash, same fields in the
+    same order as their classes' __init__ gives."""
+    from ucsproxy.model import UcsModel
+    from ucsproxy.records import (AddImGroup, EwsRequest, EwsResponse, ImGroup, ItemId, RemoveImGroup,
+                                  ServerVersionInfo, SoapHeaders, UcsResponse)
+    from ucsproxy.service import UcsService
+
+    def same(made, expected) -> None:
+        assert made == expected and hash(made) == hash(expected) and repr(made) == repr(expected)
+        assert list(vars(made).items()) == list(vars(expected).items())
+
+    service = UcsService(UcsModel(seed=1))
+    added = service.handle(EwsRequest("AddImGroup", SoapHeaders("Exchange2013"), AddImGroup("Friends")))
+    assert isinstance(added, UcsResponse) and isinstance(added.payload, ImGroup)
+    group = added.payload
+    same(group.exchange_store_id, ItemId(group.exchange_store_id.id, group.exchange_store_id.change_key))
+    same(group, ImGroup(group.display_name, group.group_type, ItemId(group.exchange_store_id.id,
+                                                                     group.exchange_store_id.change_key)))
+    same(added, UcsResponse("AddImGroup", "Success", "NoError", payload=group))
+    removed = service.handle(EwsRequest("RemoveImGroup", SoapHeaders("Exchange2013"),
+                                        RemoveImGroup(group.exchange_store_id)))
+    same(removed, UcsResponse("RemoveImGroup", "Success", "NoError"))
+    answer = answers.service_answer(added)
+    same(answer.decoded, EwsResponse("AddImGroup", ServerVersionInfo(), message=added))

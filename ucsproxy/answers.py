@@ -214,7 +214,14 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
     if payload is None:
         body, decoded = _plain_answer(response)
         return Answer(200, list(_XML_PAIRS), body, decoded=decoded)
-    decoded = EwsResponse(response.operation, _SERVER_VERSION, message=response)
+    # EwsResponse(response.operation, _SERVER_VERSION, message=response), its instance dict filled
+    # directly (in field order, as the codec makes records: the object __init__ would make).
+    decoded = _new(EwsResponse)
+    d = decoded.__dict__
+    d["operation"] = response.operation
+    d["server_version"] = _SERVER_VERSION
+    d["message"] = response
+    d["fault"] = None
     if type(payload) is ImGroup:
         made = _group_answer(response, payload)
         if made is not None:
@@ -225,6 +232,7 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
 
 
 _XML_PAIRS = tuple(XML_HEADERS.items())
+_new = object.__new__
 _SERVER_VERSION = ServerVersionInfo()  # the mock's one version (records are immutable: shared)
 
 

@@ -44,6 +44,31 @@ def mailbox_for(request: EwsRequest, user: str | None) -> str:
     return identity.impersonated(request) or identity.clean_name(user) or DEFAULT_MAILBOX
 
 
+_SUCCESS_EMPTY: dict[str, UcsResponse] = {}
+_new = object.__new__
+
+
+def _success(operation: str, payload: Payload | None) -> UcsResponse:
+    """``UcsResponse(operation, P.SUCCESS, "NoError", payload=payload)``: without a payload the same
+    record for each operation (records are immutable), with one its instance dict filled directly
+    (in field order, as the codec makes records: the same object __init__ would make)."""
+    if payload is None:
+        found = _SUCCESS_EMPTY.get(operation)
+        if found is None:
+            found = UcsResponse(operation, P.SUCCESS, "NoError")
+            if len(_SUCCESS_EMPTY) < 64:
+                _SUCCESS_EMPTY[operation] = found
+        return found
+    made = _new(UcsResponse)
+    d = made.__dict__
+    d["operation"] = operation
+    d["response_class"] = P.SUCCESS
+    d["response_code"] = "NoError"
+    d["message_text"] = d["descriptive_link_key"] = d["message_xml"] = None
+    d["payload"] = payload
+    return made
+
+
 class UcsService:
     """The fake Exchange's EWS endpoint for UCS: one :meth:`handle` per request.
 
@@ -74,7 +99,7 @@ class UcsService:
             # the client gets what Exchange sends for its own bugs, the mock keeps serving.
             log.exception("UCS model failed on %s for %s", op, mailbox)
             return answers.ews_error(op, "ErrorInternalServerError")
-        return UcsResponse(op, P.SUCCESS, "NoError", payload=payload)
+        return _success(op, payload)
 
     def _dispatch(self, mailbox: str, body: UcsRequest) -> Payload | None:
         m = self.model
