@@ -260,3 +260,33 @@ def test_the_pieces_known_clean_are_bounded_in_characters_too() -> None:
             assert "hunter2" not in redact.DEFAULT.text(secret)
     finally:
         redact._CLEAN_PIECES_CHARS = old  # type: ignore[assignment]
+
+
+def test_the_console_s_per_value_shortcuts_keep_no_long_values() -> None:
+    # The lean front's usual console line keeps, per value, whether a (method, path) is an EWS
+    # request and the user an Authorization value names, 256 values each. A client whose every
+    # request has another 60 KB path or Authorization (a lean front takes 64 KB of head) made
+    # them hold 256 x 60 KB each, as the fronts' other per-value shortcuts no longer do
+    # (tests/test_front_shortcuts.py::test_what_is_kept_per_value_is_bounded_by_length_too).
+    import io
+
+    from ucsproxy import console
+    from ucsproxy.answers import service_answer
+    from ucsproxy.model import UcsModel
+    from ucsproxy.records import AddImGroup, EwsRequest, SoapHeaders
+    from ucsproxy.service import UcsService
+
+    service = UcsService(UcsModel(seed=0))
+    out = io.StringIO()
+    lines = console.Console(out, enabled=True, color=False)
+    for n in range(5):
+        request = EwsRequest("AddImGroup", SoapHeaders("Exchange2013"), AddImGroup(f"G{n}"))
+        answer = service_answer(service.handle(request, user="u@x"))
+        path = "/EWS/Exchange.asmx?" + f"{n}" * 60_000
+        raw = RawExchange("mock", 1700000000.0, 1.0, "c", None, "POST", path, 200,
+                          [("Authorization", "Bearer " + f"{n}" * 60_000)], b"<x/>", answer.headers, answer.body,
+                          decoded_request=request, decoded_response=answer.logged(answer.body))
+        assert lines._plain_line(raw)
+    assert out.getvalue().count("AddImGroup") == 5
+    assert not [key for key in console._EWS_REQUESTS if len(key[1]) > 1024]
+    assert not [key for key in console._USERS if len(key) > 1024]

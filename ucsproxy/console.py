@@ -140,6 +140,8 @@ _ANSWER_NAMES = frozenset({"Content-Type", "Cache-Control", "Content-Length", "C
 _EWS_REQUESTS: dict[tuple[str, str], bool] = {}  # (method, path) -> is_ews_request
 _MS: dict[float, str] = {}  # duration_ms -> "1.2 ms"
 _PADDED: dict[str, str] = {}  # operation -> the operation padded to 33
+#: Characters of a value the per-value shortcuts here keep at most (as front._PATH_KEPT, core._HEADER_KEPT).
+_VALUE_KEPT = 1024
 _USERS: dict[str, str | None] = {}  # Authorization value -> the signed-in user it names
 
 
@@ -152,9 +154,10 @@ def _signed_in(headers: list[tuple[str, str]] | None) -> str | None:
             except KeyError:
                 pass
             user = request_user([(k, v)])
-            if len(_USERS) >= 256:
-                _USERS.clear()
-            _USERS[v] = user
+            if len(v) <= _VALUE_KEPT:  # a 40 KB Kerberos ticket is worked out each time, not kept
+                if len(_USERS) >= 256:
+                    _USERS.clear()
+                _USERS[v] = user
             return user
     return None
 
@@ -305,9 +308,10 @@ class Console:
         ews = _EWS_REQUESTS.get(method_path)
         if ews is None:
             ews = is_ews_request(*method_path)
-            if len(_EWS_REQUESTS) >= 256:
-                _EWS_REQUESTS.clear()
-            _EWS_REQUESTS[method_path] = ews
+            if len(raw.path) <= _VALUE_KEPT:  # (a path of 60 KB is not kept)
+                if len(_EWS_REQUESTS) >= 256:
+                    _EWS_REQUESTS.clear()
+                _EWS_REQUESTS[method_path] = ews
         operation = request.operation
         if not ews or not operation:
             return False
