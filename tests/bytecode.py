@@ -118,14 +118,37 @@ def remove(prefix: str | None) -> None:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
+#: Packages pytest compiles with its assertion rewriting because their distributions declare a pytest
+#: plugin (hypothesis; ucsproxy, for its pytest_plugin), though their asserts are not the suite's: after
+#: :func:`import_plainly`, what a test imports of them is compiled as Python compiles it, so the venv's
+#: own compiled hypothesis serves (nothing to compile) and the package's compiled modules are the ones
+#: the processes tests start read too. What the plugins imported before conftest stays rewritten.
+PLAIN_PACKAGES = ("hypothesis", "ucsproxy")
+
+
+def import_plainly(config, packages: tuple[str, ...] = PLAIN_PACKAGES) -> None:
+    """From now on, import ``packages`` without pytest's assertion rewriting (its hook's private
+    state: where that is not as expected, nothing changes and they are rewritten as before)."""
+    hook = getattr(config.pluginmanager, "rewrite_hook", None)
+    marked, cache = getattr(hook, "_must_rewrite", None), getattr(hook, "_marked_for_rewrite_cache", None)
+    if not isinstance(marked, set) or not isinstance(cache, dict):
+        return
+    marked.difference_update({name for name in marked if name.split(".")[0] in packages})
+    cache.clear()
+
+
 def _rewritten_files(root: Path) -> list[Path]:
-    """The files pytest's assertion rewriting compiles in each worker: the test modules and
-    conftest, the package (a pytest plugin by entry point) and the other plugins' modules."""
+    """The files pytest's assertion rewriting compiles in each worker: the test modules and conftest,
+    the plugins' modules (but for :data:`PLAIN_PACKAGES`), and whatever was rewritten in this process
+    before conftest (the plugins' imports at start-up, the same in every worker)."""
     files = sorted((root / "tests").glob("test_*.py")) + [root / "tests" / "conftest.py"]
-    files += sorted((root / "ucsproxy").rglob("*.py"))
     for dist in importlib.metadata.distributions():
         if any(ep.group == "pytest11" for ep in dist.entry_points):
-            files += [Path(str(dist.locate_file(f))) for f in dist.files or () if str(f).endswith(".py")]
+            files += [Path(str(dist.locate_file(f))) for f in dist.files or ()
+                      if str(f).endswith(".py") and str(f).split("/")[0] not in PLAIN_PACKAGES]
+    files += [Path(module.__file__) for module in list(sys.modules.values())
+              if type(getattr(module, "__loader__", None)).__name__ == "AssertionRewritingHook"
+              and getattr(module, "__file__", None)]
     return files
 
 

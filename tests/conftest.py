@@ -16,20 +16,47 @@ import shutil
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis.configuration import set_hypothesis_home_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Tests never write into the working tree: hypothesis keeps no example database, and its
-# caches (by default a .hypothesis/ directory in the current directory) go to a temporary one.
-# No time limits either: on two cores shared with other work an example may take ten times its
-# usual time, and hypothesis's default 200 ms deadline (or its too-slow health check) then fails
-# a test that is right.
-settings.register_profile("ucsproxy", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ucsproxy")
-_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="ucsproxy-hypothesis-")
-set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+# Hypothesis's directory (by default a .hypothesis/ directory in the current directory: tests never
+# write into the working tree) is a temporary one, one for the whole run: the first process makes it
+# (and removes it at the end), the xdist workers and the pytest runs a test starts find it in the
+# environment. Hypothesis keeps its Unicode tables there; which characters UTF-8 can encode (what
+# st.text() draws from) takes about 1.5 s of CPU to work out, once per directory: worked out before
+# the workers start (pytest_configure), not by each of them.
+_HYPOTHESIS_HOME_VAR = "UCSPROXY_TEST_HYPOTHESIS_HOME"
+_HYPOTHESIS_HOME_OWNED = not os.path.isdir(os.environ.get(_HYPOTHESIS_HOME_VAR, ""))
+if _HYPOTHESIS_HOME_OWNED:
+    os.environ[_HYPOTHESIS_HOME_VAR] = tempfile.mkdtemp(prefix="ucsproxy-hypothesis-")
+_HYPOTHESIS_HOME = os.environ[_HYPOTHESIS_HOME_VAR]
+
+
+def _set_up_hypothesis() -> None:
+    """The suite's hypothesis settings: no example database, and no time limits either: on two cores
+    shared with other work an example may take ten times its usual time, and hypothesis's default
+    200 ms deadline (or its too-slow health check) then fails a test that is right."""
+    from hypothesis import HealthCheck, settings
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+    settings.register_profile("ucsproxy", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("ucsproxy")
+
+
+def _hypothesis_tables() -> None:
+    """Work out hypothesis's Unicode tables into the run's hypothesis directory (its private functions:
+    if they change, each process works the tables out on first use, as before)."""
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+        from hypothesis.internal import charmap
+
+        set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+
+        charmap.charmap()
+        charmap.intervals_from_codec("utf-8")
+    except Exception:
+        pass
 
 # Directories a test run may write to: virtual environments, byte code, the package's build metadata,
 # and the lint tools' caches (a ruff or mypy run beside the suite rewrites them).
@@ -61,17 +88,33 @@ def tree_changes(before: dict, after: dict) -> list[str]:
     return changes
 
 
+@pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin, which may load a profile named on the command line
 def pytest_configure(config):
+    import bytecode
+
+    # hypothesis and ucsproxy are compiled as Python compiles them, not by pytest's assertion rewriting
+    # (tests/bytecode.py), so what follows imports them plainly.
+    bytecode.import_plainly(config)
+    xdist_controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+    if not xdist_controller:  # the process that runs tests (with -n, the controller runs none)
+        _set_up_hypothesis()
     # mitmproxy's CA, made once before any test (or xdist worker) starts: two processes that both
     # find none at the same moment would each make their own, and a client could trust the other one.
     if not hasattr(config, "workerinput"):
         from ucsproxy.tlscerts import ensure_ca
 
         ensure_ca()
+        # Hypothesis's tables in a child of its own while this process compiles (two cores).
+        tables = os.fork() if xdist_controller and hasattr(os, "fork") else -1
+        if tables == 0:
+            try:
+                _hypothesis_tables()
+            finally:
+                os._exit(0)
         # Compiled modules made once for the run, before the workers start (tests/bytecode.py).
-        import bytecode
-
         config._ucs_pycache = bytecode.share_for_the_run(ROOT, config)
+        if tables > 0:
+            os.waitpid(tables, 0)
 
 
 #: The test files that take longest (on the project's 2-core machine), longest first. The README's
@@ -107,7 +150,8 @@ def pytest_unconfigure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+    if _HYPOTHESIS_HOME_OWNED:
+        shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
     before = getattr(session.config, "_ucs_tree", None)
     if before is None or hasattr(session.config, "workerinput"):
         return
