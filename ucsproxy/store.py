@@ -671,6 +671,8 @@ class _ProcessSink:
                         self.handed_over += count
                         seq, offset = seq + 1, 0
                     self._next, self._offset = seq, offset
+                    if seq > self._seq:
+                        return True  # all written, none made meanwhile: no second look needed
         finally:
             self._pipe.release()
 
