@@ -258,3 +258,22 @@ def test_character_references_stay_where_they_hide_nothing():
     text = '<t:DisplayName>Caf&#233; &#38; Bar &#115;ecretary pass</t:DisplayName>'
     assert redact_text(text) == text
     assert redact_text(f"pa&#115;sword={PASSWORD} &#233;") == "password=<redacted> &#233;"
+
+
+@pytest.mark.parametrize("spelt", ["pass%77ord", "p%61ssword", "%70%61%73%73%77%6F%72%64", "client%5Fsecret",
+                                   "access%5ftoken"])
+def test_a_secret_name_spelt_with_percent_escapes_is_redacted(spelt):
+    """A URL or a form body may escape any unreserved character (RFC 3986: the same URL): an
+    escaped letter in a secret's name hides the value neither in the path nor in a body."""
+    row = build_row(add_group_raw("Team", path=f"/EWS/Exchange.asmx?x=1&{spelt}={PASSWORD}&y=2"))
+    assert PASSWORD not in json.dumps(row)
+    assert row["path"].endswith("=<redacted>&y=2")
+    assert PASSWORD not in redact_text(f"grant_type=password&{spelt}={PASSWORD}")
+    big = "&".join(f"field{i}=value%20{i}" for i in range(3000))
+    assert len(big) >= 32 * 1024 and redact_text(big) == big  # escapes of reserved or other characters stay
+    assert PASSWORD not in redact_text(big.replace("field7=", f"{spelt}="))
+
+
+def test_percent_escapes_stay_where_they_hide_nothing():
+    for text in ("/EWS/Exchange.asmx?a=100%25&b=%3D%26", "/x?password%3D" + PASSWORD, "50% off"):
+        assert redact_text(text) == text

@@ -62,8 +62,9 @@ _SECRET_BARE = re.compile(rf"""(\b{_SECRET_NAMES}\s*[:=]\s*)(?!["'\s<])([^&\s"'<
 # that lower() does not make those: "ſ" (the long s, kept as it is), "ı" (the dotless i, kept)
 # and U+0307, which lower() puts after the "i" it makes of "İ" ("Basİc" is "basi\u0307c"). The
 # Kelvin sign, the only other such letter, lower() makes a "k" (tests/test_review_fast_paths_2.py).
+# "%" too: a percent escape can spell a name in a URL or a form body (pass%77ord=, see _builtin).
 _TRIGGERS = ("bearer", "eyj", "basic", "ntlm", "negotiate", "kerberos", "tlrmtvnt", "pass", "pwd", "secret",
-             "token", "cookie", "authori", "authenticat", "canary", "&#", "\u017f", "\u0131", "\u0307")
+             "token", "cookie", "authori", "authenticat", "canary", "&#", "%", "\u017f", "\u0131", "\u0307")
 # _triggered_by_pieces cuts texts at these characters and joins pieces with "\0": no trigger word may hold one.
 assert not any(c in word for word in _TRIGGERS for c in '{"\0')
 
@@ -389,14 +390,17 @@ def _builtin(text: str) -> str:
     """The built-in rules over ``text``. Where character references hide what a rule looks for
     (``pa&#115;sword=...`` is ``password=...`` to an XML reader), the text is redacted with the
     references to plain characters written as those characters (the same XML), as long as
-    that finds something the text as it stands does not."""
+    that finds something the text as it stands does not. Percent escapes of letters, digits and
+    ``-._~`` (``pass%77ord=...``, RFC 3986's unreserved characters: the same URL or form body
+    written either way) are read alike."""
     redacted = _builtin_plain(text)
-    if "&#" in text:
-        plain = _PLAIN_REF.sub(_plain_ref, text)
-        if plain != text:
-            found = _builtin_plain(plain)
-            if found != plain and found.count(REDACTED) > redacted.count(REDACTED):
-                return found
+    plain = _PLAIN_REF.sub(_plain_ref, text) if "&#" in text else text
+    if "%" in plain:  # the same for percent escapes of unreserved characters (the same URL)
+        plain = _PLAIN_PERCENT.sub(_plain_percent, plain)
+    if plain != text:
+        found = _builtin_plain(plain)
+        if found != plain and found.count(REDACTED) > redacted.count(REDACTED):
+            return found
     return redacted
 
 
@@ -412,6 +416,17 @@ def _plain_ref(match: re.Match) -> str:
     code = int(ref[3:-1], 16) if ref[2] == "x" else int(ref[2:-1])
     char = chr(code) if code < 128 else ""
     return char if char in _PLAIN_CHARS and char else ref
+
+
+# A percent escape, and what it may be replaced by: unreserved characters only (an escaped "=" or
+# "&" is data, not the query's own punctuation).
+_PLAIN_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _plain_percent(match: re.Match) -> str:
+    char = chr(int(match.group()[1:], 16))
+    return char if char in _UNRESERVED else match.group()
 
 
 def _builtin_plain(text: str) -> str:
