@@ -204,8 +204,10 @@ def _holds_socket(pid: int, inodes: set[str]) -> bool:
     return False
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Wait until ``proc`` listens on 127.0.0.1:``port``.
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Wait until ``proc`` listens on 127.0.0.1:``port`` (a start on an idle machine takes 1-2 s; with
+    two suites on the two cores, load 20, a mitmproxy process once took more than 30 s: the deadline
+    is only there so that a process that never listens fails the test).
 
     A port from :func:`free_port` is free when picked, but another process (the other worker's
     tests) may take it before ``proc`` binds it: then a connection alone would reach that other
