@@ -126,8 +126,8 @@ OPTIONS: tuple[Option, ...] = (
            "server (also HTTP/2, mitmproxy's options and commands). Default: lean (mitmproxy for a replay that "
            "forwards its misses).", None, ANSWERING, ("--front",), choices=FRONTS),
     Option("body_limit", str, BODY_LIMIT,
-           "Largest request body a mock or replay reads (bytes, or with k/m/g): a bigger one gets 413 and a closed "
-           "connection, and a row in the log saying so (mitmproxy's body_size_limit on the mitmproxy front). Not "
+           "Largest request body a mock or replay reads (bytes, or with k/m/g): a bigger one gets 413 (Connection: "
+           "close) and no more of it is read, and a row in the log saying so (mitmproxy's body_size_limit on the mitmproxy front). Not "
            "with --fallthrough: forwarded requests are never limited.", None, ANSWERING, ("--body-limit",),
            metavar="SIZE", show_default=True, size=True),
     Option("upstream", str, None, "Exchange base URL, e.g. https://mail.contoso.com (reverse mode).", None,
