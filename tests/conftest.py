@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ def _hypothesis_tables() -> None:
         from hypothesis.internal import charmap
 
         set_hypothesis_home_dir(_HYPOTHESIS_HOME)
-
-        charmap.charmap()
-        charmap.intervals_from_codec("utf-8")
+        with warnings.catch_warnings():
+            # hypothesis warns that storage is touched while plugins load: here that is the point.
+            warnings.simplefilter("ignore")
+            charmap.charmap()
+            charmap.intervals_from_codec("utf-8")
     except Exception:
         pass
 
