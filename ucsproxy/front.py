@@ -197,9 +197,8 @@ class _Connection(asyncio.Protocol):
         limit = self.server.body_limit
         text = b"ucsproxy: the request's body is larger than %d bytes (--body-limit).\n" % limit
         if req is not None and req.method:
-            answered = self.task is None and not self.pending and not self.closing
-            sent = (413, [("Content-Type", "text/plain"), ("Content-Length", str(len(text))), ("Connection", "close")],
-                    text) if answered else None
+            answered = self._can_answer()
+            sent = (413, _refusal_headers(text), text) if answered else None
             self._log(req, _text(b"".join(req.url)), None, None, sent, None,
                       f"Request body exceeds ucsproxy's body limit of {limit} bytes (--body-limit): "
                       f"{'answered 413 and ' if answered else ''}closed the connection; the {req.size} bytes "
@@ -208,10 +207,14 @@ class _Connection(asyncio.Protocol):
                 self.server.flush()  # logged before the answer is written, as every exchange
         self._refuse(text, 413)
 
+    def _can_answer(self) -> bool:
+        """Whether an answer written now is the next one the client reads (none before it is pending)."""
+        return self.task is None and not self.pending and not self.closing
+
     def _refuse(self, body: bytes, status: int) -> None:
-        if self.task is None and not self.pending and not self.closing:
-            self._write(_status_line(status) + b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
-                        b"Connection: close\r\n\r\n" % len(body) + body)
+        if self._can_answer():
+            self._write(_status_line(status) + b"".join(b"%s: %s\r\n" % (_wire(k), _wire(v))
+                                                        for k, v in _refusal_headers(body)) + b"\r\n" + body)
         self.close()
 
     def close(self) -> None:
@@ -548,10 +551,7 @@ class _Connection(asyncio.Protocol):
         started = req.started
         if sent:
             status, sent_headers, content = sent
-            # answer.logged(content): the records the answer was encoded from, unless a fault altered it
-            made = answer.decoded if answer is not None else None
-            if made is not None and not (content is answer.body or content == answer.body):  # type: ignore[union-attr]
-                made = None
+            made = answer.logged(content) if answer is not None else None  # unless a fault altered it
         else:
             status = sent_headers = content = made = None
         batch = server.logged
@@ -745,6 +745,11 @@ def _path_kind(path: str) -> str:
             _PATHS.clear()
         _PATHS[path] = kind
     return kind
+
+
+def _refusal_headers(body: bytes) -> list[tuple[str, str]]:
+    """The header fields of a refusal (400, 413, 431, ...) with ``body``: it closes the connection."""
+    return [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), ("Connection", "close")]
 
 
 def _declared_length(req: _Request) -> int:
