@@ -62,6 +62,11 @@ def _content(message: http.Message, fields: tuple[tuple[bytes, bytes], ...]) -> 
     return raw
 
 
+#: mitmproxy's error for a request body past ``body_size_limit`` (11 and 12 alike): it answers the
+#: client 413 itself, after the error hook, so the flow has no response to read the status from.
+BODY_LIMIT_ERROR = "Request body exceeds mitmproxy's body_size_limit."
+
+
 def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
     """The raw facts of a finished flow, for the log (no decoding here: that is the writer's job).
     Runs on the serving loop once per exchange: the bodies are not copied, and the headers are read
@@ -91,7 +96,7 @@ def raw_exchange_from_flow(flow: http.HTTPFlow, mode: str) -> RawExchange:
         server=f"{server[0]}:{server[1]}" if server else None,
         method=req.method,
         path=req.path,
-        http_status=resp.status_code if resp is not None else None,
+        http_status=resp.status_code if resp is not None else 413 if error == BODY_LIMIT_ERROR else None,
         request_headers=_native(request_fields),
         request_body=_content(req, request_fields),
         response_headers=response_headers,

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -51,6 +52,9 @@ log = logging.getLogger("ucsproxy")
 
 KILLED = "Connection killed."  # the error mitmproxy logs for a flow a fault killed; the log reads the same
 CLIENT_GONE = "Client disconnected."
+STOPPED = "ucsproxy stopped before this exchange was answered."
+#: A pipelined request read but never answered: the connection closed before its turn came.
+NOT_ANSWERED = "Not answered: the connection closed before this pipelined request's turn."
 TLS_HANDSHAKE = 0x16
 MAX_PIPELINED = 64  # queued requests per connection before it stops reading
 #: Bytes of a request's target and header fields at most. http.sys allows 16 KB by default and
@@ -119,6 +123,8 @@ class _Connection(asyncio.Protocol):
         self.upgrading: tuple[_Request, int] | None = None  # (request, body bytes still to read)
         self.head_too_large = False
         self.body_too_large = False
+        #: A refusal (body, status, its log row) waiting for the pipelined answers before it (_refuse).
+        self.refusal: tuple[bytes, int, Callable[[bool], None] | None] | None = None
         self.body_limit = server.body_limit
 
     # -- transport events --------------------------------------------------
@@ -138,9 +144,13 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         if self.task is not None:
-            self.task.cancel()
+            self.task.cancel()  # its row, then the requests queued behind it (_fault_done)
+        else:
+            self._unanswered()
 
     def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:
+            return  # nothing after a refused request is read (reading is paused; a read in flight)
         while data:
             if self.upgrading is not None:
                 data = self._upgrade_body(data)
@@ -157,7 +167,7 @@ class _Connection(asyncio.Protocol):
                 continue
             except httptools.HttpParserError:
                 if self.head_too_large:
-                    self._refuse(_HEAD_TOO_LARGE, 431)
+                    self._refuse_head()
                 elif self.body_too_large:
                     self._refuse_body()
                 else:
@@ -174,7 +184,7 @@ class _Connection(asyncio.Protocol):
                 req.fed += len(data)
                 if req.fed > HEAD_MAX:
                     self.head_too_large = True
-                    self._refuse(_HEAD_TOO_LARGE, 431)
+                    self._refuse_head()
             return
 
     def _upgrade_body(self, data: bytes) -> bytes:
@@ -196,26 +206,77 @@ class _Connection(asyncio.Protocol):
         req = self.current
         limit = self.server.body_limit
         text = b"ucsproxy: the request's body is larger than %d bytes (--body-limit).\n" % limit
+        row = None
         if req is not None and req.method:
-            answered = self._can_answer()
-            sent = (413, _refusal_headers(text), text) if answered else None
-            self._log(req, _text(b"".join(req.url)), None, None, sent, None,
-                      f"Request body exceeds ucsproxy's body limit of {limit} bytes (--body-limit): "
-                      f"{'answered 413 and ' if answered else ''}closed the connection; the {req.size} bytes "
-                      "read were not kept.")
-            if self.server.logged:
-                self.server.flush()  # logged before the answer is written, as every exchange
-        self._refuse(text, 413)
+            def row(answered: bool) -> None:
+                self._log(req, _text(b"".join(req.url)), None, None,
+                          (413, _refusal_headers(text), text) if answered else None, None,
+                          f"Request body exceeds ucsproxy's body limit of {limit} bytes (--body-limit): "
+                          f"{'answered 413 and ' if answered else ''}closed the connection; the {req.size} bytes "
+                          "read were not kept.")
+        self._refuse(text, 413, row)
+
+    def _refuse_head(self) -> None:
+        """431 and a closed connection for a request whose head is past HEAD_MAX, with a row in the
+        log as a refused body has (what was read of the target is kept, the header fields are not)."""
+        req = self.current
+        row = None
+        if req is not None:
+            if not req.method:
+                try:
+                    req.method = self.parser.get_method().decode("ascii", "replace")
+                except httptools.HttpParserError:
+                    pass  # not even the method was read
+
+            def row(answered: bool) -> None:
+                self._log(req, _text(b"".join(req.url)), None, None,
+                          (431, _refusal_headers(_HEAD_TOO_LARGE), _HEAD_TOO_LARGE) if answered else None, None,
+                          f"Request head exceeds ucsproxy's limit of {HEAD_MAX} bytes: "
+                          f"{'answered 431 and ' if answered else ''}closed the connection; the head was not "
+                          "read to its end.")
+        self._refuse(_HEAD_TOO_LARGE, 431, row)
 
     def _can_answer(self) -> bool:
         """Whether an answer written now is the next one the client reads (none before it is pending)."""
         return self.task is None and not self.pending and not self.closing
 
-    def _refuse(self, body: bytes, status: int) -> None:
-        if self._can_answer():
+    def _refuse(self, body: bytes, status: int, row: Callable[[bool], None] | None = None) -> None:
+        """Answer ``status`` with ``body`` and close the connection; ``row(answered)`` logs the
+        refused request. Requests read before it (pipelined behind an answer a fault holds) are
+        answered first, in order, as mitmproxy's front answers them: nothing more is read, and the
+        refusal waits for its turn (:meth:`_drain`)."""
+        self.current = None  # the parser stops at this request: no 100 Continue for it
+        if self._can_answer() or self.closing:
+            self._refused(body, status, row)
+            return
+        self.refusal = (body, status, row)
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _refused(self, body: bytes, status: int, row: Callable[[bool], None] | None) -> None:
+        answered = not self.closing
+        if row is not None:
+            row(answered)
+            if self.server.logged:
+                self.server.flush()  # logged before the answer is written, as every exchange
+        if answered:
             self._write(_status_line(status) + b"".join(b"%s: %s\r\n" % (_wire(k), _wire(v))
                                                         for k, v in _refusal_headers(body)) + b"\r\n" + body)
         self.close()
+
+    def _unanswered(self) -> None:
+        """Log the requests this connection read and will not answer (it closed before their turn)."""
+        while self.pending:
+            req = self.pending.popleft()
+            url, pieces = req.url, req.body
+            self._log(req, _text(b"".join(url)), b"".join(pieces), None, None, None,
+                      STOPPED if self.server.stopping else NOT_ANSWERED)
+        if self.refusal is not None:
+            body, status, row = self.refusal
+            self.refusal = None
+            if row is not None:
+                row(False)
 
     def close(self) -> None:
         if self.server.outbox:
@@ -343,7 +404,8 @@ class _Connection(asyncio.Protocol):
             self._serve_now(req)
         except Exception as e:  # a bug must not take the server down: this client gets a 500
             log.exception(f"ucsproxy: could not answer {req.method} {_text(b''.join(req.url))}: {e}")
-            self._refuse(b"ucsproxy: internal error, see the ucsproxy output.\n", 500)
+            # This request is at the head of the line (those pending come after it): its answer is next.
+            self._refused(b"ucsproxy: internal error, see the ucsproxy output.\n", 500, None)
 
     def _serve_now(self, req: _Request) -> None:
         """Answer one request: at once on the common path, on a task when a fault has to wait."""
@@ -405,14 +467,23 @@ class _Connection(asyncio.Protocol):
             if decision.response_delay_ms:
                 await asyncio.sleep(decision.response_delay_ms / 1000)
             if not decision.link:
-                logged = True
-                self._send(req, path, body, decoded, answer, decision)
-                return
-            logged = await self._send_shaped(req, path, body, decoded, answer, decision)
-        except asyncio.CancelledError:
+                logged = self._send(req, path, body, decoded, answer, decision)
+            else:
+                logged = await self._send_shaped(req, path, body, decoded, answer, decision)
+        except BaseException as e:
             if not logged:
-                self._log(req, path, body, decoded, None, decision, CLIENT_GONE)
+                self._log(req, path, body, decoded, None, decision, self._cut_short(e))
             raise
+        if not logged:  # the connection was closing when the answer was due
+            self._log(req, path, body, decoded, None, decision, self._cut_short(None))
+
+    def _cut_short(self, e: BaseException | None) -> str:
+        """The log's error for an exchange a fault held back that was never answered."""
+        if self.server.stopping:
+            return STOPPED  # stop() cancelled it
+        if e is None or isinstance(e, asyncio.CancelledError):
+            return CLIENT_GONE  # connection_lost cancelled it
+        return f"ucsproxy could not apply the fault: {e!r}"
 
     def _fault_done(self, task: asyncio.Task) -> None:
         self.task = None
@@ -424,7 +495,17 @@ class _Connection(asyncio.Protocol):
     def _drain(self) -> None:
         while self.pending and self.task is None and not self.closing:
             self._serve(self.pending.popleft())
-        if self.paused and len(self.pending) < MAX_PIPELINED // 2 and not self.closing and self.transport is not None:
+        if self.task is not None:
+            return
+        if self.closing:
+            self._unanswered()  # nothing more is answered on this connection
+            return
+        if self.refusal is not None and not self.pending:
+            refusal, self.refusal = self.refusal, None
+            self._refused(*refusal)  # its turn has come
+            return
+        if self.paused and len(self.pending) < MAX_PIPELINED // 2 and self.refusal is None \
+                and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         req = self.current
@@ -433,9 +514,11 @@ class _Connection(asyncio.Protocol):
             req.expect_continue = False
 
     def _send(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
-              decision: FaultDecision | None = None, logged: bool = True) -> None:
+              decision: FaultDecision | None = None, logged: bool = True) -> bool:
+        """Log the answer (unless ``logged`` is false) and queue it for the end of the loop turn;
+        False when the connection is closing and nothing was sent or logged."""
         if self.closing or self.transport is None:
-            return
+            return False
         head, content, close, sent_headers = self._frame(req, answer, decision)
         if logged:
             # Logged before it is written: a client never holds an answer the log could miss
@@ -449,6 +532,7 @@ class _Connection(asyncio.Protocol):
         if close:
             self.closing = True  # nothing more is answered; the flush closes the connection
         server.later()
+        return True
 
     async def _send_shaped(self, req: _Request, path: str, body: bytes, decoded, answer: Answer,
                            decision: FaultDecision) -> bool:
@@ -588,6 +672,7 @@ class LeanServer:
         self.outbox: list[tuple[_Connection, bytes, bytes, bool]] = []
         self._flush_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False  # stop() has begun: an exchange cut short now was cut by it
 
     def later(self) -> None:
         """Flush at the end of this loop turn (once, however many answers the turn made)."""
@@ -704,18 +789,27 @@ class LeanServer:
         self._sockets.clear()
 
     async def stop(self, state: str = "") -> None:
-        """Stop listening, let held connections go, close every connection, save state, close the log."""
+        """Stop listening, let held connections go, close every connection, save state, close the log.
+
+        An answer a fault still holds back (a delay, a timeout, a shaped answer part-written) is
+        not waited for: its exchange is logged as stopped (STOPPED), as are requests read and
+        queued behind it, before the log closes."""
         self.close_listeners()
         self.flush()
+        self.stopping = True
         self.core.let_held_go()
+        held = [conn.task for conn in self.connections if conn.task is not None]
         for conn in list(self.connections):
             conn.close()
+        for task in held:
+            task.cancel()
         pending = [t for t in self._tasks if not t.done()]
         for task in pending:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.sleep(0)  # let the transports' close callbacks run
+        if pending or held:
+            await asyncio.gather(*pending, *held, return_exceptions=True)
+        await asyncio.sleep(0)  # let the transports' close callbacks (and the tasks' done callbacks) run
+        self.flush()  # the rows those made, before the log closes
         self.core.shutdown(state)
 
 

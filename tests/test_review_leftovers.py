@@ -1,0 +1,170 @@
+"""Review of the leftovers at the serving fronts' edges: what a client sees, and what the log holds,
+when a request is refused behind pipelined requests, when a head or a body is too large, and when
+ucsproxy stops while a fault holds an answer back. In-process endpoints on 127.0.0.1 (no process:
+what is under test is the server's behaviour on a socket, not a process's)."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import mock_endpoint, wait_for
+from ews_client import envelope
+
+LIMIT = 4096
+_LIST = envelope("<m:GetImItemList/>")
+_ADD = envelope("<m:AddImGroup><m:DisplayName>Queued</m:DisplayName></m:AddImGroup>")
+
+
+def _post(body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s" % (extra, len(body), body)
+
+
+# A request each front refuses (the status it answers), sent after two requests pipelined behind
+# an answer a delay fault holds back. The lean front alone bounds a head (mitmproxy has no limit).
+_REFUSED = {
+    "malformed": (b"GARBAGE\r\n\r\n", 400),
+    "body past the limit": (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 1)
+                            + b"a" * (LIMIT + 1), 413),
+    "head past the limit": (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\n"
+                            + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(70)) + b"\r\n", 431),
+}
+
+
+def _read_all(sock: socket.socket, answers: int) -> bytes:
+    """What the server sends until it closes, or until ``answers`` whole answers came (mitmproxy 12
+    sends its 413 with Connection: close and leaves the closing to the client)."""
+    out = b""
+    try:
+        while len(_statuses(out)) < answers and (chunk := sock.recv(65536)):
+            out += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return out
+
+
+def _statuses(stream: bytes) -> list[int]:
+    """The status of each whole answer in a stream of HTTP/1.1 answers with Content-Length."""
+    found = []
+    while stream:
+        head, sep, rest = stream.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.split(b"\r\n")
+        length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
+                      if k.strip().lower() == b"content-length")
+        if len(rest) < length:
+            break
+        found.append(int(lines[0].split()[1]))
+        stream = rest[length:]
+    return found
+
+
+def _rows(db: Path, columns: str = "operation, http_status, error") -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"select {columns} from exchanges order by id").fetchall()
+
+
+@pytest.mark.parametrize("front", ["lean", "mitmproxy"])
+def test_a_refused_request_behind_held_pipelined_ones_waits_for_their_answers(front: str, tmp_path: Path) -> None:
+    # The lean front's _refuse closed the connection at once when an answer was still held: the
+    # held GetImItemList was logged 'Client disconnected.', the AddImGroup read behind it was never
+    # answered nor logged, and the client got no answer at all. mitmproxy's front answers both, in
+    # order, then refuses; the lean front now does the same, and logs the refusal in its turn.
+    db = tmp_path / "log.db"
+    cases = [name for name in _REFUSED if front == "lean" or name != "head past the limit"]
+    endpoint = mock_endpoint(front, db, seed=0, body_size_limit=str(LIMIT), ucs_fault=["GetImItemList:delay:ms=150"])
+    try:
+        answers = {}
+        for name in cases:
+            with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+                sock.sendall(_post(_LIST) + _post(_ADD) + _REFUSED[name][0])
+                answers[name] = _read_all(sock, 3)
+    finally:
+        endpoint.stop()
+    for name in cases:
+        assert _statuses(answers[name]) == [200, 200, _REFUSED[name][1]], (name, answers[name][-300:])
+    rows = _rows(db)
+    expected: list[tuple[str | None, int, str | None]] = []
+    for name in cases:
+        expected += [("GetImItemList", 200, None), ("AddImGroup", 200, None)]
+        if name != "malformed":  # nothing to log of a request that is not HTTP (neither front does)
+            expected.append((None, _REFUSED[name][1], "limit"))
+    assert [(op, status) for op, status, _ in rows] == [(op, status) for op, status, _ in expected], rows
+    for (_, _, error), (_, _, word) in zip(rows, expected, strict=True):
+        assert (error is None) if word is None else (word in error), rows
+
+
+def test_the_lean_front_logs_its_431_as_it_logs_its_413(tmp_path: Path) -> None:
+    # A 413 had a row (http_status 413, the error saying why); a 431 had none.
+    db = tmp_path / "log.db"
+    endpoint = mock_endpoint("lean", db, seed=0)
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+            sock.sendall(_REFUSED["head past the limit"][0])
+            out = _read_all(sock, 1)
+    finally:
+        endpoint.stop()
+    assert _statuses(out) == [431]
+    [(method, path, status, error)] = _rows(db, "method, path, http_status, error")
+    assert (method, path, status) == ("POST", "/EWS/Exchange.asmx", 431)
+    assert "head exceeds" in error and "65536" in error and "answered 431" in error, error
+
+
+def test_the_mitmproxy_fronts_413_row_has_its_status(tmp_path: Path) -> None:
+    # mitmproxy answers 413 itself after the error hook, with no flow.response: the row said null.
+    db = tmp_path / "log.db"
+    endpoint = mock_endpoint("mitmproxy", db, seed=0, body_size_limit=str(LIMIT))
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+            sock.sendall(_REFUSED["body past the limit"][0])
+            out = _read_all(sock, 1)
+    finally:
+        endpoint.stop()
+    assert out.startswith(b"HTTP/1.1 413 "), out[:100]
+    assert _rows(db, "http_status, error") == [(413, "Request body exceeds mitmproxy's body_size_limit.")]
+
+
+def _held(endpoint) -> bool:
+    return endpoint.server.call(lambda: any(c.task is not None for c in endpoint.server.server.connections))
+
+
+@pytest.mark.parametrize("fault", ["delay:ms=30000", "timeout:max_ms=30000", "slow-body:chunks=4,over_ms=30000"])
+def test_stopping_while_a_fault_holds_an_answer_logs_it_and_what_queued_behind_it(fault: str, tmp_path: Path) -> None:
+    # stop() closed the connections and then the log one loop turn later: the held exchange's
+    # 'Client disconnected.' row came after the log had closed and was lost, and so was the
+    # request pipelined behind it (with `ucsproxy mock` that is SIGTERM during a held answer).
+    db = tmp_path / "log.db"
+    endpoint = mock_endpoint("lean", db, seed=0, ucs_fault=[f"GetImItemList:{fault}"])
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+        sock.sendall(_post(_LIST) + _post(_ADD))
+        if fault.startswith("slow-body"):
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 ")  # the head is out, the body comes in pieces
+        wait_for(lambda: _held(endpoint), what="the answer held by the fault")
+        endpoint.stop()
+    rows = _rows(db)
+    assert [op for op, _, _ in rows] == ["GetImItemList", "AddImGroup"], rows
+    held, queued = rows
+    assert held[1] is None and held[2] in ("ucsproxy stopped before this exchange was answered.",
+                                          "Connection killed."), held  # a timeout ends its hold at stop
+    assert queued == ("AddImGroup", None, "ucsproxy stopped before this exchange was answered."), queued
+
+
+def test_a_client_gone_with_requests_queued_behind_a_held_answer_leaves_a_row_for_each(tmp_path: Path) -> None:
+    # The requests read behind the held one went unlogged when the client hung up.
+    db = tmp_path / "log.db"
+    endpoint = mock_endpoint("lean", db, seed=0, ucs_fault=["GetImItemList:delay:ms=30000"])
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+            sock.sendall(_post(_LIST) + _post(_ADD) + _post(_ADD))
+            wait_for(lambda: _held(endpoint), what="the answer held by the fault")
+        wait_for(lambda: not endpoint.server.call(lambda: bool(endpoint.server.server.connections)),
+                 what="the connection closed")
+    finally:
+        endpoint.stop()
+    gone = "Not answered: the connection closed before this pipelined request's turn."
+    assert _rows(db) == [("GetImItemList", None, "Client disconnected."), ("AddImGroup", None, gone),
+                         ("AddImGroup", None, gone)]
