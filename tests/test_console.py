@@ -275,3 +275,49 @@ def _takes_one(cls) -> bool:
     import dataclasses
 
     return len([f for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]) == 1
+
+
+class _Writes(io.StringIO):
+    """A stream that counts its write calls (a system call each where stdout is unbuffered)."""
+
+    writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def test_the_lines_a_flush_makes_go_out_in_one_write():
+    """Where stdout is unbuffered (PYTHONUNBUFFERED, python -u: each write a system call), the
+    lines waiting for a flush, the usual ones and summarized ones mixed, are written together in
+    one write, in their order, reading as lines written one at a time."""
+    from ucsproxy.answers import service_answer
+    from ucsproxy.console import Reporter
+    from ucsproxy.logrow import RawExchange
+    from ucsproxy.model import UcsModel
+    from ucsproxy.records import AddImGroup, EwsRequest, SoapHeaders
+    from ucsproxy.service import UcsService
+
+    service = UcsService(UcsModel(seed=0))
+    raws = []
+    for n in range(6):
+        request = EwsRequest("AddImGroup", SoapHeaders("Exchange2013"), AddImGroup(f"G{n % 4}"))  # 2 errors
+        answer = service_answer(service.handle(request, user="u@x"))
+        raws.append(RawExchange("mock", 1700000000.0 + n, 1.0 + n, "c", None, "POST", "/EWS/Exchange.asmx", 200,
+                                [], b"<x/>", answer.headers, answer.body,
+                                decoded_request=request, decoded_response=answer.logged(answer.body)))
+    raws[1:1] = _raws()
+    batched, one_by_one = Reporter(), Reporter()
+    batched.console, one_by_one.console = Console(_Writes(), enabled=True), Console(_Writes(), enabled=True)
+    scheduled: list = []
+    batched.console.flush_soon = scheduled.append
+    for raw in raws:
+        batched.exchange_done(raw)
+        one_by_one.exchange_done(raw)
+    assert len(scheduled) == 1
+    scheduled.pop()()
+    out, reference = batched.console.stream, one_by_one.console.stream
+    assert isinstance(out, _Writes) and isinstance(reference, _Writes)
+    assert out.writes == 1 and reference.writes == len(raws) == 10
+    assert out.getvalue() == reference.getvalue() and "ErrorImGroupDisplayNameAlreadyExists" in out.getvalue()
+    assert batched.console.summary(10) == one_by_one.console.summary(10)

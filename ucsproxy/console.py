@@ -279,11 +279,22 @@ class Console:
             return
         self._pending = []
         plain = self.enabled and not self._wants_color(self._out())
+        # The lines of the whole batch go out in one write: where stdout is unbuffered
+        # (PYTHONUNBUFFERED, python -u) a write per line was a system call per exchange.
+        lines: list[str] = []
         for raw, replay in pending:
             try:
-                if not (plain and replay is None and self._plain_line(raw)):
-                    self.exchange(summarize_raw(raw, replay))
+                line = self._plain_text(raw) if plain and replay is None else None
+                if line is None:
+                    line = self._counted_line(summarize_raw(raw, replay))
+                if line is not None:
+                    lines.append(line)
             except Exception as e:  # reporting must never break serving
+                log.error(f"ucsproxy: could not report an exchange: {e}")
+        if lines:
+            try:
+                self._out().write("".join(lines))
+            except (OSError, ValueError) as e:  # a closed or broken stdout must not break serving
                 log.error(f"ucsproxy: could not report an exchange: {e}")
 
     def _plain_line(self, raw: Any) -> bool:
@@ -291,19 +302,28 @@ class Console:
         else to tell (no fault, replay, error), counted and written as :meth:`exchange` writes
         ``summarize_raw(raw)``'s line without colour, word for word, without making the summary.
         False, having done nothing, for any other exchange."""
+        line = self._plain_text(raw)
+        if line is None:
+            return False
+        self._out().write(line)
+        return True
+
+    def _plain_text(self, raw: Any) -> str | None:
+        """:meth:`_plain_line`'s line (with its newline), counted, not written; None, having done
+        nothing, for any exchange it does not take."""
         request = raw.decoded_request
         answer = raw.decoded_response
         if (type(request) is not EwsRequest or type(answer) is not EwsResponse or raw.fault is not None
                 or raw.error is not None):
-            return False
+            return None
         message = answer.message
         status = raw.http_status
         headers = raw.response_headers
         if message is None or answer.fault is not None or status is None or not raw.response_body:
-            return False
+            return None
         for name, _ in headers or ():
             if name not in _ANSWER_NAMES and name.lower() == "x-ucsproxy-replay":
-                return False  # a replay's note: the summary tells
+                return None  # a replay's note: the summary tells
         method_path = (raw.method, raw.path)
         ews = _EWS_REQUESTS.get(method_path)
         if ews is None:
@@ -314,7 +334,7 @@ class Console:
                 _EWS_REQUESTS[method_path] = ews
         operation = request.operation
         if not ews or not operation:
-            return False
+            return None
         mailbox = (request.mailbox or _signed_in(raw.request_headers) or "").lower() or "-"
         arguments = _key_arguments(operation, request.body) if request.body is not None else ""
         response_class = message.response_class
@@ -349,12 +369,24 @@ class Console:
         moment = _moment(raw.started_at)
         line = (f"{moment}  {mailbox}  {padded}  {arguments}  {result}  {ms}\n" if arguments
                 else f"{moment}  {mailbox}  {padded}  {result}  {ms}\n")
-        self._out().write(line)
-        return True
+        return line
 
     def exchange(self, s: ExchangeSummary) -> None:
+        line = self._counted_line(s)
+        if line is not None:
+            out = self._out()
+            out.write(line)
+            flush_soon = self.flush_soon
+            if flush_soon is None:
+                out.flush()
+            elif not self._flush_due:
+                self._flush_due = True
+                flush_soon(self.flush)
+
+    def _counted_line(self, s: ExchangeSummary) -> str | None:
+        """Count an exchange's summary; its line (with its newline) when lines are printed."""
         if s.operation is None and not is_ews_request(s.method, s.path):  # s.is_ews
-            return
+            return None
         # s.is_error, s.failed and s.injected, each once
         is_error = s.response_class == "Error"
         status = s.http_status
@@ -368,15 +400,9 @@ class Console:
             self.injected += injected
             self.no_match += s.replay == "no-match"
             self.diverged += bool(s.divergence)
-        if self.enabled:
-            out = self._out()
-            out.write(_line(s, self._wants_color(out), failed, is_error, injected) + "\n")
-            flush_soon = self.flush_soon
-            if flush_soon is None:
-                out.flush()
-            elif not self._flush_due:
-                self._flush_due = True
-                flush_soon(self.flush)
+        if not self.enabled:
+            return None
+        return _line(s, self._wants_color(self._out()), failed, is_error, injected) + "\n"
 
     def summary(self, rows_logged: int | None) -> str:
         if self._pending:
