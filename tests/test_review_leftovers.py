@@ -168,3 +168,76 @@ def test_a_client_gone_with_requests_queued_behind_a_held_answer_leaves_a_row_fo
     gone = "Not answered: the connection closed before this pipelined request's turn."
     assert _rows(db) == [("GetImItemList", None, "Client disconnected."), ("AddImGroup", None, gone),
                          ("AddImGroup", None, gone)]
+
+
+# -- redaction: a key whose name holds a secret's name ----------------------------------------------
+
+SECRET = "Hunter2-secret-value"
+
+
+@pytest.mark.parametrize("text", [
+    f"user=kim&password\udcff={SECRET}",  # a byte that is not UTF-8 after the name (the proxy's U+DCFF)
+    f"password\\xff={SECRET}",  # ... and as the log writes it
+    f"password\x00={SECRET}", f"password2={SECRET}", f"Password_Confirmation={SECRET}",
+    f"user[password]={SECRET}", f"new_password={SECRET}", f"newPassword: {SECRET}",
+    f'{{"newPassword": "{SECRET}"}}', f'{{"user_password":"{SECRET}"}}', f"<x oldPassword='{SECRET}'/>",
+    f"<t:NewPassword>{SECRET}</t:NewPassword>", f"<UserPwd>{SECRET}</UserPwd>", f"X-User-Password: {SECRET}",
+    f"client_secret_2={SECRET}", f"myaccess_token={SECRET}",
+])
+def test_a_key_whose_name_holds_a_secrets_name_is_a_secrets_key(text: str) -> None:
+    # The rules read password=, "password": and <Password> only with the name whole and alone:
+    # a letter or a byte before or after it (password\xff=, newPassword, user[password]) kept the value.
+    from ucsproxy.redact import redact_text
+
+    out = redact_text(text)
+    assert SECRET not in out and "<redacted>" in out, out
+
+
+def test_a_secret_key_is_redacted_in_every_column(tmp_path: Path) -> None:
+    from ucsproxy.logrow import RawExchange, build_row
+    from ucsproxy.redact import Redactor
+
+    raw = RawExchange("record", 1700000000.0, 5.0, "127.0.0.1:1", "mail.contoso.com:443", "POST",
+                      f"/owa/auth?newPassword={SECRET}", 200,
+                      [("Content-Type", "application/x-www-form-urlencoded"), ("X-User-Password", SECRET)],
+                      b"user=kim&password\xff=" + SECRET.encode(), [("Content-Type", "text/plain")], b"ok")
+    row = build_row(raw)
+    assert SECRET not in repr(row), row
+    assert row["request_body"] == "user=kim&password\udcff=<redacted>"  # (the writer stores it as \xff)
+    assert Redactor().value({"newPassword": SECRET, "name": "x"}) == {"newPassword": "<redacted>", "name": "x"}
+
+
+def test_words_near_a_secrets_name_that_are_no_key_stay() -> None:
+    from ucsproxy.redact import redact_text
+
+    for text in ("grant_type=password&scope=ews", "<m:DisplayName>Password reset team</m:DisplayName>",
+                 "/reset-password?step=2", "passwords are long", "Compass=north"):
+        assert redact_text(text) == text, text
+
+
+def test_the_secret_key_rules_run_wherever_they_could_match() -> None:
+    # redact._builtin_plain runs the three secret-name rules only on a text holding one of
+    # _SECRET_WORDS (in lower case); the rules read their names case-insensitively, so every
+    # letter IGNORECASE reads as a name's letter must leave a _SECRET_WORDS word in text.lower().
+    import re
+    import string
+
+    from ucsproxy import redact
+
+    every = "".join(chr(c) for c in range(0x80, 0x30000) if not 0xD800 <= c < 0xE000)
+    others: dict[str, set[str]] = {a: set() for a in string.ascii_lowercase}
+    for found in re.findall("[a-z]", every, re.IGNORECASE):
+        others[next(a for a in string.ascii_lowercase if re.fullmatch(a, found, re.IGNORECASE))].add(found)
+
+    def ungated(text: str) -> str:
+        text = redact._SECRET_ELEMENT.sub(lambda m: f"{m.group(1)}<redacted>{m.group(4)}", text)
+        text = redact._SECRET_QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>{m.group(2)}", text)
+        return redact._SECRET_BARE.sub(lambda m: f"{m.group(1)}<redacted>", text)
+
+    names = redact._SECRET_NAMES[3:-1].split("|") + ["secret"]
+    for name in names:
+        for form in (f"{name}=x1", f"<{name}>x1</{name}>", f'"{name}": "x1"'):
+            for at, letter in enumerate(name):
+                for other in others.get(letter, ()):
+                    text = form.replace(name, name[:at] + other + name[at + 1:])
+                    assert redact._builtin_plain(text) == ungated(text), text

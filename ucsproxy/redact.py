@@ -11,7 +11,8 @@ place, so a new column cannot escape it. What it removes:
   the path, header values): Bearer tokens, JWTs, Basic credentials (base64 of
   ``user:password`` after ``Basic``), NTLM / Negotiate blobs, password and token
   values (``<Password>..</Password>``, ``password="..."``, ``password=...``,
-  ``"password": "..."``, ``access_token=...``);
+  ``"password": "..."``, ``access_token=...``), also under a longer key holding such a name
+  (``newPassword=``, ``<t:NewPassword>``, a header ``X-User-Password``);
 - the user's own rules: header names (``--redact-header``) whose whole value goes, and
   regular expressions (``--redact-pattern``) whose matches go, in every text.
 
@@ -49,13 +50,24 @@ _NTLM = re.compile(r"\b(NTLM|Negotiate|Kerberos)\s+[A-Za-z0-9+/]{12,}={0,2}", re
 # base64 of "NTLMSSP\0": an NTLM message wherever it stands.
 _NTLM_BARE = re.compile(r"TlRMTVNTUA[A-Za-z0-9+/]*={0,2}")
 # Names a secret value goes by, as a key (password=..., "password": ...) or an XML element.
+# One rule for every form: a key (or element, or header) whose name CONTAINS such a name is a
+# secret's key: newPassword=, "new_password":, user[password]=, <t:NewPassword>, X-User-Password:,
+# password2=, and password\xff= (a byte that is not text, kept as U+DCFF: the name is still
+# there). What ends a key is the punctuation of the formats the rules read, not a letter.
 _SECRET_NAMES = r"(?:password|passwd|pwd|client_secret|clientsecret|access_token|refresh_token|id_token)"
 _SECRET_KEY = re.compile(rf"{_SECRET_NAMES}", re.IGNORECASE)
-_SECRET_ELEMENT = re.compile(rf"(<(?:[\w.-]+:)?({_SECRET_NAMES}|secret)\b[^>]*>)([^<]*)(</(?:[\w.-]+:)?\2\s*>)",
-                             re.IGNORECASE)
-_SECRET_QUOTED = re.compile(rf"""(\b{_SECRET_NAMES}["']?\s*[:=]\s*)(["'])((?:(?!\2)[^\\]|\\.)*)\2""",
+# The rest of a key after a secret's name, up to its ":" or "=" (at most 64 characters: bounded work).
+_KEY_REST = r"""[^\s=:&;,"'<>?/{}]{0,64}?"""
+_SECRET_ELEMENT = re.compile(
+    rf"(<(?:[\w.-]+:)?([\w.-]{{0,64}}?(?:{_SECRET_NAMES}|secret)[\w.-]{{0,64}})(?:\s[^>]*)?>)([^<]*)"
+    rf"(</(?:[\w.-]+:)?\2\s*>)", re.IGNORECASE)
+_SECRET_QUOTED = re.compile(rf"""({_SECRET_NAMES}{_KEY_REST}["']?\s*[:=]\s*)(["'])((?:(?!\2)[^\\]|\\.)*)\2""",
                             re.IGNORECASE)
-_SECRET_BARE = re.compile(rf"""(\b{_SECRET_NAMES}\s*[:=]\s*)(?!["'\s<])([^&\s"'<>;,]+)""", re.IGNORECASE)
+_SECRET_BARE = re.compile(rf"""({_SECRET_NAMES}{_KEY_REST}\s*[:=]\s*)(?!["'\s<])([^&\s"'<>;,]+)""", re.IGNORECASE)
+# Without one of these in a text (lower-cased) none of the three rules above can match: each name
+# holds one, and the long s ("ſ") is the one letter their IGNORECASE reads as another ("s") that
+# lower() leaves as it is and that no other word here holds.
+_SECRET_WORDS = ("passw", "pwd", "secret", "token", "\u017f")
 # Words that must be in a text for any built-in rule to match (checked in lower case first: cheap).
 # More send a text to the rules: "&#" (a character reference can spell a name the rules look
 # for: pa&#115;sword, see _builtin), and the letters the rules' IGNORECASE reads as ASCII ones
@@ -172,8 +184,8 @@ class Redactor:
                 value = _auth_value(value)
             elif lower in COOKIE_HEADERS:
                 value = _cookie_value(lower, value)
-            elif lower in SECRET_HEADERS:
-                return REDACTED
+            elif lower in SECRET_HEADERS or _SECRET_KEY.search(lower):
+                return REDACTED  # X-User-Password too: a header's name is a key
             else:
                 value = _sub(value, _BEARER)
         return self.text(value)
@@ -236,8 +248,8 @@ class Redactor:
         if isinstance(value, str):
             if key is not None and self._is_header(key):
                 return self.header(key, value)
-            if key is not None and self.builtin and _SECRET_KEY.fullmatch(key):
-                return REDACTED
+            if key is not None and self.builtin and _SECRET_KEY.search(key):
+                return REDACTED  # newPassword too
             return self.text(value)
         if isinstance(value, dict):
             return {k: self.value(v, k) for k, v in value.items()}
@@ -250,7 +262,8 @@ class Redactor:
 
     def _is_header(self, name: str) -> bool:
         lower = name.lower()
-        return lower in self.headers or (self.builtin and lower in SENSITIVE_HEADERS)
+        return lower in self.headers or (self.builtin and (lower in SENSITIVE_HEADERS
+                                                           or _SECRET_KEY.search(lower) is not None))
 
     # -- a whole row ----------------------------------------------------------------
 
@@ -434,9 +447,11 @@ def _builtin_plain(text: str) -> str:
     text = _BASIC.sub(_basic, text)
     text = _NTLM.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _NTLM_BARE.sub(REDACTED, text)
-    text = _SECRET_ELEMENT.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(4)}", text)
-    text = _SECRET_QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
-    text = _SECRET_BARE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    lower = text.lower()
+    if any(word in lower for word in _SECRET_WORDS):
+        text = _SECRET_ELEMENT.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(4)}", text)
+        text = _SECRET_QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+        text = _SECRET_BARE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return text
 
 
