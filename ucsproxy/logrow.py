@@ -22,7 +22,7 @@ from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
 # The JSON columns' one encoder and the JSON of records live in ucsproxy.logjson (also used
 # by ucsproxy.logpieces); the names are kept here for older imports.
 from .logjson import JSON_ENCODER, _JSON, _json, answer_columns, group_json, item_list_json, payload_json, persona_json  # noqa: F401
-from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor
+from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor, texts_clean
 
 #: Bodies longer than this are stored cut, with a note in ``error``.
 MAX_STORED_BODY = 4 * 1024 * 1024
@@ -537,6 +537,89 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
     # Every value goes through the one redaction pass, header lists and JSON columns included
     # (the bodies and the JSON the memo built went through it there).
     return redactor.row(row, _JSON_SET, _JSON.encode, done=_DONE[args_done, result_done])
+
+
+#: The values of a kind ``M`` exchange (ucsproxy.logwriter.marshal_payload), in the order
+#: :func:`marshal_row` reads them: RawExchange's fields, then the decoded request's and answer's columns.
+MARSHAL_NAMES = ("mode", "started_at", "duration_ms", "client", "server", "method", "path", "http_status",
+                 "request_headers", "request_body", "response_headers", "response_body", "fault", "error",
+                 "divergence", "mailbox", "decoded_request", "decoded_response")
+_EWS_REQUEST: dict[tuple[str, str], bool] = {}
+
+
+def _utf8_body(body: Any) -> str | None | bool:
+    """_body_text's text of a body that is UTF-8 and not cut, else False (None: no body)."""
+    if body is None:
+        return None
+    if type(body) is not bytes or len(body) > MAX_STORED_BODY or body[:2] in (b"<\x00", b"\x00<"):
+        return False
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+
+
+def marshal_row(values: tuple, redactor: Redactor) -> dict[str, Any] | None:
+    """The row :func:`build_row` makes of a kind ``M`` exchange (``values`` in MARSHAL_NAMES's
+    order), made directly where it is the proxy's usual one: a model's answer (the request's and
+    the answer's columns given, the mailbox decided) to a POST to EWS, bodies of UTF-8 not cut,
+    under rules that are only the built-in ones (or none), with no text in the row holding a
+    word those rules look for (:func:`ucsproxy.redact.texts_clean`: then redacting leaves every
+    value as it is). None otherwise: build_row makes it. tests/test_log_fast_rows.py holds the
+    two to the same rows."""
+    (mode, started_at, duration_ms, client, server, method, path, http_status, request_headers, request_body,
+     response_headers, response_body, fault, error, divergence, mailbox, request, answer) = values
+    if request is None or answer is None or not mailbox or request_headers is None or not redactor.trigger_only:
+        return None
+    key = (method, path)
+    ews = _EWS_REQUEST.get(key)
+    if ews is None:
+        ews = is_ews_request(method, path)
+        if len(_EWS_REQUEST) < 1024 and type(method) is str and type(path) is str and len(path) <= 1024:
+            _EWS_REQUEST[key] = ews
+    if not ews:
+        return None
+    request_text = _utf8_body(request_body)
+    response_text = _utf8_body(response_body)
+    if request_text is False or response_text is False:
+        return None
+    operation, version, args = request
+    answer_operation, response_class, response_code, result = answer
+    if error is not None and type(error) is not str:
+        return None
+    soap_action = header(request_headers, "SOAPAction")
+    row = {
+        "started_at": iso_utc(started_at),
+        "duration_ms": duration_ms,
+        "mode": mode,
+        "client": client,
+        "server": server,
+        "method": method,
+        "path": path,
+        "http_status": http_status,
+        "soap_action": soap_action.strip().strip('"') if soap_action else None,
+        "operation": operation or answer_operation,
+        "mailbox": mailbox,
+        "request_server_version": version,
+        "response_class": response_class,
+        "response_code": response_code,
+        "fault": fault,
+        "args": args,
+        "result": result,
+        "request_headers": request_headers,
+        "request_body": request_text,
+        "response_headers": response_headers,
+        "response_body": response_text,
+        "error": error or None,
+        "divergence": divergence,
+    }
+    if redactor.builtin and not texts_clean([v for v in row.values() if type(v) is str]):
+        return None
+    encode = _JSON.encode
+    row["request_headers"] = redactor._header_list(list(request_headers), encode, redactor.builtin)
+    if response_headers is not None:
+        row["response_headers"] = redactor._header_list(list(response_headers), encode, redactor.builtin)
+    return row
 
 
 # Redactor.row's ``done``: the bodies always, args and result when the memo built them.

@@ -239,22 +239,35 @@ def marshal_payload(raws: list[RawExchange]) -> bytes | None:
 
 def load_marshal(payload: bytes | memoryview) -> list[RawExchange]:
     """The exchanges of a kind ``M`` frame's payload (what :func:`marshal_payload` made)."""
+    return [raw_of(values) for values in marshal.loads(payload)]
+
+
+def raw_of(values: tuple) -> RawExchange:
+    """The exchange of one kind ``M`` item (its values in :func:`_marshal_layout`'s order)."""
     from .logrow import LoggedAnswer, LoggedRequest, RawExchange
 
-    names = _marshal_layout()[1]
-    new = RawExchange.__new__
-    out = []
-    for values in marshal.loads(payload):
-        raw = new(RawExchange)
-        state = dict(zip(names, values))
-        request, answer = values[-2], values[-1]
-        if request is not None:
-            state["decoded_request"] = LoggedRequest(*request)
-        if answer is not None:
-            state["decoded_response"] = LoggedAnswer(*answer)
-        raw.__dict__.update(state)
-        out.append(raw)
-    return out
+    raw = RawExchange.__new__(RawExchange)
+    state = dict(zip(_marshal_layout()[1], values))
+    request, answer = values[-2], values[-1]
+    if request is not None:
+        state["decoded_request"] = LoggedRequest(*request)
+    if answer is not None:
+        state["decoded_response"] = LoggedAnswer(*answer)
+    raw.__dict__.update(state)
+    return raw
+
+
+def load_marshal_items(payload: bytes | memoryview) -> list[Any]:
+    """A kind ``M`` frame's exchanges as the writer keeps them until it builds their rows: each
+    the plain tuple it came as (:func:`build_rows` makes most rows straight from it,
+    :func:`ucsproxy.logrow.marshal_row`), or, where the tuple's layout is not the one that
+    function reads (a RawExchange field it does not know), a RawExchange."""
+    from .logrow import MARSHAL_NAMES
+
+    items = marshal.loads(payload)
+    if _marshal_layout()[1] != MARSHAL_NAMES:
+        return [raw_of(values) for values in items]
+    return items
 
 
 def frame(seq: int, raws: list[RawExchange]) -> bytes:
@@ -413,12 +426,22 @@ def stored_size(raws: list[RawExchange]) -> int:
     return size
 
 
-def build_rows(batch: Iterable[RawExchange], redactor) -> list[dict[str, Any]]:
-    """Rows of the exchanges, redacted by ``redactor`` (ucsproxy.redact.Redactor)."""
-    from .logrow import JSON_COLUMNS, build_row
+def build_rows(batch: Iterable[Any], redactor) -> list[dict[str, Any]]:
+    """Rows of the exchanges (RawExchanges, or the plain tuples of :func:`load_marshal_items`),
+    redacted by ``redactor`` (ucsproxy.redact.Redactor)."""
+    from .logrow import JSON_COLUMNS, build_row, marshal_row
 
     rows = []
     for raw in batch:
+        if type(raw) is tuple:
+            try:
+                row = marshal_row(raw, redactor)
+            except Exception:
+                row = None  # build_row decides, as for any other
+            if row is not None:
+                rows.append(row)
+                continue
+            raw = raw_of(raw)
         try:
             rows.append(build_row(raw, redactor=redactor))
         except Exception as e:  # one odd exchange must not stop the log: it is logged with why
@@ -799,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             elif seq <= committed:
                 continue  # an earlier writer of this session committed it
             elif kind == MARSHAL:
-                committer.add(seq, load_marshal(payload), len(payload))
+                committer.add(seq, load_marshal_items(payload), len(payload))
             else:
                 committer.add(seq, load_payload(payload), len(payload))
         ending = reader.stop or reader.eof
