@@ -9,6 +9,8 @@ model holds it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from . import answers, identity
 from . import protocol as P
@@ -41,7 +43,22 @@ def mailbox_for(request: EwsRequest, user: str | None) -> str:
     """Whose list a request works on: the impersonated mailbox, else ``user`` (what
     :func:`ucsproxy.identity.request_mailbox` found in the HTTP headers, or a recorded
     mailbox column), else the default mailbox. The rules are :mod:`ucsproxy.identity`'s."""
-    return identity.impersonated(request) or identity.clean_name(user) or DEFAULT_MAILBOX
+    found = identity.impersonated(request)
+    if found:
+        return found
+    try:
+        return _USERS[user]  # the same user with every request
+    except KeyError:
+        pass
+    found = identity.clean_name(user) or DEFAULT_MAILBOX
+    if user is None or len(user) <= 256:
+        if len(_USERS) >= 1024:
+            _USERS.clear()
+        _USERS[user] = found
+    return found
+
+
+_USERS: dict[str | None, str] = {}
 
 
 _SUCCESS_EMPTY: dict[str, UcsResponse] = {}
@@ -102,6 +119,13 @@ class UcsService:
         return _success(op, payload)
 
     def _dispatch(self, mailbox: str, body: UcsRequest) -> Payload | None:
+        call = _CALLS.get(type(body))
+        if call is not None:  # the operation's model call, found by the record's class
+            return call(self.model, mailbox, body)
+        return self._matched(mailbox, body)
+
+    def _matched(self, mailbox: str, body: UcsRequest) -> Payload | None:
+        """:meth:`_dispatch` by pattern (a subclass of a request record, built by hand)."""
         m = self.model
         match body:
             case AddImGroup(display_name=name):
@@ -136,3 +160,75 @@ class UcsService:
             case GetImItems(contact_ids=contacts, group_ids=groups, extended_properties=extended):
                 return m.get_im_items(mailbox, contacts, groups, extended)
         raise UcsError("ErrorInvalidRequest", f"no rule for {type(body).__name__}")
+
+
+# Per request record class, its model call (what UcsService._matched does for it).
+def _add_im_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    return m.add_im_group(mb, b.display_name)
+
+
+def _add_new_im_contact_to_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    return m.add_new_im_contact_to_group(mb, b.im_address, b.display_name, b.group_id)
+
+
+def _add_im_contact_to_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.add_im_contact_to_group(mb, b.contact_id, b.group_id)
+    return None
+
+
+def _remove_im_contact_from_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.remove_im_contact_from_group(mb, b.contact_id, b.group_id)
+    return None
+
+
+def _remove_contact_from_im_list(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.remove_contact_from_im_list(mb, b.contact_id)
+    return None
+
+
+def _remove_im_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.remove_im_group(mb, b.group_id)
+    return None
+
+
+def _set_im_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.set_im_group(mb, b.group_id, b.new_display_name)
+    return None
+
+
+def _add_distribution_group_to_im_list(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    return m.add_distribution_group_to_im_list(mb, b.smtp_address, b.display_name)
+
+
+def _remove_distribution_group_from_im_list(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.remove_distribution_group_from_im_list(mb, b.group_id)
+    return None
+
+
+def _set_im_list_migration_completed(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    m.set_im_list_migration_completed(mb, b.im_list_migration_completed)
+    return None
+
+
+def _get_im_item_list(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    return m.get_im_item_list(mb, b.extended_properties)
+
+
+def _get_im_items(m: UcsModel, mb: str, b: Any) -> Payload | None:
+    return m.get_im_items(mb, b.contact_ids, b.group_ids, b.extended_properties)
+
+
+_CALLS: dict[type, Callable[[UcsModel, str, Any], Payload | None]] = {
+    AddImGroup: _add_im_group,
+    AddNewImContactToGroup: _add_new_im_contact_to_group,
+    AddImContactToGroup: _add_im_contact_to_group,
+    RemoveImContactFromGroup: _remove_im_contact_from_group,
+    RemoveContactFromImList: _remove_contact_from_im_list,
+    RemoveImGroup: _remove_im_group,
+    SetImGroup: _set_im_group,
+    AddDistributionGroupToImList: _add_distribution_group_to_im_list,
+    RemoveDistributionGroupFromImList: _remove_distribution_group_from_im_list,
+    SetImListMigrationCompleted: _set_im_list_migration_completed,
+    GetImItemList: _get_im_item_list,
+    GetImItems: _get_im_items,
+}

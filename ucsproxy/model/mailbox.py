@@ -90,7 +90,29 @@ class _Contact:
 
 def _changes_state(method: Callable) -> Callable:
     """Marks a Mailbox method that may change what the mailbox lists: the cached
-    GetImItemList answer is dropped whatever the method does (also when it raises)."""
+    GetImItemList answer is dropped whatever the method does (also when it raises), and so is
+    the group index (:meth:`Mailbox._group_index`), which the method may have left behind."""
+
+    def changing(self: Mailbox, *args: Any, **kwargs: Any) -> Any:
+        self._generation += 1
+        self._index = None
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._generation += 1
+            self._item_lists.clear()
+            self._index = None
+
+    changing.__name__ = changing.__qualname__ = method.__name__
+    changing.__doc__ = method.__doc__
+    changing.changes_state = True  # type: ignore[attr-defined]
+    return changing
+
+
+def _changes_groups(method: Callable) -> Callable:
+    """Marks a Mailbox method that changes what the mailbox lists, as :func:`_changes_state`, but
+    keeps the group index up to date itself (AddImGroup, RemoveImGroup: a client's most usual
+    changes keep the index; the others drop it and the next use counts again)."""
 
     def changing(self: Mailbox, *args: Any, **kwargs: Any) -> Any:
         self._generation += 1
@@ -104,6 +126,40 @@ def _changes_state(method: Callable) -> Callable:
     changing.__doc__ = method.__doc__
     changing.changes_state = True  # type: ignore[attr-defined]
     return changing
+
+
+def _folded(display_name: str) -> str:
+    """A group display name as :func:`~ucsproxy.model.policy.same_display_name` compares it."""
+    return display_name.strip().casefold()
+
+
+class _GroupIndex:
+    """What the name and limit checks read off every group, counted once: how many groups have
+    each display name (as :func:`_folded` makes it), and how many count toward the group limit."""
+
+    __slots__ = ("names", "counted")
+
+    def __init__(self, groups: Iterable[_Group]) -> None:
+        self.names: dict[str, int] = {}
+        self.counted = 0
+        for g in groups:
+            self.add(g)
+
+    def add(self, g: _Group) -> None:
+        key = _folded(g.display_name)
+        self.names[key] = self.names.get(key, 0) + 1
+        if counts_toward_group_limit(g.group_type):
+            self.counted += 1
+
+    def remove(self, g: _Group) -> None:
+        key = _folded(g.display_name)
+        left = self.names[key] - 1
+        if left:
+            self.names[key] = left
+        else:
+            del self.names[key]
+        if counts_toward_group_limit(g.group_type):
+            self.counted -= 1
 
 
 class Mailbox:
@@ -130,6 +186,10 @@ class Mailbox:
         # same object can be handed out again, and the codec keeps its encoding with it.
         self._generation = 0
         self._item_lists: dict[tuple[ExtendedFieldURI, ...], tuple[tuple, ImItemList]] = {}
+        # The groups' names and limit count (None: count them at the next use). Only methods
+        # marked _changes_groups keep it; every other change drops it (_changes_state), and so
+        # must code that changes ``groups`` from outside (persistence does).
+        self._index: _GroupIndex | None = None
         for display_name, group_type in DEFAULT_GROUPS:
             self._new_group(display_name, group_type)
 
@@ -141,6 +201,7 @@ class Mailbox:
         twin.contacts = {k: copy.copy(c) for k, c in self.contacts.items()}
         twin._taken = set(self._taken)
         twin._item_lists = {}
+        twin._index = None
         return twin
 
     # -- ids ---------------------------------------------------------------
@@ -219,10 +280,20 @@ class Mailbox:
     def default_group_id(self, group_type: str) -> str:
         return self._default_group(group_type).id
 
+    def _group_index(self) -> _GroupIndex:
+        index = self._index
+        if index is None:
+            index = self._index = _GroupIndex(self.groups.values())
+        return index
+
     def _check_name_free(self, name: str, except_id: str | None = None) -> None:
-        for g in self.groups.values():
-            if g.id != except_id and same_display_name(g.display_name, name):
-                raise ImGroupDisplayNameAlreadyExists()
+        taken = self._group_index().names.get(_folded(name), 0)
+        if taken and except_id is not None:
+            g = self.groups.get(except_id)
+            if g is not None and same_display_name(g.display_name, name):
+                taken -= 1
+        if taken:
+            raise ImGroupDisplayNameAlreadyExists()
 
     def _new_group(self, display_name: str, group_type: str, smtp: str | None = None) -> _Group:
         g = _Group(self._fresh(self.ids.group), self._next_change(), display_name, group_type, smtp_address=smtp)
@@ -230,7 +301,7 @@ class Mailbox:
         return g
 
     def _user_group_count(self) -> int:
-        return sum(1 for g in self.groups.values() if counts_toward_group_limit(g.group_type))
+        return self._group_index().counted
 
     def _groups_of(self, contact: _Contact) -> list[_Group]:
         return [g for g in self.groups.values() if contact.item_id in g.members]
@@ -335,12 +406,16 @@ class Mailbox:
 
     # -- operations ------------------------------------------------------------
 
-    @_changes_state
+    @_changes_groups
     def add_im_group(self, display_name: str) -> ImGroup:
-        self._check_name_free(display_name)
-        if self._user_group_count() >= self.max_groups:
+        index = self._group_index()
+        if _folded(display_name) in index.names:
+            raise ImGroupDisplayNameAlreadyExists()
+        if index.counted >= self.max_groups:
             raise ImGroupLimitReached()
-        return self.group_record(self._new_group(display_name, P.GROUP_USER))
+        g = self._new_group(display_name, P.GROUP_USER)
+        index.add(g)
+        return self.group_record(g)
 
     @_changes_state
     def add_new_im_contact_to_group(self, im_address: str, display_name: str | None = None,
@@ -396,13 +471,15 @@ class Mailbox:
             self._touch(g)
         del self.contacts[c.item_id]
 
-    @_changes_state
+    @_changes_groups
     def remove_im_group(self, group_id: ItemId) -> None:
         group = self._group(group_id)
         if group.group_type in DEFAULT_GROUP_TYPES:
             raise self.policy.default_group_edit_error(detail="Default IM groups cannot be removed.")
-        members = [self.contacts[m] for m in group.members if m in self.contacts]
+        members = [self.contacts[m] for m in group.members if m in self.contacts] if group.members else ()
         del self.groups[group.id]
+        if self._index is not None:
+            self._index.remove(group)
         for c in members:
             self._drop_if_orphan(c)
 

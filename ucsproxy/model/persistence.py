@@ -76,6 +76,7 @@ def mailbox_from_json(data: dict[str, Any], clock: Callable[[], datetime] | None
             recorded=from_jsonable(Persona, c["recorded"]) if c.get("recorded") else None,
         )
     mb._taken = set(mb.groups) | set(mb.contacts) | {c.persona_id for c in mb.contacts.values()}
+    mb._index = None  # the groups were put in place here, not by the mailbox's methods
     return mb
 
 

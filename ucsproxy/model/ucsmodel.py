@@ -21,6 +21,10 @@ from .persistence import FORMAT, mailbox_from_json, mailbox_to_json, read_state,
 from .policy import DEFAULT_POLICY, MAX_CONTACTS, MAX_GROUPS, Policy
 
 
+_NAME_KEPT = 256  # characters of a mailbox name whose key is kept
+_NAMES_KEPT = 1024
+
+
 class UcsModel:
     """Every mailbox of the fake Exchange, keyed case-insensitively by address.
 
@@ -37,15 +41,27 @@ class UcsModel:
         self.policy = policy
         self._mailboxes: dict[str, Mailbox] = {}
         self._lock = threading.RLock()
+        # A mailbox name as a request gives it -> its key (the same few names come with every request).
+        self._keys: dict[str | None, str] = {}
 
     def mailbox(self, name: str | None = None) -> Mailbox:
-        key = (name or DEFAULT_MAILBOX).strip().casefold()
         with self._lock:
-            mb = self._mailboxes.get(key)
-            if mb is None:
-                mb = Mailbox(key, self.seed, self.max_contacts, self.max_groups, self.clock, self.policy)
-                self._mailboxes[key] = mb
-            return mb
+            return self._mailbox(name)
+
+    def _mailbox(self, name: str | None) -> Mailbox:
+        """:meth:`mailbox`, the lock held by the caller."""
+        key = self._keys.get(name)
+        if key is None:
+            key = (name or DEFAULT_MAILBOX).strip().casefold()
+            if name is None or len(name) <= _NAME_KEPT:
+                if len(self._keys) >= _NAMES_KEPT:
+                    self._keys.clear()
+                self._keys[name] = key
+        mb = self._mailboxes.get(key)
+        if mb is None:
+            mb = Mailbox(key, self.seed, self.max_contacts, self.max_groups, self.clock, self.policy)
+            self._mailboxes[key] = mb
+        return mb
 
     def put_mailbox(self, mb: Mailbox) -> None:
         """Put ``mb`` in place of the mailbox of its name (shadow mode restores a copy so)."""
@@ -78,75 +94,75 @@ class UcsModel:
     # The twelve operations, by mailbox.
     def add_im_group(self, mailbox: str | None, display_name: str) -> ImGroup:
         with self._lock:
-            return self.mailbox(mailbox).add_im_group(display_name)
+            return self._mailbox(mailbox).add_im_group(display_name)
 
     def add_new_im_contact_to_group(self, mailbox: str | None, im_address: str, display_name: str | None = None,
                                     group_id: ItemId | None = None) -> Persona:
         with self._lock:
-            return self.mailbox(mailbox).add_new_im_contact_to_group(im_address, display_name, group_id)
+            return self._mailbox(mailbox).add_new_im_contact_to_group(im_address, display_name, group_id)
 
     def add_im_contact_to_group(self, mailbox: str | None, contact_id: ItemId, group_id: ItemId | None = None) -> None:
         with self._lock:
-            return self.mailbox(mailbox).add_im_contact_to_group(contact_id, group_id)
+            return self._mailbox(mailbox).add_im_contact_to_group(contact_id, group_id)
 
     def remove_im_contact_from_group(self, mailbox: str | None, contact_id: ItemId, group_id: ItemId) -> None:
         with self._lock:
-            return self.mailbox(mailbox).remove_im_contact_from_group(contact_id, group_id)
+            return self._mailbox(mailbox).remove_im_contact_from_group(contact_id, group_id)
 
     def remove_contact_from_im_list(self, mailbox: str | None, contact_id: ItemId) -> None:
         with self._lock:
-            return self.mailbox(mailbox).remove_contact_from_im_list(contact_id)
+            return self._mailbox(mailbox).remove_contact_from_im_list(contact_id)
 
     def remove_im_group(self, mailbox: str | None, group_id: ItemId) -> None:
         with self._lock:
-            return self.mailbox(mailbox).remove_im_group(group_id)
+            return self._mailbox(mailbox).remove_im_group(group_id)
 
     def set_im_group(self, mailbox: str | None, group_id: ItemId, new_display_name: str) -> None:
         with self._lock:
-            return self.mailbox(mailbox).set_im_group(group_id, new_display_name)
+            return self._mailbox(mailbox).set_im_group(group_id, new_display_name)
 
     def add_distribution_group_to_im_list(self, mailbox: str | None, smtp_address: str, display_name: str) -> ImGroup:
         with self._lock:
-            return self.mailbox(mailbox).add_distribution_group_to_im_list(smtp_address, display_name)
+            return self._mailbox(mailbox).add_distribution_group_to_im_list(smtp_address, display_name)
 
     def remove_distribution_group_from_im_list(self, mailbox: str | None, group_id: ItemId) -> None:
         with self._lock:
-            return self.mailbox(mailbox).remove_distribution_group_from_im_list(group_id)
+            return self._mailbox(mailbox).remove_distribution_group_from_im_list(group_id)
 
     def set_im_list_migration_completed(self, mailbox: str | None, completed: bool) -> None:
         with self._lock:
-            return self.mailbox(mailbox).set_im_list_migration_completed(completed)
+            return self._mailbox(mailbox).set_im_list_migration_completed(completed)
 
     def get_im_item_list(self, mailbox: str | None = None,
                          extended: Iterable[ExtendedFieldURI] = ()) -> ImItemList:
         with self._lock:
-            return self.mailbox(mailbox).get_im_item_list(tuple(extended))
+            return self._mailbox(mailbox).get_im_item_list(tuple(extended))
 
     def get_im_items(self, mailbox: str | None, contact_ids: Iterable[ItemId] = (), group_ids: Iterable[ItemId] = (),
                      extended: Iterable[ExtendedFieldURI] = ()) -> ImItemList:
         with self._lock:
-            return self.mailbox(mailbox).get_im_items(tuple(contact_ids), tuple(group_ids), tuple(extended))
+            return self._mailbox(mailbox).get_im_items(tuple(contact_ids), tuple(group_ids), tuple(extended))
 
     def is_stale(self, mailbox: str | None, item: ItemId) -> bool:
         with self._lock:
-            return self.mailbox(mailbox).is_stale(item)
+            return self._mailbox(mailbox).is_stale(item)
 
     def im_list_migration_completed(self, mailbox: str | None = None) -> bool:
         with self._lock:
-            return self.mailbox(mailbox).im_list_migration_completed
+            return self._mailbox(mailbox).im_list_migration_completed
 
     # Adopting recorded state (replay --stateful, --item-list).
     def seed_mailbox(self, mailbox: str | None, item_list: ImItemList) -> None:
         with self._lock:
-            self.mailbox(mailbox).seed_from(item_list)
+            self._mailbox(mailbox).seed_from(item_list)
 
     def adopt_group(self, mailbox: str | None, group: ImGroup) -> None:
         with self._lock:
-            self.mailbox(mailbox).adopt_group(group)
+            self._mailbox(mailbox).adopt_group(group)
 
     def adopt_persona(self, mailbox: str | None, persona: Persona, group_ids: Iterable[str] = ()) -> None:
         with self._lock:
-            self.mailbox(mailbox).adopt_persona(persona, tuple(group_ids))
+            self._mailbox(mailbox).adopt_persona(persona, tuple(group_ids))
 
     # JSON state.
     def to_json(self) -> dict[str, Any]:
