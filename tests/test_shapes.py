@@ -181,7 +181,7 @@ def test_the_hot_spot_shortcut_gives_what_a_full_decode_gives_for_any_byte_chang
 
     check(envelope(template.format("Friends")))
     check(envelope(template.format("Family")))  # one spot changed: it is hot now
-    hot = memo._hot[context]
+    hot = memo._hot[context].shapes
     assert len(hot) == 1 and hot[0].hot is not None
     shortcut = 0
     for _ in range(150):

@@ -100,6 +100,11 @@ def headers_mailbox(headers: Iterable[tuple[str, str]] | None) -> str | None:
                 auth = v
         elif name == "x-anchormailbox" and anchor is None:
             anchor = v
+    return _named_mailbox(anchor, auth)
+
+
+def _named_mailbox(anchor: str | None, auth: str | None) -> str | None:
+    """The mailbox an X-AnchorMailbox and an Authorization value name (None: the header is absent)."""
     if anchor is None and auth is None:
         return None
     key = (anchor, auth)
@@ -117,6 +122,44 @@ def headers_mailbox(headers: Iterable[tuple[str, str]] | None) -> str | None:
         if len(_HEADERS_MAILBOX) >= _HEADERS_MAILBOX_MAX:
             _HEADERS_MAILBOX.clear()
         _HEADERS_MAILBOX[key] = found
+    return found
+
+
+def _read_headers(headers: Iterable[tuple[str, str]] | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """The first Content-Type, SOAPAction, X-AnchorMailbox and Authorization values (None: absent),
+    in one pass: what decoding and the mailbox read of a request's headers."""
+    content_type = soap_action = anchor = auth = None
+    for k, v in headers or ():
+        name = k.lower()
+        if name == "content-type":
+            if content_type is None:
+                content_type = v
+        elif name == "soapaction":
+            if soap_action is None:
+                soap_action = v
+        elif name == "authorization":
+            if auth is None:
+                auth = v
+        elif name == "x-anchormailbox" and anchor is None:
+            anchor = v
+    return content_type, soap_action, anchor, auth
+
+
+_EWS_PATHS: dict[str, bool] = {}
+_EWS_PATHS_MAX = 1024
+
+
+def _is_ews(path: str) -> bool:
+    """:func:`~ucsproxy.protocol.is_ews_endpoint`, kept per path (short paths only)."""
+    try:
+        return _EWS_PATHS[path]
+    except KeyError:
+        pass
+    found = is_ews_endpoint(path)
+    if len(path) <= 256:
+        if len(_EWS_PATHS) >= _EWS_PATHS_MAX:
+            _EWS_PATHS.clear()
+        _EWS_PATHS[path] = found
     return found
 
 
@@ -449,13 +492,26 @@ class UcsCore:
 
     def wants_decoded(self, method: str, path: str) -> bool:
         """Whether a request is decoded: an EWS POST, when serving or when faults may apply."""
-        return (self.serving or self.engine is not None or self.watcher is not None) and method == "POST" and is_ews_endpoint(path)
+        return (self.serving or self.engine is not None or self.watcher is not None) and method == "POST" and _is_ews(path)
 
     def decode(self, body: bytes, headers: list[tuple[str, str]]) -> EwsRequest | DecodeError:
         """The decoded request; answering from the model (mock, stateful replay), a UCS request
         that breaks Exchange's schema decodes to the DecodeError of its violation, unless lenient."""
-        content_type = header(headers, "Content-Type")
-        soap_action = header(headers, "SOAPAction")
+        content_type, soap_action, _, _ = _read_headers(headers)
+        return self._decode(body, soap_action, content_type)
+
+    def decode_and_mailbox(self, body: bytes, headers: list[tuple[str, str]]
+                           ) -> tuple[EwsRequest | DecodeError, str | None]:
+        """(:meth:`decode`, :meth:`mailbox` of it where a model answers, else None), reading the
+        headers once."""
+        content_type, soap_action, anchor, auth = _read_headers(headers)
+        decoded = self._decode(body, soap_action, content_type)
+        if self.service is None or not isinstance(decoded, EwsRequest):
+            return decoded, None
+        found = identity.impersonated(decoded) or _named_mailbox(anchor, auth)
+        return decoded, found or identity.DEFAULT_MAILBOX
+
+    def _decode(self, body: bytes, soap_action: str | None, content_type: str | None) -> EwsRequest | DecodeError:
         checked = self.service is not None and not self.lenient
         # Clients repeat requests byte for byte (GetImItemList above all): decoding is a pure
         # function of these, and records are immutable, so a repeat costs one dict lookup.
@@ -486,7 +542,7 @@ class UcsCore:
                mailbox: str | None = None) -> Answer | None:
         """The mock's or the recording's answer; None when a fall-through upstream should answer.
         ``mailbox``: :meth:`mailbox` of this request when the front found it already."""
-        if not is_ews_endpoint(path):
+        if not _is_ews(path):
             return answers.not_found()
         if method != "POST":
             return answers.not_post()

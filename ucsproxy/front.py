@@ -41,7 +41,6 @@ from .control import is_control_path
 from .core import Answer, UcsCore
 from .faults import FaultDecision, Kind
 from .logrow import RawExchange
-from .records import EwsRequest
 
 if TYPE_CHECKING:
     import ssl
@@ -428,9 +427,10 @@ class _Connection(asyncio.Protocol):
             assert found is not None  # an Autodiscover path
             self._send(req, path, body, None, found)
             return
-        decoded = c.decode(body, req.headers) if kind is _EWS and c.wants_decoded(req.method, path) else None
-        if c.service is not None and isinstance(decoded, EwsRequest):
-            req.mailbox = c.mailbox(decoded, req.headers)
+        if kind is _EWS and c.wants_decoded(req.method, path):
+            decoded, req.mailbox = c.decode_and_mailbox(body, req.headers)  # the mailbox where a model answers
+        else:
+            decoded = None
         if c.engine is not None or c.watcher is not None:
             decision = c.decide(decoded, req.headers)
             if decision is not None:

@@ -208,16 +208,29 @@ def _marshal_layout() -> tuple[Any, tuple[str, ...]]:
     return _LAYOUT
 
 
+_MARSHAL_PARTS: tuple[Any, ...] | None = None
+
+
+def _marshal_parts() -> tuple[Any, ...]:
+    """What :func:`marshal_payload` uses, imported once (an import statement costs microseconds
+    per call even when the module is loaded; at module level it would load the records into
+    every process that reads the log)."""
+    global _MARSHAL_PARTS
+    from .logrow import LoggedAnswer, answer_columns, logged_request
+    from .records import EwsRequest, EwsResponse
+
+    _MARSHAL_PARTS = (_marshal_layout()[0], LoggedAnswer, answer_columns, logged_request, EwsRequest, EwsResponse)
+    return _MARSHAL_PARTS
+
+
 def marshal_payload(raws: list[RawExchange]) -> bytes | None:
     """The payload of a kind ``M`` frame carrying ``raws``, or None when one of them holds a value
     :mod:`marshal` does not take (then a ``B`` frame carries them). What travels is what
     :meth:`RawExchange.__getstate__ <ucsproxy.logrow.RawExchange.__getstate__>` gives a ``B`` frame:
     the decoded request's log columns where the proxy decided the mailbox (else nothing: the
     writer decodes it), the answer's log columns where the proxy made it from records."""
-    from .logrow import LoggedAnswer, answer_columns, logged_request
-    from .records import EwsRequest, EwsResponse
-
-    getter = _marshal_layout()[0]
+    parts = _MARSHAL_PARTS or _marshal_parts()
+    getter, LoggedAnswer, answer_columns, logged_request, EwsRequest, EwsResponse = parts
     items = []
     for raw in raws:
         request = raw.decoded_request

@@ -78,6 +78,8 @@ MAX_BODY = 4096
 #: Shapes with a hot spot looked for first, per context, and contexts that keep such a list.
 HOT_SHAPES = 8
 HOT_CONTEXTS = 64
+#: Bytes of a body's end that pick the hot shapes it may be made from.
+HOT_TAIL = 48
 
 # A text node with the ">" and "<" around it, or a double-quoted attribute value with its '="'
 # and '"'. Attribute values are reached before a ">" inside them (the scan runs left to right).
@@ -162,7 +164,17 @@ def _request_with(request: EwsRequest, changes: list[tuple[tuple[str, ...], str]
     body = request.body
     for path, text in changes:
         body = _with(body, path, text)
-    return EwsRequest(operation=request.operation, headers=request.headers, body=body)
+    # EwsRequest(request.operation, request.headers, body), its instance dict filled directly (in
+    # field order, as the codec makes records: the object __init__ would make).
+    made = _new(EwsRequest)
+    state = made.__dict__
+    state["operation"] = request.operation
+    state["headers"] = request.headers
+    state["body"] = body
+    return made
+
+
+_new = object.__new__
 
 
 _PROBE = "ucsproxyShapeProbe"
@@ -279,8 +291,8 @@ class ShapeMemo:
 
     def __init__(self, size: int = 256):
         self._shapes = BoundedMemo(size)
-        # Per context, the newest HOT_SHAPES shapes that have a hot spot (newest last).
-        self._hot: dict[tuple, list[_Shape]] = {}
+        # Per context, the newest HOT_SHAPES shapes that have a hot spot.
+        self._hot: dict[tuple, _HotShapes] = {}
 
     def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> tuple[EwsRequest | None, Any]:
         """(the request made from a kept one of the same shape, or None; a token for :meth:`put`).
@@ -289,8 +301,13 @@ class ShapeMemo:
         hot = self._hot.get(context)
         if hot is not None and len(body) <= MAX_BODY:
             # A client's next AddImGroup differs from its last in the name alone: looked for
-            # first, on the bytes (a few comparisons), before the body is split.
-            for shape in reversed(hot):
+            # first, on the bytes (a few comparisons), before the body is split. Only the hot
+            # shapes whose kept bytes after the value end as this body ends can match it.
+            for shape in hot.get(body[-HOT_TAIL:], ()):
+                made = shape.made_at_hot(body)
+                if made is not None:
+                    return made, None
+            for shape in hot.short:
                 made = shape.made_at_hot(body)
                 if made is not None:
                     return made, None
@@ -304,7 +321,7 @@ class ShapeMemo:
         if kept is None:
             return None, (key, parts)
         made = _made(kept, parts[1::2], decode)
-        if made is not None and kept.hot is not None and (hot is None or kept not in hot):
+        if made is not None and kept.hot is not None and (hot is None or kept not in hot.shapes):
             self._remember_hot(context, kept)
         return made, (None if made is not None else (key, parts))
 
@@ -313,10 +330,8 @@ class ShapeMemo:
         if hot is None:
             if len(self._hot) >= HOT_CONTEXTS:
                 self._hot.clear()
-            hot = self._hot[context] = []
-        hot.append(shape)
-        if len(hot) > HOT_SHAPES:
-            del hot[0]
+            hot = self._hot[context] = _HotShapes()
+        hot.add(shape)
 
     def put(self, token: Any, decoded: Any) -> None:
         """Keep ``decoded``, the full decoding of the body :meth:`get` gave ``token`` for."""
@@ -324,6 +339,35 @@ class ShapeMemo:
             return
         key, parts = token
         self._shapes.put(key, _Shape(parts, decoded))
+
+
+class _HotShapes(dict):
+    """A context's newest :data:`HOT_SHAPES` shapes with a hot spot, by the last :data:`HOT_TAIL`
+    bytes of their kept bytes after the value (a body ends with those bytes or the shape cannot
+    make it): a client's AddImGroup and RemoveImGroup each find their own shape at once. Shapes
+    whose bytes after the value are shorter are in ``short``, tried for every body."""
+
+    __slots__ = ("shapes", "short")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[_Shape] = []  # newest last
+        self.short: list[_Shape] = []
+
+    def add(self, shape: _Shape) -> None:
+        shapes = self.shapes
+        shapes.append(shape)
+        if len(shapes) > HOT_SHAPES:
+            del shapes[0]
+        self.clear()
+        self.short = []
+        for kept in reversed(shapes):  # the newest first
+            assert kept.hot is not None
+            after = kept.hot[1]
+            if len(after) >= HOT_TAIL:
+                self.setdefault(after[-HOT_TAIL:], []).append(kept)
+            else:
+                self.short.append(kept)
 
 
 def _made(kept: _Shape, spots: list[bytes], decode: Callable[[bytes], Any]) -> EwsRequest | None:

@@ -1,0 +1,215 @@
+"""The core's shortcuts for a client's Add+Remove pairs give what the slow paths they replace give:
+the mailbox's group index (names and limit count) is what counting every group says, after any
+sequence of operations; the service finds each request's model call by its record's class as the
+pattern match does; the core reads a request's headers once for decoding and the mailbox; the hot
+shapes, found by the end of a body, make the request a full decode makes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ucsproxy import core, service, shapes
+from ucsproxy.model import UcsError, UcsModel
+from ucsproxy.model.mailbox import _GroupIndex
+from ucsproxy.model.persistence import mailbox_from_json, mailbox_to_json
+from ucsproxy.model.policy import counts_toward_group_limit, same_display_name
+from ucsproxy.records import (
+    AddDistributionGroupToImList,
+    AddImGroup,
+    AddNewImContactToGroup,
+    EwsRequest,
+    GetImItemList,
+    ItemId,
+    RemoveDistributionGroupFromImList,
+    RemoveImGroup,
+    SetImGroup,
+    SoapHeaders,
+    UcsRequest,
+)
+
+from test_shapes import CT, envelope, full
+
+USER = "pairs@contoso.com"
+NAMES = ["Friends", "friends", " Friends ", "FRIENDS", "Work", "Other Contacts", "other contacts", "Straße", "STRASSE",
+         "Favorites", "Tagged", "x"]
+
+
+def _index_as_counted(mb) -> tuple[dict[str, int], int]:
+    fresh = _GroupIndex(mb.groups.values())
+    return fresh.names, fresh.counted
+
+
+def _expected_add(mb, name: str) -> str | None:
+    """What AddImGroup answers by the rules as written, counting every group (None: it succeeds)."""
+    if any(same_display_name(g.display_name, name) for g in mb.groups.values()):
+        return "ErrorImGroupDisplayNameAlreadyExists"
+    if sum(1 for g in mb.groups.values() if counts_toward_group_limit(g.group_type)) >= mb.max_groups:
+        return "ErrorImGroupLimitReached"
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_group_index_is_what_counting_every_group_gives_after_any_operations(seed):
+    rng = random.Random(seed)
+    model = UcsModel(seed=seed, max_groups=6)
+    ids: list[str] = []
+    snapshot = model.snapshot()
+    for _ in range(300):
+        mb = model.mailbox(USER)
+        op = rng.choice(["add", "add", "add", "remove", "remove", "rename", "dg", "dgremove", "contact", "snapshot",
+                         "restore", "json", "seed", "default"])
+        try:
+            if op == "add":
+                name = rng.choice(NAMES)
+                expected = _expected_add(mb, name)
+                try:
+                    group = model.add_im_group(USER, name)
+                except UcsError as e:
+                    assert e.code == expected, name
+                else:
+                    assert expected is None, name
+                    assert group.exchange_store_id is not None
+                    ids.append(group.exchange_store_id.id)
+            elif op == "remove" and ids:
+                model.remove_im_group(USER, ItemId(ids.pop(rng.randrange(len(ids)))))
+            elif op == "rename" and ids:
+                model.set_im_group(USER, ItemId(rng.choice(ids)), rng.choice(NAMES))
+            elif op == "dg":
+                group = model.add_distribution_group_to_im_list(USER, f"dl{rng.randrange(4)}@contoso.com",
+                                                                rng.choice(NAMES))
+                assert group.exchange_store_id is not None
+                ids.append(group.exchange_store_id.id)
+            elif op == "dgremove" and ids:
+                model.remove_distribution_group_from_im_list(USER, ItemId(rng.choice(ids)))
+            elif op == "contact":
+                target = ItemId(rng.choice(ids)) if ids and rng.random() < 0.5 else None
+                model.add_new_im_contact_to_group(USER, f"sip:c{rng.randrange(5)}@contoso.com", "C", target)
+            elif op == "snapshot":
+                snapshot = model.snapshot()
+            elif op == "restore":
+                model.restore(snapshot)
+            elif op == "json":
+                model.put_mailbox(mailbox_from_json(mailbox_to_json(mb)))
+            elif op == "seed":
+                model.seed_mailbox(USER, model.get_im_item_list(USER))
+            elif op == "default":
+                mb.default_group_id("IPM.DistList.MOC.Favorites")
+        except UcsError:
+            pass
+        mb = model.mailbox(USER)
+        ids = [i for i in ids if i in mb.groups]
+        if mb._index is not None:
+            assert (mb._index.names, mb._index.counted) == _index_as_counted(mb), op
+        assert (mb._group_index().names, mb._group_index().counted) == _index_as_counted(mb), op
+
+
+def test_every_ucs_request_class_has_its_model_call_by_class():
+    assert set(service._CALLS) == set(UcsRequest.__args__)  # type: ignore[attr-defined]
+
+
+def test_the_model_call_by_class_does_what_the_pattern_match_does():
+    """Two models with the same seed, one served through the calls by class, the other through the
+    pattern match: the same results and the same errors, request after request."""
+    fast, slow = service.UcsService(UcsModel(seed=3)), service.UcsService(UcsModel(seed=3))
+    default = fast.model.get_im_item_list(USER).groups[0].exchange_store_id
+    requests: list = [AddImGroup("A"), AddImGroup("a"), GetImItemList(), SetImGroup(ItemId("AAMkx"), "B"),
+                      AddNewImContactToGroup("sip:bob@contoso.com", "Bob", default),
+                      AddDistributionGroupToImList("dl@contoso.com", "DL"), RemoveDistributionGroupFromImList(ItemId("")),
+                      RemoveImGroup(ItemId("AAMkAGI2TG93AAA=")), RemoveImGroup(default)]
+    for body in requests:
+        got = []
+        for svc, call in ((fast, fast._dispatch), (slow, slow._matched)):
+            try:
+                got.append(call(USER, body))
+            except UcsError as e:
+                got.append(e.code)
+        assert got[0] == got[1], body
+
+
+HEADERS = [
+    [("Content-Type", CT)],
+    [("content-type", CT), ("SOAPAction", '"http://schemas.microsoft.com/exchange/services/2006/messages/AddImGroup"')],
+    [("Content-Type", CT), ("Authorization", "Basic " + "YWxpY2VAY29udG9zby5jb206cHc=")],  # alice@contoso.com:pw
+    [("Content-Type", CT), ("X-AnchorMailbox", "SMTP:Kim@Contoso.com"), ("Authorization", "Basic YWxpY2VAY29udG9zby5jb206cHc=")],
+    [("Content-Type", "text/plain"), ("content-type", CT), ("authorization", "Basic Ym9iQGNvbnRvc28uY29tOng="),
+     ("Authorization", "Basic YWxpY2VAY29udG9zby5jb206cHc="), ("x-anchormailbox", "")],
+    [],
+]
+IMPERSONATED = ('<t:RequestServerVersion Version="Exchange2013"/><t:ExchangeImpersonation><t:ConnectingSID>'
+                "<t:PrimarySmtpAddress>Lee@Contoso.com</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>")
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+@pytest.mark.parametrize("lenient", [False, True])
+def test_decode_and_mailbox_is_decode_then_mailbox(headers, lenient):
+    bodies = [envelope("<m:AddImGroup><m:DisplayName>G</m:DisplayName></m:AddImGroup>"),
+              envelope("<m:AddImGroup><m:DisplayName>G</m:DisplayName></m:AddImGroup>", header=IMPERSONATED),
+              envelope("<m:GetFolder/>"), b"not xml", envelope("<m:AddImGroup/>")]
+    served = core.UcsCore()
+    served.mode = "mock"
+    served.lenient = lenient
+    served.build_model(seed=1)
+    observed = core.UcsCore()  # record mode: no model, so no mailbox
+    for c in (served, observed):
+        for body in bodies:
+            decoded, mailbox = c.decode_and_mailbox(body, headers)
+            assert decoded == c.decode(body, headers)
+            expected = c.mailbox(decoded, headers) if c.service is not None and isinstance(decoded, EwsRequest) \
+                else None
+            assert mailbox == expected
+
+
+def test_hot_shapes_found_by_their_end_make_what_a_full_decode_makes(monkeypatch):
+    """Several hot shapes in one context, some whose bytes after the value are shorter than the
+    tail they are found by (a ChangeKey near the end of a body with short prefixes): each body is
+    made from the right shape, or decoded in full, and equals the full decode."""
+    ns = ('xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+          'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" '
+          'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"')
+
+    def short(body: str) -> bytes:
+        return (f'<s:Envelope {ns}><s:Header><t:RequestServerVersion Version="Exchange2013"/></s:Header>'
+                f"<s:Body>{body}</s:Body></s:Envelope>").encode()
+
+    makers = [
+        lambda v: envelope(f"<m:AddImGroup><m:DisplayName>{v}</m:DisplayName></m:AddImGroup>"),
+        lambda v: envelope(f'<m:RemoveImGroup><m:GroupId Id="{v}"/></m:RemoveImGroup>'),
+        lambda v: short(f'<m:RemoveImGroup><m:GroupId Id="AAMk1" ChangeKey="{v}"/></m:RemoveImGroup>'),
+        lambda v: short(f'<m:SetImGroup><m:GroupId Id="AAMk2"/><m:NewDisplayName>{v}</m:NewDisplayName></m:SetImGroup>'),
+        lambda v: short(f'<m:AddImGroup><m:DisplayName>{v}</m:DisplayName></m:AddImGroup>'),
+    ]
+    rng = random.Random(7)
+    memo = shapes.ShapeMemo()
+    context = (None, CT, True)
+    made_count = 0
+    for n in range(400):
+        body = rng.choice(makers)(f"V{n}x{rng.randrange(1000)}")
+        made, token = memo.get(body, context, full)
+        expected = full(body)
+        if made is None:
+            memo.put(token, expected)
+        else:
+            made_count += 1
+            assert made == expected and repr(made) == repr(expected), body
+    hot = memo._hot[context]
+    assert len(hot.shapes) == len(makers) and hot.short  # every shape is hot; some kept apart by their short end
+    assert made_count > 350
+    # Every shape hot: each next body is made at its hot spot, none split to be matched.
+    split = shapes._parts
+    splits = []
+    monkeypatch.setattr(shapes, "_parts", lambda *a: splits.append(a) or split(*a))
+    for n in range(100):
+        body = makers[n % len(makers)](f"W{n}")
+        made, token = memo.get(body, context, full)
+        assert made == full(body) and token is None, body
+    assert not splits
+
+
+def test_a_request_made_at_a_hot_spot_is_an_ews_request_as_init_makes_it():
+    body = envelope("<m:AddImGroup><m:DisplayName>Friends</m:DisplayName></m:AddImGroup>")
+    request = full(body)
+    made = shapes._request_with(request, [(("display_name",), "Family")])
+    assert made == EwsRequest(request.operation, request.headers, AddImGroup("Family"))
+    assert type(made.headers) is SoapHeaders and made.__dict__.keys() == request.__dict__.keys()
