@@ -119,8 +119,8 @@ def test_the_model_call_by_class_does_what_the_pattern_match_does():
                       AddDistributionGroupToImList("dl@contoso.com", "DL"), RemoveDistributionGroupFromImList(ItemId("")),
                       RemoveImGroup(ItemId("AAMkAGI2TG93AAA=")), RemoveImGroup(default)]
     for body in requests:
-        got = []
-        for svc, call in ((fast, fast._dispatch), (slow, slow._matched)):
+        got: list[object] = []
+        for call in (fast._dispatch, slow._matched):
             try:
                 got.append(call(USER, body))
             except UcsError as e:
@@ -199,7 +199,12 @@ def test_hot_shapes_found_by_their_end_make_what_a_full_decode_makes(monkeypatch
     # Every shape hot: each next body is made at its hot spot, none split to be matched.
     split = shapes._parts
     splits = []
-    monkeypatch.setattr(shapes, "_parts", lambda *a: splits.append(a) or split(*a))
+
+    def counted(*args):
+        splits.append(args)
+        return split(*args)
+
+    monkeypatch.setattr(shapes, "_parts", counted)
     for n in range(100):
         body = makers[n % len(makers)](f"W{n}")
         made, token = memo.get(body, context, full)
