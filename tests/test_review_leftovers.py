@@ -241,3 +241,37 @@ def test_the_secret_key_rules_run_wherever_they_could_match() -> None:
                 for other in others.get(letter, ()):
                     text = form.replace(name, name[:at] + other + name[at + 1:])
                     assert redact._builtin_plain(text) == ungated(text), text
+
+
+# -- the writer's persona memo: bounded in bytes ----------------------------------------------------
+
+def _item_list_body(names: list[str]) -> bytes:
+    from ucsproxy import codec
+    from ucsproxy.model import UcsModel
+    from ucsproxy.records import UcsResponse
+
+    model = UcsModel(seed=1)
+    for n, name in enumerate(names):
+        model.add_new_im_contact_to_group("kim@contoso.com", f"sip:c{n}@contoso.com", name)
+    return codec.encode_response(UcsResponse("GetImItemList", payload=model.get_im_item_list("kim@contoso.com")))
+
+
+def test_the_persona_memo_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # codec._PERSONA_MEMO (the log writer's memo=True decodes) kept 10,000 personas whatever their
+    # size: personas with a megabyte of display name each would be 10 GB.
+    from ucsproxy import codec
+
+    monkeypatch.setattr(codec, "_PERSONA_MEMO", codec.OrderedDict())
+    monkeypatch.setattr(codec, "_persona_memo_bytes", 0, raising=False)  # (raising: the test failed first)
+    monkeypatch.setattr(codec, "PERSONA_MEMO_BYTES", 64 * 1024, raising=False)
+    kept_at_most = getattr(codec, "PERSONA_MEMO_KEPT", 16 * 1024)
+    huge = "H" * (kept_at_most + 1)
+    decoded = codec.decode_response(_item_list_body([huge, "Small One"]), "GetImItemList", memo=True)
+    assert {p.display_name for p in decoded.message.payload.personas} == {huge, "Small One"}
+    assert [len(k) <= kept_at_most for k in codec._PERSONA_MEMO] == [True], "a huge persona is not kept"
+    names = [f"{n:03d}" + "m" * 4000 for n in range(40)]  # about 160 KB of personas
+    again = codec.decode_response(_item_list_body(names), "GetImItemList", memo=True)
+    assert sorted(p.display_name for p in again.message.payload.personas) == names
+    kept = sum(len(k) for k in codec._PERSONA_MEMO)
+    assert 0 < kept <= 64 * 1024 and kept == codec._persona_memo_bytes, kept
+    assert len(codec._PERSONA_MEMO) < 40

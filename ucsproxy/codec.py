@@ -1427,12 +1427,20 @@ def _personas_by_markup(body: bytes, container: etree._Element, children: list[e
 # a list read again after a few changes (the log of a growing list, a recording's answers)
 # has mostly the same personas, and the same element text always decodes to the same
 # record. Serializing a persona costs a tenth of decoding it.
+# Bounded in bytes as well as in entries: a persona's markup may be as long as the body that holds
+# it (a display name of megabytes), and 10,000 of those would be gigabytes. A persona's markup
+# longer than PERSONA_MEMO_KEPT is decoded each time, not kept (a real one is under 2 KB), and the
+# kept markup comes to at most PERSONA_MEMO_BYTES (its records take about as much again).
 PERSONA_MEMO_SIZE = 10_000
+PERSONA_MEMO_KEPT = 16 * 1024
+PERSONA_MEMO_BYTES = 16 * 1024 * 1024
 _PERSONA_MEMO: OrderedDict[bytes, Persona] = OrderedDict()
 _PERSONA_MEMO_LOCK = threading.Lock()
+_persona_memo_bytes = 0  # the kept markup's length, under the lock
 
 
 def _remembered_persona(el: etree._Element) -> Persona:
+    global _persona_memo_bytes
     key = etree.tostring(el, with_tail=False)
     with _PERSONA_MEMO_LOCK:
         found = _PERSONA_MEMO.get(key)
@@ -1440,10 +1448,14 @@ def _remembered_persona(el: etree._Element) -> Persona:
             _PERSONA_MEMO.move_to_end(key)
             return found
     persona = _persona_fast(el)  # a broken persona raises: nothing is remembered
+    if len(key) > PERSONA_MEMO_KEPT:
+        return persona
     with _PERSONA_MEMO_LOCK:
+        if _PERSONA_MEMO.get(key) is None:  # (another thread may have kept it meanwhile)
+            _persona_memo_bytes += len(key)
         _PERSONA_MEMO[key] = persona
-        while len(_PERSONA_MEMO) > PERSONA_MEMO_SIZE:
-            _PERSONA_MEMO.popitem(last=False)
+        while len(_PERSONA_MEMO) > PERSONA_MEMO_SIZE or _persona_memo_bytes > PERSONA_MEMO_BYTES:
+            _persona_memo_bytes -= len(_PERSONA_MEMO.popitem(last=False)[0])
     return persona
 
 
