@@ -275,3 +275,11 @@ def test_the_persona_memo_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -
     kept = sum(len(k) for k in codec._PERSONA_MEMO)
     assert 0 < kept <= 64 * 1024 and kept == codec._persona_memo_bytes, kept
     assert len(codec._PERSONA_MEMO) < 40
+
+
+def test_keep_stores_and_empties_a_full_cache_first() -> None:
+    from ucsproxy.memo import keep
+
+    cache: dict[int, str] = {}
+    assert [keep(cache, n, str(n), 3) for n in range(3)] == ["0", "1", "2"] and len(cache) == 3
+    assert keep(cache, 9, "9", 3) == "9" and cache == {9: "9"}, "full: emptied, then the new one kept"

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 from . import protocol as P
 from .logjson import ANSWER_COLUMNS
-from .memo import IdentityCache
+from .memo import IdentityCache, keep
 from .records import (DecodeError, EwsResponse, ImGroup, ImItemList, ItemId, MessageXml, ServerVersionInfo, SoapFault,
                       UcsResponse)
 
@@ -111,9 +111,7 @@ def version_fault(version: str | None) -> SoapFault | None:
         known = version is None or version in P.SERVER_VERSIONS
         fault = soap_fault("ErrorIncorrectSchemaVersion" if known else "ErrorInvalidServerVersion")
     if version is None or len(version) <= 256:  # a version string of megabytes is not kept
-        if len(_VERSION_FAULTS) >= 64:
-            _VERSION_FAULTS.clear()
-        _VERSION_FAULTS[version] = fault  # records are immutable: the same fault object serves again
+        keep(_VERSION_FAULTS, version, fault, 64)  # records are immutable: the same fault object serves again
     return fault
 
 
@@ -278,9 +276,7 @@ def _plain_answer(response: UcsResponse) -> tuple[bytes, EwsResponse]:
 
         ANSWER_COLUMNS.put(decoded, answer_columns(decoded))  # kept alive here: made once
         if len(found[0]) <= _PLAIN_ANSWER_KEPT:
-            if len(_PLAIN_DECODED) >= _PLAIN_ANSWERS_MAX:
-                _PLAIN_DECODED.clear()
-            _PLAIN_DECODED[key] = found
+            keep(_PLAIN_DECODED, key, found, _PLAIN_ANSWERS_MAX)
     return found
 
 
@@ -393,9 +389,7 @@ def _encoded(response: UcsResponse) -> bytes:
         if body is None:
             body = encode_response(response)
             if len(body) <= _PLAIN_ANSWER_KEPT:
-                if len(_PLAIN_ANSWERS) >= _PLAIN_ANSWERS_MAX:
-                    _PLAIN_ANSWERS.clear()
-                _PLAIN_ANSWERS[key] = body
+                keep(_PLAIN_ANSWERS, key, body, _PLAIN_ANSWERS_MAX)
         return body
     if type(items) is not ImItemList:
         return encode_response(response)

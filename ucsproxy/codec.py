@@ -79,7 +79,7 @@ from lxml import etree
 
 from . import operations, safexml
 from . import protocol as P
-from .memo import IdentityCache
+from .memo import IdentityCache, keep
 from .records import (
     REQUEST_TYPES,
     AddDistributionGroupToImList,
@@ -1115,9 +1115,7 @@ def _plan_for(key: tuple[str, bytes], els: list[Any]) -> Callable[[list[Any]], P
     counted = hash(key)
     seen = _SIGHTINGS.get(counted, 0) + 1
     if seen < _PLAN_AFTER or _DROPPED.get(counted, 0) >= _DROPS_MAX:
-        if len(_SIGHTINGS) >= _SIGHTINGS_MAX:
-            _SIGHTINGS.clear()
-        _SIGHTINGS[counted] = seen
+        keep(_SIGHTINGS, counted, seen, _SIGHTINGS_MAX)
         return None
     _SIGHTINGS.pop(counted, None)
     try:

@@ -26,7 +26,7 @@ from . import answers, autodiscover, codec, faults, identity, schema
 from .answers import Answer
 from .console import Reporter
 from .logrow import RawExchange, header
-from .memo import BoundedMemo
+from .memo import BoundedMemo, keep
 from .protocol import is_ews_endpoint
 from .model import DEFAULT_MAILBOX, Policy, UcsModel
 from .options import MATCH_MODES, MODES  # noqa: F401  (declared once, in options.py; re-exported)
@@ -119,9 +119,7 @@ def _named_mailbox(anchor: str | None, auth: str | None) -> str | None:
         named.append(("authorization", auth))
     found = identity.request_mailbox(named)
     if len(anchor or "") + len(auth or "") <= _HEADER_KEPT:  # at most about 4 MB kept
-        if len(_HEADERS_MAILBOX) >= _HEADERS_MAILBOX_MAX:
-            _HEADERS_MAILBOX.clear()
-        _HEADERS_MAILBOX[key] = found
+        keep(_HEADERS_MAILBOX, key, found, _HEADERS_MAILBOX_MAX)
     return found
 
 

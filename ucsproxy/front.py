@@ -41,6 +41,7 @@ from .control import is_control_path
 from .core import Answer, UcsCore
 from .faults import FaultDecision, Kind
 from .logrow import RawExchange
+from .memo import keep
 
 if TYPE_CHECKING:
     import ssl
@@ -598,10 +599,7 @@ class _Connection(asyncio.Protocol):
                 if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                     lines.append(b"%s: %s\r\n" % (_wire(k), _wire(v)))
                     kept.append((k, v))
-            known = (b"".join(lines), tuple(kept), {})
-            if len(_HEADS) >= _HEADS_MAX:
-                _HEADS.clear()
-            _HEADS[key] = known
+            known = keep(_HEADS, key, (b"".join(lines), tuple(kept), {}), _HEADS_MAX)
         # ... and the whole head, with Content-Length and Connection, once per length and ending.
         ends = known[2]
         end = (length, close, req.http10)
@@ -615,10 +613,7 @@ class _Connection(asyncio.Protocol):
             elif req.http10:
                 head.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 client asked to keep the connection
             head.append(b"\r\n")
-            done = (b"".join(head), tuple(sent))
-            if len(ends) >= _ENDS_MAX:
-                ends.clear()
-            ends[end] = done
+            done = keep(ends, end, (b"".join(head), tuple(sent)), _ENDS_MAX)
         head_bytes, sent_headers = done[0], list(done[1])
         if req.method == "HEAD":
             content = b""  # the headers a GET would get, no body (RFC 9110 9.3.2)
@@ -835,9 +830,7 @@ def _path_kind(path: str) -> str:
     else:
         kind = _OTHER
     if len(path) <= _PATH_KEPT:
-        if len(_PATHS) >= _PATHS_MAX:
-            _PATHS.clear()
-        _PATHS[path] = kind
+        keep(_PATHS, path, kind, _PATHS_MAX)
     return kind
 
 

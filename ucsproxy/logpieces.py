@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 from .logjson import answer_columns, group_json, item_list_json, persona_json
 from .records import DecodeError, EwsResponse, ImItemList
+from .memo import keep
 from .redact import has_trigger_word
 from .shapes import AnswerShapes, RecordShape, split_plain
 
@@ -264,9 +265,7 @@ def single_starts(chunks: list[bytes], tag: bytes) -> bool:
         return True
     starts = _PIECE_STARTS.get(tag)
     if starts is None:
-        if len(_PIECE_STARTS) > 64:
-            _PIECE_STARTS.clear()
-        starts = _PIECE_STARTS[tag] = re.compile(b"<" + re.escape(tag) + rb"[\s/>]")
+        starts = keep(_PIECE_STARTS, tag, re.compile(b"<" + re.escape(tag) + rb"[\s/>]"), 64)
     return len(starts.findall(b"".join(chunks))) == len(chunks)
 
 

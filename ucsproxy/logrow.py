@@ -16,6 +16,7 @@ from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
 from .shapes import REQUEST_ARGS, Made, RequestShapes
+from .memo import keep
 from .identity import anchor_mailbox, clean_name, impersonated, request_mailbox, signed_in_user
 from .protocol import is_ews_request
 from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
@@ -373,9 +374,7 @@ def _request_mailbox(headers: list[tuple[str, str]] | None, request: Any) -> str
     if known is _UNKNOWN:
         known = anchor_mailbox(headers) or signed_in_user(headers)
         if sum(len(k) + len(v) for k, v in key) <= HEADERS_KEPT:  # a 60 KB header list is not kept
-            if len(_HEADER_MAILBOX) >= 4096:
-                _HEADER_MAILBOX.clear()
-            _HEADER_MAILBOX[key] = known
+            keep(_HEADER_MAILBOX, key, known, 4096)
     return known  # type: ignore[return-value]
 
 

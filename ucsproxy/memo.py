@@ -8,7 +8,21 @@ hands out the same records while a mailbox is unchanged, which makes these cache
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def keep(cache: dict[K, V], key: K, value: V, most: int) -> V:
+    """``cache[key] = value``, the cache first emptied when it holds ``most`` entries already;
+    returns ``value``. The miss side of the many small bounded caches (get, compute, clear when
+    full, store): their hits stay a plain ``dict.get`` inline, no call. Emptied whole, not oldest
+    first: nothing is tracked per hit, and the few keys in use come back at their next miss."""
+    if len(cache) >= most:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 class IdentityCache:

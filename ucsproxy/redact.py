@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .memo import keep
+
 REDACTED = "<redacted>"
 
 #: Headers whose value is a credential: scheme kept, token dropped.
@@ -325,9 +327,7 @@ class Redactor:
         else:
             text = encode([list(p) for p in self.headers_of(pairs) or ()])
         if key is not None and cache is not None and len(text) <= 8192:  # (not a 60 KB list: logrow.HEADERS_KEPT)
-            if len(cache) >= 4096:
-                cache.clear()
-            cache[key] = text
+            keep(cache, key, text, 4096)
         return text
 
 

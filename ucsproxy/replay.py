@@ -32,6 +32,7 @@ from collections.abc import Iterable
 
 from . import codec, identity
 from . import protocol as P
+from .memo import keep
 from .options import MATCH_MODES
 from .records import AddNewImContactToGroup, DecodeError, EwsRequest, EwsResponse, ImGroup, Persona, to_jsonable
 
@@ -148,9 +149,7 @@ def _replayed_headers(stored: Any) -> list[tuple[str, str]]:
         # Most answers of a recording carry the same headers: parse each text once.
         found = _HEADERS_SEEN.get(stored)
         if found is None:
-            found = _HEADERS_SEEN[stored] = _parse_replayed_headers(stored)
-            if len(_HEADERS_SEEN) > 4096:
-                _HEADERS_SEEN.clear()
+            found = keep(_HEADERS_SEEN, stored, _parse_replayed_headers(stored), 4096)
         return list(found)
     return _parse_replayed_headers(stored)
 
