@@ -47,6 +47,7 @@ the table ``ucsproxy_writer`` in the same transaction (the row is removed at a c
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -95,6 +96,8 @@ ORPHAN_GRACE = 30.0
 #: How long one attempt waits for another process's write lock (seconds).
 WRITER_BUSY_TIMEOUT = 1.0
 WRITER_NICENESS = 19  # the lowest priority: traffic first, the log in idle time
+#: The writer process's threshold for collecting its youngest generation (gc.set_threshold).
+GC_THRESHOLD = 10_000
 
 
 def frame_header(seq: int, count: int, length: int, kind: bytes = BATCH) -> bytes:
@@ -805,7 +808,13 @@ def main(argv: list[str] | None = None) -> int:
     except (AttributeError, OSError):
         pass
     say(ready=os.getpid(), committed=committed)
-    from . import codec  # noqa: F401  (lxml: loaded now, while nothing waits, not in the first batch)
+    from . import codec, logrow  # noqa: F401  (lxml: loaded now, while nothing waits, not in the first batch)
+    # What start-up made lives as long as the process: out of the collector's sight, and the
+    # youngest generation collected every 10,000 new containers instead of 700 (a row's frame
+    # tuples and dict make about ten; most are freed before a collection comes). The Add+Remove
+    # frames of 64 connections replayed into a writer process: 86 -> 23 ms of collection in 9,600 pairs.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
     committer = Committer(db, redactor, session)
     shared = SharedTable()
     problem: str | None = None
