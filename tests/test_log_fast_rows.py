@@ -186,3 +186,39 @@ def test_the_pieces_known_clean_are_bounded(monkeypatch):
     for n in range(500):
         assert texts_clean([f'{{"display_name": "Group {n}", "id": "{"x" * (n % 90)}"}}'])
         assert len(redact._known_clean) <= 50 and redact._known_chars <= 2000
+
+
+# -- KnownStretches: a text looked at only where it differs from the clean ones of its kind -------
+
+_VALUE = st.lists(_WORDS | st.text(_ALPHABET, max_size=8), max_size=3).map("".join)
+_SKELETON = ['<?xml version="1.0"?><s:Envelope><s:Body><m:Add><m:Name>', '</m:Name><t:Id Id="', '" Key="',
+             '"/></m:Add></s:Body></s:Envelope>']
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.lists(_VALUE, min_size=3, max_size=3), st.booleans()),
+                min_size=1, max_size=12))
+def test_a_text_s_changed_part_holds_a_trigger_word_when_the_text_does(steps):
+    stretches = redact.KnownStretches()
+    for kind, values, odd in steps:
+        text = "".join(part + value for part, value in zip(_SKELETON, [*values, ""]))
+        if odd:  # a text of another shape under the same kind
+            text = values[0] + text[::-1] + values[1]
+        found = texts_clean([stretches.part(kind, text)])
+        assert found == (not has_trigger_word(text)), text
+        if found:
+            stretches.learn(kind, text)
+
+
+def test_the_mock_s_bodies_are_looked_at_only_around_their_names_and_ids():
+    stretches = redact.KnownStretches()
+    raws = _pair_exchanges([f"Group {n}" for n in range(6)])
+    parts = []
+    for raw in raws:
+        kind = (raw.decoded_request.operation, 1)  # type: ignore[union-attr]
+        text = raw.response_body.decode()  # type: ignore[union-attr]
+        parts.append(stretches.part(kind, text))
+        stretches.learn(kind, text)
+    assert parts[-2] and len(parts[-2]) < len(raws[-2].response_body) // 2  # an AddImGroup's answer  # type: ignore[arg-type]
+    assert "Group 5" in parts[-2]
+    assert parts[-1] == ""  # RemoveImGroup's answer: the same each time

@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, UTC
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from .shapes import REQUEST_ARGS, Made, RequestShapes
 from .memo import keep
@@ -23,7 +23,7 @@ from .records import DecodeError, EwsRequest, EwsResponse, to_jsonable
 # The JSON columns' one encoder and the JSON of records live in ucsproxy.logjson (also used
 # by ucsproxy.logpieces); the names are kept here for older imports.
 from .logjson import JSON_ENCODER, _JSON, _json, answer_columns, group_json, item_list_json, payload_json, persona_json  # noqa: F401
-from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, Redactor, texts_clean
+from .redact import DEFAULT as DEFAULT_REDACTOR, KEEP_SECRETS, KnownStretches, Redactor, texts_clean
 
 #: Bodies longer than this are stored cut, with a note in ``error``.
 MAX_STORED_BODY = 4 * 1024 * 1024
@@ -544,9 +544,11 @@ MARSHAL_NAMES = ("mode", "started_at", "duration_ms", "client", "server", "metho
                  "request_headers", "request_body", "response_headers", "response_body", "fault", "error",
                  "divergence", "mailbox", "decoded_request", "decoded_response")
 _EWS_REQUEST: dict[tuple[str, str], bool] = {}
+#: The stretches marshal_row knows clean of the bodies of each (operation, 0: request / 1: answer).
+_STRETCHES = KnownStretches()
 
 
-def _utf8_body(body: Any) -> str | None | bool:
+def _utf8_body(body: Any) -> str | None | Literal[False]:
     """_body_text's text of a body that is UTF-8 and not cut, else False (None: no body)."""
     if body is None:
         return None
@@ -612,8 +614,22 @@ def marshal_row(values: tuple, redactor: Redactor) -> dict[str, Any] | None:
         "error": error or None,
         "divergence": divergence,
     }
-    if redactor.builtin and not texts_clean([v for v in row.values() if type(v) is str]):
-        return None
+    if redactor.builtin:
+        # Every text of the row but the header lists (Redactor.row's), the bodies only where they
+        # differ from the clean ones of their operation before them.
+        stretches = _STRETCHES
+        texts = [v for v in (row["started_at"], duration_ms, mode, client, server, method, path, http_status,
+                             row["soap_action"], row["operation"], mailbox, version, response_class,
+                             response_code, fault, args, result, row["error"], divergence) if type(v) is str]
+        bodies = []
+        for kind, text in (((operation, 0), request_text), ((operation, 1), response_text)):
+            if text:
+                texts.append(stretches.part(kind, text))
+                bodies.append((kind, text))
+        if not texts_clean(texts):
+            return None
+        for kind, text in bodies:
+            stretches.learn(kind, text)
     encode = _JSON.encode
     row["request_headers"] = redactor._header_list(list(request_headers), encode, redactor.builtin)
     if response_headers is not None:

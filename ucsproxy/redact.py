@@ -425,6 +425,89 @@ def texts_clean(texts: list[str]) -> bool:
     return True
 
 
+#: Characters kept on each side of a changed stretch (:class:`KnownStretches`): more than any
+#: trigger word has, so a word that reaches into the change stands whole inside the part kept.
+_MARGIN = max(map(len, _TRIGGERS))
+
+
+def _shared(a: str, b: str) -> tuple[int, int]:
+    """The lengths of a start and of an end ``a`` and ``b`` share (not overlapping), each found to
+    within 8 characters (shorter than the longest: never longer)."""
+    n, m = len(a), len(b)
+    low, high = 0, min(n, m)
+    while high - low > 8:
+        mid = (low + high) >> 1
+        if a[low:mid] == b[low:mid]:
+            low = mid
+        else:
+            high = mid
+    start = low
+    low, high = 0, min(n, m) - start
+    while high - low > 8:
+        mid = (low + high) >> 1
+        if a[n - mid:n - low] == b[m - mid:m - low]:
+            low = mid
+        else:
+            high = mid
+    return start, low
+
+
+class KnownStretches:
+    """Per kind of text (the log writer's: an operation's request bodies, its answers), a start and
+    an end known to hold no trigger word, and the newest text of the kind found clean (texts up
+    to ``max_text`` characters, ``kinds`` kinds at most: then forgotten all at once).
+
+    A text of the kind that begins with that start and ends with that end can hold a trigger
+    word only where it reaches into the stretch between them: :meth:`part` is that stretch with
+    _MARGIN characters more on each side (a word within the start would be in the clean text the
+    start was cut from, a character's lower case not depending on its neighbours but for a final
+    sigma, which no trigger word holds). So :func:`texts_clean` of the parts answers what it
+    answers of the texts. The start and the end are what the newest two clean texts of a kind
+    share (:meth:`learn`, when a clean text does not fit the ones known)."""
+
+    def __init__(self, kinds: int = 256, max_text: int = 64 * 1024):
+        self.kinds = kinds
+        self.max_text = max_text
+        self._known: dict[Any, tuple[str, str, str]] = {}  # kind -> (start, end, newest clean text)
+
+    def part(self, kind: Any, text: str) -> str:
+        """What of ``text`` :func:`texts_clean` must look at ("" when it is the newest clean one)."""
+        known = self._known.get(kind)
+        if known is None or len(text) > self.max_text:
+            return text
+        start, end, last = known
+        if text == last:
+            return ""
+        if len(text) >= len(start) + len(end) and text.startswith(start) and text.endswith(end):
+            return text[max(0, len(start) - _MARGIN):len(text) - len(end) + _MARGIN]
+        return text
+
+    def learn(self, kind: Any, text: str) -> None:
+        """``text``, of ``kind``, was found clean."""
+        if len(text) > self.max_text:
+            return
+        known = self._known.get(kind)
+        if known is not None:
+            start, end, last = known
+            if (start or end) and len(text) >= len(start) + len(end) and text.startswith(start) \
+                    and text.endswith(end):
+                self._known[kind] = (start, end, text)
+                return
+            shared_start, shared_end = _shared(text, last)
+            # Cut at a delimiter of the markup (an attribute value's or a JSON string's quote, a
+            # tag's end or start): what stands between two is one value, so the next text of the
+            # kind, with another value there, still fits.
+            shared_start = max(text.rfind('"', 0, shared_start), text.rfind(">", 0, shared_start)) + 1
+            at = len(text) - shared_end
+            cut = [i for i in (text.find('"', at), text.find("<", at)) if i >= 0]
+            shared_end = len(text) - min(cut) if cut else 0
+            self._known[kind] = (text[:shared_start], text[len(text) - shared_end:] if shared_end else "", text)
+            return
+        if len(self._known) >= self.kinds:
+            self._known.clear()
+        self._known[kind] = ("", "", text)
+
+
 def _sub(text: str, bearer: re.Pattern) -> str:
     # Auth scheme names are case-insensitive ("BeArEr" too); lower() is cheaper than a regex scan.
     if "eyJ" not in text and "bearer" not in text.lower():
