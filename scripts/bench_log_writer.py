@@ -2,10 +2,12 @@
 """Benchmark: the log writer's throughput (rows per second) and CPU per row.
 
     .venv/bin/python scripts/bench_log_writer.py [--small 20000] [--mix 5000] [--unique 5000]
-                                                 [--pairs 5000] [--big 100] [--rounds 3] [--baseline DIR]
+                                                 [--pairs 5000] [--big 100] [--rounds 3] [--batch N]
+                                                 [--baseline DIR]
 
-Hands exchanges to a LogStore as the proxy does (``submit``, writer process), then
-waits until all are committed. The workloads (0 leaves one out):
+Hands exchanges to a LogStore as the proxy does (``submit``, writer process; ``--batch N``:
+``submit_many`` of N at a time, one frame each, as the lean front hands over a turn of its
+loop), then waits until all are committed. The workloads (0 leaves one out):
 
 - small: the AddImGroup request and answer of its operation page (~2 KB), the same
   bytes every time, as a recorder sees them (nothing decoded beforehand): after the
@@ -168,9 +170,10 @@ def file_size(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
 
 
-def run(exchanges: list[RawExchange], tmp: Path) -> tuple[float, float, float, float]:
+def run(exchanges: list[RawExchange], tmp: Path, batch: int = 1) -> tuple[float, float, float, float]:
     """(rows per second, writer CPU µs per row, submitting CPU µs per row, bytes written per
-    row) for one LogStore writing ``exchanges``."""
+    row) for one LogStore writing ``exchanges``, handed over ``batch`` at a time (1: ``submit``
+    each, else ``submit_many``, as the lean front hands over what one turn of its loop answered)."""
     db = tmp / f"bench-{time.monotonic_ns()}.db"
     store = LogStore(db, writer="process")
     pid = store.writer_pid
@@ -181,8 +184,12 @@ def run(exchanges: list[RawExchange], tmp: Path) -> tuple[float, float, float, f
     cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     own0 = time.thread_time()
-    for raw in exchanges:
-        store.submit(raw)
+    if batch > 1:
+        for at in range(0, len(exchanges), batch):
+            store.submit_many(exchanges[at:at + batch])
+    else:
+        for raw in exchanges:
+            store.submit(raw)
     own = time.thread_time() - own0
     if not store.flush(1800):
         raise SystemExit("the writer did not finish")
@@ -195,7 +202,7 @@ def run(exchanges: list[RawExchange], tmp: Path) -> tuple[float, float, float, f
     return n / elapsed, cpu / n * 1e6, own / n * 1e6, size / n
 
 
-def child(work: Path, name: str, tree: Path | None) -> None:
+def child(work: Path, name: str, tree: Path | None, batch: int = 1) -> None:
     """One run of a pickled workload (``--baseline``): prints its figures as JSON."""
     import json
     import pickle
@@ -207,15 +214,15 @@ def child(work: Path, name: str, tree: Path | None) -> None:
     # to a writer (RawExchange's own pickling keeps only what the writer needs).
     exchanges = [RawExchange(**fields) for fields in pickle.loads(work.read_bytes())[name]]
     with tempfile.TemporaryDirectory(prefix="ucsbench-log-") as tmp:
-        print(json.dumps(run(exchanges, Path(tmp))))
+        print(json.dumps(run(exchanges, Path(tmp), batch)))
 
 
-def in_child(work: Path, name: str, tree: Path | None) -> tuple[float, float, float, float]:
+def in_child(work: Path, name: str, tree: Path | None, batch: int = 1) -> tuple[float, float, float, float]:
     import json
     import subprocess
 
     env = dict(os.environ, UCSBENCH_TREE=str(tree or ""))
-    done = subprocess.run([sys.executable, __file__, "--child", str(work), name], env=env,
+    done = subprocess.run([sys.executable, __file__, "--child", str(work), name, "--batch", str(batch)], env=env,
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the run of {name!r} ({tree or 'this tree'}) failed:\n{done.stderr}")
@@ -232,12 +239,16 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5000, help="rows of the mock's Add+Remove pairs (two a pair)")
     ap.add_argument("--big", type=int, default=100, help="1,000-contact GetImItemList answers of the mock")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, metavar="N",
+                    help="exchanges per hand-over (submit_many; the lean front hands over what one turn of its "
+                         "loop answered: about 8-40 at 64 connections); 1: submit each, one frame each")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="also run the writer of this source tree (an older commit) on the same exchanges")
     ap.add_argument("--child", nargs=2, metavar=("WORK", "NAME"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(Path(args.child[0]), args.child[1], Path(os.environ["UCSBENCH_TREE"]) if os.environ.get("UCSBENCH_TREE") else None)
+        child(Path(args.child[0]), args.child[1], Path(os.environ["UCSBENCH_TREE"]) if os.environ.get("UCSBENCH_TREE") else None,
+              args.batch)
         return
     if args.baseline is not None and not (args.baseline / "ucsproxy" / "store.py").is_file():
         ap.error(f"--baseline: no ucsproxy source tree at {args.baseline}")
@@ -263,10 +274,11 @@ def main() -> None:
             for name, ex in workloads.items():
                 for label, tree in trees:
                     if args.baseline is None:
-                        results[name, label].append(run(ex, Path(tmp)))
+                        results[name, label].append(run(ex, Path(tmp), args.batch))
                     else:  # both trees in child processes alike, on the same pickled exchanges
-                        results[name, label].append(in_child(work, name, tree))
-    print(f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; medians of {args.rounds} rounds")
+                        results[name, label].append(in_child(work, name, tree, args.batch))
+    print(f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; medians of {args.rounds} rounds"
+          + (f"; handed over {args.batch} at a time" if args.batch > 1 else ""))
     print(f"{'workload':<27}{'rows':>7}{'mean bytes':>12}{'rows/s':>9}{'writer CPU us/row':>19}"
           f"{'submit us/row':>15}{'KB stored/row':>15}{'goal':>12}")
     goals = {"small exchanges": ">= 5,000/s", "realistic mix": ">= 2,000/s"}
