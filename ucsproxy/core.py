@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ucsproxy")
 
+#: The log's error for an exchange ucsproxy stopped (SIGTERM, Ctrl-C) while a fault held its
+#: answer back, on either front.
+STOPPED = "ucsproxy stopped before this exchange was answered."
+
 # Decoded requests by (body, SOAPAction, Content-Type, schema-checked): bodies up to 16 KB,
 # the newest 512 (at most 8 MB held).
 _DECODED_MEMO_MAX_BODY = 16 * 1024

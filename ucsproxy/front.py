@@ -52,7 +52,7 @@ log = logging.getLogger("ucsproxy")
 
 KILLED = "Connection killed."  # the error mitmproxy logs for a flow a fault killed; the log reads the same
 CLIENT_GONE = "Client disconnected."
-STOPPED = "ucsproxy stopped before this exchange was answered."
+STOPPED = core_mod.STOPPED
 #: A pipelined request read but never answered: the connection closed before its turn came.
 NOT_ANSWERED = "Not answered: the connection closed before this pipelined request's turn."
 TLS_HANDSHAKE = 0x16

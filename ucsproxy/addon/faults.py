@@ -21,11 +21,13 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.flow import Error
 
 from .. import core, faults, options
 from ..core import UcsCore
 from ..flowfacts import facts_of, scratch
 from .flows import operation_of, pairs, to_response
+from .log import log_flow
 
 log = logging.getLogger("ucsproxy")
 
@@ -35,6 +37,8 @@ class Faults:
 
     def __init__(self, core: UcsCore) -> None:
         self.core = core
+        #: The flows a fault holds back now (a delay, a timeout, a shaped answer): see done().
+        self._held: dict[http.HTTPFlow, None] = {}
 
     def load(self, loader: Any) -> None:
         options.declare(loader, "faults")
@@ -55,7 +59,14 @@ class Faults:
         if decision is None:
             return None
         scratch(flow)["ucs_fault"] = decision
-        return self._before_answer(flow, decision)
+        return self._holding(flow, self._before_answer(flow, decision))
+
+    async def _holding(self, flow: http.HTTPFlow, held: Coroutine[Any, Any, None]) -> None:
+        self._held[flow] = None
+        try:
+            await held
+        finally:
+            self._held.pop(flow, None)
 
     async def _before_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
         """Wait the request delay, then apply an action that replaces the answer (and settles the flow)."""
@@ -78,7 +89,7 @@ class Faults:
         decision = facts.get("ucs_fault")
         if decision is None or not (decision.link or not facts.get("ucs_fault_applied")):
             return None
-        return self._on_answer(flow, decision)
+        return self._holding(flow, self._on_answer(flow, decision))
 
     async def _on_answer(self, flow: http.HTTPFlow, decision: faults.FaultDecision) -> None:
         if not facts_of(flow).get("ucs_fault_applied"):
@@ -89,6 +100,15 @@ class Faults:
 
     def done(self) -> None:
         self.core.stop_faults()
+        # mitmproxy stops without finishing the hooks still waiting, and this addon's done comes
+        # before the log's (the last): the exchanges a fault holds back now are logged here, as the
+        # lean front logs them (core.STOPPED), or they would never reach the log.
+        held, self._held = list(self._held), {}
+        for flow in held:
+            if flow.error is None:
+                flow.error = Error(core.STOPPED)
+            log_flow(self.core, flow, answered=False)
+            scratch(flow)["ucs_stopped"] = True
 
     # -- commands (mitmproxy console, mitmweb) ------------------------------
 

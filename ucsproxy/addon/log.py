@@ -62,19 +62,27 @@ class Log:
         self.core.close_log()
 
     def _log(self, flow: http.HTTPFlow) -> None:
-        c = self.core
-        facts = facts_of(flow)
-        if facts.get("ucs_control"):  # a control API call is never logged
-            return
-        if not c.logging and not c.reporter.active and c.journal is None and c.append is None:
-            return
-        raw = raw_exchange_from_flow(flow, c.mode)
-        if c.reporter.active and raw.decoded_request is None and raw.request_body is not None \
-                and is_ews_request(raw.method, raw.path):
-            # The console line needs the request decoded (nothing else had to: record mode without
-            # faults): the core's decoding keeps a request repeated byte for byte (a client polling
-            # GetImItemList) decoded once. The log's writer decodes it again in its process.
-            raw.decoded_request = c.decode(raw.request_body, raw.request_headers)
-        summary = c.log_exchange(raw, facts.get("ucs_replay"))
-        if summary is not None and c.reporter.marks:  # a flow list shows them (the CLI has none)
-            annotate_flow(flow, summary)
+        log_flow(self.core, flow)
+
+
+def log_flow(c: UcsCore, flow: http.HTTPFlow, answered: bool = True) -> None:
+    """A finished flow to the log, the journal and the console (once: a flow logged when ucsproxy
+    stopped, ``ucs_stopped``, is not logged again). ``answered=False``: the answer the flow may
+    hold was not sent (a fault held it back when ucsproxy stopped), and is not logged as sent."""
+    facts = facts_of(flow)
+    if facts.get("ucs_control") or facts.get("ucs_stopped"):  # a control API call is never logged
+        return
+    if not c.logging and not c.reporter.active and c.journal is None and c.append is None:
+        return
+    raw = raw_exchange_from_flow(flow, c.mode)
+    if not answered:
+        raw.http_status = raw.response_headers = raw.response_body = raw.decoded_response = None
+    if c.reporter.active and raw.decoded_request is None and raw.request_body is not None \
+            and is_ews_request(raw.method, raw.path):
+        # The console line needs the request decoded (nothing else had to: record mode without
+        # faults): the core's decoding keeps a request repeated byte for byte (a client polling
+        # GetImItemList) decoded once. The log's writer decodes it again in its process.
+        raw.decoded_request = c.decode(raw.request_body, raw.request_headers)
+    summary = c.log_exchange(raw, facts.get("ucs_replay"))
+    if summary is not None and c.reporter.marks:  # a flow list shows them (the CLI has none)
+        annotate_flow(flow, summary)
