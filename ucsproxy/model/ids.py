@@ -27,12 +27,22 @@ class Ids:
         else:
             self.guid = hashlib.sha256(f"ucsproxy:{seed}:{mailbox}".encode()).digest()[:16]
         self.counter = 0
+        self._heads: tuple[bytes, dict] | None = None  # (the guid they were made for, made pieces)
 
     def _next(self, prefix: bytes, kind: int) -> str:
         self.counter += 1
         # The counter comes last so ids of one mailbox differ at their tail, as EWS ids do.
-        raw = prefix + self.guid + bytes([kind, 0]) + struct.pack(">I", self.counter)
-        return base64.b64encode(raw).decode()
+        return _b64(self._head(prefix, kind) + _COUNTER(self.counter), newline=False).decode("ascii")
+
+    def _head(self, prefix: bytes, kind: int) -> bytes:
+        """``prefix + guid + bytes([kind, 0])``, made once per guid (persistence sets the guid)."""
+        heads = self._heads
+        if heads is None or heads[0] is not self.guid:
+            heads = self._heads = (self.guid, {})
+        found = heads[1].get((prefix, kind))
+        if found is None:
+            found = heads[1][(prefix, kind)] = prefix + self.guid + bytes([kind, 0])
+        return found
 
     def group(self) -> str:
         return self._next(self.ITEM_PREFIX, 0x01)
@@ -48,8 +58,18 @@ class Ids:
 
     def change_key(self, kind: int, version: int) -> str:
         # 0x12 leads group change keys ("EgAAAA==" on the pages), 0x11 contact ones ("EQAAAA==").
-        raw = bytes([kind]) + b"\x00\x00\x00\x16\x00\x00\x00" + self.guid + struct.pack(">I", version)
-        return base64.b64encode(raw).decode()
+        # Its first 24 bytes are whole base64 groups: their text is made once per guid and kind.
+        heads = self._heads
+        if heads is None or heads[0] is not self.guid:
+            heads = self._heads = (self.guid, {})
+        text = heads[1].get(kind)
+        if text is None:
+            raw = bytes([kind]) + b"\x00\x00\x00\x16\x00\x00\x00" + self.guid
+            text = heads[1][kind] = base64.b64encode(raw).decode() if len(raw) % 3 == 0 else None
+        if text is None:  # a guid of another length: no whole groups to keep
+            raw = bytes([kind]) + b"\x00\x00\x00\x16\x00\x00\x00" + self.guid + struct.pack(">I", version)
+            return base64.b64encode(raw).decode()
+        return text + _b64(_COUNTER(version), newline=False).decode("ascii")
 
     def foreign_guid(self, ident: str) -> str | None:
         """The mailbox GUID an id made by this mock carries, when it is not this mailbox's.
@@ -68,3 +88,5 @@ class Ids:
 
 
 GROUP_CK, CONTACT_CK = 0x12, 0x11
+_b64 = binascii.b2a_base64
+_COUNTER = struct.Struct(">I").pack
