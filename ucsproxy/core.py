@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 from pathlib import Path
 
@@ -145,6 +145,19 @@ def _read_headers(headers: Iterable[tuple[str, str]] | None) -> tuple[str | None
         elif name == "x-anchormailbox" and anchor is None:
             anchor = v
     return content_type, soap_action, anchor, auth
+
+
+_MADE_PAYLOAD: Callable[[list[RawExchange]], bytes | None] | None = None
+
+
+def _made_payload() -> Callable[[list[RawExchange]], bytes | None]:
+    """logwriter.made_payload, imported at the first batch (the log's modules load with the log)."""
+    global _MADE_PAYLOAD
+    if _MADE_PAYLOAD is None:
+        from .logwriter import made_payload
+
+        _MADE_PAYLOAD = made_payload
+    return _MADE_PAYLOAD
 
 
 _EWS_PATHS: dict[str, bool] = {}
@@ -515,6 +528,12 @@ class UcsCore:
 
     def _decode(self, body: bytes, soap_action: str | None, content_type: str | None) -> EwsRequest | DecodeError:
         checked = self.service is not None and not self.lenient
+        context = (soap_action, content_type, checked)
+        # The next AddImGroup of a client (a new name), the next RemoveImGroup (another id): made
+        # at a hot spot of the last of its shape, on the bytes, before the body is even hashed.
+        made = _SHAPES.made_hot(body, context)
+        if made is not None:
+            return made
         # Clients repeat requests byte for byte (GetImItemList above all): decoding is a pure
         # function of these, and records are immutable, so a repeat costs one dict lookup.
         key = (body, soap_action, content_type, checked) if len(body) <= _DECODED_MEMO_MAX_BODY else None
@@ -522,7 +541,6 @@ class UcsCore:
             found = _DECODED.get(key)
             if found is not None:
                 return found
-        context = (soap_action, content_type, checked)
         made, token = _SHAPES.get(body, context, lambda b: _decode(b, soap_action, content_type, checked))
         if made is not None:
             return made  # not kept by body too: a request made by shape is seldom sent again byte for byte
@@ -641,28 +659,38 @@ class UcsCore:
                 summary = self.reporter.exchange_done(raw, replay)
         except Exception as e:  # reporting must never break traffic either
             log.error(f"ucsproxy: could not report an exchange: {e}")
-        if self.journal is not None:
-            self.journal.add(raw, replay)
+        handed = False  # in a batch for the log: the journal keeps it as its place in the batch's frame
         try:
-            store = self.store or self.log_store()
+            store = self.store
+            if store is None:
+                # Opened at the first exchange when lazy (the lock only while that may be under way).
+                store = self.log_store() if self._lazy_store is not None or self._open_lock.locked() else self.store
             if store is not None:
                 if batch is not None:
                     batch.append(raw)
+                    handed = True
                 else:
                     store.submit(raw)
         except Exception as e:  # the log must never break traffic
             log.error(f"ucsproxy: could not log an exchange: {e}")
+        if self.journal is not None:
+            self.journal.add(raw, replay, handed)
         return summary
 
     def submit_batch(self, raws: list[RawExchange]) -> None:
-        """Hand the exchanges :meth:`log_exchange` put in a batch to the log, in one go."""
-        store = self.store
-        if store is None or not raws:
+        """Hand the exchanges :meth:`log_exchange` put in a batch to the log, in one go (and tell the
+        journal which frame they went in)."""
+        if not raws:
             return
-        try:
-            store.submit_many(raws)
-        except Exception as e:  # the log must never break traffic
-            log.error(f"ucsproxy: could not log an exchange: {e}")
+        store = self.store
+        if store is not None:
+            try:
+                store.submit_many(raws)
+            except Exception as e:  # the log must never break traffic
+                log.error(f"ucsproxy: could not log an exchange: {e}")
+        journal = self.journal
+        if journal is not None:
+            journal.seal(raws, _made_payload()(raws) if store is not None else None)
 
     def _append_forwarded(self, raw: RawExchange) -> None:
         if self.append is None or raw.http_status is None:
