@@ -404,9 +404,13 @@ def test_packed_journal_entries_show_what_the_exchanges_kept_whole_show(core):
     whole.pack_max_bytes = -1
 
     class Both:
-        def add(self, raw, replay=None):
-            packed.add(raw, replay)
-            whole.add(raw, replay)
+        def add(self, raw, replay=None, handed=False):
+            packed.add(raw, replay, handed)
+            whole.add(raw, replay, handed)
+
+        def seal(self, raws, payload):
+            packed.seal(raws, payload)
+            whole.seal(raws, payload)
 
     core.journal = Both()
     for name in ("Friends", "a&amp;b", "caf\u00e9", "Friends", "back\\slash"):

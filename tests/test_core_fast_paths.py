@@ -218,3 +218,133 @@ def test_a_request_made_at_a_hot_spot_is_an_ews_request_as_init_makes_it():
     made = shapes._request_with(request, [(("display_name",), "Family")])
     assert made == EwsRequest(request.operation, request.headers, AddImGroup("Family"))
     assert type(made.headers) is SoapHeaders and made.__dict__.keys() == request.__dict__.keys()
+
+
+def test_ids_and_change_keys_are_base64_of_their_bytes():
+    """The pieces kept per guid make the ids and change keys the plain formula makes, also after the
+    guid is replaced (persistence does) and for a guid of another length."""
+    import base64
+    import struct
+
+    from ucsproxy.model.ids import CONTACT_CK, GROUP_CK, Ids
+
+    ids = Ids(5, USER)
+    for guid in (ids.guid, bytes(range(16)), b"\xff" * 17):
+        ids.guid = guid
+        for _ in range(3):
+            before = ids.counter
+            group, contact, persona = ids.group(), ids.contact(), ids.persona()
+            assert group == base64.b64encode(Ids.ITEM_PREFIX + guid + b"\x01\x00" + struct.pack(">I", before + 1)).decode()
+            assert contact == base64.b64encode(Ids.ITEM_PREFIX + guid + b"\x02\x00" + struct.pack(">I", before + 2)).decode()
+            assert persona == base64.b64encode(Ids.PERSONA_PREFIX + guid + b"\x03\x00"
+                                               + struct.pack(">I", before + 3)).decode()
+        for kind in (GROUP_CK, CONTACT_CK):
+            for version in (0, 1, 300, 2**32 - 1):
+                assert ids.change_key(kind, version) == base64.b64encode(
+                    bytes([kind]) + b"\x00\x00\x00\x16\x00\x00\x00" + guid + struct.pack(">I", version)).decode()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_answer_template_fills_as_its_pieces_joined(seed):
+    from ucsproxy.answers import _Template
+
+    rng = random.Random(seed)
+    probes = ("P0probe", "P1probe", "P2probe")
+    for _ in range(50):
+        order = rng.sample(range(3), 3)
+        cuts = ["".join(rng.choice("ab%s{}\\\"<>") for _ in range(rng.randrange(6))) for _ in range(4)]
+        text = cuts[0] + "".join(probes[n] + cuts[i + 1] for i, n in enumerate(order))
+        values = tuple("".join(rng.choice("xy%s%%(") for _ in range(rng.randrange(1, 5))) for _ in range(3))
+        expected = text
+        for probe, value in zip(probes, values):
+            expected = expected.replace(probe, value)
+        assert _Template(text, probes).fill(values) == expected
+
+
+class _PayloadLog:
+    """A log whose batches are framed as a writer process's pipe gets them (the payload made, not sent)."""
+
+    written = 0
+
+    def __init__(self) -> None:
+        from ucsproxy import logwriter
+
+        self.payloads: list[bytes | None] = []
+        self.marshal_payload = logwriter.marshal_payload
+
+    def submit(self, raw) -> None:
+        self.marshal_payload([raw])
+
+    def submit_many(self, raws) -> None:
+        self.payloads.append(self.marshal_payload(raws))
+
+    def close(self) -> int:
+        return 0
+
+
+def test_journal_entries_kept_as_their_place_in_the_log_frame_show_what_whole_ones_show():
+    """Exchanges handed to the log in batches are kept by the journal as their places in the
+    batch's frame payload (not packed again): their rows are the rows of the same exchanges kept
+    whole, for mock answers, errors, unreadable bodies, a value marshal refuses (the batch is
+    pickled: packed alone), a body too big to pack, and a batch that never reached the log."""
+    import time
+
+    from ucsproxy import journal
+    from ucsproxy.front import core_from_options
+    from ucsproxy.logrow import RawExchange
+    from ucsproxy.runner import mock_options
+
+    class Name(str):
+        pass
+
+    c = core_from_options(dict(mock_options(seed=0), ucs_db="", listen_host="127.0.0.1"), writer="thread")
+    try:
+        log = _PayloadLog()
+        c.store = log  # type: ignore[assignment]
+        shared = c.journal
+        assert shared is not None
+        whole = journal.Journal(redactor=shared.redactor)
+        whole.pack_max_bytes = -1
+
+        class Both:
+            def add(self, raw, replay=None, handed=False):
+                shared.add(raw, replay, handed)
+                whole.add(raw, replay, handed)
+
+            def seal(self, raws, payload):
+                shared.seal(raws, payload)
+                whole.seal(raws, payload)
+
+        c.journal = Both()  # type: ignore[assignment]
+        add = "<m:AddImGroup><m:DisplayName>{}</m:DisplayName></m:AddImGroup>"
+        bodies = [envelope(add.format(n)) for n in ("Friends", "a&amp;b", "caf\u00e9", "Friends", "back\\slash")]
+        bodies += [envelope("<m:GetImItemList/>"), b"<not xml", envelope(add.format("x" * 20000)),
+                   envelope("<m:GetImItemList/>", header=IMPERSONATED), envelope("<m:GetFolder/>")]
+        batch: list = []
+        for n, body in enumerate(bodies * 3):
+            headers = [("Content-Type", "text/xml"), ("Authorization", "Basic YWxpY2VAY29udG9zby5jb206cHc=")]
+            if n == 12:
+                headers.append(("X-Name", Name("a str subclass")))  # marshal refuses it: that batch is pickled
+            decoded, mailbox = c.decode_and_mailbox(body, headers)
+            answer = c.answer("POST", "/EWS/Exchange.asmx", headers, decoded, mailbox)
+            assert answer is not None
+            c.log_exchange(RawExchange(c.mode, time.time(), 1.0, "127.0.0.1:1", None, "POST", "/EWS/Exchange.asmx",
+                                       answer.status, headers, body, list(answer.headers), answer.body, None, None,
+                                       decoded, answer.logged(answer.body), mailbox=mailbox), None, batch)
+            if len(batch) == 4 or n == len(bodies) * 3 - 2:
+                c.submit_batch(batch)
+                batch = []
+        assert len(batch) == 1  # never handed over: still kept as it came
+        assert None in log.payloads and any(p is not None for p in log.payloads)
+        entries = list(shared._entries)
+        assert sum(e.index >= 0 for e in entries) >= 15
+        assert sum(e.index < 0 and e.packed is not None for e in entries) >= 1  # packed alone (the pickled batch)
+        assert entries[-1].raw is not None
+        rows = shared.rows(bodies=True)
+        assert len(rows) == len(bodies) * 3
+        assert rows == whole.rows(bodies=True)
+        assert {r["operation"] for r in rows} >= {"AddImGroup", "GetImItemList", "GetFolder"}
+    finally:
+        c.journal = None
+        c.store = None
+        c.shutdown()

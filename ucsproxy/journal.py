@@ -34,6 +34,8 @@ BODY_COLUMNS = ("request_body", "response_body")
 
 #: Exchanges whose bodies are at most this long are kept packed (see :func:`_pack`).
 PACK_MAX_BYTES = 16 * 1024
+#: Exchanges kept as they came while their batch is on its way to the log writer, at most.
+MAX_WAITING = 4096
 
 
 @dataclass(slots=True)
@@ -44,7 +46,8 @@ class _Entry:
     replay: tuple[str, str | None] | None
     size: int
     row: dict[str, Any] | None = field(default=None)
-    packed: bytes | None = None  # the exchange as _pack made it (then raw is None)
+    packed: bytes | None = None  # the exchange as _pack made it (then raw is None), or the payload it is in
+    index: int = -1  # its place in ``packed`` when that is a log frame's payload (see Journal.seal)
 
 
 def _size(raw: RawExchange) -> int:
@@ -89,6 +92,15 @@ def _pack(raw: RawExchange) -> bytes | None:
         return None
 
 
+def _packable(raw: RawExchange) -> bool:
+    """Whether :func:`_pack` packs ``raw`` (given marshal takes its values): what a log frame's
+    payload holds of it is then the same (logwriter.marshal_payload's item)."""
+    request = raw.decoded_request
+    answer = raw.decoded_response
+    return (request is None or (type(request) is EwsRequest and bool(raw.mailbox))) and \
+        (answer is None or type(answer) is EwsResponse)
+
+
 def _unpack(packed: bytes) -> RawExchange:
     """The exchange :func:`_pack` packed, its decoded request and answer as their log columns."""
     values, columns, answer = marshal.loads(packed)
@@ -115,13 +127,24 @@ class Journal:
         self.dropped = 0
         self._lock = threading.Lock()
         self.pack_max_bytes = PACK_MAX_BYTES
+        #: Entries kept as they came until the batch they went to the log writer in is sealed, by id(raw).
+        self._waiting: dict[int, _Entry] = {}
 
-    def add(self, raw: RawExchange, replay: tuple[str, str | None] | None = None) -> None:
+    def add(self, raw: RawExchange, replay: tuple[str, str | None] | None = None, handed: bool = False) -> None:
+        """Keep ``raw``. ``handed``: it is about to go to the log writer in a batch; then it is kept
+        as it is until :meth:`seal` is told the payload the batch went in."""
         size = _size(raw)
-        packed = _pack(raw) if size <= self.pack_max_bytes else None
+        waits = handed and size <= self.pack_max_bytes and _packable(raw)
+        packed = _pack(raw) if size <= self.pack_max_bytes and not waits else None
         kept = raw if packed is None else None
         with self._lock:
-            self._entries.append(_Entry(self._next_id, raw.started_at, kept, replay, size, None, packed))
+            entry = _Entry(self._next_id, raw.started_at, kept, replay, size, None, packed)
+            self._entries.append(entry)
+            if waits:
+                waiting = self._waiting
+                if len(waiting) >= MAX_WAITING:
+                    self._pack_waiting()
+                waiting[id(raw)] = entry
             self._next_id += 1
             self._bytes += size
             while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_body_bytes):
@@ -129,12 +152,49 @@ class Journal:
                 self._bytes -= old.size
                 self.dropped += 1
 
+    def seal(self, raws: list[RawExchange], payload: bytes | None) -> None:
+        """The exchanges :meth:`add` kept as they were (``handed``) went to the log writer: ``raws``,
+        in a kind ``M`` frame with ``payload`` (what logwriter.marshal_payload made of ``raws``;
+        None: not known). Each is kept as its place in that payload from now on, the payload
+        shared by the batch's entries, instead of packed again; without a payload they are packed
+        (:func:`_pack`). Others still waiting (a batch that never came) are packed once many wait."""
+        with self._lock:
+            waiting = self._waiting
+            if not waiting:
+                return
+            for i, raw in enumerate(raws):
+                entry = waiting.pop(id(raw), None)
+                if entry is None or entry.raw is not raw:
+                    continue
+                if payload is not None:
+                    entry.index = i  # place first, then payload, then the exchange let go: _row reads them in turn
+                    entry.packed = payload
+                    entry.raw = None
+                else:
+                    self._pack_entry(entry)
+
+    def _pack_waiting(self) -> None:
+        for entry in self._waiting.values():
+            self._pack_entry(entry)
+        self._waiting.clear()
+
+    @staticmethod
+    def _pack_entry(entry: _Entry) -> None:
+        raw = entry.raw
+        if raw is None or entry.row is not None:
+            return
+        packed = _pack(raw)
+        if packed is not None:
+            entry.packed = packed
+            entry.raw = None
+
     def clear(self) -> int:
         """Forget every entry (numbering goes on); returns how many there were."""
         with self._lock:
             n = len(self._entries)
             self.dropped += n
             self._entries.clear()
+            self._waiting.clear()
             self._bytes = 0
             return n
 
@@ -181,8 +241,14 @@ class Journal:
 
             raw = entry.raw
             if raw is None:
-                assert entry.packed is not None
-                raw = _unpack(entry.packed)
+                packed, index = entry.packed, entry.index
+                assert packed is not None
+                if index >= 0:  # its place in a log frame's payload
+                    from .logwriter import raw_of
+
+                    raw = raw_of(_items_of(packed)[index])
+                else:
+                    raw = _unpack(packed)
             # As the log stores it: text that is not UTF-8 escaped (a header byte a client sent).
             row = storable_row(build_row(raw, redactor=self.redactor))
             for column in JSON_COLUMNS:  # JSON inside JSON would make every client parse twice
@@ -196,6 +262,20 @@ class Journal:
                          {"outcome": note[0], "reason": note[1]}}
             entry.raw = entry.packed = None  # the row holds what is needed now
         return entry.row
+
+
+_LOADED: tuple[bytes, list[Any]] | None = None  # the payload unpacked last, and its items
+
+
+def _items_of(payload: bytes) -> list[Any]:
+    """The items of a log frame's payload (the rows of a batch are asked for one after another)."""
+    global _LOADED
+    loaded = _LOADED
+    if loaded is not None and loaded[0] is payload:
+        return loaded[1]
+    items = marshal.loads(payload)
+    _LOADED = (payload, items)
+    return items
 
 
 def parse_since(text: str) -> tuple[int | None, datetime | None]:

@@ -248,9 +248,29 @@ def marshal_payload(raws: list[RawExchange]) -> bytes | None:
                 return None  # a decode error: pickled
         items.append(getter(raw) + (columns, answer))
     try:
-        return marshal.dumps(items)
+        payload = marshal.dumps(items)
     except ValueError:  # a value marshal does not take: the frame is pickled instead
         return None
+    global _LAST_PAYLOAD
+    _LAST_PAYLOAD = (raws, payload)
+    return payload
+
+
+#: The list :func:`marshal_payload` was given last and the payload it made of it (see made_payload).
+_LAST_PAYLOAD: tuple[list[RawExchange], bytes] | None = None
+
+
+def made_payload(raws: list[RawExchange]) -> bytes | None:
+    """The payload :func:`marshal_payload` made of this very list when it was the last one it was
+    given, taken (None: another list came after it, or none was made). The serving process's
+    request journal keeps the exchanges it has just handed over as their places in that payload,
+    not packed a second time (:meth:`ucsproxy.journal.Journal.seal`)."""
+    global _LAST_PAYLOAD
+    last = _LAST_PAYLOAD
+    if last is None or last[0] is not raws:
+        return None
+    _LAST_PAYLOAD = None
+    return last[1]
 
 
 def load_marshal(payload: bytes | memoryview) -> list[RawExchange]:
