@@ -15,10 +15,16 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .logrow import RawExchange, build_row
 from .redact import Redactor
+
+if TYPE_CHECKING:
+    from .logrow import RawExchange
+
+# The log row builder (logrow -> shapes -> records) is imported where an exchange is appended: the
+# pytest plugin imports this module for RECORD_MODES when pytest starts, in every pytest run of a
+# project that has ucsproxy installed, whether or not a test uses a cassette.
 
 #: Record modes of the pytest plugin's ``ucs_cassette``, as pytest-recording (VCR.py) names them.
 RECORD_MODES = ("none", "once", "new_episodes", "all")
@@ -53,6 +59,8 @@ class FixtureAppender:
 
     def append(self, raw: RawExchange, redactor: Redactor | None = None) -> int:
         """Write one exchange, redacted by ``redactor`` (default: the appender's); returns its number."""
+        from .logrow import build_row
+
         row = build_row(raw, redactor=redactor or self.redactor)
         return self.append_row(row)
 
