@@ -54,11 +54,15 @@ def _statuses(stream: bytes) -> list[int]:
         if not sep:
             break
         lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        if status < 200:  # 100 Continue: no body, and not an answer
+            stream = rest
+            continue
         length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
                       if k.strip().lower() == b"content-length")
         if len(rest) < length:
             break
-        found.append(int(lines[0].split()[1]))
+        found.append(status)
         stream = rest[length:]
     return found
 
@@ -182,6 +186,62 @@ def test_a_client_gone_with_requests_queued_behind_a_held_answer_leaves_a_row_fo
     gone = "Not answered: the connection closed before this pipelined request's turn."
     assert _rows(db) == [("GetImItemList", None, "Client disconnected."), ("AddImGroup", None, gone),
                          ("AddImGroup", None, gone)]
+
+
+
+def test_random_pipelined_streams_get_every_answer_in_order_and_a_row_each(tmp_path: Path) -> None:
+    """Seeded streams of pipelined requests (delayed by a fault, chunked, Expect: 100-continue,
+    Connection: close, refused: malformed, body or head past the limit), sent in random pieces:
+    the client gets every answer in order up to the one that ends the connection, and the log has
+    one row per request that is HTTP (the lean front's queue, refusal and drain, against what a
+    client must see)."""
+    import random
+
+    rnd = random.Random(15)
+
+    def chunked(body: bytes) -> bytes:
+        cut = rnd.randrange(1, len(body))
+        return (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (cut, body[:cut], len(body) - cut, body[cut:]))
+
+    kinds = {
+        "list": lambda n: (_post(_LIST), 200, 1, False),
+        "add": lambda n: (_post(_ADD.replace(b"Queued", b"Q%d" % n)), 200, 1, False),
+        "chunked": lambda n: (chunked(_ADD.replace(b"Queued", b"C%d" % n)), 200, 1, False),
+        "expect": lambda n: (_post(_ADD.replace(b"Queued", b"E%d" % n), b"Expect: 100-continue\r\n"), 200, 1, False),
+        "close": lambda n: (_post(_ADD.replace(b"Queued", b"Z%d" % n), b"Connection: close\r\n"), 200, 1, True),
+        "bad": lambda n: (_REFUSED["malformed"][0], 400, 0, True),
+        "big": lambda n: (_REFUSED["body past the limit"][0], 413, 1, True),
+        "head": lambda n: (_REFUSED["head past the limit"][0], 431, 1, True),
+    }
+    db = tmp_path / "log.db"
+    endpoint = mock_endpoint("lean", db, seed=0, body_size_limit=str(LIMIT), ucs_fault=["GetImItemList:delay:ms=5"])
+    rows = n = 0
+    try:
+        for _ in range(40):
+            stream, expected = b"", []
+            for _ in range(rnd.randrange(1, 6)):
+                n += 1
+                data, status, logged, ends = kinds[rnd.choice(list(kinds))](n)
+                stream += data
+                expected.append(status)
+                rows += logged
+                if ends:
+                    break
+            with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+                at = 0
+                while at < len(stream):
+                    step = rnd.choice([1, 7, 100, 1000, len(stream)])
+                    try:
+                        sock.sendall(stream[at:at + step])
+                    except OSError:
+                        break  # refused and closed while this side was still sending
+                    at += step
+                out = _read_all(sock, len(expected))
+            assert _statuses(out) == expected, (stream[:300], out[-300:])
+    finally:
+        endpoint.stop()
+    assert len(_rows(db)) == rows
 
 
 # -- redaction: a key whose name holds a secret's name ----------------------------------------------
