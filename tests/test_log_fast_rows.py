@@ -173,7 +173,7 @@ _WORDS = st.sampled_from(["pass", "PASS", "token", "Bearer", "eyJ", "basic", "co
 _TEXT = st.lists(_WORDS | st.text(_ALPHABET, max_size=12), max_size=6).map("".join)
 
 
-@settings(max_examples=150)
+@settings(max_examples=60)
 @given(st.lists(st.lists(_TEXT, max_size=5), min_size=1, max_size=6))
 def test_texts_clean_answers_what_a_look_at_each_text_whole_answers(batches):
     for texts in batches:  # one after another: pieces found clean before are not looked at again
@@ -195,7 +195,7 @@ _SKELETON = ['<?xml version="1.0"?><s:Envelope><s:Body><m:Add><m:Name>', '</m:Na
              '"/></m:Add></s:Body></s:Envelope>']
 
 
-@settings(max_examples=150)
+@settings(max_examples=60)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.lists(_VALUE, min_size=3, max_size=3), st.booleans()),
                 min_size=1, max_size=12))
 def test_a_text_s_changed_part_holds_a_trigger_word_when_the_text_does(steps):
@@ -222,3 +222,12 @@ def test_the_mock_s_bodies_are_looked_at_only_around_their_names_and_ids():
     assert parts[-2] and len(parts[-2]) < len(raws[-2].response_body) // 2  # an AddImGroup's answer  # type: ignore[arg-type]
     assert "Group 5" in parts[-2]
     assert parts[-1] == ""  # RemoveImGroup's answer: the same each time
+
+
+def test_the_stretches_kept_are_bounded():
+    stretches = redact.KnownStretches(kinds=4, max_text=100)
+    for n in range(20):
+        stretches.learn((f"Operation {n}", 0), f'<a x="{n}">clean</a>')
+        assert len(stretches._known) <= 4
+    stretches.learn("long", "x" * 101)
+    assert "long" not in stretches._known and stretches.part("long", "x" * 101) == "x" * 101

@@ -455,7 +455,8 @@ def _shared(a: str, b: str) -> tuple[int, int]:
 class KnownStretches:
     """Per kind of text (the log writer's: an operation's request bodies, its answers), a start and
     an end known to hold no trigger word, and the newest text of the kind found clean (texts up
-    to ``max_text`` characters, ``kinds`` kinds at most: then forgotten all at once).
+    to ``max_text`` characters, ``kinds`` kinds at most: then forgotten all at once; at most
+    3 x 64 x 16 K characters by default).
 
     A text of the kind that begins with that start and ends with that end can hold a trigger
     word only where it reaches into the stretch between them: :meth:`part` is that stretch with
@@ -465,7 +466,7 @@ class KnownStretches:
     answers of the texts. The start and the end are what the newest two clean texts of a kind
     share (:meth:`learn`, when a clean text does not fit the ones known)."""
 
-    def __init__(self, kinds: int = 256, max_text: int = 64 * 1024):
+    def __init__(self, kinds: int = 64, max_text: int = 16 * 1024):
         self.kinds = kinds
         self.max_text = max_text
         self._known: dict[Any, tuple[str, str, str]] = {}  # kind -> (start, end, newest clean text)
