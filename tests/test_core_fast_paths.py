@@ -348,3 +348,19 @@ def test_journal_entries_kept_as_their_place_in_the_log_frame_show_what_whole_on
         c.journal = None
         c.store = None
         c.shutdown()
+
+
+def test_the_mock_answers_are_answers_as_init_makes_them():
+    from ucsproxy import answers
+    from ucsproxy.records import EwsResponse
+
+    svc = service.UcsService(UcsModel(seed=1))
+    request = full(envelope("<m:AddImGroup><m:DisplayName>Friends</m:DisplayName></m:AddImGroup>"))
+    group = svc.handle(request)
+    gone = svc.handle(full(envelope(
+        f'<m:RemoveImGroup><m:GroupId Id="{group.payload.exchange_store_id.id}"/></m:RemoveImGroup>')))
+    for response in (group, gone):
+        made = answers.service_answer(response)
+        assert isinstance(made.decoded, EwsResponse)
+        expected = answers.Answer(200, list(answers.XML_HEADERS.items()), made.body, decoded=made.decoded)
+        assert made == expected and repr(made) == repr(expected) and list(vars(made)) == list(vars(expected))

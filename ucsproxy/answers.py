@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from operator import itemgetter
 from types import ModuleType
 from typing import Any
 from collections.abc import Mapping
@@ -212,7 +211,7 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
     payload = response.payload
     if payload is None:
         body, decoded = _plain_answer(response)
-        return Answer(200, list(_XML_PAIRS), body, decoded=decoded)
+        return _xml_answer(body, decoded)
     # EwsResponse(response.operation, _SERVER_VERSION, message=response), its instance dict filled
     # directly (in field order, as the codec makes records: the object __init__ would make).
     decoded = _new(EwsResponse)
@@ -226,8 +225,20 @@ def service_answer(response: UcsResponse | SoapFault, ucs: bool = True) -> Answe
         if made is not None:
             body, columns = made
             ANSWER_COLUMNS.put(decoded, columns)
-            return Answer(200, list(_XML_PAIRS), body, decoded=decoded)
-    return Answer(200, list(_XML_PAIRS), _encoded(response), decoded=decoded)
+            return _xml_answer(body, decoded)
+    return _xml_answer(_encoded(response), decoded)
+
+
+def _xml_answer(body: bytes, decoded: EwsResponse) -> Answer:
+    """``Answer(200, list(_XML_PAIRS), body, decoded=decoded)``, its instance dict filled directly
+    (in field order: the object __init__ would make)."""
+    made = _new(Answer)
+    d = made.__dict__
+    d["status"] = 200
+    d["headers"] = list(_XML_PAIRS)
+    d["body"] = body
+    d["decoded"] = decoded
+    return made
 
 
 _XML_PAIRS = tuple(XML_HEADERS.items())
@@ -313,7 +324,7 @@ _PROBES = ("ucsproxyProbeName", "ucsproxyProbeId", "ucsproxyProbeKey")
 class _Template:
     """A text cut at the places of numbered values: ``pieces[0] + values[slots[0]] + pieces[1] + ...``."""
 
-    __slots__ = ("pieces", "slots", "_format", "_order")
+    __slots__ = ("pieces", "slots")
 
     def __init__(self, text: str, probes: tuple[str, ...]):
         places = sorted((text.index(p), n) for n, p in enumerate(probes))
@@ -324,16 +335,21 @@ class _Template:
             self.pieces.append(text[at:where])
             at = where + len(probes[n])
         self.pieces.append(text[at:])
-        # The same text as one %-format (a single call in C): the pieces with their "%" doubled.
-        self._format = "%s".join(p.replace("%", "%%") for p in self.pieces)
-        self._order = itemgetter(*self.slots) if len(self.slots) > 1 else (lambda values: (values[self.slots[0]],))
 
     @staticmethod
     def fits(text: str, probes: tuple[str, ...]) -> bool:
         return all(text.count(p) == 1 for p in probes)
 
     def fill(self, values: tuple[str, ...]) -> str:
-        return self._format % self._order(values)
+        pieces, slots = self.pieces, self.slots
+        if len(slots) == 3:  # a group's name, id and change key: one join of the seven parts
+            a, b, c = slots
+            return "".join((pieces[0], values[a], pieces[1], values[b], pieces[2], values[c], pieces[3]))
+        out = [pieces[0]]
+        for i, slot in enumerate(slots, 1):
+            out.append(values[slot])
+            out.append(pieces[i])
+        return "".join(out)
 
 
 #: The body's template, the ``result`` column's, and the other three columns.
