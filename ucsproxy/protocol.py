@@ -22,7 +22,19 @@ EWS_PATH = "/EWS/Exchange.asmx"
 
 def is_ews_endpoint(path: str) -> bool:
     """True for the EWS endpoint path (a query string and a final slash allowed), in any letter case."""
-    return path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
+    try:
+        return _EWS_ENDPOINTS[path]  # the lean front asks twice per request, for the same few paths
+    except KeyError:
+        pass
+    found = path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
+    if len(path) <= 256:  # a long target (up to 64 KB) is looked at each time, not kept
+        if len(_EWS_ENDPOINTS) >= 1024:
+            _EWS_ENDPOINTS.clear()
+        _EWS_ENDPOINTS[path] = found
+    return found
+
+
+_EWS_ENDPOINTS: dict[str, bool] = {}  # path -> is_ews_endpoint(path), for paths of at most 256 characters
 
 
 def is_ews_path(path: str) -> bool:
