@@ -147,3 +147,26 @@ def test_started_at_is_what_datetime_writes_at_every_rounding_edge():
     assert [iso_utc(v) for v in values] == [_iso_by_datetime(v) for v in values]
     assert [iso_utc(v) for v in reversed(values)] == [_iso_by_datetime(v) for v in reversed(values)]
     assert iso_utc(5) == _iso_by_datetime(5) and iso_utc(-1.5) == _iso_by_datetime(-1.5)
+
+
+def test_a_start_no_date_holds_keeps_its_row_and_the_rows_after_it(tmp_path):
+    """A hand-made capture's timestamp past year 9999 (or NaN) is stored as the number it is:
+    building its row raised, the writer's stub row raised again, and the log stopped there."""
+    import sqlite3
+
+    from ucsproxy.logrow import RawExchange
+    from ucsproxy.store import LogStore
+
+    def raw(ts: float) -> RawExchange:
+        return RawExchange("record", ts, 1.5, "127.0.0.1:5000", "mail.contoso.com:443", "POST",
+                           "/EWS/Exchange.asmx", 200, [("Content-Type", "text/xml")], b"<x/>",
+                           [("Content-Type", "text/xml")], b"<y/>")
+
+    store = LogStore(tmp_path / "log.db", writer="thread")
+    for ts in (1e12, float("nan"), float("-inf"), 1_700_000_000.25):
+        store.submit(raw(ts))
+    assert store.flush(30) and store.close() == 0
+    with sqlite3.connect(tmp_path / "log.db") as conn:
+        rows = conn.execute("select started_at, response_body from exchanges order by id").fetchall()
+    assert rows == [("1000000000000.0", "<y/>"), ("nan", "<y/>"), ("-inf", "<y/>"),
+                    ("2023-11-14T22:13:20.250Z", "<y/>")]

@@ -133,7 +133,12 @@ def iso_utc(ts: float) -> str:
         if last[0] != whole:
             last = _last_second = (whole, datetime.fromtimestamp(whole, tz=UTC).isoformat()[:-6])
         return f"{last[1]}.{micros // 1000:03d}Z"
-    moment = datetime.fromtimestamp(ts, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(ts, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        # No date holds it (NaN, or past year 9999: a hand-made capture's timestamp): the
+        # number as it came, so the exchange keeps its row rather than stopping the writer.
+        return repr(ts)
     if moment.year < 1000:  # strftime's year is not padded to four digits everywhere
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # cut as strftime's [:-3]; "+00:00" off
