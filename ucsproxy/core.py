@@ -160,24 +160,6 @@ def _made_payload() -> Callable[[list[RawExchange]], bytes | None]:
     return _MADE_PAYLOAD
 
 
-_EWS_PATHS: dict[str, bool] = {}
-_EWS_PATHS_MAX = 1024
-
-
-def _is_ews(path: str) -> bool:
-    """:func:`~ucsproxy.protocol.is_ews_endpoint`, kept per path (short paths only)."""
-    try:
-        return _EWS_PATHS[path]
-    except KeyError:
-        pass
-    found = is_ews_endpoint(path)
-    if len(path) <= 256:
-        if len(_EWS_PATHS) >= _EWS_PATHS_MAX:
-            _EWS_PATHS.clear()
-        _EWS_PATHS[path] = found
-    return found
-
-
 def refuse_logging_into_the_replayed(mode: str, db: str, source: str) -> None:
     """A replay must not append its own exchanges to the recording it serves (by any path or link)."""
     if mode != "replay" or not db or not source:
@@ -507,7 +489,7 @@ class UcsCore:
 
     def wants_decoded(self, method: str, path: str) -> bool:
         """Whether a request is decoded: an EWS POST, when serving or when faults may apply."""
-        return (self.serving or self.engine is not None or self.watcher is not None) and method == "POST" and _is_ews(path)
+        return (self.serving or self.engine is not None or self.watcher is not None) and method == "POST" and is_ews_endpoint(path)
 
     def decode(self, body: bytes, headers: list[tuple[str, str]]) -> EwsRequest | DecodeError:
         """The decoded request; answering from the model (mock, stateful replay), a UCS request
@@ -562,7 +544,7 @@ class UcsCore:
                mailbox: str | None = None) -> Answer | None:
         """The mock's or the recording's answer; None when a fall-through upstream should answer.
         ``mailbox``: :meth:`mailbox` of this request when the front found it already."""
-        if not _is_ews(path):
+        if not is_ews_endpoint(path):
             return answers.not_found()
         if method != "POST":
             return answers.not_post()

@@ -7,6 +7,8 @@ beyond small lookups lives here, so every other module can import it freely.
 
 from __future__ import annotations
 
+from .memo import keep
+
 NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 NS_MESSAGES = "http://schemas.microsoft.com/exchange/services/2006/messages"
 NS_TYPES = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -28,9 +30,7 @@ def is_ews_endpoint(path: str) -> bool:
         pass
     found = path.split("?", 1)[0].lower().rstrip("/") == "/ews/exchange.asmx"
     if len(path) <= 256:  # a long target (up to 64 KB) is looked at each time, not kept
-        if len(_EWS_ENDPOINTS) >= 1024:
-            _EWS_ENDPOINTS.clear()
-        _EWS_ENDPOINTS[path] = found
+        keep(_EWS_ENDPOINTS, path, found, 1024)
     return found
 
 
