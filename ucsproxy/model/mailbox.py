@@ -55,6 +55,7 @@ from .policy import (
     im_address_key,
     is_smtp_address,
     is_well_formed_id,
+    display_name_key,
     same_display_name,
 )
 
@@ -128,14 +129,10 @@ def _changes_groups(method: Callable) -> Callable:
     return changing
 
 
-def _folded(display_name: str) -> str:
-    """A group display name as :func:`~ucsproxy.model.policy.same_display_name` compares it."""
-    return display_name.strip().casefold()
-
-
 class _GroupIndex:
     """What the name and limit checks read off every group, counted once: how many groups have
-    each display name (as :func:`_folded` makes it), and how many count toward the group limit."""
+    each display name's key (:func:`~ucsproxy.model.policy.display_name_key`), and how many
+    count toward the group limit."""
 
     __slots__ = ("names", "counted")
 
@@ -146,13 +143,13 @@ class _GroupIndex:
             self.add(g)
 
     def add(self, g: _Group) -> None:
-        key = _folded(g.display_name)
+        key = display_name_key(g.display_name)
         self.names[key] = self.names.get(key, 0) + 1
         if counts_toward_group_limit(g.group_type):
             self.counted += 1
 
     def remove(self, g: _Group) -> None:
-        key = _folded(g.display_name)
+        key = display_name_key(g.display_name)
         left = self.names[key] - 1
         if left:
             self.names[key] = left
@@ -287,7 +284,7 @@ class Mailbox:
         return index
 
     def _check_name_free(self, name: str, except_id: str | None = None) -> None:
-        taken = self._group_index().names.get(_folded(name), 0)
+        taken = self._group_index().names.get(display_name_key(name), 0)
         if taken and except_id is not None:
             g = self.groups.get(except_id)
             if g is not None and same_display_name(g.display_name, name):
@@ -409,7 +406,7 @@ class Mailbox:
     @_changes_groups
     def add_im_group(self, display_name: str) -> ImGroup:
         index = self._group_index()
-        if _folded(display_name) in index.names:
+        if display_name_key(display_name) in index.names:
             raise ImGroupDisplayNameAlreadyExists()
         if index.counted >= self.max_groups:
             raise ImGroupLimitReached()

@@ -172,9 +172,14 @@ def counts_toward_group_limit(group_type: str) -> bool:
     return group_type not in DEFAULT_GROUP_TYPES
 
 
+def display_name_key(display_name: str) -> str:
+    """Choice: group display names clash case-insensitively (as Exchange folder names do), around
+    white space: two names clash when their keys are equal."""
+    return display_name.strip().casefold()
+
+
 def same_display_name(a: str, b: str) -> bool:
-    """Choice: group display names clash case-insensitively (as Exchange folder names do)."""
-    return a.strip().casefold() == b.strip().casefold()
+    return display_name_key(a) == display_name_key(b)
 
 
 def im_address_key(address: str) -> str:
