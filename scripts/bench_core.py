@@ -48,21 +48,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import FakeTransport, envelope  # the script's own directory is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 EWS = "/EWS/Exchange.asmx"
-NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
-NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
 BIG_USER = "big@contoso.com"
-
-
-def envelope(body: str, mailbox: str | None = None) -> bytes:
-    header = '<t:RequestServerVersion Version="Exchange2013"/>'
-    if mailbox:
-        header += (f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{mailbox}"
-                   "</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>")
-    return (f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
-            f'xmlns:t="{NS_T}" xmlns:m="{NS_M}"><soap:Header>{header}</soap:Header>'
-            f"<soap:Body>{body}</soap:Body></soap:Envelope>").encode()
 
 
 def head(body: bytes, user: str | None = None) -> list[tuple[str, str]]:
@@ -86,32 +76,6 @@ def wire(body: bytes, headers: list[tuple[str, str]]) -> bytes:
 
 # ---------------------------------------------------------------------------
 # The child: one tree, one process
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-
-    def get_extra_info(self, name: str, default=None):
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def writelines(self, parts) -> None:
-        self.out.append(b"".join(parts))
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def _big_state(path: Path) -> None:
@@ -175,7 +139,7 @@ class Child:
             core.reporter.console.enabled = False
         self.server = front.LeanServer(core)
         self.server.later = lambda: None  # type: ignore[method-assign]
-        self.transport = _Transport()
+        self.transport = FakeTransport()
         self.conn = front._Connection(self.server)
         self.conn.connection_made(self.transport)
         self.n = 0

@@ -296,3 +296,32 @@ def big_mailbox_state(path: Path, contacts: int = 1000, groups: int = 30, mailbo
     for n in range(contacts):
         m.add_new_im_contact_to_group(mailbox, f"sip:user{n:04d}@contoso.com", f"User {n:04d}", ids[n % len(ids)])
     m.save(path)
+
+
+class FakeTransport:
+    """A stand-in for an asyncio transport under the lean front's connection class, in-process:
+    what the front writes is kept in ``out``; flow control and closing do nothing."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writelines(self, parts) -> None:
+        self.out.append(b"".join(parts))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass

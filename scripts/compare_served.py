@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import FakeTransport  # the script's own directory is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -152,31 +154,6 @@ def child(tree: Path, out: Path, count: int, seed: int) -> None:
     sys.path.insert(0, str(tree))
     from ucsproxy import front
 
-    class Transport:
-        def __init__(self) -> None:
-            self.out: list[bytes] = []
-
-        def get_extra_info(self, name: str, default=None):
-            return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-        def write(self, data: bytes) -> None:
-            self.out.append(data)
-
-        def writelines(self, parts) -> None:
-            self.out.append(b"".join(parts))
-
-        def is_closing(self) -> bool:
-            return False
-
-        def close(self) -> None:
-            pass
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
     db = out.with_suffix(".db")
     core = front.core_from_options({"ucs_mode": "mock", "ucs_seed": 1, "ucs_db": str(db)})
     core.reporter.console.enabled = False
@@ -185,7 +162,7 @@ def child(tree: Path, out: Path, count: int, seed: int) -> None:
     answers = []
     requests = Requests(seed, count)
     for n in range(count):
-        t = Transport()
+        t = FakeTransport()
         conn = front._Connection(server)
         conn.connection_made(t)
         conn.data_received(requests.next(n))
@@ -193,7 +170,7 @@ def child(tree: Path, out: Path, count: int, seed: int) -> None:
         answer = b"".join(t.out)
         requests.saw(answer)
         answers.append(answer.decode("latin-1"))
-    t = Transport()
+    t = FakeTransport()
     conn = front._Connection(server)
     conn.connection_made(t)
     conn.data_received(http(b"", "GET", "/_ucsproxy/exchanges?bodies=1&limit=1000"))
