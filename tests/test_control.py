@@ -398,21 +398,13 @@ def test_packed_journal_entries_show_what_the_exchanges_kept_whole_show(core):
     class Name(str):
         pass
 
+    from journal_tee import JournalTee
+
     packed = core.journal
     assert packed is not None
-    whole = journal.Journal(redactor=packed.redactor)
-    whole.pack_max_bytes = -1
-
-    class Both:
-        def add(self, raw, replay=None, handed=False):
-            packed.add(raw, replay, handed)
-            whole.add(raw, replay, handed)
-
-        def seal(self, raws, payload):
-            packed.seal(raws, payload)
-            whole.seal(raws, payload)
-
-    core.journal = Both()
+    tee = JournalTee(packed)
+    whole = tee.whole
+    core.journal = tee
     for name in ("Friends", "a&amp;b", "caf\u00e9", "Friends", "back\\slash"):
         exchange(core, add_group(name))
     exchange(core, get_list(), user="ben@contoso.com")

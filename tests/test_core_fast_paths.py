@@ -289,7 +289,7 @@ def test_journal_entries_kept_as_their_place_in_the_log_frame_show_what_whole_on
     pickled: packed alone), a body too big to pack, and a batch that never reached the log."""
     import time
 
-    from ucsproxy import journal
+    from journal_tee import JournalTee
     from ucsproxy.front import core_from_options
     from ucsproxy.logrow import RawExchange
     from ucsproxy.runner import mock_options
@@ -303,19 +303,9 @@ def test_journal_entries_kept_as_their_place_in_the_log_frame_show_what_whole_on
         c.store = log  # type: ignore[assignment]
         shared = c.journal
         assert shared is not None
-        whole = journal.Journal(redactor=shared.redactor)
-        whole.pack_max_bytes = -1
-
-        class Both:
-            def add(self, raw, replay=None, handed=False):
-                shared.add(raw, replay, handed)
-                whole.add(raw, replay, handed)
-
-            def seal(self, raws, payload):
-                shared.seal(raws, payload)
-                whole.seal(raws, payload)
-
-        c.journal = Both()  # type: ignore[assignment]
+        tee = JournalTee(shared)
+        whole = tee.whole
+        c.journal = tee  # type: ignore[assignment]
         add = "<m:AddImGroup><m:DisplayName>{}</m:DisplayName></m:AddImGroup>"
         bodies = [envelope(add.format(n)) for n in ("Friends", "a&amp;b", "caf\u00e9", "Friends", "back\\slash")]
         bodies += [envelope("<m:GetImItemList/>"), b"<not xml", envelope(add.format("x" * 20000)),
