@@ -181,11 +181,12 @@ def test_texts_clean_answers_what_a_look_at_each_text_whole_answers(batches):
 
 
 def test_the_pieces_known_clean_are_bounded(monkeypatch):
-    monkeypatch.setattr(redact, "_KNOWN_CLEAN_MAX", 50)
-    monkeypatch.setattr(redact, "_KNOWN_CLEAN_CHARS", 2000)
+    kept = redact._KNOWN_CLEAN
+    monkeypatch.setattr(kept, "most", 50)
+    monkeypatch.setattr(kept, "chars", 2000)
     for n in range(500):
         assert texts_clean([f'{{"display_name": "Group {n}", "id": "{"x" * (n % 90)}"}}'])
-        assert len(redact._known_clean) <= 50 and redact._known_chars <= 2000
+        assert len(kept.pieces) <= 50 and kept.size <= 2000 and sum(map(len, kept.pieces)) <= 2000
 
 
 # -- KnownStretches: a text looked at only where it differs from the clean ones of its kind -------

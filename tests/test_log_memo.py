@@ -198,7 +198,7 @@ _BITS = st.sampled_from(["<", '"', "{", "}", "[", " ", "pa", "ss", "pass", "tok"
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(_BITS, max_size=40).map("".join), min_size=1, max_size=6))
 def test_the_piece_scan_says_what_the_whole_scan_says(texts):
-    redact._clean_pieces.clear()
+    redact._CLEAN_PIECES.clear()
     for text in texts + [t + "x" for t in texts] + ["{" + t for t in texts]:
         assert redact._triggered_by_pieces(text) == redact._has_trigger(text), text
 

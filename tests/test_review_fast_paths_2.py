@@ -249,17 +249,18 @@ def test_the_pieces_known_clean_are_bounded_in_characters_too() -> None:
     # remembers the pieces that held no trigger word, up to 200,000 pieces. A text without those
     # characters is one piece: a client's big bodies, each different, were kept whole, without
     # end in characters (100 bodies of 200 KB: 20 MB; at the 4 MB body limit, 400 MB).
-    old = getattr(redact, "_CLEAN_PIECES_CHARS", None)
+    kept = redact._CLEAN_PIECES
+    old = kept.chars
     try:
-        redact._CLEAN_PIECES_CHARS = 250_000  # (the bound, made small)
+        kept.chars = 250_000  # (the bound, made small)
         for n in range(8):
             text = f"<x>{n:08d} " * 10_000 + "</x>"  # 120 KB, one piece
             assert redact.DEFAULT.text(text) == text
-            assert sum(map(len, redact._clean_pieces)) <= 250_000
+            assert sum(map(len, kept.pieces)) <= 250_000
             secret = text + "password=hunter2"
             assert "hunter2" not in redact.DEFAULT.text(secret)
     finally:
-        redact._CLEAN_PIECES_CHARS = old  # type: ignore[assignment]
+        kept.chars = old
 
 
 def test_the_console_s_per_value_shortcuts_keep_no_long_values() -> None:

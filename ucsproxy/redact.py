@@ -358,12 +358,39 @@ def _has_trigger(lower: str) -> bool:
 
 #: Texts this long are looked at piece by piece (:func:`_triggered_by_pieces`).
 _PIECES_MIN = 32 * 1024
-#: Pieces known to hold no trigger word, at most this many and this many characters of them
-#: (then forgotten all at once): big texts without a '"' or '{' are one piece each.
-_CLEAN_PIECES_MAX = 200_000
-_CLEAN_PIECES_CHARS = 32 * 1024 * 1024
-_clean_pieces: set[str] = set()
-_clean_chars = 0
+class _CleanPieces:
+    """Pieces of text known to hold no trigger word, at most ``most`` of them and ``chars``
+    characters of them in all (then forgotten all at once)."""
+
+    def __init__(self, most: int, chars: int) -> None:
+        self.most, self.chars = most, chars
+        self.pieces: set[str] = set()
+        self.size = 0  # characters of the pieces kept
+
+    def triggered(self, pieces: set[str], lower: bool) -> bool:
+        """Whether a piece of ``pieces`` not known clean holds a trigger word (``lower``: the
+        pieces are not lower-cased yet). The pieces not known are looked at together, joined by a
+        character no trigger word holds; found clean, they are kept."""
+        new = pieces - self.pieces if self.pieces else pieces
+        if not new:
+            return False
+        joined = "\0".join(new)
+        if _has_trigger(joined.lower() if lower else joined):
+            return True
+        if len(self.pieces) + len(new) > self.most or self.size + len(joined) > self.chars:
+            self.clear()
+        self.pieces.update(new)
+        self.size += len(joined)
+        return False
+
+    def clear(self) -> None:
+        self.pieces.clear()
+        self.size = 0
+
+
+#: Pieces of big texts known clean (:func:`_triggered_by_pieces`): big texts without a '"' or
+#: '{' are one piece each.
+_CLEAN_PIECES = _CleanPieces(200_000, 32 * 1024 * 1024)
 
 
 def _triggered_by_pieces(lower: str) -> bool:
@@ -376,27 +403,11 @@ def _triggered_by_pieces(lower: str) -> bool:
     in a text without trigger words hold none; the others are looked at together (joined by a
     character no trigger word holds either), which gives the same answer as looking at the whole."""
     pieces = set(lower.split("{" if lower.lstrip()[:1] in ("{", "[") else '"'))
-    new = pieces - _clean_pieces if _clean_pieces else pieces
-    if not new:
-        return False
-    joined = "\0".join(new)
-    if _has_trigger(joined):
-        return True
-    global _clean_chars
-    if len(_clean_pieces) + len(new) > _CLEAN_PIECES_MAX or _clean_chars + len(joined) > _CLEAN_PIECES_CHARS:
-        _clean_pieces.clear()
-        _clean_chars = 0
-    _clean_pieces.update(new)
-    _clean_chars += len(joined)
-    return False
+    return _CLEAN_PIECES.triggered(pieces, lower=False)
 
 
-#: Pieces of short texts known to hold no trigger word (:func:`texts_clean`), at most this many
-#: and this many characters of them (then forgotten all at once).
-_KNOWN_CLEAN_MAX = 100_000
-_KNOWN_CLEAN_CHARS = 8 * 1024 * 1024
-_known_clean: set[str] = set()
-_known_chars = 0
+#: Pieces of short texts known clean (:func:`texts_clean`).
+_KNOWN_CLEAN = _CleanPieces(100_000, 8 * 1024 * 1024)
 
 
 def texts_clean(texts: list[str]) -> bool:
@@ -409,20 +420,7 @@ def texts_clean(texts: list[str]) -> bool:
     joined by a character no trigger word holds either (lower-cased: a character's lower case
     does not depend on its neighbours but for a final sigma, which no trigger word holds).
     The same answer as looking at each text whole."""
-    pieces = set('"'.join(texts).split('"'))
-    new = pieces - _known_clean if _known_clean else pieces
-    if not new:
-        return True
-    joined = "\0".join(new)
-    if _has_trigger(joined.lower()):
-        return False
-    global _known_chars
-    if len(_known_clean) + len(new) > _KNOWN_CLEAN_MAX or _known_chars + len(joined) > _KNOWN_CLEAN_CHARS:
-        _known_clean.clear()
-        _known_chars = 0
-    _known_clean.update(new)
-    _known_chars += len(joined)
-    return True
+    return not _KNOWN_CLEAN.triggered(set('"'.join(texts).split('"')), lower=True)
 
 
 #: Characters kept on each side of a changed stretch (:class:`KnownStretches`): more than any
