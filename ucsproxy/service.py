@@ -120,49 +120,14 @@ class UcsService:
 
     def _dispatch(self, mailbox: str, body: UcsRequest) -> Payload | None:
         call = _CALLS.get(type(body))
-        if call is not None:  # the operation's model call, found by the record's class
-            return call(self.model, mailbox, body)
-        return self._matched(mailbox, body)
-
-    def _matched(self, mailbox: str, body: UcsRequest) -> Payload | None:
-        """:meth:`_dispatch` by pattern (a subclass of a request record, built by hand)."""
-        m = self.model
-        match body:
-            case AddImGroup(display_name=name):
-                return m.add_im_group(mailbox, name)
-            case AddNewImContactToGroup(im_address=address, display_name=name, group_id=group):
-                return m.add_new_im_contact_to_group(mailbox, address, name, group)
-            case AddImContactToGroup(contact_id=contact, group_id=group):
-                m.add_im_contact_to_group(mailbox, contact, group)
-                return None
-            case RemoveImContactFromGroup(contact_id=contact, group_id=group):
-                m.remove_im_contact_from_group(mailbox, contact, group)
-                return None
-            case RemoveContactFromImList(contact_id=contact):
-                m.remove_contact_from_im_list(mailbox, contact)
-                return None
-            case RemoveImGroup(group_id=group):
-                m.remove_im_group(mailbox, group)
-                return None
-            case SetImGroup(group_id=group, new_display_name=name):
-                m.set_im_group(mailbox, group, name)
-                return None
-            case AddDistributionGroupToImList(smtp_address=smtp, display_name=name):
-                return m.add_distribution_group_to_im_list(mailbox, smtp, name)
-            case RemoveDistributionGroupFromImList(group_id=group):
-                m.remove_distribution_group_from_im_list(mailbox, group)
-                return None
-            case SetImListMigrationCompleted(im_list_migration_completed=flag):
-                m.set_im_list_migration_completed(mailbox, flag)
-                return None
-            case GetImItemList(extended_properties=extended):
-                return m.get_im_item_list(mailbox, extended)
-            case GetImItems(contact_ids=contacts, group_ids=groups, extended_properties=extended):
-                return m.get_im_items(mailbox, contacts, groups, extended)
-        raise UcsError("ErrorInvalidRequest", f"no rule for {type(body).__name__}")
+        if call is None:  # a subclass of a request record (built by hand): its base's call
+            call = next((_CALLS[c] for c in type(body).__mro__ if c in _CALLS), None)
+            if call is None:
+                raise UcsError("ErrorInvalidRequest", f"no rule for {type(body).__name__}")
+        return call(self.model, mailbox, body)
 
 
-# Per request record class, its model call (what UcsService._matched does for it).
+# Per request record class, its model call (UcsService._dispatch).
 def _add_im_group(m: UcsModel, mb: str, b: Any) -> Payload | None:
     return m.add_im_group(mb, b.display_name)
 
