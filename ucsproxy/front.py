@@ -208,12 +208,8 @@ class _Connection(asyncio.Protocol):
         text = b"ucsproxy: the request's body is larger than %d bytes (--body-limit).\n" % limit
         row = None
         if req is not None and req.method:
-            def row(answered: bool) -> None:
-                self._log(req, _text(b"".join(req.url)), None, None,
-                          (413, _refusal_headers(text), text) if answered else None, None,
-                          f"Request body exceeds ucsproxy's body limit of {limit} bytes (--body-limit): "
-                          f"{'answered 413 and ' if answered else ''}closed the connection; the {req.size} bytes "
-                          "read were not kept.")
+            row = self._refusal_row(req, 413, text, f"Request body exceeds ucsproxy's body limit of {limit} bytes "
+                                    f"(--body-limit)", f"the {req.size} bytes read were not kept.")
         self._refuse(text, 413, row)
 
     def _refuse_head(self) -> None:
@@ -227,14 +223,19 @@ class _Connection(asyncio.Protocol):
                     req.method = self.parser.get_method().decode("ascii", "replace")
                 except httptools.HttpParserError:
                     pass  # not even the method was read
-
-            def row(answered: bool) -> None:
-                self._log(req, _text(b"".join(req.url)), None, None,
-                          (431, _refusal_headers(_HEAD_TOO_LARGE), _HEAD_TOO_LARGE) if answered else None, None,
-                          f"Request head exceeds ucsproxy's limit of {HEAD_MAX} bytes: "
-                          f"{'answered 431 and ' if answered else ''}closed the connection; the head was not "
-                          "read to its end.")
+            row = self._refusal_row(req, 431, _HEAD_TOO_LARGE, f"Request head exceeds ucsproxy's limit of {HEAD_MAX} "
+                                    "bytes", "the head was not read to its end.")
         self._refuse(_HEAD_TOO_LARGE, 431, row)
+
+    def _refusal_row(self, req: _Request, status: int, text: bytes, why: str, after: str) -> Callable[[bool], None]:
+        """What logs a refused request once its turn comes (``answered``: the refusal was written):
+        ``why``, what was done, ``after``; what was read of the target is kept, the body is not."""
+
+        def row(answered: bool) -> None:
+            self._log(req, _text(b"".join(req.url)), None, None,
+                      (status, _refusal_headers(text), text) if answered else None, None,
+                      f"{why}: {f'answered {status} and ' if answered else ''}closed the connection; {after}")
+        return row
 
     def _can_answer(self) -> bool:
         """Whether an answer written now is the next one the client reads (none before it is pending)."""
