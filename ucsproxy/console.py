@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .annotate import ExchangeSummary, summarize_raw
 from .logrow import key_arguments, request_user
 from .logsummary import short_id
+from .memo import keep
 from .protocol import is_ews_request
 from .records import _PLAIN_TYPES, EwsRequest, EwsResponse, _json_keys, to_jsonable
 
@@ -155,9 +156,7 @@ def _signed_in(headers: list[tuple[str, str]] | None) -> str | None:
                 pass
             user = request_user([(k, v)])
             if len(v) <= _VALUE_KEPT:  # a 40 KB Kerberos ticket is worked out each time, not kept
-                if len(_USERS) >= 256:
-                    _USERS.clear()
-                _USERS[v] = user
+                keep(_USERS, v, user, 256)
             return user
     return None
 
@@ -329,9 +328,7 @@ class Console:
         if ews is None:
             ews = is_ews_request(*method_path)
             if len(raw.path) <= _VALUE_KEPT:  # (a path of 60 KB is not kept)
-                if len(_EWS_REQUESTS) >= 256:
-                    _EWS_REQUESTS.clear()
-                _EWS_REQUESTS[method_path] = ews
+                keep(_EWS_REQUESTS, method_path, ews, 256)
         operation = request.operation
         if not ews or not operation:
             return None
@@ -354,18 +351,12 @@ class Console:
         if type(duration) is float and duration > 0:  # kept per value (not -0.0, which prints "-0.0")
             ms = _MS.get(duration)
             if ms is None:
-                ms = f"{duration:.1f} ms"
-                if len(_MS) >= 4096:
-                    _MS.clear()
-                _MS[duration] = ms
+                ms = keep(_MS, duration, f"{duration:.1f} ms", 4096)
         else:
             ms = f"{duration:.1f} ms" if duration is not None else "- ms"
         padded = _PADDED.get(operation)
         if padded is None:
-            padded = f"{operation:<33}"
-            if len(_PADDED) >= 256:
-                _PADDED.clear()
-            _PADDED[operation] = padded
+            padded = keep(_PADDED, operation, f"{operation:<33}", 256)
         moment = _moment(raw.started_at)
         line = (f"{moment}  {mailbox}  {padded}  {arguments}  {result}  {ms}\n" if arguments
                 else f"{moment}  {mailbox}  {padded}  {result}  {ms}\n")
