@@ -271,7 +271,7 @@ def test_the_console_s_per_value_shortcuts_keep_no_long_values() -> None:
     # (tests/test_front_shortcuts.py::test_what_is_kept_per_value_is_bounded_by_length_too).
     import io
 
-    from ucsproxy import console
+    from ucsproxy import console, protocol
     from ucsproxy.answers import service_answer
     from ucsproxy.model import UcsModel
     from ucsproxy.records import AddImGroup, EwsRequest, SoapHeaders
@@ -289,5 +289,5 @@ def test_the_console_s_per_value_shortcuts_keep_no_long_values() -> None:
                           decoded_request=request, decoded_response=answer.logged(answer.body))
         assert lines._plain_line(raw)
     assert out.getvalue().count("AddImGroup") == 5
-    assert not [key for key in console._EWS_REQUESTS if len(key[1]) > 1024]
+    assert not [key for key in protocol._EWS_REQUESTS if len(key[1]) > 1024]  # (is_ews_request's, asked by the console)
     assert not [key for key in console._USERS if len(key) > 1024]

@@ -138,7 +138,6 @@ _REQUEST_NAMES = frozenset({"Host", "host", "Content-Type", "content-type", "Con
                             "Connection", "connection", "Accept-Encoding", "accept-encoding", "Expect"})
 _ANSWER_NAMES = frozenset({"Content-Type", "Cache-Control", "Content-Length", "Connection", "Server", "Date",
                            "X-Ucsproxy-Fault", "Transfer-Encoding"})
-_EWS_REQUESTS: dict[tuple[str, str], bool] = {}  # (method, path) -> is_ews_request
 _MS: dict[float, str] = {}  # duration_ms -> "1.2 ms"
 _PADDED: dict[str, str] = {}  # operation -> the operation padded to 33
 #: Characters of a value the per-value shortcuts here keep at most (as front._PATH_KEPT, core._HEADER_KEPT).
@@ -323,12 +322,7 @@ class Console:
         for name, _ in headers or ():
             if name not in _ANSWER_NAMES and name.lower() == "x-ucsproxy-replay":
                 return None  # a replay's note: the summary tells
-        method_path = (raw.method, raw.path)
-        ews = _EWS_REQUESTS.get(method_path)
-        if ews is None:
-            ews = is_ews_request(*method_path)
-            if len(raw.path) <= _VALUE_KEPT:  # (a path of 60 KB is not kept)
-                keep(_EWS_REQUESTS, method_path, ews, 256)
+        ews = is_ews_request(raw.method, raw.path)
         operation = request.operation
         if not ews or not operation:
             return None

@@ -548,7 +548,6 @@ def build_row(raw: RawExchange, keep_secrets: bool = False, redactor: Redactor |
 MARSHAL_NAMES = ("mode", "started_at", "duration_ms", "client", "server", "method", "path", "http_status",
                  "request_headers", "request_body", "response_headers", "response_body", "fault", "error",
                  "divergence", "mailbox", "decoded_request", "decoded_response")
-_EWS_REQUEST: dict[tuple[str, str], bool] = {}
 #: The stretches marshal_row knows clean of the bodies of each (operation, 0: request / 1: answer).
 _STRETCHES = KnownStretches()
 
@@ -577,13 +576,7 @@ def marshal_row(values: tuple, redactor: Redactor) -> dict[str, Any] | None:
      response_headers, response_body, fault, error, divergence, mailbox, request, answer) = values
     if request is None or answer is None or not mailbox or request_headers is None or not redactor.trigger_only:
         return None
-    key = (method, path)
-    ews = _EWS_REQUEST.get(key)
-    if ews is None:
-        ews = is_ews_request(method, path)
-        if len(_EWS_REQUEST) < 1024 and type(method) is str and type(path) is str and len(path) <= 1024:
-            _EWS_REQUEST[key] = ews
-    if not ews:
+    if not is_ews_request(method, path):
         return None
     request_text = _utf8_body(request_body)
     response_text = _utf8_body(response_body)

@@ -48,9 +48,20 @@ def is_ews_request(method: str, path: str, body: bytes | None = None) -> bool:
 
     The endpoint ucsproxy serves is narrower: :func:`is_ews_endpoint`.
     """
+    if body is None:  # the console and the log ask this of every exchange, for the same few paths
+        key = (method, path)
+        found = _EWS_REQUESTS.get(key)
+        if found is None:
+            found = method.upper() == "POST" and is_ews_path(path)
+            if len(path) <= 1024:  # a long target is looked at each time, not kept
+                keep(_EWS_REQUESTS, key, found, 1024)
+        return found
     if method.upper() == "POST" and is_ews_path(path):
         return True
-    return body is not None and b"schemas.microsoft.com/exchange/services/2006/messages" in body[:4096]
+    return b"schemas.microsoft.com/exchange/services/2006/messages" in body[:4096]
+
+
+_EWS_REQUESTS: dict[tuple[str, str], bool] = {}  # (method, path) -> is_ews_request(method, path)
 
 #: The twelve operations of [MS-OXWSCOS], in the order of its section 3.1.4.
 UCS_OPERATIONS: tuple[str, ...] = (
