@@ -54,6 +54,15 @@ def _size(raw: RawExchange) -> int:
     return len(raw.request_body or b"") + len(raw.response_body or b"")
 
 
+def _packable(raw: RawExchange) -> bool:
+    """Whether :func:`_pack` packs ``raw`` (given marshal takes its values): what a log frame's
+    payload holds of it is then the same (logwriter.marshal_payload's item)."""
+    request = raw.decoded_request
+    answer = raw.decoded_response
+    return (request is None or (type(request) is EwsRequest and bool(raw.mailbox))) and \
+        (answer is None or type(answer) is EwsResponse)
+
+
 _FIELDS: tuple[str, ...] | None = None
 _GET: Any = None
 
@@ -67,19 +76,12 @@ def _pack(raw: RawExchange) -> bytes | None:
     the serving process's memory churning through megabytes and its collector walking them; one
     byte string each is written once and read only when the journal is asked for."""
     global _FIELDS, _GET
-    request = raw.decoded_request
-    columns: Any = None
-    if request is None:
-        pass
-    elif type(request) is EwsRequest and raw.mailbox:
-        columns = logged_request(request)
-    else:
-        return None  # a DecodeError, or a request whose mailbox the row decides: kept as it is
-    answer: Any = raw.decoded_response
-    if answer is not None:
-        if type(answer) is not EwsResponse:
-            return None
-        answer = answer_columns(answer)
+    if not _packable(raw):
+        return None  # a DecodeError, a request whose mailbox the row decides, ...: kept as it is
+    request: Any = raw.decoded_request  # (an EwsRequest or None, an EwsResponse or None: _packable)
+    response: Any = raw.decoded_response
+    columns = logged_request(request) if request is not None else None
+    answer = answer_columns(response) if response is not None else None
     if _GET is None:
         import operator
         from dataclasses import fields
@@ -90,15 +92,6 @@ def _pack(raw: RawExchange) -> bytes | None:
         return marshal.dumps((_GET(raw), columns, answer))
     except ValueError:  # a value marshal does not take (a str subclass)
         return None
-
-
-def _packable(raw: RawExchange) -> bool:
-    """Whether :func:`_pack` packs ``raw`` (given marshal takes its values): what a log frame's
-    payload holds of it is then the same (logwriter.marshal_payload's item)."""
-    request = raw.decoded_request
-    answer = raw.decoded_response
-    return (request is None or (type(request) is EwsRequest and bool(raw.mailbox))) and \
-        (answer is None or type(answer) is EwsResponse)
 
 
 def _unpack(packed: bytes) -> RawExchange:
