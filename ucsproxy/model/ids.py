@@ -34,14 +34,19 @@ class Ids:
         # The counter comes last so ids of one mailbox differ at their tail, as EWS ids do.
         return _b64(self._head(prefix, kind) + _COUNTER(self.counter), newline=False).decode("ascii")
 
-    def _head(self, prefix: bytes, kind: int) -> bytes:
-        """``prefix + guid + bytes([kind, 0])``, made once per guid (persistence sets the guid)."""
+    def _made(self) -> dict:
+        """The pieces made of this guid (persistence sets the guid: then they are made anew)."""
         heads = self._heads
         if heads is None or heads[0] is not self.guid:
             heads = self._heads = (self.guid, {})
-        found = heads[1].get((prefix, kind))
+        return heads[1]
+
+    def _head(self, prefix: bytes, kind: int) -> bytes:
+        """``prefix + guid + bytes([kind, 0])``, made once per guid."""
+        made = self._made()
+        found = made.get((prefix, kind))
         if found is None:
-            found = heads[1][(prefix, kind)] = prefix + self.guid + bytes([kind, 0])
+            found = made[(prefix, kind)] = prefix + self.guid + bytes([kind, 0])
         return found
 
     def group(self) -> str:
@@ -59,13 +64,11 @@ class Ids:
     def change_key(self, kind: int, version: int) -> str:
         # 0x12 leads group change keys ("EgAAAA==" on the pages), 0x11 contact ones ("EQAAAA==").
         # Its first 24 bytes are whole base64 groups: their text is made once per guid and kind.
-        heads = self._heads
-        if heads is None or heads[0] is not self.guid:
-            heads = self._heads = (self.guid, {})
-        text = heads[1].get(kind)
+        made = self._made()
+        text = made.get(kind)
         if text is None:
             raw = bytes([kind]) + b"\x00\x00\x00\x16\x00\x00\x00" + self.guid
-            text = heads[1][kind] = base64.b64encode(raw).decode() if len(raw) % 3 == 0 else None
+            text = made[kind] = base64.b64encode(raw).decode() if len(raw) % 3 == 0 else None
         if text is None:  # a guid of another length: no whole groups to keep
             raw = bytes([kind]) + b"\x00\x00\x00\x16\x00\x00\x00" + self.guid + struct.pack(">I", version)
             return base64.b64encode(raw).decode()
