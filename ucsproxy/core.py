@@ -94,16 +94,7 @@ def headers_mailbox(headers: Iterable[tuple[str, str]] | None) -> str | None:
     """``identity.request_mailbox(headers)``, what the HTTP headers name: one pass over them for the
     two it reads (the first of each, as identity reads them), the answer kept per pair of values
     (a client sends the same Authorization with every request)."""
-    if headers is None:
-        return None
-    anchor = auth = None
-    for k, v in headers:
-        name = k.lower()
-        if name == "authorization":
-            if auth is None:
-                auth = v
-        elif name == "x-anchormailbox" and anchor is None:
-            anchor = v
+    _, _, anchor, auth = _read_headers(headers)
     return _named_mailbox(anchor, auth)
 
 
@@ -505,8 +496,7 @@ class UcsCore:
         decoded = self._decode(body, soap_action, content_type)
         if self.service is None or not isinstance(decoded, EwsRequest):
             return decoded, None
-        found = identity.impersonated(decoded) or _named_mailbox(anchor, auth)
-        return decoded, found or identity.DEFAULT_MAILBOX
+        return decoded, self._mailbox_named(decoded, anchor, auth)
 
     def _decode(self, body: bytes, soap_action: str | None, content_type: str | None) -> EwsRequest | DecodeError:
         checked = self.service is not None and not self.lenient
@@ -616,10 +606,15 @@ class UcsCore:
         """Whose mailbox this request works on (ucsproxy.identity); where a model answers
         (mock, stateful replay) a request naming nobody works on the default mailbox, and
         fault rules and the log say so too."""
+        _, _, anchor, auth = _read_headers(headers)
+        return self._mailbox_named(decoded, anchor, auth)
+
+    def _mailbox_named(self, decoded, anchor: str | None, auth: str | None) -> str | None:
+        """:meth:`mailbox`, given the X-AnchorMailbox and Authorization values the headers hold."""
         if isinstance(decoded, EwsRequest):
-            found = identity.impersonated(decoded) or headers_mailbox(headers)
+            found = identity.impersonated(decoded) or _named_mailbox(anchor, auth)
             return found or (identity.DEFAULT_MAILBOX if self.service is not None else None)
-        return headers_mailbox(headers)
+        return _named_mailbox(anchor, auth)
 
     def log_exchange(self, raw: RawExchange, replay: tuple[str, str | None] | None = None,
                      batch: list[RawExchange] | None = None):
