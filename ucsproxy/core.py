@@ -513,7 +513,8 @@ class UcsCore:
             found = _DECODED.get(key)
             if found is not None:
                 return found
-        made, token = _SHAPES.get(body, context, lambda b: _decode(b, soap_action, content_type, checked))
+        made, token = _SHAPES.get(body, context, lambda b: _decode(b, soap_action, content_type, checked),
+                                  hot_tried=True)
         if made is not None:
             return made  # not kept by body too: a request made by shape is seldom sent again byte for byte
         decoded = _decode(body, soap_action, content_type, checked)

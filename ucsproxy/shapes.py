@@ -294,12 +294,14 @@ class ShapeMemo:
         # Per context, the newest HOT_SHAPES shapes that have a hot spot.
         self._hot: dict[tuple, _HotShapes] = {}
 
-    def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any]) -> tuple[EwsRequest | None, Any]:
+    def get(self, body: bytes, context: tuple, decode: Callable[[bytes], Any],
+            hot_tried: bool = False) -> tuple[EwsRequest | None, Any]:
         """(the request made from a kept one of the same shape, or None; a token for :meth:`put`).
 
-        ``decode``: the full decoding in this ``context`` (for a probe)."""
+        ``decode``: the full decoding in this ``context`` (for a probe). ``hot_tried``: the caller
+        tried :meth:`made_hot` on this body already."""
         hot = self._hot.get(context)
-        if hot is not None:
+        if hot is not None and not hot_tried:
             made = self.made_hot(body, context)
             if made is not None:
                 return made, None
