@@ -285,9 +285,8 @@ def _plain_answer(response: UcsResponse) -> tuple[bytes, EwsResponse]:
         return known[1]
     found = _plain_answer_by_key(response)
     if response.response_class == P.SUCCESS and response.message_text is None:
-        if len(_PLAIN_BY_RECORD) >= _PLAIN_ANSWERS_MAX:
-            _PLAIN_BY_RECORD.clear()
-        _PLAIN_BY_RECORD[id(response)] = (response, found)  # the record kept alive with it: its id stays its own
+        # the record kept alive with it: its id stays its own
+        keep(_PLAIN_BY_RECORD, id(response), (response, found), _PLAIN_ANSWERS_MAX)
     return found
 
 

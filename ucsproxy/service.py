@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import answers, identity
+from .memo import keep
 from . import protocol as P
 from .model import DEFAULT_MAILBOX, UcsError, UcsModel
 from .records import (
@@ -52,9 +53,7 @@ def mailbox_for(request: EwsRequest, user: str | None) -> str:
         pass
     found = identity.clean_name(user) or DEFAULT_MAILBOX
     if user is None or len(user) <= 256:
-        if len(_USERS) >= 1024:
-            _USERS.clear()
-        _USERS[user] = found
+        keep(_USERS, user, found, 1024)
     return found
 
 

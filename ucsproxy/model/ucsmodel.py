@@ -15,6 +15,7 @@ from typing import Any
 from collections.abc import Callable, Iterable
 
 from ..identity import DEFAULT_MAILBOX
+from ..memo import keep
 from ..records import ExtendedFieldURI, ImGroup, ImItemList, ItemId, Persona
 from .mailbox import Mailbox
 from .persistence import FORMAT, mailbox_from_json, mailbox_to_json, read_state, write_state
@@ -54,9 +55,7 @@ class UcsModel:
         if key is None:
             key = (name or DEFAULT_MAILBOX).strip().casefold()
             if name is None or len(name) <= _NAME_KEPT:
-                if len(self._keys) >= _NAMES_KEPT:
-                    self._keys.clear()
-                self._keys[name] = key
+                keep(self._keys, name, key, _NAMES_KEPT)
         mb = self._mailboxes.get(key)
         if mb is None:
             mb = Mailbox(key, self.seed, self.max_contacts, self.max_groups, self.clock, self.policy)
